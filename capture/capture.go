@@ -1,0 +1,262 @@
+// Package capture reads packets with libpcap, from a live interface or a
+// pcap file, and hands out their IP bytes without allocating.
+//
+// It owns the pcap handle, its settings (snap length, kernel buffer,
+// immediate mode, direction, BPF filter) and the link-layer framing. It does
+// not interpret TCP: callers decode the IP packets they get (package
+// rewrite) and must copy them before the next Read, because reads are
+// zero-copy views into libpcap's ring.
+package capture
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcap"
+)
+
+// ErrTimeout is returned by Read when no packet arrived within the read
+// timeout; callers use it to do periodic work and read again.
+var ErrTimeout = errors.New("capture read timeout")
+
+// Source is a stream of captured IP packets.
+type Source interface {
+	// Read returns the next packet, starting at its IP header, and its
+	// capture time. The bytes are valid until the next call to Read.
+	// It returns ErrTimeout when idle and io.EOF at the end of a file or
+	// after Close.
+	Read() ([]byte, time.Time, error)
+	// Stats returns packet counters; Kernel* are zero for files.
+	Stats() Stats
+	// Close releases the handle; a blocked Read returns within the timeout.
+	Close() error
+}
+
+// Stats counts what a Source saw. Frames that are not IPv4 or IPv6 (ARP,
+// unknown link types, runts) are counted in NonIP and skipped.
+type Stats struct {
+	Read          uint64 // IP packets returned by Read
+	NonIP         uint64
+	KernelRecv    uint64 // from pcap_stats: packets that passed the filter
+	KernelDropped uint64 // dropped for lack of buffer space
+	IfDropped     uint64 // dropped by the interface or driver
+}
+
+// Config configures a live capture.
+type Config struct {
+	Interface  string
+	SnapLen    int           // default 262144: GRO can merge up to 64 KiB
+	BufferSize int           // kernel ring size in bytes, default 32 MiB
+	Timeout    time.Duration // read timeout, default 20ms
+	Filter     string        // BPF expression; empty captures everything
+	Promisc    bool
+	// InboundOnly asks the kernel for received packets only, so the
+	// copier never sees what it sends itself, whatever the filter.
+	InboundOnly bool
+}
+
+func (c *Config) setDefaults() {
+	if c.SnapLen == 0 {
+		c.SnapLen = 262144
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = 32 << 20
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 20 * time.Millisecond
+	}
+}
+
+// OpenLive opens a live capture on cfg.Interface ("any" for all).
+func OpenLive(cfg Config) (Source, error) {
+	cfg.setDefaults()
+	inactive, err := pcap.NewInactiveHandle(cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
+	}
+	defer inactive.CleanUp()
+	for _, set := range []struct {
+		what string
+		err  error
+	}{
+		{"snaplen", inactive.SetSnapLen(cfg.SnapLen)},
+		{"buffer size", inactive.SetBufferSize(cfg.BufferSize)},
+		{"immediate mode", inactive.SetImmediateMode(true)},
+		{"timeout", inactive.SetTimeout(cfg.Timeout)},
+		{"promisc", inactive.SetPromisc(cfg.Promisc)},
+	} {
+		if set.err != nil {
+			return nil, fmt.Errorf("set %s on %s: %w", set.what, cfg.Interface, set.err)
+		}
+	}
+	h, err := inactive.Activate()
+	if err != nil {
+		return nil, fmt.Errorf("activate capture on %s: %w", cfg.Interface, err)
+	}
+	if cfg.InboundOnly {
+		if err := h.SetDirection(pcap.DirectionIn); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("capture inbound only on %s: %w", cfg.Interface, err)
+		}
+	}
+	return newSource(h, cfg.Filter, true)
+}
+
+// OpenFile opens a pcap or pcapng file, applying filter if not empty.
+func OpenFile(path, filter string) (Source, error) {
+	h, err := pcap.OpenOffline(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return newSource(h, filter, false)
+}
+
+func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
+	if filter != "" {
+		if err := h.SetBPFFilter(filter); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("set filter %q: %w", filter, err)
+		}
+	}
+	lt := h.LinkType()
+	if _, ok := linkHeaderLen(lt, nil); !ok {
+		h.Close()
+		return nil, fmt.Errorf("unsupported link type %v", lt)
+	}
+	return &pcapSource{h: h, link: lt, live: live}, nil
+}
+
+type pcapSource struct {
+	h      *pcap.Handle
+	link   layers.LinkType
+	live   bool
+	closed atomic.Bool
+	read   atomic.Uint64
+	nonIP  atomic.Uint64
+}
+
+func (s *pcapSource) Read() ([]byte, time.Time, error) {
+	for {
+		if s.closed.Load() {
+			return nil, time.Time{}, io.EOF
+		}
+		data, ci, err := s.h.ZeroCopyReadPacketData()
+		switch {
+		case err == nil:
+		case errors.Is(err, pcap.NextErrorTimeoutExpired):
+			return nil, time.Time{}, ErrTimeout
+		case errors.Is(err, io.EOF):
+			return nil, time.Time{}, io.EOF
+		default:
+			return nil, time.Time{}, fmt.Errorf("read packet: %w", err)
+		}
+		off, ok := linkHeaderLen(s.link, data)
+		if !ok || off >= len(data) {
+			s.nonIP.Add(1)
+			continue
+		}
+		s.read.Add(1)
+		return data[off:], ci.Timestamp, nil
+	}
+}
+
+func (s *pcapSource) Stats() Stats {
+	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load()}
+	if s.live && !s.closed.Load() {
+		if ps, err := s.h.Stats(); err == nil {
+			st.KernelRecv = uint64(ps.PacketsReceived)
+			st.KernelDropped = uint64(ps.PacketsDropped)
+			st.IfDropped = uint64(ps.PacketsIfDropped)
+		}
+	}
+	return st
+}
+
+func (s *pcapSource) Close() error {
+	if s.closed.CompareAndSwap(false, true) {
+		s.h.Close()
+	}
+	return nil
+}
+
+// Link types libpcap reports that gopacket does not name. (gopacket's
+// LinkType is 8 bits wide, so SLL2, 276, cannot be told apart; libpcap only
+// uses it on request, and "any" defaults to SLL.)
+const (
+	linkTypeIPv6   layers.LinkType = 229
+	linkTypeRawAlt layers.LinkType = 12 // DLT_RAW: live raw-IP devices (101 is its file form)
+)
+
+const (
+	etherTypeIPv4 = 0x0800
+	etherTypeIPv6 = 0x86dd
+	etherTypeVLAN = 0x8100
+	etherTypeQinQ = 0x88a8
+)
+
+// linkHeaderLen returns the offset of the IP header in frame for link type
+// lt, and whether the frame carries IPv4 or IPv6. With a nil frame it only
+// reports whether lt is supported.
+func linkHeaderLen(lt layers.LinkType, frame []byte) (int, bool) {
+	switch lt {
+	case layers.LinkTypeEthernet:
+		if frame == nil {
+			return 0, true
+		}
+		off := 12
+		for i := 0; i < 3; i++ {
+			if len(frame) < off+2 {
+				return 0, false
+			}
+			switch et := uint16(frame[off])<<8 | uint16(frame[off+1]); et {
+			case etherTypeIPv4, etherTypeIPv6:
+				return off + 2, true
+			case etherTypeVLAN, etherTypeQinQ:
+				off += 4
+			default:
+				return 0, false
+			}
+		}
+		return 0, false
+	case layers.LinkTypeLinuxSLL:
+		return etherAt(frame, 14, 16)
+	case layers.LinkTypeRaw, linkTypeRawAlt, layers.LinkTypeIPv4, linkTypeIPv6:
+		if frame == nil {
+			return 0, true
+		}
+		if len(frame) > 0 && (frame[0]>>4 == 4 || frame[0]>>4 == 6) {
+			return 0, true
+		}
+		return 0, false
+	case layers.LinkTypeNull, layers.LinkTypeLoop:
+		// A 4-byte address family in host or network order; the IP
+		// version nibble is the reliable tell.
+		if frame == nil {
+			return 0, true
+		}
+		if len(frame) > 4 && (frame[4]>>4 == 4 || frame[4]>>4 == 6) {
+			return 4, true
+		}
+		return 0, false
+	}
+	return 0, false
+}
+
+// etherAt reads a protocol type at off and returns hdr if it is IP.
+func etherAt(frame []byte, off, hdr int) (int, bool) {
+	if frame == nil {
+		return 0, true
+	}
+	if len(frame) < hdr {
+		return 0, false
+	}
+	switch uint16(frame[off])<<8 | uint16(frame[off+1]) {
+	case etherTypeIPv4, etherTypeIPv6:
+		return hdr, true
+	}
+	return 0, false
+}
