@@ -1,0 +1,213 @@
+package tcpstate
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+// Lab-range addresses (RFC 2544 benchmarking space) used by the tests.
+var (
+	tClient = netip.MustParseAddrPort("198.18.0.2:40000")
+	tProd   = netip.MustParseAddrPort("198.18.0.1:80")
+	tShadow = netip.MustParseAddrPort("198.18.1.2:8080")
+	tPool   = netip.MustParsePrefix("198.19.0.0/16")
+)
+
+const (
+	tISN     = 1000
+	tProdISN = 5000000
+)
+
+// tShadowISN is a variable so that arithmetic on it wraps past 2^32 during
+// the tests, as real sequence numbers do.
+var tShadowISN uint32 = 0xfffffff0
+
+// event is what the fakes record, in order.
+type event struct {
+	kind string // "register", "deregister", "send"
+	flow rewrite.Tuple
+	pkt  sentPkt
+}
+
+type sentPkt struct {
+	src, dst   netip.AddrPort
+	flags      uint8
+	seq, ack   Seq
+	win        uint16
+	payload    string
+	opts       rewrite.Options
+	checksumOK bool
+}
+
+type recorder struct {
+	t      *testing.T
+	events []event
+	fail   error
+}
+
+func (r *recorder) Send(b []byte) error {
+	if r.fail != nil {
+		return r.fail
+	}
+	var p rewrite.Packet
+	if err := p.Decode(b); err != nil {
+		r.t.Fatalf("engine sent an undecodable packet: %v", err)
+	}
+	tcp := p.TCP()
+	sp := sentPkt{
+		src:   netip.AddrPortFrom(p.SrcAddr(), tcp.SrcPort()),
+		dst:   netip.AddrPortFrom(p.DstAddr(), tcp.DstPort()),
+		flags: tcp.Flags(), seq: Seq(tcp.Seq()), ack: Seq(tcp.Ack()),
+		win: tcp.Window(), payload: string(p.Payload()), checksumOK: p.ChecksumValid(),
+	}
+	rewrite.ParseOptions(tcp, &sp.opts)
+	r.events = append(r.events, event{kind: "send", pkt: sp})
+	return nil
+}
+
+func (r *recorder) Register(f rewrite.Tuple) {
+	r.events = append(r.events, event{kind: "register", flow: f})
+}
+
+func (r *recorder) Deregister(f rewrite.Tuple) {
+	r.events = append(r.events, event{kind: "deregister", flow: f})
+}
+
+// harness drives one Worker with constructed packets and a fake clock.
+type harness struct {
+	t   *testing.T
+	cfg Config
+	w   *Worker
+	rec *recorder
+	ctr counters
+	now int64 // monotonic fake clock
+	// wall is the capture clock; it advances with now.
+	wall    int64
+	client  netip.AddrPort
+	forged  netip.AddrPort
+	tsClock uint32
+}
+
+func newHarness(t *testing.T, mutate func(*Config)) *harness {
+	t.Helper()
+	pool, err := rewrite.NewPool([]netip.Prefix{tPool}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, rec: &recorder{t: t}, client: tClient, now: 1e9, wall: 1_700_000_000e9}
+	h.cfg = Config{
+		Maps: []Map{{Local: tProd, Target: tShadow}},
+		Pool: pool,
+	}
+	if mutate != nil {
+		mutate(&h.cfg)
+	}
+	h.cfg.Defaults()
+	if err := h.cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h.w = newWorker(&h.cfg, 0, 1, h.rec, h.rec, &h.ctr)
+	h.forged = netip.AddrPortFrom(pool.Map(tClient.Addr()), tClient.Port())
+	return h
+}
+
+// advance moves both clocks and runs timers and output.
+func (h *harness) advance(d time.Duration) {
+	h.now += int64(d)
+	h.wall += int64(d)
+	h.w.Tick(h.now)
+	h.w.Flush(h.now)
+}
+
+// clientSeg feeds a captured client packet (client → prod).
+func (h *harness) clientSeg(flags uint8, seq, ack uint32, payload string, opts []byte) {
+	h.t.Helper()
+	seg := rewrite.Segment{
+		Src: h.client, Dst: tProd, Seq: seq, Ack: ack, Flags: flags,
+		Window: 502, Options: opts, Payload: []byte(payload),
+	}
+	pb := getBuf(seg.Len())
+	n, err := seg.Put(pb.b)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	pb.b = pb.b[:n]
+	// Captured packets from virtual links often carry partial checksums.
+	rewrite.TCP(pb.b[20:]).SetChecksum(0x1234)
+	h.w.handleCaptured(pb, h.wall, 0, h.now)
+	h.w.Flush(h.now)
+}
+
+// reply feeds a relayed shadow reply (shadow → forged client) carrying
+// plen bytes of payload, of which only the headers are relayed.
+func (h *harness) reply(flags uint8, seq, ack uint32, win uint16, plen int, opts []byte) {
+	h.t.Helper()
+	h.replyTo(h.forged, flags, seq, ack, win, plen, opts)
+}
+
+func (h *harness) replyTo(to netip.AddrPort, flags uint8, seq, ack uint32, win uint16, plen int, opts []byte) {
+	h.t.Helper()
+	seg := rewrite.Segment{
+		Src: tShadow, Dst: to, Seq: seq, Ack: ack, Flags: flags,
+		Window: win, Options: opts, Payload: make([]byte, plen),
+	}
+	buf := make([]byte, seg.Len())
+	if _, err := seg.Put(buf); err != nil {
+		h.t.Fatal(err)
+	}
+	var p rewrite.Packet
+	if err := p.Decode(buf); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleReply(p.Headers(), h.now)
+	h.w.Flush(h.now)
+}
+
+// sent returns and forgets the packets sent since the last call.
+func (h *harness) sent() []sentPkt {
+	var out []sentPkt
+	for _, e := range h.rec.events {
+		if e.kind == "send" {
+			out = append(out, e.pkt)
+		}
+	}
+	h.rec.events = h.rec.events[:0]
+	return out
+}
+
+// handshake opens a session and completes it with the shadow, with the
+// client's SYN options opts and the SYN-ACK's options synAckOpts.
+func (h *harness) handshake(opts, synAckOpts []byte) {
+	h.t.Helper()
+	h.clientSeg(rewrite.FlagSYN, tISN, 0, "", opts)
+	h.reply(rewrite.FlagSYN|rewrite.FlagACK, tShadowISN, tISN+1, 65535, 0, synAckOpts)
+	h.clientSeg(rewrite.FlagACK, tISN+1, tProdISN+1, "", nil) // client's handshake ACK
+	h.rec.events = h.rec.events[:0]
+}
+
+func (h *harness) ended(r EndReason) uint64 { return h.ctr.ended[r].Load() }
+
+func mssOpt(mss uint16) []byte { return rewrite.AppendMSS(nil, mss) }
+
+func expectOne(t *testing.T, got []sentPkt, what string) sentPkt {
+	t.Helper()
+	if len(got) != 1 {
+		t.Fatalf("%s: sent %d packets, want 1: %+v", what, len(got), got)
+	}
+	if !got[0].checksumOK {
+		t.Fatalf("%s: bad checksum", what)
+	}
+	return got[0]
+}
+
+type netipPrefix = netip.Prefix
+
+var (
+	netipMustPrefix = netip.MustParsePrefix
+	netipAddrPort   = netip.MustParseAddrPort
+	errTest         = errors.New("test send failure")
+)

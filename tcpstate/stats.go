@@ -1,0 +1,184 @@
+package tcpstate
+
+import (
+	"sync/atomic"
+)
+
+// Counter names one per-stage counter of the copy datapath. Every packet
+// that enters the engine ends in exactly one place that counts it, so loss
+// is never silent.
+type Counter int
+
+const (
+	CtrCaptured Counter = iota // IP packets handed to the engine
+	CtrIgnoredTruncated
+	CtrIgnoredBadHeader
+	CtrIgnoredFragment
+	CtrIgnoredNotTCP
+	CtrIgnoredNoMap     // no --map matches the destination
+	CtrIgnoredFamily    // target of another address family
+	CtrIgnoredNoSession // pure ACK/FIN/RST of a flow without a session
+	CtrShedQueue        // worker queue full: capture never waits
+	CtrShedSessions     // session limit reached
+	CtrShedMemory       // buffered-bytes budget exhausted
+	CtrShedPorts        // no free forged tuple
+	CtrSessionsStarted
+	CtrJoinedMidstream // sessions started from data without a SYN (scenario 5)
+	CtrSynRetransmit   // client SYN with the session's ISN (scenario 2)
+	CtrClientDupData   // client data already queued (scenario 12)
+	CtrClientTrimmed   // client data partially overlapping, trimmed
+	CtrSplit           // oversized captured segments split (scenario 24)
+	CtrPacketsSent
+	CtrBytesSent
+	CtrSendErrors
+	CtrRetransmits // segments re-sent to the shadow (scenario 13)
+	CtrFastRetransmits
+	CtrReplies
+	CtrRepliesBad
+	CtrRepliesNoSession
+	CtrRepliesQueueFull
+	CtrRepliesStale  // reply of an earlier incarnation (scenario 6)
+	CtrLateReplyRST  // replies to ended sessions answered with RST (scenario 20)
+	CtrShadowDupData // shadow retransmitted data, re-ACKed (scenario 16)
+	CtrGreetingWaits // requests held for a server greeting (scenario 10)
+	CtrReconnects    // fresh shadow connections after the shadow closed (scenario 19)
+	CtrOddPackets    // other odd packets ignored (scenario 25)
+	numCounters
+)
+
+var counterNames = [numCounters]string{
+	CtrCaptured:         "captured",
+	CtrIgnoredTruncated: "ignored_truncated",
+	CtrIgnoredBadHeader: "ignored_bad_header",
+	CtrIgnoredFragment:  "ignored_fragment",
+	CtrIgnoredNotTCP:    "ignored_not_tcp",
+	CtrIgnoredNoMap:     "ignored_no_map",
+	CtrIgnoredFamily:    "ignored_family",
+	CtrIgnoredNoSession: "ignored_no_session",
+	CtrShedQueue:        "shed_queue_full",
+	CtrShedSessions:     "shed_session_limit",
+	CtrShedMemory:       "shed_memory",
+	CtrShedPorts:        "shed_no_forged_port",
+	CtrSessionsStarted:  "sessions_started",
+	CtrJoinedMidstream:  "sessions_joined_midstream",
+	CtrSynRetransmit:    "client_syn_retransmits",
+	CtrClientDupData:    "client_duplicate_segments",
+	CtrClientTrimmed:    "client_trimmed_segments",
+	CtrSplit:            "oversized_split",
+	CtrPacketsSent:      "packets_sent",
+	CtrBytesSent:        "bytes_sent",
+	CtrSendErrors:       "send_errors",
+	CtrRetransmits:      "retransmits",
+	CtrFastRetransmits:  "fast_retransmits",
+	CtrReplies:          "replies",
+	CtrRepliesBad:       "replies_bad",
+	CtrRepliesNoSession: "replies_no_session",
+	CtrRepliesQueueFull: "replies_queue_full",
+	CtrRepliesStale:     "replies_stale",
+	CtrLateReplyRST:     "late_replies_reset",
+	CtrShadowDupData:    "shadow_duplicate_data",
+	CtrGreetingWaits:    "greeting_waits",
+	CtrReconnects:       "shadow_reconnects",
+	CtrOddPackets:       "odd_packets",
+}
+
+func (c Counter) String() string { return counterNames[c] }
+
+// EndReason says why a session ended; each has its own counter.
+type EndReason int
+
+const (
+	EndClosed           EndReason = iota // FIN exchanged both ways
+	EndClientReset                       // client RST (scenario 18)
+	EndShadowReset                       // shadow RST with nothing left to send
+	EndHandshakeTimeout                  // no SYN-ACK in time (scenario 4)
+	EndResponseTimeout                   // shadow did not answer (scenario 9)
+	EndIdle                              // keep-alive idle (scenario 26)
+	EndRetransmitLimit                   // shadow never acknowledged (scenario 13)
+	EndBufferLimit                       // per-session buffer bound (scenario 27)
+	EndCaptureGap                        // missing client data never came (scenario 11)
+	EndPortReuse                         // new SYN with a new ISN (scenario 3)
+	EndShutdown                          // daemon stopping
+	numEndReasons
+)
+
+var endReasonNames = [numEndReasons]string{
+	EndClosed:           "closed",
+	EndClientReset:      "client_reset",
+	EndShadowReset:      "shadow_reset",
+	EndHandshakeTimeout: "handshake_timeout",
+	EndResponseTimeout:  "response_timeout",
+	EndIdle:             "idle",
+	EndRetransmitLimit:  "retransmit_limit",
+	EndBufferLimit:      "buffer_limit",
+	EndCaptureGap:       "capture_gap",
+	EndPortReuse:        "port_reuse",
+	EndShutdown:         "shutdown",
+}
+
+func (r EndReason) String() string { return endReasonNames[r] }
+
+// counters is one owner's set of counters. Only the owning goroutine
+// writes; readers use atomic loads, so a snapshot never races.
+type counters struct {
+	c     [numCounters]atomic.Uint64
+	ended [numEndReasons]atomic.Uint64
+	// gauges
+	active   atomic.Int64 // sessions in the table, lingering ones included
+	buffered atomic.Int64 // bytes of client data held for the shadow
+	_        [64]byte     // keep workers' counters off each other's cache lines
+}
+
+func (c *counters) inc(k Counter)        { c.c[k].Add(1) }
+func (c *counters) add(k Counter, n int) { c.c[k].Add(uint64(n)) }
+
+// Snapshot is a point-in-time copy of the engine's counters.
+type Snapshot struct {
+	Counters [numCounters]uint64
+	Ended    [numEndReasons]uint64
+	Active   int64
+	Buffered int64
+}
+
+func (s *Snapshot) addFrom(c *counters) {
+	for i := range c.c {
+		s.Counters[i] += c.c[i].Load()
+	}
+	for i := range c.ended {
+		s.Ended[i] += c.ended[i].Load()
+	}
+	s.Active += c.active.Load()
+	s.Buffered += c.buffered.Load()
+}
+
+// Get returns one counter.
+func (s *Snapshot) Get(k Counter) uint64 { return s.Counters[k] }
+
+// EndedTotal returns the number of sessions ended for any reason.
+func (s *Snapshot) EndedTotal() uint64 {
+	var n uint64
+	for _, v := range s.Ended {
+		n += v
+	}
+	return n
+}
+
+// EachCounter calls fn for every counter with its name.
+func (s *Snapshot) EachCounter(fn func(name string, v uint64)) {
+	for i, v := range s.Counters {
+		fn(counterNames[i], v)
+	}
+}
+
+// EachEnded calls fn for every end reason with its name.
+func (s *Snapshot) EachEnded(fn func(reason string, v uint64)) {
+	for i, v := range s.Ended {
+		fn(endReasonNames[i], v)
+	}
+}
+
+// CounterNames lists every counter name, for exporters.
+func CounterNames() []string { return counterNames[:] }
+
+// EndReasonNames lists every end reason, for exporters.
+func EndReasonNames() []string { return endReasonNames[:] }

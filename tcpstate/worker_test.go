@@ -1,0 +1,548 @@
+package tcpstate
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+const (
+	fSYN = rewrite.FlagSYN
+	fACK = rewrite.FlagACK
+	fFIN = rewrite.FlagFIN
+	fRST = rewrite.FlagRST
+	fPSH = rewrite.FlagPSH
+)
+
+func TestScenario1RegisterBeforeSYNAndHandshake(t *testing.T) {
+	h := newHarness(t, nil)
+	synOpts := rewrite.AppendMSS(nil, 1460)
+	synOpts = append(synOpts, rewrite.OptSACKPermitted, 2)
+	synOpts = rewrite.AppendWindowScale(synOpts, 7)
+	h.clientSeg(fSYN, tISN, 0, "", synOpts)
+
+	ev := h.rec.events
+	if len(ev) != 2 || ev[0].kind != "register" || ev[1].kind != "send" {
+		t.Fatalf("want register then send, got %+v", ev)
+	}
+	flow := ev[0].flow
+	if flow.SrcAddrPort() != h.forged || flow.DstAddrPort() != tShadow {
+		t.Fatalf("registered %v, want %v->%v", flow, h.forged, tShadow)
+	}
+	if !tPool.Contains(h.forged.Addr()) {
+		t.Fatalf("forged address %v outside the pool", h.forged)
+	}
+	syn := expectOne(t, h.sent(), "SYN")
+	if syn.flags != fSYN || syn.seq != tISN || syn.src != h.forged || syn.dst != tShadow {
+		t.Fatalf("SYN = %+v", syn)
+	}
+	if syn.opts.SACKPermitted {
+		t.Fatal("SYN still offers SACK (scenario 23)")
+	}
+	if syn.opts.MSS != 1460 || syn.opts.WindowScale != 7 {
+		t.Fatalf("client options not kept: %+v", syn.opts)
+	}
+
+	h.reply(fSYN|fACK, tShadowISN, tISN+1, 65535, 0, rewrite.AppendMSS(nil, 1400))
+	ack := expectOne(t, h.sent(), "handshake ACK")
+	if ack.flags != fACK || ack.seq != tISN+1 || ack.ack != Seq(tShadowISN+1) {
+		t.Fatalf("handshake ACK = %+v, want seq %d ack %d", ack, tISN+1, Seq(tShadowISN+1))
+	}
+	if h.ctr.c[CtrSessionsStarted].Load() != 1 {
+		t.Fatal("session not counted")
+	}
+}
+
+func TestScenario2SynRetransmitIsNotANewSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.sent()
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("retransmitted SYN sent %d packets", len(got))
+	}
+	if h.ctr.c[CtrSessionsStarted].Load() != 1 || h.ctr.c[CtrSynRetransmit].Load() != 1 {
+		t.Fatalf("started=%d synRetransmits=%d", h.ctr.c[CtrSessionsStarted].Load(), h.ctr.c[CtrSynRetransmit].Load())
+	}
+}
+
+func TestScenario4HandshakeTimeout(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.sent()
+	h.advance(1001 * time.Millisecond)
+	if got := h.sent(); len(got) != 1 || got[0].flags != fSYN {
+		t.Fatalf("SYN not retransmitted after the initial RTO: %+v", got)
+	}
+	h.advance(4 * time.Second)
+	rst := expectOne(t, h.sent(), "RST after handshake timeout")
+	if rst.flags&fRST == 0 || rst.seq != tISN+1 {
+		t.Fatalf("RST = %+v", rst)
+	}
+	if h.ended(EndHandshakeTimeout) != 1 {
+		t.Fatal("handshake timeout not counted")
+	}
+	h.advance(h.cfg.Linger)
+	if h.w.Sessions() != 0 || h.ctr.active.Load() != 0 {
+		t.Fatalf("session not removed after linger: %d", h.w.Sessions())
+	}
+	last := h.rec.events[len(h.rec.events)-1]
+	if last.kind != "deregister" {
+		t.Fatalf("flow not deregistered: %+v", last)
+	}
+}
+
+func TestACKTranslationAndShadowDataAcked(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.clientSeg(fACK|fPSH, tISN+1, tProdISN+1, "GET / HTTP/1.1\r\n\r\n", nil)
+	data := expectOne(t, h.sent(), "request")
+	if data.seq != tISN+1 || data.ack != Seq(tShadowISN+1) || data.payload != "GET / HTTP/1.1\r\n\r\n" {
+		t.Fatalf("request = %+v", data)
+	}
+	// The shadow acknowledges and answers with 3000 bytes in two
+	// segments; sequence numbers wrap past 2^32 here.
+	h.reply(fACK, tShadowISN+1, tISN+1+18, 65535, 1500, nil)
+	h.reply(fACK|fPSH, tShadowISN+1+1500, tISN+1+18, 65535, 1500, nil)
+	acks := h.sent()
+	if len(acks) == 0 {
+		t.Fatal("shadow data not acknowledged")
+	}
+	if last := acks[len(acks)-1]; last.ack != Seq(tShadowISN+1+3000) || last.seq != tISN+1+18 {
+		t.Fatalf("ACK = %+v, want ack %d", last, Seq(tShadowISN+1+3000))
+	}
+	// A retransmission by the shadow is ACKed again (scenario 16).
+	h.reply(fACK, tShadowISN+1, tISN+1+18, 65535, 1500, nil)
+	if a := expectOne(t, h.sent(), "re-ACK"); a.ack != Seq(tShadowISN+1+3000) {
+		t.Fatalf("re-ACK = %+v", a)
+	}
+}
+
+// request sends a client request whose ACK says prod had sent
+// prodAnswered bytes by then.
+func (h *harness) request(seq uint32, prodAnswered uint32, body string) {
+	h.t.Helper()
+	h.clientSeg(fACK|fPSH, seq, tProdISN+1+prodAnswered, body, nil)
+}
+
+func TestScenario7PacingHoldsNextRequest(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	expectOne(t, h.sent(), "request 1")
+	// Prod answered 100 bytes, then the client sent request 2.
+	h.request(tISN+5, 100, "req2")
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("request 2 sent before the shadow answered: %+v", got)
+	}
+	h.reply(fACK, tShadowISN+1, tISN+5, 65535, 0, nil) // ACK only
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("request 2 sent on a bare ACK: %+v", got)
+	}
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	got := h.sent()
+	if len(got) != 1 || got[0].payload != "req2" || got[0].ack != Seq(tShadowISN+101) {
+		t.Fatalf("after the answer, want request 2 carrying the ACK, got %+v", got)
+	}
+}
+
+func TestScenario7NoPacingSendsAtOnce(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.request(tISN+5, 100, "req2")
+	if got := h.sent(); len(got) != 2 {
+		t.Fatalf("without pacing both requests go at once, got %d", len(got))
+	}
+}
+
+func TestScenario8ShorterAnswerWaitsForQuietPeriod(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.request(tISN+5, 100, "req2")
+	h.sent()
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 60, nil) // less than prod's 100
+	h.sent()
+	h.advance(h.cfg.QuietPeriod / 2)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("request 2 sent before the quiet period: %+v", got)
+	}
+	h.advance(h.cfg.QuietPeriod)
+	if got := h.sent(); len(got) != 1 || got[0].payload != "req2" {
+		t.Fatalf("request 2 not sent after the quiet period: %+v", got)
+	}
+}
+
+func TestScenario8ThinkTimeKept(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.sent()
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	h.sent()
+	// The client thought for 500 ms before request 2.
+	h.advance(500 * time.Millisecond)
+	start := h.now
+	h.wall += 0
+	h.request(tISN+5, 100, "req2")
+	// Capture time of request 2 is 500 ms after request 1's; it was
+	// captured now, and request 1 went out 500 ms ago: it may go at once.
+	if got := h.sent(); len(got) != 1 {
+		t.Fatalf("request 2 held although prod's think time passed: %+v", got)
+	}
+	_ = start
+
+	// Now a request captured 300 ms after the previous one, while the
+	// shadow answers at once: it must wait the 300 ms.
+	h.reply(fACK|fPSH, tShadowISN+101, tISN+9, 65535, 100, nil)
+	h.sent()
+	h.wall += int64(300 * time.Millisecond) // captured 300 ms later on prod
+	h.request(tISN+9, 200, "req3")
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("request 3 sent before prod's think time: %+v", got)
+	}
+	h.advance(299 * time.Millisecond)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("request 3 sent early: %+v", got)
+	}
+	h.advance(2 * time.Millisecond)
+	if got := h.sent(); len(got) != 1 || got[0].payload != "req3" {
+		t.Fatalf("request 3 not sent after the think time: %+v", got)
+	}
+}
+
+func TestScenario9ResponseTimeoutCutsSession(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ResponseTimeout = 2 * time.Second })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.reply(fACK, tShadowISN+1, tISN+5, 65535, 0, nil) // acked, never answered
+	h.request(tISN+5, 100, "req2")
+	h.sent()
+	h.advance(1900 * time.Millisecond)
+	if h.ended(EndResponseTimeout) != 0 {
+		t.Fatal("cut too early")
+	}
+	h.advance(200 * time.Millisecond)
+	if h.ended(EndResponseTimeout) != 1 {
+		t.Fatal("response timeout not counted")
+	}
+	got := h.sent()
+	if len(got) != 1 || got[0].flags&fRST == 0 || got[0].seq != tISN+5 {
+		t.Fatalf("want one RST at the shadow's expected seq, got %+v", got)
+	}
+}
+
+func TestScenario10ServerFirstWaitsForGreeting(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	// The client's first data acknowledges a 50-byte greeting from prod.
+	h.request(tISN+1, 50, "AUTH x")
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("client data sent before the shadow's greeting: %+v", got)
+	}
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 50, nil)
+	if got := h.sent(); len(got) != 1 || got[0].payload != "AUTH x" {
+		t.Fatalf("client data not sent after the greeting: %+v", got)
+	}
+	if h.ctr.c[CtrGreetingWaits].Load() != 1 {
+		t.Fatal("greeting wait not counted")
+	}
+}
+
+func TestScenario17FinHeldUntilDataAcked(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.clientSeg(fACK|fPSH|fFIN, tISN+1, tProdISN+1, "bye", nil) // FIN with data
+	got := h.sent()
+	if len(got) != 1 || got[0].payload != "bye" || got[0].flags&fFIN != 0 {
+		t.Fatalf("want the data alone first, got %+v", got)
+	}
+	h.reply(fACK, tShadowISN+1, tISN+4, 65535, 0, nil)
+	fin := expectOne(t, h.sent(), "FIN")
+	if fin.flags != fFIN|fACK || fin.seq != tISN+4 {
+		t.Fatalf("FIN = %+v", fin)
+	}
+	h.reply(fACK|fFIN, tShadowISN+1, tISN+5, 65535, 0, nil)
+	last := expectOne(t, h.sent(), "ACK of the shadow's FIN")
+	if last.ack != Seq(tShadowISN+2) {
+		t.Fatalf("ACK of FIN = %+v", last)
+	}
+	if h.ended(EndClosed) != 1 {
+		t.Fatal("normal close not counted")
+	}
+	// A late reply is answered with RST (scenario 20).
+	h.reply(fACK, tShadowISN+2, tISN+5, 65535, 0, nil)
+	if rst := expectOne(t, h.sent(), "RST to late reply"); rst.flags != fRST || rst.seq != tISN+5 {
+		t.Fatalf("RST = %+v", rst)
+	}
+	h.advance(h.cfg.Linger)
+	if h.w.Sessions() != 0 {
+		t.Fatal("closed session not removed after linger")
+	}
+}
+
+func TestScenario18ClientReset(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "abc")
+	h.sent()
+	h.clientSeg(fRST, tISN+4, 0, "", nil)
+	rst := expectOne(t, h.sent(), "RST")
+	if rst.flags&fRST == 0 || rst.seq != tISN+4 {
+		t.Fatalf("RST = %+v, want seq %d", rst, tISN+4)
+	}
+	if h.ended(EndClientReset) != 1 {
+		t.Fatal("client reset not counted")
+	}
+}
+
+func TestScenario26IdleExpiry(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.IdleTimeout = 10 * time.Second })
+	h.handshake(nil, nil)
+	h.advance(9 * time.Second)
+	if h.ended(EndIdle) != 0 {
+		t.Fatal("expired early")
+	}
+	h.advance(2 * time.Second)
+	if h.ended(EndIdle) != 1 {
+		t.Fatal("idle expiry not counted")
+	}
+	if got := h.sent(); len(got) != 1 || got[0].flags&fRST == 0 {
+		t.Fatalf("want an RST on expiry, got %+v", got)
+	}
+	h.advance(h.cfg.Linger)
+	if h.w.Sessions() != 0 || h.ctr.active.Load() != 0 || len(h.w.byForged) != 0 {
+		t.Fatal("session table not empty after expiry and linger")
+	}
+}
+
+func TestScenario13RetransmitWithBackoff(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.RTOMin = 100 * time.Millisecond })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "lost")
+	h.sent()
+	rto := h.w.sessions[sessionKey{client: rewrite.TupleOf(tClient, tProd)}].rto
+	var gaps []time.Duration
+	last := h.now
+	for len(gaps) < 3 {
+		h.advance(10 * time.Millisecond)
+		if got := h.sent(); len(got) == 1 && got[0].payload == "lost" {
+			gaps = append(gaps, time.Duration(h.now-last))
+			last = h.now
+		}
+	}
+	if gaps[0] < rto || gaps[1] < 2*gaps[0]-20*time.Millisecond || gaps[2] < 2*gaps[1]-20*time.Millisecond {
+		t.Fatalf("retransmission gaps %v do not back off from rto %v", gaps, rto)
+	}
+	if h.ctr.c[CtrRetransmits].Load() != 3 {
+		t.Fatalf("retransmits = %d", h.ctr.c[CtrRetransmits].Load())
+	}
+}
+
+func TestScenario13FastRetransmit(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	for i := 0; i < 4; i++ {
+		h.request(tISN+1+uint32(i*4), 0, "abcd")
+	}
+	h.sent()
+	for i := 0; i < 3; i++ { // the first segment was lost
+		h.reply(fACK, tShadowISN+1, tISN+1, 65535, 0, nil)
+	}
+	got := h.sent()
+	if len(got) != 1 || got[0].seq != tISN+1 {
+		t.Fatalf("want a fast retransmission of the first segment, got %+v", got)
+	}
+}
+
+func TestScenario3PortReuseStartsNewSession(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.clientSeg(fSYN, tISN+100000, 0, "", nil)
+	got := h.sent()
+	if len(got) != 2 || got[0].flags&fRST == 0 || got[1].flags != fSYN || got[1].seq != tISN+100000 {
+		t.Fatalf("want RST for the old session then the new SYN, got %+v", got)
+	}
+	if h.ended(EndPortReuse) != 1 || h.ctr.c[CtrSessionsStarted].Load() != 2 || h.w.Sessions() != 1 {
+		t.Fatal("port reuse not handled as a new session")
+	}
+}
+
+func TestScenario5JoinMidstream(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clientSeg(fACK|fPSH, 777777, tProdISN+900, "GET /late", nil)
+	syn := expectOne(t, h.sent(), "synthetic SYN")
+	if syn.flags != fSYN || syn.seq != 777776 || syn.opts.MSS != h.cfg.SynMSS {
+		t.Fatalf("synthetic SYN = %+v", syn)
+	}
+	h.reply(fSYN|fACK, tShadowISN, 777777, 65535, 0, nil)
+	got := h.sent()
+	if len(got) != 2 || got[0].flags != fACK || got[1].payload != "GET /late" || got[1].ack != Seq(tShadowISN+1) {
+		t.Fatalf("want the synthetic ACK then the data, got %+v", got)
+	}
+	if h.ctr.c[CtrJoinedMidstream].Load() != 1 {
+		t.Fatal("mid-stream join not counted")
+	}
+	// A pure ACK of an unknown flow is ignored, counted.
+	h.client = netipAddrPort("198.18.0.3:1234")
+	h.clientSeg(fACK, 1, 1, "", nil)
+	if h.ctr.c[CtrIgnoredNoSession].Load() != 1 || len(h.sent()) != 0 {
+		t.Fatal("pure ACK without session not ignored")
+	}
+}
+
+func TestScenario24OversizedSegmentSplit(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(mssOpt(1460), mssOpt(1000))
+	body := strings.Repeat("x", 2500)
+	h.request(tISN+1, 0, body)
+	got := h.sent()
+	if len(got) != 3 {
+		t.Fatalf("2500 bytes at MSS 1000: want 3 segments, got %d", len(got))
+	}
+	var joined string
+	next := Seq(tISN + 1)
+	for _, g := range got {
+		if len(g.payload) > 1000 || g.seq != next || !g.checksumOK {
+			t.Fatalf("bad piece %+v", g)
+		}
+		joined += g.payload
+		next = next.Add(len(g.payload))
+	}
+	if joined != body {
+		t.Fatal("pieces do not rebuild the payload")
+	}
+}
+
+func TestScenario21TimestampsEchoed(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(rewrite.AppendTimestamps(nil, 100, 0), rewrite.AppendTimestamps(nil, 9000, 100))
+	h.clientSeg(fACK|fPSH, tISN+1, tProdISN+1, "a", rewrite.AppendTimestamps(nil, 105, 4444))
+	d := expectOne(t, h.sent(), "data")
+	if !d.opts.HasTimestamps() || d.opts.TSEcr != 9000 || d.opts.TSVal != 105 {
+		t.Fatalf("timestamps = %+v, want val 105 ecr 9000", d.opts)
+	}
+	// The shadow's clock moves; an older client TSval is never sent.
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+2, 65535, 10, rewrite.AppendTimestamps(nil, 9010, 105))
+	ack := expectOne(t, h.sent(), "ACK")
+	if ack.opts.TSEcr != 9010 || ack.opts.TSVal < 105 {
+		t.Fatalf("ACK timestamps = %+v", ack.opts)
+	}
+	h.clientSeg(fACK|fPSH, tISN+2, tProdISN+1, "b", rewrite.AppendTimestamps(nil, 104, 4444))
+	d2 := expectOne(t, h.sent(), "data 2")
+	if d2.opts.TSVal < 105 {
+		t.Fatalf("TSval went backwards: %d", d2.opts.TSVal)
+	}
+}
+
+func TestScenario12ClientRetransmissionsTrimmed(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "abcdef")
+	h.request(tISN+1, 0, "abcdef") // exact duplicate
+	h.request(tISN+4, 0, "defghi") // overlaps by 3
+	got := h.sent()
+	if len(got) != 2 || got[1].seq != tISN+7 || got[1].payload != "ghi" {
+		t.Fatalf("want the original and the trimmed tail, got %+v", got)
+	}
+	if h.ctr.c[CtrClientDupData].Load() != 1 || h.ctr.c[CtrClientTrimmed].Load() != 1 {
+		t.Fatal("duplicates and trims not counted")
+	}
+}
+
+func TestScenario11CaptureGapGivesUp(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "aaaa")
+	h.request(tISN+9, 0, "cccc") // bytes 5..8 never captured
+	if got := h.sent(); len(got) != 1 {
+		t.Fatalf("data after the gap was sent: %+v", got)
+	}
+	h.reply(fACK, tShadowISN+1, tISN+5, 65535, 0, nil)
+	h.request(tISN+5, 0, "bbbb") // the hole fills: both go, in order
+	got := h.sent()
+	if len(got) != 2 || got[0].payload != "bbbb" || got[1].payload != "cccc" {
+		t.Fatalf("after the hole filled: %+v", got)
+	}
+	h.request(tISN+17, 0, "eeee") // a new hole that never fills
+	h.advance(h.cfg.GapTimeout + time.Millisecond)
+	if h.ended(EndCaptureGap) != 1 {
+		t.Fatal("capture gap not ended")
+	}
+}
+
+func TestScenario27BufferLimitCutsSession(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxSessionBytes = 3 * smallBufSize })
+	h.clientSeg(fSYN, tISN, 0, "", nil) // no SYN-ACK: data piles up
+	for i := 0; i < 4; i++ {
+		h.request(tISN+1+uint32(i*10), 0, "0123456789")
+	}
+	if h.ended(EndBufferLimit) != 1 {
+		t.Fatal("buffer limit not enforced")
+	}
+	if h.ctr.buffered.Load() != 0 {
+		t.Fatalf("memory not returned: %d bytes still buffered", h.ctr.buffered.Load())
+	}
+}
+
+func TestScenario15ZeroWindowStopsSending(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "aaaa")
+	h.reply(fACK, tShadowISN+1, tISN+5, 0, 0, nil) // window closed
+	h.sent()
+	h.request(tISN+5, 0, "bbbb") // probe: one segment may go
+	h.request(tISN+9, 0, "cccc")
+	if got := h.sent(); len(got) != 1 {
+		t.Fatalf("zero window: want one probe segment, got %d", len(got))
+	}
+	h.reply(fACK, tShadowISN+1, tISN+9, 65535, 0, nil) // window opens
+	if got := h.sent(); len(got) != 1 || got[0].payload != "cccc" {
+		t.Fatalf("window opened: want the held segment, got %+v", got)
+	}
+}
+
+func TestScenario6StaleReplyResetsAndRestarts(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.sent()
+	h.reply(fACK, 42, 99999, 65535, 0, nil) // from an earlier incarnation
+	got := h.sent()
+	if len(got) != 2 || got[0].flags != fRST || got[0].seq != 99999 || got[1].flags != fSYN {
+		t.Fatalf("want RST of the stale reply then SYN again, got %+v", got)
+	}
+	if h.ctr.c[CtrRepliesStale].Load() != 1 {
+		t.Fatal("stale reply not counted")
+	}
+}
+
+func TestSendErrorsAreCountedNotFatal(t *testing.T) {
+	h := newHarness(t, nil)
+	h.rec.fail = errTest
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	if h.ctr.c[CtrSendErrors].Load() != 1 || h.w.Sessions() != 1 {
+		t.Fatal("send error not counted or session lost")
+	}
+}
+
+func TestForgedTuplesCollisionFree(t *testing.T) {
+	// Two clients mapped to the same forged address with the same port
+	// must not share a forged tuple.
+	h := newHarness(t, func(c *Config) {
+		pool, _ := rewrite.NewPool([]netipPrefix{netipMustPrefix("198.19.0.7/32")}, 0)
+		c.Pool = pool
+	})
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.client = netipAddrPort("198.18.0.3:40000")
+	h.clientSeg(fSYN, tISN, 0, "", nil)
+	got := h.sent()
+	if len(got) != 2 || got[0].src == got[1].src {
+		t.Fatalf("forged tuples collide: %+v", got)
+	}
+	if got[0].src.Addr() != got[1].src.Addr() {
+		t.Fatal("single-address pool not used")
+	}
+}
