@@ -1,0 +1,125 @@
+// Package intercept carries the shadow's replies back to the copy daemon.
+//
+// The Agent runs on the assist host (or on the shadow itself): it captures
+// the shadow's replies, which are routed there and die there, looks up the
+// copy daemon that registered each flow, and relays the replies' IP and TCP
+// headers to it in batches with a flush deadline. The Client runs inside
+// the copy daemon: it registers and deregisters flows, reconnects by itself
+// when the agent goes away, and hands relayed headers to a callback.
+//
+// The byte format of the control channel is package wire's; this package
+// owns the connections, the handshake (versioned hello, optional
+// challenge-response authentication, allowlist), the flow table and the
+// batching policy.
+package intercept
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
+)
+
+// handshakeTimeout bounds a peer's hello and authentication.
+const handshakeTimeout = 5 * time.Second
+
+// ErrAuth is returned when a peer fails authentication.
+var ErrAuth = errors.New("authentication failed")
+
+// peerInfo is what the handshake learned about the other side.
+type peerInfo struct {
+	hello wire.Hello
+}
+
+// handshake runs the symmetric opening on conn: both sides send Hello, read
+// the other's, check the version and, when either side requires it, prove
+// knowledge of the shared secret over the other's nonce (both ways, so the
+// secret never crosses the wire). It returns a peer error frame already
+// sent to the other side as a *wire.PeerError in the error chain.
+func handshake(conn net.Conn, r *wire.Reader, role wire.Role, name string, secret []byte) (peerInfo, error) {
+	if err := conn.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
+		return peerInfo{}, err
+	}
+	defer conn.SetDeadline(time.Time{})
+	own := wire.Hello{Version: wire.Version, Role: role, Name: name}
+	if len(secret) > 0 {
+		own.Caps |= wire.CapAuth
+	}
+	if _, err := io.ReadFull(rand.Reader, own.Nonce[:]); err != nil {
+		return peerInfo{}, fmt.Errorf("nonce: %w", err)
+	}
+	if _, err := conn.Write(wire.AppendHello(nil, &own)); err != nil {
+		return peerInfo{}, fmt.Errorf("send hello: %w", err)
+	}
+	typ, p, err := r.Next()
+	if err != nil {
+		return peerInfo{}, fmt.Errorf("read hello: %w", err)
+	}
+	if typ == wire.TypeError {
+		return peerInfo{}, peerErr(p)
+	}
+	if typ != wire.TypeHello {
+		return peerInfo{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", typ))
+	}
+	peer, err := wire.ParseHello(p)
+	if err != nil {
+		return peerInfo{}, refuse(conn, wire.CodeProtocol, "bad hello: "+err.Error())
+	}
+	if peer.Version != wire.Version {
+		return peerInfo{}, refuse(conn, wire.CodeVersion,
+			fmt.Sprintf("version mismatch: we speak %d, peer %q speaks %d", wire.Version, peer.Name, peer.Version))
+	}
+	if peer.Role == role {
+		return peerInfo{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("peer is also a %v", role))
+	}
+	info := peerInfo{hello: peer}
+	needAuth := own.Caps&wire.CapAuth != 0 || peer.Caps&wire.CapAuth != 0
+	if !needAuth {
+		return info, nil
+	}
+	if len(secret) == 0 {
+		return info, refuse(conn, wire.CodeAuth, "peer requires authentication and no secret is configured here")
+	}
+	if peer.Caps&wire.CapAuth == 0 {
+		return info, refuse(conn, wire.CodeAuth, "peer does not authenticate; refusing an unauthenticated channel")
+	}
+	mac := wire.ComputeMAC(secret, role, peer.Nonce, own.Nonce)
+	if _, err := conn.Write(wire.AppendAuth(nil, mac)); err != nil {
+		return info, fmt.Errorf("send auth: %w", err)
+	}
+	typ, p, err = r.Next()
+	if err != nil {
+		return info, fmt.Errorf("read auth: %w", err)
+	}
+	if typ == wire.TypeError {
+		return info, peerErr(p)
+	}
+	if typ != wire.TypeAuth {
+		return info, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected auth, got %v", typ))
+	}
+	theirs, err := wire.ParseAuth(p)
+	if err != nil || !wire.VerifyMAC(secret, peer.Role, own.Nonce, peer.Nonce, theirs) {
+		err := refuse(conn, wire.CodeAuth, "wrong secret")
+		return info, fmt.Errorf("%w: %w", ErrAuth, err)
+	}
+	return info, nil
+}
+
+// refuse tells the peer why the connection ends and returns that reason.
+func refuse(conn net.Conn, code wire.ErrorCode, msg string) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = conn.Write(wire.AppendError(nil, code, msg))
+	return &wire.PeerError{Code: code, Msg: "refused: " + msg}
+}
+
+func peerErr(p []byte) error {
+	pe, err := wire.ParseError(p)
+	if err != nil {
+		return fmt.Errorf("bad error frame from peer: %w", err)
+	}
+	return pe
+}
