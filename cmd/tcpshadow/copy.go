@@ -1,0 +1,415 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tcpshadow/tcpshadow/capture"
+	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/rawsock"
+	"github.com/tcpshadow/tcpshadow/rewrite"
+	"github.com/tcpshadow/tcpshadow/tcpstate"
+)
+
+// copyOptions are the copy command's flags as given.
+type copyOptions struct {
+	iface         string
+	maps          []string
+	agent         string
+	pools         []string
+	filter        string
+	workers       int
+	noPacing      bool
+	mss           int
+	secretFile    string
+	name          string
+	metricsAddr   string
+	statsInterval time.Duration
+	handshake     time.Duration
+	response      time.Duration
+	idle          time.Duration
+	linger        time.Duration
+	quiet         time.Duration
+	maxSessBytes  int
+	maxSessions   int
+	snaplen       int
+	bufferMB      int
+	poolSeed      uint64
+}
+
+// copyConfig is the validated configuration the daemon runs with.
+type copyConfig struct {
+	capture       capture.Config
+	engine        tcpstate.Config
+	client        intercept.ClientConfig
+	metricsAddr   string
+	statsInterval time.Duration
+}
+
+func newCopyCmd(g *globalOptions) *cobra.Command {
+	o := &copyOptions{}
+	cmd := &cobra.Command{
+		Use:   "copy --iface IFACE --map [LOCAL:]PORT-TARGET:PORT --intercept AGENT [flags]",
+		Short: "Copy the traffic prod receives to the shadow (runs on the prod host)",
+		Long: `copy captures client packets arriving at prod, rewrites them toward the shadow
+(destination, optionally a forged client address from a pool, ACKs translated
+into the shadow's sequence space) and plays the client's side of TCP, learning
+the shadow's replies from the intercept agent.
+
+Maps (-x, repeatable or comma-separated):
+  80-198.18.1.2:80                    port 80 on any local address
+  198.18.0.1:80-198.18.1.2:8080       one local address only
+  [2001:2::1]:80-[2001:2:0:1::2]:80   IPv6`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			return runCopy(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.iface, "iface", "i", "", "interface to capture client packets on (\"any\" for all)")
+	f.StringSliceVarP(&o.maps, "map", "x", nil, "what to copy where: [LOCALADDR:]PORT-TARGETADDR:PORT (repeatable)")
+	f.StringVarP(&o.agent, "intercept", "s", "", "intercept agent address HOST[:PORT] (default port 36524)")
+	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "forge client addresses from this prefix (one per address family)")
+	f.StringVar(&o.filter, "filter", "", "BPF filter replacing the one built from the maps")
+	f.IntVar(&o.workers, "workers", runtime.NumCPU(), "datapath workers (flows are sharded over them)")
+	f.BoolVar(&o.noPacing, "no-pacing", false, "send requests as captured instead of after the shadow answered the previous one")
+	f.IntVar(&o.mss, "mss", 1460, "largest segment sent to the shadow; larger captured packets are split")
+	f.StringVar(&o.secretFile, "secret-file", "", "file holding the control channel's shared secret")
+	f.StringVar(&o.name, "name", "", "name announced to the agent (default: hostname)")
+	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
+	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
+	f.DurationVar(&o.handshake, "handshake-timeout", 5*time.Second, "give up a session whose SYN the shadow does not answer")
+	f.DurationVar(&o.response, "response-timeout", 30*time.Second, "give up a session whose request the shadow does not answer")
+	f.DurationVar(&o.idle, "idle-timeout", 120*time.Second, "end sessions idle this long")
+	f.DurationVar(&o.linger, "linger", 2*time.Second, "keep ended sessions this long to reset late replies")
+	f.DurationVar(&o.quiet, "quiet-period", 20*time.Millisecond, "shadow silence that completes an answer shorter than prod's")
+	f.IntVar(&o.maxSessBytes, "max-session-bytes", 8<<20, "client data buffered per session before it is cut")
+	f.IntVar(&o.maxSessions, "max-sessions", 1<<20, "sessions held at once; new ones beyond are shed")
+	f.IntVar(&o.snaplen, "snaplen", 262144, "capture snap length")
+	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
+	return cmd
+}
+
+// config validates the flags; every error names its flag.
+func (o *copyOptions) config() (*copyConfig, error) {
+	if o.iface == "" {
+		return nil, errors.New("--iface is required")
+	}
+	if len(o.maps) == 0 {
+		return nil, errors.New("--map is required: what to copy where, e.g. 80-198.18.1.2:80")
+	}
+	var maps []tcpstate.Map
+	for _, s := range o.maps {
+		m, err := parseMap(s)
+		if err != nil {
+			return nil, fmt.Errorf("--map %q: %w", s, err)
+		}
+		maps = append(maps, m)
+	}
+	if o.agent == "" {
+		return nil, errors.New("--intercept is required: the intercept agent's address")
+	}
+	agent, err := agentAddr(o.agent)
+	if err != nil {
+		return nil, fmt.Errorf("--intercept %q: %w", o.agent, err)
+	}
+	var prefixes []netip.Prefix
+	for _, s := range o.pools {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--client-pool %q: want a prefix such as 198.19.0.0/16: %w", s, err)
+		}
+		prefixes = append(prefixes, p)
+	}
+	pool, err := rewrite.NewPool(prefixes, o.poolSeed)
+	if err != nil {
+		return nil, fmt.Errorf("--client-pool: %w", err)
+	}
+	if len(prefixes) == 0 {
+		pool = nil
+	}
+	if o.workers < 1 || o.workers > 1024 {
+		return nil, fmt.Errorf("--workers %d: want 1..1024", o.workers)
+	}
+	if o.mss < 536 || o.mss > 65495 {
+		return nil, fmt.Errorf("--mss %d: want 536..65495", o.mss)
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{
+		{"--handshake-timeout", o.handshake}, {"--response-timeout", o.response},
+		{"--idle-timeout", o.idle}, {"--linger", o.linger}, {"--quiet-period", o.quiet},
+	} {
+		if d.v <= 0 {
+			return nil, fmt.Errorf("%s %v: must be positive", d.flag, d.v)
+		}
+	}
+	if o.statsInterval < 0 {
+		return nil, fmt.Errorf("--stats-interval %v: must not be negative", o.statsInterval)
+	}
+	if o.maxSessBytes < 4096 {
+		return nil, fmt.Errorf("--max-session-bytes %d: want at least 4096", o.maxSessBytes)
+	}
+	if o.maxSessions < 1 {
+		return nil, fmt.Errorf("--max-sessions %d: want at least 1", o.maxSessions)
+	}
+	if o.snaplen < 128 || o.snaplen > 262144 {
+		return nil, fmt.Errorf("--snaplen %d: want 128..262144", o.snaplen)
+	}
+	if o.bufferMB < 1 || o.bufferMB > 4096 {
+		return nil, fmt.Errorf("--capture-buffer-mb %d: want 1..4096", o.bufferMB)
+	}
+	secret, err := readSecret(o.secretFile)
+	if err != nil {
+		return nil, fmt.Errorf("--secret-file: %w", err)
+	}
+	name := o.name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	filter := o.filter
+	if filter == "" {
+		var dsts, targets []netip.AddrPort
+		for _, m := range maps {
+			local := m.Local
+			if !local.Addr().IsValid() {
+				// Any local address, but only of the target's family.
+				any := netip.IPv6Unspecified()
+				if m.Target.Addr().Is4() {
+					any = netip.IPv4Unspecified()
+				}
+				local = netip.AddrPortFrom(any, local.Port())
+			}
+			dsts = append(dsts, local)
+			targets = append(targets, m.Target)
+		}
+		filter = capture.FilterFor(dsts, targets)
+	}
+	cfg := &copyConfig{
+		capture: capture.Config{
+			Interface: o.iface, SnapLen: o.snaplen, BufferSize: o.bufferMB << 20,
+			Filter: filter, InboundOnly: true,
+		},
+		engine: tcpstate.Config{
+			Maps: maps, Pool: pool, Workers: o.workers, NoPacing: o.noPacing,
+			MSS: o.mss, QuietPeriod: o.quiet,
+			HandshakeTimeout: o.handshake, ResponseTimeout: o.response,
+			IdleTimeout: o.idle, Linger: o.linger,
+			MaxSessionBytes: o.maxSessBytes, MaxSessions: o.maxSessions,
+			Seed: o.poolSeed ^ 0x5eed,
+		},
+		client:        intercept.ClientConfig{Addr: agent, Name: name, Secret: secret},
+		metricsAddr:   o.metricsAddr,
+		statsInterval: o.statsInterval,
+	}
+	cfg.engine.Defaults()
+	if err := cfg.engine.Validate(); err != nil {
+		return nil, fmt.Errorf("--map: %w", err)
+	}
+	return cfg, nil
+}
+
+// parseMap parses [LOCALADDR:]PORT-TARGETADDR[:PORT].
+func parseMap(s string) (tcpstate.Map, error) {
+	local, target, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if !ok {
+		return tcpstate.Map{}, errors.New("want [LOCALADDR:]PORT-TARGETADDR:PORT")
+	}
+	var m tcpstate.Map
+	if port, err := strconv.ParseUint(local, 10, 16); err == nil {
+		m.Local = netip.AddrPortFrom(netip.Addr{}, uint16(port))
+	} else if ap, err := netip.ParseAddrPort(local); err == nil {
+		m.Local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	} else {
+		return m, fmt.Errorf("local side %q: want PORT or ADDR:PORT ([ADDR]:PORT for IPv6)", local)
+	}
+	if m.Local.Port() == 0 {
+		return m, errors.New("local port must not be 0")
+	}
+	if ap, err := netip.ParseAddrPort(target); err == nil {
+		m.Target = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	} else if a, err := netip.ParseAddr(strings.Trim(target, "[]")); err == nil {
+		m.Target = netip.AddrPortFrom(a.Unmap(), m.Local.Port())
+	} else {
+		return m, fmt.Errorf("target %q: want ADDR:PORT ([ADDR]:PORT for IPv6)", target)
+	}
+	if m.Target.Port() == 0 {
+		return m, errors.New("target port must not be 0")
+	}
+	if a := m.Local.Addr(); a.IsValid() && a.Is4() != m.Target.Addr().Is4() {
+		return m, errors.New("local and target addresses are of different families")
+	}
+	return m, nil
+}
+
+// agentAddr adds the default port to HOST if it has none.
+func agentAddr(s string) (string, error) {
+	if _, _, err := net.SplitHostPort(s); err == nil {
+		return s, nil
+	}
+	host := strings.Trim(s, "[]")
+	if host == "" {
+		return "", errors.New("empty address")
+	}
+	return net.JoinHostPort(host, strconv.Itoa(wire.DefaultPort)), nil
+}
+
+// readSecret reads a shared secret file; empty path means no secret.
+func readSecret(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	secret := []byte(strings.TrimSpace(string(b)))
+	if len(secret) < 16 {
+		return nil, fmt.Errorf("%s: secret shorter than 16 bytes", path)
+	}
+	return secret, nil
+}
+
+// runCopy runs the copy daemon until ctx is done.
+func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger) error {
+	senders := make([]tcpstate.Sender, cfg.engine.Workers)
+	for i := range senders {
+		s, err := rawsock.Open()
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		senders[i] = s
+	}
+	var eng *tcpstate.Engine
+	client := intercept.NewClient(cfg.client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
+	eng, err := tcpstate.NewEngine(cfg.engine, senders, client, log)
+	if err != nil {
+		return fmt.Errorf("--map: %w", err)
+	}
+	src, err := capture.OpenLive(cfg.capture)
+	if err != nil {
+		return err
+	}
+	samples := func() []metrics.Sample { return copySamples(eng, client, src) }
+	if cfg.metricsAddr != "" {
+		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
+			src.Close()
+			return fmt.Errorf("--metrics: %w", err)
+		}
+	}
+	log.Info("copying", "iface", cfg.capture.Interface, "filter", cfg.capture.Filter,
+		"maps", fmt.Sprint(cfg.engine.Maps), "agent", cfg.client.Addr, "workers", cfg.engine.Workers)
+
+	clientCtx, stopClient := context.WithCancel(context.Background())
+	defer stopClient()
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); _ = client.Run(clientCtx) }()
+	engDone := make(chan struct{})
+	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
+	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log) }()
+
+	err = captureLoop(ctx, src, eng)
+	src.Close()
+	// Shutdown order: the engine resets the shadow's sessions and
+	// deregisters their flows, then the client flushes and closes.
+	stopEngine()
+	<-engDone
+	time.Sleep(50 * time.Millisecond)
+	stopClient()
+	wg.Wait()
+	log.Info("stopped", "summary", metrics.Summary(samples(), "tcpshadow_"))
+	return err
+}
+
+// captureLoop feeds captured packets to the engine until ctx is done.
+func captureLoop(ctx context.Context, src capture.Source, eng *tcpstate.Engine) error {
+	go func() {
+		<-ctx.Done()
+		src.Close()
+	}()
+	for {
+		pkt, ts, err := src.Read()
+		switch {
+		case err == nil:
+			eng.HandleCaptured(pkt, ts)
+		case errors.Is(err, capture.ErrTimeout):
+		case errors.Is(err, io.EOF):
+			return nil
+		default:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// copySamples renders the copy daemon's counters as metric samples.
+func copySamples(eng *tcpstate.Engine, client *intercept.Client, src capture.Source) []metrics.Sample {
+	st := eng.Stats()
+	out := make([]metrics.Sample, 0, 64)
+	st.EachCounter(func(name string, v uint64) {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_events_total", Help: "Copy datapath events by stage.",
+			Labels: []string{"event", name}, Value: float64(v),
+		})
+	})
+	st.EachEnded(func(reason string, v uint64) {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_sessions_ended_total", Help: "Sessions ended, by reason.",
+			Labels: []string{"reason", reason}, Value: float64(v),
+		})
+	})
+	cs := client.Stats()
+	connected := 0.0
+	if cs.Connected {
+		connected = 1
+	}
+	capst := src.Stats()
+	out = append(out,
+		metrics.Sample{Name: "tcpshadow_copy_sessions_active", Help: "Sessions held, lingering ones included.", Kind: metrics.Gauge, Value: float64(st.Active)},
+		metrics.Sample{Name: "tcpshadow_copy_buffered_bytes", Help: "Client data buffered for the shadow.", Kind: metrics.Gauge, Value: float64(st.Buffered)},
+		metrics.Sample{Name: "tcpshadow_capture_kernel_received_total", Help: "Packets the kernel passed the filter (pcap_stats).", Value: float64(capst.KernelRecv)},
+		metrics.Sample{Name: "tcpshadow_capture_kernel_dropped_total", Help: "Packets dropped by the kernel for lack of buffer.", Value: float64(capst.KernelDropped)},
+		metrics.Sample{Name: "tcpshadow_capture_interface_dropped_total", Help: "Packets dropped by the interface.", Value: float64(capst.IfDropped)},
+		metrics.Sample{Name: "tcpshadow_capture_non_ip_total", Help: "Captured frames that were not IP.", Value: float64(capst.NonIP)},
+		metrics.Sample{Name: "tcpshadow_agent_connected", Help: "1 when the control channel to the agent is up.", Kind: metrics.Gauge, Value: connected},
+		metrics.Sample{Name: "tcpshadow_agent_connects_total", Help: "Control channel connections made.", Value: float64(cs.Connects)},
+		metrics.Sample{Name: "tcpshadow_agent_connect_failures_total", Help: "Failed attempts to reach the agent.", Value: float64(cs.ConnectFailures)},
+		metrics.Sample{Name: "tcpshadow_agent_registrations_total", Help: "Flow registrations sent.", Value: float64(cs.Registered)},
+		metrics.Sample{Name: "tcpshadow_agent_deregistrations_total", Help: "Flow de-registrations sent.", Value: float64(cs.Deregistered)},
+		metrics.Sample{Name: "tcpshadow_agent_queue_full_total", Help: "Registrations dropped: queue full.", Value: float64(cs.QueueFull)},
+		metrics.Sample{Name: "tcpshadow_agent_flows", Help: "Flows registered with the agent.", Kind: metrics.Gauge, Value: float64(cs.Flows)},
+		metrics.Sample{Name: "tcpshadow_agent_replies_total", Help: "Reply headers received from the agent.", Value: float64(cs.Replies)},
+	)
+	return out
+}

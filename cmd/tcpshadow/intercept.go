@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tcpshadow/tcpshadow/capture"
+	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
+)
+
+type interceptOptions struct {
+	iface         string
+	filter        string
+	listen        string
+	secretFile    string
+	allow         []string
+	flushDelay    time.Duration
+	maxFlows      int
+	name          string
+	metricsAddr   string
+	statsInterval time.Duration
+	bufferMB      int
+}
+
+type interceptConfig struct {
+	capture       capture.Config
+	agent         intercept.AgentConfig
+	listen        string
+	metricsAddr   string
+	statsInterval time.Duration
+}
+
+func newInterceptCmd(g *globalOptions) *cobra.Command {
+	o := &interceptOptions{}
+	cmd := &cobra.Command{
+		Use:   "intercept --iface IFACE [--filter 'tcp and src port 80'] [flags]",
+		Short: "Relay the shadow's replies to copy daemons (runs on the assist host)",
+		Long: `intercept captures the shadow's replies, which the shadow routes to this host
+where they die (keep ip_forward off here), and relays their IP and TCP headers
+to the copy daemon that registered each flow, over an authenticated control
+channel (TCP 36524 by default).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			return runIntercept(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on")
+	f.StringVar(&o.filter, "filter", "tcp", "BPF filter for the shadow's replies, e.g. 'tcp and src port 80'")
+	f.StringVarP(&o.listen, "listen", "l", ":36524", "address to serve copy daemons on")
+	f.StringVar(&o.secretFile, "secret-file", "", "file holding the shared secret copy daemons must prove")
+	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
+	f.DurationVar(&o.flushDelay, "flush-delay", 200*time.Microsecond, "longest a reply header waits to be batched")
+	f.IntVar(&o.maxFlows, "max-flows", 1<<20, "flow table size bound")
+	f.StringVar(&o.name, "name", "", "name announced to copy daemons (default: hostname)")
+	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
+	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
+	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	return cmd
+}
+
+func (o *interceptOptions) config() (*interceptConfig, error) {
+	if o.iface == "" {
+		return nil, errors.New("--iface is required")
+	}
+	if o.filter == "" {
+		return nil, errors.New("--filter must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return nil, fmt.Errorf("--listen %q: want [ADDR]:PORT: %w", o.listen, err)
+	}
+	var allow []netip.Prefix
+	for _, s := range o.allow {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("--allow %q: want an address or a prefix", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		allow = append(allow, p)
+	}
+	if o.flushDelay <= 0 || o.flushDelay > time.Second {
+		return nil, fmt.Errorf("--flush-delay %v: want (0, 1s]", o.flushDelay)
+	}
+	if o.maxFlows < 1 {
+		return nil, fmt.Errorf("--max-flows %d: want at least 1", o.maxFlows)
+	}
+	if o.statsInterval < 0 {
+		return nil, fmt.Errorf("--stats-interval %v: must not be negative", o.statsInterval)
+	}
+	if o.bufferMB < 1 || o.bufferMB > 4096 {
+		return nil, fmt.Errorf("--capture-buffer-mb %d: want 1..4096", o.bufferMB)
+	}
+	secret, err := readSecret(o.secretFile)
+	if err != nil {
+		return nil, fmt.Errorf("--secret-file: %w", err)
+	}
+	name := o.name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return &interceptConfig{
+		// Replies are for addresses that are not ours: only what arrives.
+		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: o.bufferMB << 20, SnapLen: 256, InboundOnly: true},
+		agent: intercept.AgentConfig{
+			Name: name, Secret: secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
+		},
+		listen: o.listen, metricsAddr: o.metricsAddr, statsInterval: o.statsInterval,
+	}, nil
+}
+
+func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger) error {
+	src, err := capture.OpenLive(cfg.capture)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		src.Close()
+		return fmt.Errorf("--listen: %w", err)
+	}
+	agent := intercept.NewAgent(cfg.agent, src, ln, log)
+	samples := func() []metrics.Sample { return agentSamples(agent, src) }
+	if cfg.metricsAddr != "" {
+		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
+			ln.Close()
+			src.Close()
+			return fmt.Errorf("--metrics: %w", err)
+		}
+	}
+	go metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log)
+	log.Info("intercepting", "iface", cfg.capture.Interface, "filter", cfg.capture.Filter, "listen", ln.Addr().String(),
+		"auth", len(cfg.agent.Secret) > 0)
+	err = agent.Run(ctx)
+	log.Info("stopped", "summary", metrics.Summary(samples(), "tcpshadow_"))
+	return err
+}
+
+func agentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
+	st := a.Stats()
+	cs := src.Stats()
+	c := func(name, help string, v uint64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_intercept_" + name + "_total", Help: help, Value: float64(v)}
+	}
+	g := func(name, help string, v int64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_intercept_" + name, Help: help, Kind: metrics.Gauge, Value: float64(v)}
+	}
+	return []metrics.Sample{
+		c("captured", "Reply packets captured.", st.Captured),
+		c("bad", "Captured packets not decodable as TCP.", st.Bad),
+		c("relayed", "Reply headers queued to a copy daemon.", st.Relayed),
+		c("no_owner", "Replies of flows nobody registered.", st.NoOwner),
+		c("parked", "SYN-ACK/RST replies parked until their registration.", st.Parked),
+		c("parked_delivered", "Parked replies delivered.", st.ParkedDelivered),
+		c("parked_expired", "Parked replies never claimed.", st.ParkedExpired),
+		c("dropped_queue", "Replies dropped: relay queue full.", st.DroppedQueue),
+		c("dropped_peer", "Replies dropped: a copy daemon's queue full.", st.DroppedPeer),
+		c("flows_rejected", "Registrations refused: flow table full.", st.FlowsRejected),
+		c("peers_refused", "Connections refused (allowlist, version, authentication).", st.PeersRefused),
+		c("peer_errors", "Connections closed on a protocol error.", st.PeerErrors),
+		c("batches", "Reply frames written.", st.Batches),
+		g("flows", "Registered flows.", st.Flows),
+		g("peers", "Connected copy daemons.", st.Peers),
+		c("kernel_dropped", "Packets the kernel dropped for lack of capture buffer.", cs.KernelDropped),
+		c("interface_dropped", "Packets dropped by the interface.", cs.IfDropped),
+	}
+}
