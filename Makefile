@@ -1,0 +1,49 @@
+# tcpshadow — run `make help` for the targets.
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/tcpshadow
+LDFLAGS := -s -w -X main.version=$(VERSION)
+# Packages whose tests need no root and no lab.
+UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab)
+
+.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go clean install
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install what is missing (Debian packages; needs root)
+	@./scripts/deps.sh
+
+build: ## build bin/tcpshadow
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tcpshadow
+
+test: deps lint test-unit test-e2e ## install what is missing, then run every test (as root)
+
+test-unit: ## unit tests with the race detector
+	$(GO) test -race -count=1 $(UNIT)
+
+test-e2e: ## lab tests: sealed namespaces, real servers (needs root)
+	$(GO) test -count=1 -timeout 30m ./internal/lab ./internal/e2e
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: deps build ## run the copier on a built-in lab and show what prod and shadow served
+	$(GO) run ./internal/cmd/tslab demo --bin $(BIN)
+
+bench-go: ## microbenchmarks of the datapath
+	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)
+
+bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md)
+	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md
+
+clean: ## remove build output
+	rm -rf bin
+
+install: build ## install the binary and systemd units under $(DESTDIR)$(PREFIX)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/tcpshadow
