@@ -1,0 +1,389 @@
+package rewrite
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+)
+
+// Decoding errors; callers count them by reason.
+var (
+	ErrTruncated = errors.New("truncated packet")
+	ErrVersion   = errors.New("not ipv4 or ipv6")
+	ErrNotTCP    = errors.New("not tcp")
+	ErrFragment  = errors.New("ip fragment")
+	ErrHeader    = errors.New("bad header length")
+)
+
+// Packet is a decoded view of one IPv4 or IPv6 TCP packet held in a
+// caller-owned buffer. Decoding allocates nothing. Setters rewrite fields in
+// place and keep the IPv4 header checksum and the TCP checksum valid by
+// incremental update (RFC 1624), so they are only as correct as the checksum
+// the packet came with; RecomputeChecksums sets both from scratch.
+type Packet struct {
+	b      []byte // IP packet, cut to the IP length field
+	ipLen  int    // bytes before the TCP header (IPv6 extension headers included)
+	tcpLen int
+	segLen int // TCP header + payload per the IP length field
+	v6     bool
+}
+
+// Decode decodes b, which must hold a whole IPv4 or IPv6 packet carrying a
+// TCP segment. Bytes past the IP length (link padding) are ignored.
+func (p *Packet) Decode(b []byte) error { return p.decode(b, true) }
+
+// DecodeHeader is Decode for a packet whose payload may be missing, such as
+// a reply header relayed by the intercept agent; PayloadLen still reports
+// the length the IP header announces.
+func (p *Packet) DecodeHeader(b []byte) error { return p.decode(b, false) }
+
+func (p *Packet) decode(b []byte, whole bool) error {
+	*p = Packet{}
+	if len(b) < 1 {
+		return ErrTruncated
+	}
+	var total int
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < IPv4MinHeaderLen {
+			return ErrTruncated
+		}
+		ip := IPv4(b)
+		hl := ip.HeaderLen()
+		total = ip.TotalLen()
+		if hl < IPv4MinHeaderLen || total < hl {
+			return ErrHeader
+		}
+		if hl > len(b) {
+			return ErrTruncated
+		}
+		if ip.IsFragment() {
+			return ErrFragment
+		}
+		if ip.Protocol() != ProtoTCP {
+			return ErrNotTCP
+		}
+		p.ipLen = hl
+	case 6:
+		if len(b) < IPv6HeaderLen {
+			return ErrTruncated
+		}
+		ip := IPv6(b)
+		if ip.PayloadLen() == 0 {
+			return ErrHeader // jumbograms are not supported
+		}
+		total = IPv6HeaderLen + ip.PayloadLen()
+		next, off := ip.NextHeader(), IPv6HeaderLen
+		for next != ProtoTCP {
+			switch next {
+			case protoHopByHop, protoRouting, protoDestOpts:
+				if off+8 > total {
+					return ErrHeader
+				}
+				if off+8 > len(b) {
+					return ErrTruncated
+				}
+				next, off = b[off], off+(int(b[off+1])+1)*8
+			case protoFragment:
+				return ErrFragment
+			default:
+				return ErrNotTCP
+			}
+		}
+		p.ipLen = off
+		p.v6 = true
+	default:
+		return ErrVersion
+	}
+	if total < len(b) {
+		b = b[:total]
+	}
+	if whole && total > len(b) {
+		return ErrTruncated
+	}
+	if p.ipLen+TCPMinHeaderLen > total {
+		return ErrHeader
+	}
+	if p.ipLen+TCPMinHeaderLen > len(b) {
+		return ErrTruncated
+	}
+	tl := TCP(b[p.ipLen:]).HeaderLen()
+	if tl < TCPMinHeaderLen || p.ipLen+tl > total {
+		return ErrHeader
+	}
+	if p.ipLen+tl > len(b) {
+		return ErrTruncated
+	}
+	p.b, p.tcpLen, p.segLen = b, tl, total-p.ipLen
+	return nil
+}
+
+// Bytes returns the packet, starting at the IP header.
+func (p *Packet) Bytes() []byte { return p.b }
+
+// IsV6 reports whether the packet is IPv6.
+func (p *Packet) IsV6() bool { return p.v6 }
+
+// IPHeaderLen returns the bytes before the TCP header.
+func (p *Packet) IPHeaderLen() int { return p.ipLen }
+
+// TCP returns the TCP header (options included) as a view.
+func (p *Packet) TCP() TCP { return TCP(p.b[p.ipLen : p.ipLen+p.tcpLen]) }
+
+// Headers returns the IP and TCP headers: what the intercept agent relays.
+func (p *Packet) Headers() []byte { return p.b[:p.ipLen+p.tcpLen] }
+
+// PayloadLen returns the payload length announced by the IP header.
+func (p *Packet) PayloadLen() int { return p.segLen - p.tcpLen }
+
+// Payload returns the payload bytes present in the buffer.
+func (p *Packet) Payload() []byte { return p.b[p.ipLen+p.tcpLen:] }
+
+// SrcAddr and DstAddr return the IP addresses.
+func (p *Packet) SrcAddr() netip.Addr {
+	if p.v6 {
+		return IPv6(p.b).SrcAddr()
+	}
+	return IPv4(p.b).SrcAddr()
+}
+
+func (p *Packet) DstAddr() netip.Addr {
+	if p.v6 {
+		return IPv6(p.b).DstAddr()
+	}
+	return IPv4(p.b).DstAddr()
+}
+
+// Tuple returns the packet's flow tuple in its direction of travel.
+func (p *Packet) Tuple() Tuple {
+	var t Tuple
+	if p.v6 {
+		copy(t.Src[:], p.b[8:24])
+		copy(t.Dst[:], p.b[24:40])
+	} else {
+		t.Src[10], t.Src[11] = 0xff, 0xff
+		t.Dst[10], t.Dst[11] = 0xff, 0xff
+		copy(t.Src[12:], p.b[12:16])
+		copy(t.Dst[12:], p.b[16:20])
+	}
+	tcp := p.TCP()
+	t.SrcPort, t.DstPort = tcp.SrcPort(), tcp.DstPort()
+	return t
+}
+
+// SetSrc rewrites the source address and port. It returns false, changing
+// nothing, if addr is not of the packet's family.
+func (p *Packet) SetSrc(addr netip.Addr, port uint16) bool {
+	if !p.setAddr(addr, p.srcAddrOff()) {
+		return false
+	}
+	p.put16(0, port)
+	return true
+}
+
+// SetDst rewrites the destination address and port, as SetSrc.
+func (p *Packet) SetDst(addr netip.Addr, port uint16) bool {
+	if !p.setAddr(addr, p.srcAddrOff()+p.addrLen()) {
+		return false
+	}
+	p.put16(2, port)
+	return true
+}
+
+func (p *Packet) srcAddrOff() int {
+	if p.v6 {
+		return 8
+	}
+	return 12
+}
+
+func (p *Packet) addrLen() int {
+	if p.v6 {
+		return 16
+	}
+	return 4
+}
+
+func (p *Packet) setAddr(addr netip.Addr, off int) bool {
+	var buf [16]byte
+	var a []byte
+	switch {
+	case p.v6 && addr.Is6() && !addr.Is4In6():
+		buf = addr.As16()
+		a = buf[:16]
+	case !p.v6 && (addr.Is4() || addr.Is4In6()):
+		v4 := addr.Unmap().As4()
+		copy(buf[:], v4[:])
+		a = buf[:4]
+	default:
+		return false
+	}
+	old := p.b[off : off+len(a)]
+	tcp := p.TCP()
+	tcp.SetChecksum(UpdateBytes(tcp.Checksum(), old, a))
+	if !p.v6 {
+		IPv4(p.b).setAddr(off, [4]byte(a))
+		return true
+	}
+	copy(old, a)
+	return true
+}
+
+// put16 writes a 16-bit TCP header field at an even offset.
+func (p *Packet) put16(off int, v uint16) {
+	tcp := p.TCP()
+	old := binary.BigEndian.Uint16(tcp[off:])
+	binary.BigEndian.PutUint16(tcp[off:], v)
+	tcp.SetChecksum(Update16(tcp.Checksum(), old, v))
+}
+
+func (p *Packet) put32(off int, v uint32) {
+	tcp := p.TCP()
+	old := binary.BigEndian.Uint32(tcp[off:])
+	binary.BigEndian.PutUint32(tcp[off:], v)
+	tcp.SetChecksum(Update32(tcp.Checksum(), old, v))
+}
+
+// SetSeq, SetAck, SetWindow and SetFlags rewrite TCP header fields.
+func (p *Packet) SetSeq(v uint32)    { p.put32(4, v) }
+func (p *Packet) SetAck(v uint32)    { p.put32(8, v) }
+func (p *Packet) SetWindow(v uint16) { p.put16(14, v) }
+
+func (p *Packet) SetFlags(f uint8) {
+	tcp := p.TCP()
+	p.put16(12, uint16(tcp[12])<<8|uint16(f))
+}
+
+// patch overwrites the TCP header bytes at off with v, at any alignment,
+// and updates the checksum by the difference of the covering 16-bit words.
+func (p *Packet) patch(off int, v []byte) {
+	tcp := p.TCP()
+	start, end := off&^1, (off+len(v)+1)&^1
+	oldSum := Sum(tcp[start:end], 0)
+	copy(tcp[off:], v)
+	newSum := Sum(tcp[start:end], 0)
+	tcp.SetChecksum(^add16(add16(^tcp.Checksum(), ^oldSum), newSum))
+}
+
+// SetTimestamps rewrites TSval and TSecr in place. It returns false if the
+// packet carries no timestamps option (o must come from ParseOptions on
+// this packet).
+func (p *Packet) SetTimestamps(o *Options, val, ecr uint32) bool {
+	if o.tsOff == 0 {
+		return false
+	}
+	var v [8]byte
+	binary.BigEndian.PutUint32(v[0:], val)
+	binary.BigEndian.PutUint32(v[4:], ecr)
+	p.patch(o.tsOff+2, v[:])
+	o.TSVal, o.TSEcr = val, ecr
+	return true
+}
+
+// SetMSS rewrites the MSS option in place; false if there is none.
+func (p *Packet) SetMSS(o *Options, mss uint16) bool {
+	if o.mssOff == 0 {
+		return false
+	}
+	var v [2]byte
+	binary.BigEndian.PutUint16(v[:], mss)
+	p.patch(o.mssOff+2, v[:])
+	o.MSS = mss
+	return true
+}
+
+// ClearOptions overwrites every option of the given kinds with NOPs, which
+// keeps the header length and the other options' offsets. It returns the
+// number of options cleared.
+func (p *Packet) ClearOptions(kinds ...uint8) int {
+	tcp := p.TCP()
+	var nops [TCPMaxHeaderLen]byte
+	for i := range nops {
+		nops[i] = OptNOP
+	}
+	cleared := 0
+	for i := TCPMinHeaderLen; i < len(tcp); {
+		kind := tcp[i]
+		if kind == OptEnd {
+			break
+		}
+		if kind == OptNOP {
+			i++
+			continue
+		}
+		if i+1 >= len(tcp) || tcp[i+1] < 2 || i+int(tcp[i+1]) > len(tcp) {
+			break
+		}
+		n := int(tcp[i+1])
+		for _, k := range kinds {
+			if k == kind {
+				p.patch(i, nops[:n])
+				cleared++
+				break
+			}
+		}
+		i += n
+	}
+	return cleared
+}
+
+// RecomputeChecksums sets the IPv4 header checksum and the TCP checksum
+// from scratch. The whole payload must be present. Packets captured from a
+// virtual interface often carry a partial checksum (offload), so the copier
+// calls this once before relying on incremental updates.
+func (p *Packet) RecomputeChecksums() {
+	if !p.v6 {
+		ip := IPv4(p.b)
+		ip.SetChecksum(ip.ComputeChecksum())
+	}
+	tcp := p.b[p.ipLen:]
+	TCP(tcp).SetChecksum(0)
+	TCP(tcp).SetChecksum(^Sum(tcp, p.pseudoSum()))
+}
+
+// ChecksumValid reports whether the TCP checksum verifies. The whole
+// payload must be present.
+func (p *Packet) ChecksumValid() bool {
+	return Sum(p.b[p.ipLen:], p.pseudoSum()) == 0xffff
+}
+
+func (p *Packet) pseudoSum() uint16 {
+	off, n := p.srcAddrOff(), p.addrLen()
+	return PseudoHeaderSum(ProtoTCP, p.b[off:off+n], p.b[off+n:off+2*n], uint32(len(p.b)-p.ipLen))
+}
+
+// Tuple identifies one direction of a TCP flow. It is comparable and holds
+// no pointers, so it serves as a map key without burdening the collector.
+// IPv4 addresses are stored IPv4-mapped.
+type Tuple struct {
+	Src, Dst         [16]byte
+	SrcPort, DstPort uint16
+}
+
+// TupleOf builds a tuple from two endpoints.
+func TupleOf(src, dst netip.AddrPort) Tuple {
+	return Tuple{
+		Src: src.Addr().As16(), Dst: dst.Addr().As16(),
+		SrcPort: src.Port(), DstPort: dst.Port(),
+	}
+}
+
+// Reverse returns the tuple of the opposite direction.
+func (t Tuple) Reverse() Tuple {
+	return Tuple{Src: t.Dst, Dst: t.Src, SrcPort: t.DstPort, DstPort: t.SrcPort}
+}
+
+// Is4 reports whether the tuple holds IPv4 addresses.
+func (t Tuple) Is4() bool { return netip.AddrFrom16(t.Src).Is4In6() }
+
+func (t Tuple) SrcAddrPort() netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(t.Src).Unmap(), t.SrcPort)
+}
+
+func (t Tuple) DstAddrPort() netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(t.Dst).Unmap(), t.DstPort)
+}
+
+func (t Tuple) String() string {
+	return t.SrcAddrPort().String() + "->" + t.DstAddrPort().String()
+}
