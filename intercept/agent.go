@@ -309,8 +309,11 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 	r := wire.NewReader(conn)
 	info, err := handshake(conn, r, wire.RoleAgent, a.cfg.Name, a.cfg.Secret)
 	if err != nil {
-		a.logRefusal(remote, "copy daemon refused", err)
 		conn.Close()
+		if errors.Is(err, io.EOF) {
+			return // closed before saying anything: a port probe
+		}
+		a.logRefusal(remote, "copy daemon refused", err)
 		return
 	}
 	p := &agentPeer{
@@ -478,6 +481,7 @@ func (a *Agent) relayLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			for p := range r.peers {
+				p.close()
 				r.dropPeer(p)
 			}
 			return

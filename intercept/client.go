@@ -23,6 +23,8 @@ type ClientConfig struct {
 	RetryMax     time.Duration // longest reconnect delay (default 2s)
 	PingInterval time.Duration // keepalive (default 5s); silence for 3 intervals drops the link
 	QueueLen     int           // registrations waiting to be sent (default 65536)
+	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 func (c *ClientConfig) defaults() {
@@ -285,8 +287,14 @@ func (c *Client) dialLoop(ctx context.Context, dialNow <-chan struct{}, connc ch
 }
 
 func (c *Client) dial(ctx context.Context) (*clientConn, error) {
-	d := net.Dialer{Timeout: c.cfg.DialTimeout, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	dial := c.cfg.Dial
+	if dial == nil {
+		d := net.Dialer{KeepAlive: 30 * time.Second}
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	conn, err := dial(dctx, c.cfg.Addr)
+	cancel()
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,9 @@ func handshake(conn net.Conn, r *wire.Reader, role wire.Role, name string, secre
 	}
 	typ, p, err := r.Next()
 	if err != nil {
+		if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, wire.ErrMalformed) {
+			return peerInfo{}, refuse(conn, wire.CodeProtocol, "not a tcpshadow hello: "+err.Error())
+		}
 		return peerInfo{}, fmt.Errorf("read hello: %w", err)
 	}
 	if typ == wire.TypeError {

@@ -357,7 +357,7 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		}
 		g = ng
 	}
-	if g.len() > s.mss {
+	if g.len() > s.payloadRoom(&g) {
 		w.insertSplit(s, at, &g)
 	} else {
 		s.insertSeg(at, g)
@@ -439,11 +439,13 @@ func (w *Worker) reslice(s *session, g *segment, lo, hi Seq) (segment, bool) {
 	return ng, true
 }
 
-// insertSplit queues g as MSS-sized pieces at index at and frees g.
+// insertSplit queues g as MSS-sized pieces at index at and frees g. The
+// MSS bounds payload plus TCP options (RFC 6691), so options come off it.
 func (w *Worker) insertSplit(s *session, at int, g *segment) {
 	w.ctr.inc(CtrSplit)
+	room := max(s.mss-(g.pkt.TCP().HeaderLen()-rewrite.TCPMinHeaderLen), 1)
 	for lo := g.seq; lo.Before(g.end); {
-		hi := minSeq(lo.Add(s.mss), g.end)
+		hi := minSeq(lo.Add(room), g.end)
 		ng, ok := w.reslice(s, g, lo, hi)
 		if !ok {
 			break
@@ -457,6 +459,11 @@ func (w *Worker) insertSplit(s *session, at int, g *segment) {
 		lo = hi
 	}
 	g.pb.free()
+}
+
+// payloadRoom is the largest payload a segment with g's options may carry.
+func (s *session) payloadRoom(g *segment) int {
+	return s.mss - (g.pkt.TCP().HeaderLen() - rewrite.TCPMinHeaderLen)
 }
 
 // account adds n bytes (negative to release) to the session's and the
@@ -604,7 +611,7 @@ func (w *Worker) normalizeQueue(s *session) {
 			g.pkt.ClearOptions(rewrite.OptTimestamps)
 			rewrite.ParseOptions(g.pkt.TCP(), &g.opts)
 		}
-		if g.len() > s.mss {
+		if g.len() > s.payloadRoom(g) {
 			old := *g
 			w.account(s, -old.pb.size())
 			s.removeSegAt(i)

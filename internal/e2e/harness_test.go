@@ -1,0 +1,375 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
+)
+
+// binPath is the tcpshadow binary built once for all tests.
+var binPath string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			return m.Run() // every test skips through lab.NewT
+		}
+		dir, err := os.MkdirTemp("", "tcpshadow-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		binPath = filepath.Join(dir, "tcpshadow")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, "github.com/tcpshadow/tcpshadow/cmd/tcpshadow").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build tcpshadow: %v\n%s", err, out)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+const (
+	metricsPort = "9464"
+	agentPort   = "36524"
+)
+
+// request is what a server saw.
+type request struct {
+	method, path, bodySum string
+	remote                netip.Addr
+}
+
+// server is an HTTP/1.1 server recording every request it serves. Its
+// response is a function of the path only, so prod and shadow answer alike.
+type server struct {
+	mu   sync.Mutex
+	reqs []request
+	srv  *http.Server
+}
+
+func startServer(t *testing.T, ns *lab.NS, addrs ...string) *server {
+	t.Helper()
+	s := &server{}
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.handle),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
+	for _, a := range addrs {
+		ln, err := ns.Listen("tcp", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.srv.Serve(ln)
+	}
+	t.Cleanup(func() { s.srv.Close() })
+	return s
+}
+
+func (s *server) handle(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	_, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+	s.mu.Lock()
+	s.reqs = append(s.reqs, request{
+		method: r.Method, path: r.URL.Path, bodySum: hex.EncodeToString(h.Sum(nil)),
+		remote: ap.Addr().Unmap(),
+	})
+	s.mu.Unlock()
+	_, _ = w.Write(responseFor(r.URL.Path))
+}
+
+// responseFor is the deterministic body for a path: its size varies with
+// the path so that pacing sees responses of different lengths.
+func responseFor(path string) []byte {
+	n := 64 + len(path)*37%3000
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = 'a' + byte((i+len(path))%26)
+	}
+	return b
+}
+
+// requests returns the recorded requests whose path has prefix.
+func (s *server) requests(prefix string) []request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []request
+	for _, r := range s.reqs {
+		if strings.HasPrefix(r.path, prefix) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// env is a lab with HTTP servers in prod and shadow, the agent on assist
+// and the copy daemon on prod.
+type env struct {
+	t      *testing.T
+	lab    *lab.Lab
+	prod   *server
+	shadow *server
+	agent  *lab.Process
+	copier *lab.Process
+}
+
+type envOptions struct {
+	copyArgs []string // extra copy flags
+}
+
+func newEnv(t *testing.T, o envOptions) *env {
+	t.Helper()
+	l := lab.NewT(t, lab.Config{})
+	e := &env{t: t, lab: l}
+	e.prod = startServer(t, l.Prod,
+		netip.AddrPortFrom(lab.ProdClientSideV4, 80).String(),
+		netip.AddrPortFrom(lab.ProdClientSideV6, 80).String())
+	e.shadow = startServer(t, l.Shadow,
+		netip.AddrPortFrom(lab.ShadowV4, 80).String(),
+		netip.AddrPortFrom(lab.ShadowV6, 80).String())
+	ctx := context.Background()
+	var err error
+	e.agent, err = l.Assist.Start(ctx, binPath, "intercept", "--iface", lab.HostLink,
+		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
+		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitListening(l.Prod, net.JoinHostPort(lab.AssistV4.String(), agentPort))
+	args := []string{"copy", "--iface", lab.ProdClientLink,
+		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
+		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
+		"--intercept", lab.AssistV4.String(),
+		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
+		"--metrics", net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort),
+		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
+		"--workers", "2",
+	}
+	e.copier, err = l.Prod.Start(ctx, binPath, append(args, o.copyArgs...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("copy daemon output:\n%s", e.copier.Output())
+			t.Logf("agent output:\n%s", e.agent.Output())
+		}
+	})
+	e.waitFor("copy daemon connected to the agent", 10*time.Second, func() bool {
+		m, err := e.copyMetrics()
+		return err == nil && m["tcpshadow_agent_connected"] == 1
+	})
+	e.watchShadowLeaks()
+	return e
+}
+
+// waitListening waits until addr accepts connections from ns.
+func (e *env) waitListening(ns *lab.NS, addr string) {
+	e.waitFor(addr+" listening", 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		c, err := ns.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+}
+
+// waitFor polls cond every 50 ms until it holds or timeout passes.
+func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
+	e.t.Helper()
+	waitFor(e.t, what, timeout, cond)
+}
+
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Errorf("timed out after %v waiting for %s", timeout, what)
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// dumpMetrics logs the copy daemon's and agent's non-zero metrics.
+func (e *env) dumpMetrics(t testing.TB) {
+	for name, get := range map[string]func() (map[string]float64, error){"copy": e.copyMetrics, "agent": e.agentMetrics} {
+		m, err := get()
+		if err != nil {
+			t.Logf("%s metrics: %v", name, err)
+			continue
+		}
+		var lines []string
+		for k, v := range m {
+			if v != 0 && strings.HasPrefix(k, "tcpshadow_") {
+				lines = append(lines, fmt.Sprintf("%s %g", k, v))
+			}
+		}
+		sort.Strings(lines)
+		t.Logf("%s metrics:\n%s", name, strings.Join(lines, "\n"))
+	}
+}
+
+// scrape reads a Prometheus text endpoint into name{labels} → value.
+func scrape(ns *lab.NS, addr string) (map[string]float64, error) {
+	c := ns.HTTPClient(1)
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := make(map[string]float64)
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+func (e *env) copyMetrics() (map[string]float64, error) {
+	return scrape(e.lab.Prod, net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort))
+}
+
+func (e *env) agentMetrics() (map[string]float64, error) {
+	return scrape(e.lab.Prod, net.JoinHostPort(lab.AssistV4.String(), metricsPort))
+}
+
+// watchShadowLeaks counts, in the client namespace, every packet from the
+// shadow: none may ever arrive there.
+func (e *env) watchShadowLeaks() {
+	rules := fmt.Sprintf(`table inet e2e {
+	chain pre {
+		type filter hook prerouting priority -300; policy accept;
+		ip saddr %s counter
+		ip6 saddr %s counter
+	}
+}`, lab.ShadowV4, lab.ShadowV6)
+	cmd := e.lab.Client.Command(context.Background(), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// shadowLeaks returns how many packets from the shadow reached the client.
+func (e *env) shadowLeaks() int {
+	out, err := e.lab.Client.Run(context.Background(), "nft", "list", "table", "inet", "e2e")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	total := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		fs := strings.Fields(line)
+		for i := 0; i+1 < len(fs); i++ {
+			if fs[i] == "packets" {
+				n, _ := strconv.Atoi(fs[i+1])
+				total += n
+			}
+		}
+	}
+	return total
+}
+
+// checkCopied asserts the shadow received exactly the requests prod
+// received under prefix, byte-identical in method, path and body, each
+// from an address in the pool.
+func (e *env) checkCopied(t testing.TB, prefix string, want int) {
+	t.Helper()
+	if got := len(e.prod.requests(prefix)); got != want {
+		t.Fatalf("prod served %d %s requests, want %d", got, prefix, want)
+	}
+	if !waitFor(t, fmt.Sprintf("shadow to receive %d %s requests", want, prefix), 60*time.Second, func() bool {
+		return len(e.shadow.requests(prefix)) >= want
+	}) {
+		e.dumpMetrics(t)
+		t.FailNow()
+	}
+	prod, shadow := e.prod.requests(prefix), e.shadow.requests(prefix)
+	if len(shadow) != len(prod) {
+		t.Fatalf("shadow received %d %s requests, prod %d", len(shadow), prefix, len(prod))
+	}
+	key := func(r request) string { return r.method + " " + r.path + " " + r.bodySum }
+	seen := make(map[string]int)
+	for _, r := range prod {
+		seen[key(r)]++
+	}
+	for _, r := range shadow {
+		seen[key(r)]--
+		if !lab.PoolV4.Contains(r.remote) && !lab.PoolV6.Contains(r.remote) {
+			t.Fatalf("shadow saw %s from %v, outside the client pools", r.path, r.remote)
+		}
+	}
+	for k, n := range seen {
+		if n != 0 {
+			t.Fatalf("request %q: prod and shadow counts differ by %d", k, n)
+		}
+	}
+}
+
+// checkDrained waits until every session ended and left the table.
+func (e *env) checkDrained() {
+	e.t.Helper()
+	var last map[string]float64
+	e.waitFor("session table to empty", 30*time.Second, func() bool {
+		m, err := e.copyMetrics()
+		if err != nil {
+			return false
+		}
+		last = m
+		ended := 0.0
+		for k, v := range m {
+			if strings.HasPrefix(k, "tcpshadow_copy_sessions_ended_total{") {
+				ended += v
+			}
+		}
+		return m["tcpshadow_copy_sessions_active"] == 0 &&
+			ended == m[`tcpshadow_copy_events_total{event="sessions_started"}`]
+	})
+	if last["tcpshadow_copy_buffered_bytes"] != 0 {
+		e.t.Fatalf("buffered bytes %v after all sessions ended", last["tcpshadow_copy_buffered_bytes"])
+	}
+}
