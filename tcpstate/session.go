@@ -73,7 +73,11 @@ type session struct {
 	src    netip.AddrPort // forged client endpoint
 	dst    netip.AddrPort // shadow endpoint
 	state  state
-	joined bool // started mid-stream from a synthetic SYN
+	joined bool // started from a synthetic SYN (scenarios 5, 19)
+	// reconnectable: the shadow ended the connection while the client
+	// went on; the client's next data opens a fresh one (scenario 19).
+	reconnectable bool
+	reconnects    int
 
 	// handshake
 	isn       Seq

@@ -43,6 +43,8 @@ const (
 	CtrGreetingWaits // requests held for a server greeting (scenario 10)
 	CtrReconnects    // fresh shadow connections after the shadow closed (scenario 19)
 	CtrOddPackets    // other odd packets ignored (scenario 25)
+	CtrRequests      // request starts sent after pacing (scenarios 7-8)
+	CtrDriftMicros   // sum of how much later than on prod requests reached the shadow
 	numCounters
 )
 
@@ -80,6 +82,8 @@ var counterNames = [numCounters]string{
 	CtrGreetingWaits:    "greeting_waits",
 	CtrReconnects:       "shadow_reconnects",
 	CtrOddPackets:       "odd_packets",
+	CtrRequests:         "paced_requests",
+	CtrDriftMicros:      "pacing_drift_microseconds",
 }
 
 func (c Counter) String() string { return counterNames[c] }
@@ -90,7 +94,8 @@ type EndReason int
 const (
 	EndClosed           EndReason = iota // FIN exchanged both ways
 	EndClientReset                       // client RST (scenario 18)
-	EndShadowReset                       // shadow RST with nothing left to send
+	EndShadowReset                       // shadow RST
+	EndShadowClosed                      // shadow FIN first while the client went on (scenario 19)
 	EndHandshakeTimeout                  // no SYN-ACK in time (scenario 4)
 	EndResponseTimeout                   // shadow did not answer (scenario 9)
 	EndIdle                              // keep-alive idle (scenario 26)
@@ -106,6 +111,7 @@ var endReasonNames = [numEndReasons]string{
 	EndClosed:           "closed",
 	EndClientReset:      "client_reset",
 	EndShadowReset:      "shadow_reset",
+	EndShadowClosed:     "shadow_closed",
 	EndHandshakeTimeout: "handshake_timeout",
 	EndResponseTimeout:  "response_timeout",
 	EndIdle:             "idle",

@@ -107,9 +107,17 @@ func (w *Worker) handleCaptured(pb *pktBuf, capAt int64, mapIdx int, now int64) 
 		}
 	}
 	if s.state == stateClosed {
-		pb.free()
-		w.ctr.inc(CtrIgnoredNoSession)
-		return
+		// The shadow closed a connection the client keeps using
+		// (scenario 19): its next data opens a fresh one.
+		if !s.reconnectable || p.PayloadLen() == 0 || flags&rewrite.FlagRST != 0 {
+			pb.free()
+			w.ctr.inc(CtrIgnoredNoSession)
+			return
+		}
+		if s = w.reconnect(s, capAt, now); s == nil {
+			pb.free()
+			return
+		}
 	}
 	s.lastSeen = now
 	w.clientPacket(s, pb, &p, capAt, now)
@@ -240,14 +248,28 @@ func (w *Worker) joinMidstream(key sessionKey, p *rewrite.Packet, capAt, now int
 	if s == nil {
 		return nil
 	}
-	s.joined = true
 	var o rewrite.Options
 	rewrite.ParseOptions(tcp, &o)
+	// The data's ACK is the baseline: what prod sent before is not a
+	// response to anything we will send.
+	s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true
+	if !w.synthesizeSYN(s, o.HasTimestamps(), o.TSVal, now) {
+		return nil
+	}
+	w.ctr.inc(CtrJoinedMidstream)
+	return s
+}
+
+// synthesizeSYN opens s on the shadow with a SYN of the copier's own: the
+// configured MSS, window scale 7 (the client's own scale is unknown; 7 is
+// Linux's usual) and timestamps if the client uses them.
+func (w *Worker) synthesizeSYN(s *session, withTS bool, tsVal uint32, now int64) bool {
+	s.joined = true
 	var optBuf [20]byte
 	opts := rewrite.AppendMSS(optBuf[:0], w.cfg.SynMSS)
-	opts = rewrite.AppendWindowScale(opts, 7) // the client's own scale is unknown; 7 is Linux's usual
-	if o.HasTimestamps() {
-		opts = rewrite.AppendTimestamps(opts, o.TSVal, 0)
+	opts = rewrite.AppendWindowScale(opts, 7)
+	if withTS {
+		opts = rewrite.AppendTimestamps(opts, tsVal, 0)
 	}
 	seg := rewrite.Segment{
 		Src: s.src, Dst: s.dst, Seq: uint32(s.isn), Flags: rewrite.FlagSYN,
@@ -258,19 +280,71 @@ func (w *Worker) joinMidstream(key sessionKey, p *rewrite.Packet, capAt, now int
 	if err != nil {
 		pb.free()
 		w.closeSession(s, EndShutdown, now)
-		return nil
+		return false
 	}
 	pb.b = pb.b[:n]
 	_ = s.synPkt.Decode(pb.b)
 	rewrite.ParseOptions(s.synPkt.TCP(), &s.synOpts)
 	s.syn = pb
-	s.tsSent = o.TSVal
-	// The data's ACK is the baseline: what prod sent before is not a
-	// response to anything we will send.
-	s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true
-	w.ctr.inc(CtrJoinedMidstream)
+	s.tsSent = tsVal
 	w.account(s, pb.size())
 	w.startHandshake(s, now)
+	return true
+}
+
+// maxReconnects bounds fresh shadow connections for one client flow in a
+// row without the shadow acknowledging anything, so a shadow that resets
+// every request cannot make the copier loop.
+const maxReconnects = 3
+
+// reconnect opens a fresh connection to the shadow for the client flow of
+// old, which the shadow closed or reset while the client kept going, and
+// moves old's unacknowledged and unsent data to it (scenario 19). The new
+// connection uses another forged port: the old tuple may still be in
+// TIME_WAIT on the shadow.
+//
+// capAt is the capture time of the data that opens it: the baseline for
+// prod's think time on the new connection.
+func (w *Worker) reconnect(old *session, capAt, now int64) *session {
+	if old.reconnects >= maxReconnects {
+		return nil
+	}
+	s := w.newSession(old.key, old.sndUna-1, capAt, now, rewrite.Tuple{})
+	if s == nil {
+		return nil
+	}
+	s.reconnects = old.reconnects + 1
+	s.prodAck, s.prodAckOK = old.prodAck, old.prodAckOK
+	s.clientNxt, s.clientWnd = old.clientNxt, old.clientWnd
+	s.finSeen, s.finSeq = old.finSeen, old.finSeq
+	first := true
+	for _, g := range old.q() {
+		if g.end.BeforeEq(old.sndUna) {
+			continue
+		}
+		g.pkt.SetSrc(s.src.Addr(), s.src.Port())
+		g.sentAt, g.resent = 0, false
+		if first {
+			g.expect, first = 0, false // opens the new connection: nothing to wait for
+		}
+		s.pushSeg(g)
+		w.account(s, g.pb.size())
+	}
+	// The buffers now belong to s.
+	for len(old.q()) > 0 {
+		w.account(old, -old.q()[0].pb.size())
+		old.popSeg()
+	}
+	if first {
+		// Nothing moved: the client's next data opens the connection
+		// and sets the baseline of the request boundaries.
+		s.prodAckOK = false
+	}
+	old.reconnectable = false
+	w.ctr.inc(CtrReconnects)
+	if !w.synthesizeSYN(s, old.tsOK, old.tsSent, now) {
+		return nil
+	}
 	return s
 }
 
@@ -498,6 +572,9 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 	plen := p.PayloadLen()
 	hasACK := flags&rewrite.FlagACK != 0
 	if s.state == stateClosed {
+		if s.finSent && ack == s.finSeq+1 && plen == 0 && flags&(rewrite.FlagFIN|rewrite.FlagRST) == 0 {
+			return // the shadow acknowledging our FIN: the close completing
+		}
 		// Scenario 20: a late reply means the shadow still holds state.
 		if flags&rewrite.FlagRST == 0 && hasACK {
 			w.sendCtl(s, rewrite.FlagRST, ack, 0)
@@ -527,7 +604,7 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 		return
 	}
 	if flags&rewrite.FlagRST != 0 {
-		w.closeSession(s, EndShadowReset, now)
+		w.shadowEnded(s, EndShadowReset, now)
 		return
 	}
 	if flags&rewrite.FlagSYN != 0 {
@@ -562,6 +639,15 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 			s.rcvNxt = end
 			if flags&rewrite.FlagFIN != 0 {
 				s.shadowFin = true
+				if !s.finSent && !s.finSeen {
+					// The shadow closes first while the client goes on
+					// (its keep-alive is shorter than prod's): finish
+					// this connection, move what is left to a fresh one.
+					w.sendCtl(s, rewrite.FlagFIN|rewrite.FlagACK, s.sndNxt, s.rcvNxt)
+					s.finSent, s.finSeq = true, s.sndNxt
+					w.shadowEnded(s, EndShadowClosed, now)
+					return
+				}
 			}
 		} else {
 			w.ctr.inc(CtrShadowDupData) // scenario 16: re-ACK
@@ -660,7 +746,7 @@ func (w *Worker) onAck(s *session, ack Seq, wnd int, pure bool, now int64) {
 			s.popSeg().free()
 		}
 		s.sndUna = ack
-		s.retries, s.dupAcks = 0, 0
+		s.retries, s.dupAcks, s.reconnects = 0, 0, 0
 		if s.sndUna == s.sndNxt {
 			s.rtoAt = 0
 		} else {
@@ -734,6 +820,12 @@ func (w *Worker) trySend(s *session, now int64) {
 			return
 		}
 		if g.expect > 0 {
+			// Scenario 8: how much later than on prod, relative to the
+			// previous request, this request reaches the shadow.
+			if drift := (now - s.reqSentAt) - (g.capAt - s.reqCapAt); drift > 0 {
+				w.ctr.add(CtrDriftMicros, int(drift/1000))
+			}
+			w.ctr.inc(CtrRequests)
 			s.reqSentAt, s.reqCapAt, s.respBytes = now, g.capAt, 0
 		}
 		w.sendSeg(s, g, now)
@@ -865,16 +957,20 @@ func (w *Worker) endSession(s *session, reason EndReason, now int64) {
 // closeSession releases a session's buffers at once (scenario 27) and lets
 // it linger to absorb late replies.
 func (w *Worker) closeSession(s *session, reason EndReason, now int64) {
+	w.closeSessionKeep(s, reason, now, false)
+}
+
+// closeSessionKeep is closeSession that may keep the queued data, for
+// reconnect to move it.
+func (w *Worker) closeSessionKeep(s *session, reason EndReason, now int64, keepQueue bool) {
 	if s.state == stateClosed {
 		return
 	}
 	s.state = stateClosed
 	w.ctr.ended[reason].Add(1)
-	for len(s.q()) > 0 {
-		w.account(s, -s.q()[0].pb.size())
-		s.popSeg().free()
+	if !keepQueue {
+		w.freeQueue(s)
 	}
-	s.qbuf, s.qhead, s.nsent = nil, 0, 0
 	if s.syn != nil {
 		w.account(s, -s.syn.size())
 		s.syn.free()
@@ -885,11 +981,43 @@ func (w *Worker) closeSession(s *session, reason EndReason, now int64) {
 	w.markDirty(s)
 }
 
+// shadowEnded handles the shadow closing or resetting a connection. If the
+// client has not finished, its remaining data goes on a fresh connection at
+// once, or when it next sends (scenario 19).
+func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
+	clientGoesOn := !s.finSeen
+	pending := s.sndUna != s.clientNxt
+	w.closeSessionKeep(s, reason, now, clientGoesOn && pending)
+	if !clientGoesOn {
+		return
+	}
+	s.reconnectable = true
+	if pending {
+		w.reconnect(s, s.q()[0].capAt, now)
+	} else {
+		// Keep the flow's place while the client may still use its
+		// connection to prod.
+		s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
+	}
+	w.freeQueue(s)
+}
+
+// freeQueue releases every queued segment.
+func (w *Worker) freeQueue(s *session) {
+	for len(s.q()) > 0 {
+		w.account(s, -s.q()[0].pb.size())
+		s.popSeg().free()
+	}
+	s.qbuf, s.qhead, s.nsent = nil, 0, 0
+}
+
 // removeSession forgets a session; deregister tells the agent too.
 func (w *Worker) removeSession(s *session, deregister bool) {
 	w.timers.remove(s)
 	s.heapIdx = -2
-	delete(w.sessions, s.key)
+	if w.sessions[s.key] == s {
+		delete(w.sessions, s.key)
+	}
 	if w.byForged[s.forged] == s {
 		delete(w.byForged, s.forged)
 	}

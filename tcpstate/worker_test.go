@@ -273,8 +273,14 @@ func TestScenario17FinHeldUntilDataAcked(t *testing.T) {
 	if h.ended(EndClosed) != 1 {
 		t.Fatal("normal close not counted")
 	}
-	// A late reply is answered with RST (scenario 20).
+	// A late ACK of our FIN is the close completing: no answer.
 	h.reply(fACK, tShadowISN+2, tISN+5, 65535, 0, nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("answered the final ACK: %+v", got)
+	}
+	// A late reply (the shadow repeating its FIN) is answered with RST
+	// (scenario 20).
+	h.reply(fACK|fFIN, tShadowISN+1, tISN+5, 65535, 0, nil)
 	if rst := expectOne(t, h.sent(), "RST to late reply"); rst.flags != fRST || rst.seq != tISN+5 {
 		t.Fatalf("RST = %+v", rst)
 	}
@@ -544,5 +550,81 @@ func TestForgedTuplesCollisionFree(t *testing.T) {
 	}
 	if got[0].src.Addr() != got[1].src.Addr() {
 		t.Fatal("single-address pool not used")
+	}
+}
+
+func TestScenario19ShadowClosesKeepAliveThenFreshConnection(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	h.sent()
+	// The shadow's keep-alive expires first: it closes.
+	h.reply(fACK|fFIN, tShadowISN+101, tISN+5, 65535, 0, nil)
+	fin := expectOne(t, h.sent(), "our FIN")
+	if fin.flags != fFIN|fACK || fin.ack != Seq(tShadowISN+102) || fin.seq != tISN+5 {
+		t.Fatalf("FIN = %+v", fin)
+	}
+	if h.ended(EndShadowClosed) != 1 {
+		t.Fatal("shadow close not counted")
+	}
+	// Prod kept the connection: the client sends request 2 later.
+	h.advance(2 * time.Second)
+	h.request(tISN+5, 100, "req2")
+	syn := expectOne(t, h.sent(), "fresh SYN")
+	if syn.flags != fSYN || syn.seq != tISN+4 || syn.src.Port() == h.forged.Port() {
+		t.Fatalf("fresh SYN = %+v (old forged port %d)", syn, h.forged.Port())
+	}
+	if h.ctr.c[CtrReconnects].Load() != 1 {
+		t.Fatal("reconnect not counted")
+	}
+	h.replyTo(syn.src, fSYN|fACK, 777, tISN+5, 65535, 0, nil)
+	got := h.sent()
+	if len(got) != 2 || got[0].flags != fACK || got[1].payload != "req2" || got[1].ack != 778 || got[1].src != syn.src {
+		t.Fatalf("want the ACK then request 2 on the new connection, got %+v", got)
+	}
+}
+
+func TestScenario19ShadowResetMovesQueuedRequests(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.request(tISN+5, 100, "req2") // held: the shadow has not answered req1
+	h.sent()
+	h.reply(fRST, tShadowISN+1, 0, 0, 0, nil)
+	syn := expectOne(t, h.sent(), "fresh SYN")
+	// Nothing was acknowledged: both requests go again, from req1.
+	if syn.flags != fSYN || syn.seq != tISN {
+		t.Fatalf("fresh SYN = %+v", syn)
+	}
+	h.replyTo(syn.src, fSYN|fACK, 500, tISN+1, 65535, 0, nil)
+	got := h.sent()
+	if len(got) != 2 || got[1].payload != "req1" {
+		t.Fatalf("want ACK and req1 on the new connection, got %+v", got)
+	}
+	h.replyTo(syn.src, fACK|fPSH, 501, tISN+5, 65535, 100, nil)
+	if got := h.sent(); len(got) != 1 || got[0].payload != "req2" {
+		t.Fatalf("req2 not sent after the answer on the new connection: %+v", got)
+	}
+}
+
+func TestScenario19ReconnectsAreBounded(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	to := h.forged
+	h.request(tISN+1, 0, "req1")
+	h.sent()
+	for i := 0; i < 10; i++ {
+		h.replyTo(to, fRST, 1, 0, 0, 0, nil) // the shadow resets every attempt
+		got := h.sent()
+		if len(got) == 0 {
+			break
+		}
+		to = got[0].src
+		h.replyTo(to, fSYN|fACK, 1000, tISN+1, 65535, 0, nil)
+		h.sent()
+	}
+	if n := h.ctr.c[CtrReconnects].Load(); n != maxReconnects {
+		t.Fatalf("reconnects = %d, want %d", n, maxReconnects)
 	}
 }
