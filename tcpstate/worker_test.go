@@ -628,3 +628,173 @@ func TestScenario19ReconnectsAreBounded(t *testing.T) {
 		t.Fatalf("reconnects = %d, want %d", n, maxReconnects)
 	}
 }
+
+func TestScenario14ShadowAcksBeyondWhatWasSent(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "abcd")
+	h.sent()
+	// The shadow claims 10 bytes (a joined session's guess was off).
+	h.reply(fACK, tShadowISN+1, tISN+11, 65535, 0, nil)
+	h.request(tISN+5, 0, "efghij") // bytes the shadow says it has
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("sent data the shadow already acknowledged: %+v", got)
+	}
+	h.request(tISN+11, 0, "klmn")
+	got := h.sent()
+	if len(got) != 1 || got[0].seq != tISN+11 || got[0].payload != "klmn" {
+		t.Fatalf("want the data after the shadow's ACK, got %+v", got)
+	}
+	h.advance(5 * time.Second)
+	for _, p := range h.sent() {
+		if p.payload == "abcd" || p.payload == "efghij" {
+			t.Fatalf("retransmitted acknowledged data: %+v", p)
+		}
+	}
+}
+
+func TestScenario16ShadowRetransmissionReAcked(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 500, nil)
+	if a := expectOne(t, h.sent(), "ACK"); a.ack != Seq(tShadowISN+501) {
+		t.Fatalf("ACK = %+v", a)
+	}
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 500, nil) // our ACK was lost
+	if a := expectOne(t, h.sent(), "re-ACK"); a.ack != Seq(tShadowISN+501) {
+		t.Fatalf("re-ACK = %+v", a)
+	}
+	if h.ctr.c[CtrShadowDupData].Load() != 1 {
+		t.Fatal("shadow retransmission not counted")
+	}
+	// A repeated SYN-ACK (our handshake ACK lost) is ACKed again too.
+	h.reply(fSYN|fACK, tShadowISN, tISN+1, 65535, 0, nil)
+	if a := expectOne(t, h.sent(), "ACK of repeated SYN-ACK"); a.flags != fACK || a.ack != Seq(tShadowISN+501) {
+		t.Fatalf("ACK = %+v", a)
+	}
+}
+
+func TestScenario20AbnormalEndResetsAndLingers(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.IdleTimeout = time.Second; c.Linger = 3 * time.Second })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "abcd")
+	h.reply(fACK, tShadowISN+1, tISN+5, 65535, 0, nil)
+	h.sent()
+	h.advance(1100 * time.Millisecond)
+	rst := expectOne(t, h.sent(), "RST on expiry")
+	if rst.flags&fRST == 0 || rst.seq != tISN+5 {
+		t.Fatalf("RST = %+v, want seq %d", rst, tISN+5)
+	}
+	// The shadow, which did not get the RST, still sends: each late reply
+	// is reset at exactly the sequence number it expects.
+	h.advance(time.Second)
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	late := expectOne(t, h.sent(), "RST to late reply")
+	if late.flags != fRST || late.seq != tISN+5 {
+		t.Fatalf("late RST = %+v", late)
+	}
+	if h.ctr.c[CtrLateReplyRST].Load() != 1 || h.w.Sessions() != 1 {
+		t.Fatal("late reply not answered by the lingering session")
+	}
+	h.advance(3 * time.Second)
+	if h.w.Sessions() != 0 {
+		t.Fatal("session outlived its linger")
+	}
+	h.reply(fACK, tShadowISN+1, tISN+5, 65535, 0, nil)
+	if len(h.sent()) != 0 || h.ctr.c[CtrRepliesNoSession].Load() != 1 {
+		t.Fatal("reply after removal not counted as without session")
+	}
+}
+
+func TestScenario22WindowScaleApplied(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(rewrite.AppendWindowScale(nil, 7), rewrite.AppendWindowScale(nil, 2))
+	h.request(tISN+1, 0, strings.Repeat("a", 200))
+	// Window 100 << 2 = 400 bytes from sndUna.
+	h.reply(fACK, tShadowISN+1, tISN+1, 100, 0, nil)
+	h.sent()
+	h.request(tISN+201, 0, strings.Repeat("b", 200))
+	h.request(tISN+401, 0, strings.Repeat("c", 200))
+	got := h.sent()
+	if len(got) != 1 || got[0].payload[0] != 'b' {
+		t.Fatalf("with a scaled window of 400 bytes, want only the second segment, got %d", len(got))
+	}
+	h.reply(fACK, tShadowISN+1, tISN+201, 100, 0, nil)
+	if got := h.sent(); len(got) != 1 || got[0].payload[0] != 'c' {
+		t.Fatalf("window slid by 200: want the third segment, got %+v", got)
+	}
+}
+
+func TestScenario22WindowNotScaledWithoutBothOffers(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.NoPacing = true })
+	h.handshake(nil, rewrite.AppendWindowScale(nil, 2)) // the client offered none
+	h.request(tISN+1, 0, strings.Repeat("a", 200))
+	h.reply(fACK, tShadowISN+1, tISN+1, 100, 0, nil) // 100 bytes: no scaling
+	h.sent()
+	h.request(tISN+201, 0, strings.Repeat("b", 200))
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("sent beyond an unscaled 100-byte window: %+v", got)
+	}
+}
+
+func TestScenario23MSSKeptAndSACKNotOffered(t *testing.T) {
+	h := newHarness(t, nil)
+	opts := rewrite.AppendMSS(nil, 1220)
+	opts = append(opts, rewrite.OptSACKPermitted, 2, rewrite.OptNOP, rewrite.OptNOP)
+	h.clientSeg(fSYN, tISN, 0, "", opts)
+	syn := expectOne(t, h.sent(), "SYN")
+	if syn.opts.MSS != 1220 || syn.opts.SACKPermitted {
+		t.Fatalf("SYN options %+v: want the client's MSS and no SACK-permitted", syn.opts)
+	}
+	// SACK blocks from the client refer to prod's sequence space: removed.
+	h.reply(fSYN|fACK, tShadowISN, tISN+1, 65535, 0, nil)
+	h.sent()
+	sack := []byte{rewrite.OptNOP, rewrite.OptNOP, rewrite.OptSACK, 10, 0, 0, 0, 1, 0, 0, 0, 2}
+	h.clientSeg(fACK|fPSH, tISN+1, tProdISN+1, "data", sack)
+	if d := expectOne(t, h.sent(), "data"); d.opts.SACK {
+		t.Fatal("client SACK blocks forwarded to the shadow")
+	}
+}
+
+func TestScenario25OddPacketsIgnoredAndCounted(t *testing.T) {
+	h := newHarness(t, nil)
+	h.clientSeg(fSYN|fFIN, tISN, 0, "", nil)
+	h.clientSeg(fSYN|fACK, tISN, 1, "", nil)
+	if len(h.sent()) != 0 || h.ctr.c[CtrOddPackets].Load() != 2 || h.w.Sessions() != 0 {
+		t.Fatal("odd SYNs not ignored and counted")
+	}
+
+	e, err := NewEngine(Config{Maps: []Map{{Local: tProd, Target: tShadow}}}, []Sender{&discard{}}, &recorder{t: t}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := rewrite.Segment{Src: tClient, Dst: tProd, Flags: fACK, Window: 1, Payload: []byte("x")}
+	pkt := make([]byte, good.Len())
+	good.Put(pkt)
+	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), pkt...)) }
+	cases := []struct {
+		name string
+		pkt  []byte
+		ctr  Counter
+	}{
+		{"udp", mutate(func(b []byte) []byte { b[9] = 17; return b }), CtrIgnoredNotTCP},
+		{"fragment", mutate(func(b []byte) []byte { b[6] |= 0x20; return b }), CtrIgnoredFragment},
+		{"short tcp header", mutate(func(b []byte) []byte { b[32] = 0x40; return b }), CtrIgnoredBadHeader},
+		{"truncated", pkt[:30], CtrIgnoredTruncated},
+		{"not ip", mutate(func(b []byte) []byte { b[0] = 0x55; return b }), CtrIgnoredNotTCP},
+		{"other port", mutate(func(b []byte) []byte { b[23] = 81; return b }), CtrIgnoredNoMap},
+	}
+	for _, c := range cases {
+		before := e.Stats()
+		e.HandleCaptured(c.pkt, time.Now())
+		after := e.Stats()
+		if after.Get(c.ctr) != before.Get(c.ctr)+1 {
+			t.Errorf("%s: counter %v not incremented", c.name, c.ctr)
+		}
+	}
+	for _, l := range e.loops {
+		if len(l.pkts) != 0 {
+			t.Fatal("an odd packet reached a worker")
+		}
+	}
+}
