@@ -267,16 +267,29 @@ func parseMap(s string) (tcpstate.Map, error) {
 	return m, nil
 }
 
-// agentAddr adds the default port to HOST if it has none.
+// agentAddr adds the default port to HOST if it has none. A bad port is
+// refused here: the client would otherwise retry it forever.
 func agentAddr(s string) (string, error) {
-	if _, _, err := net.SplitHostPort(s); err == nil {
-		return s, nil
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		// HOST, [HOST] or a bare IPv6 address.
+		host, port = strings.Trim(s, "[]"), strconv.Itoa(wire.DefaultPort)
 	}
-	host := strings.Trim(s, "[]")
 	if host == "" {
-		return "", errors.New("empty address")
+		return "", errors.New("empty host")
 	}
-	return net.JoinHostPort(host, strconv.Itoa(wire.DefaultPort)), nil
+	if err := checkPort(port); err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// checkPort accepts a decimal port 1..65535.
+func checkPort(port string) error {
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q: want 1..65535", port)
+	}
+	return nil
 }
 
 // readSecret reads a shared secret file; empty path means no secret.

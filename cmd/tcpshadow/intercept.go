@@ -83,8 +83,11 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	if o.filter == "" {
 		return nil, errors.New("--filter must not be empty")
 	}
-	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+	if _, port, err := net.SplitHostPort(o.listen); err != nil {
 		return nil, fmt.Errorf("--listen %q: want [ADDR]:PORT: %w", o.listen, err)
+	} else if err := checkPort(port); err != nil {
+		// Checked now: the listener is opened only after the capture.
+		return nil, fmt.Errorf("--listen %q: %w", o.listen, err)
 	}
 	var allow []netip.Prefix
 	for _, s := range o.allow {

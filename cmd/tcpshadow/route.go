@@ -39,6 +39,10 @@ func newRouteCmd(g *globalOptions) *cobra.Command {
 addresses (or the client pool) to the assist host, where they die. add is
 idempotent; with --table the routes go into a dedicated table selected by a
 policy rule per prefix.`,
+		// Without Args and RunE cobra prints help and exits 0 for any
+		// word after route, so a mistyped subcommand would look done.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	add := &cobra.Command{
 		Use: "add --via ASSIST --to PREFIX [--to PREFIX...]", Short: "Add or replace the routes", Args: cobra.NoArgs,

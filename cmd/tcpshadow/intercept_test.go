@@ -1,0 +1,124 @@
+package main
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// interceptOptionsFrom parses args with the intercept command's flags.
+func interceptOptionsFrom(t *testing.T, args ...string) *interceptOptions {
+	t.Helper()
+	f := parseFlags(t, newInterceptCmd(&globalOptions{}), args)
+	return &interceptOptions{
+		iface:         flagValue(t, f.GetString, "iface"),
+		filter:        flagValue(t, f.GetString, "filter"),
+		listen:        flagValue(t, f.GetString, "listen"),
+		secretFile:    flagValue(t, f.GetString, "secret-file"),
+		allow:         flagValue(t, f.GetStringSlice, "allow"),
+		flushDelay:    flagValue(t, f.GetDuration, "flush-delay"),
+		maxFlows:      flagValue(t, f.GetInt, "max-flows"),
+		name:          flagValue(t, f.GetString, "name"),
+		metricsAddr:   flagValue(t, f.GetString, "metrics"),
+		statsInterval: flagValue(t, f.GetDuration, "stats-interval"),
+		bufferMB:      flagValue(t, f.GetInt, "capture-buffer-mb"),
+	}
+}
+
+func TestInterceptConfigDefaults(t *testing.T) {
+	cfg, err := interceptOptionsFrom(t, "-i", "eth0", "--name", "assist1").config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.capture
+	if c.Interface != "eth0" || c.Filter != "tcp" || c.BufferSize != 32<<20 || c.SnapLen != 256 || !c.InboundOnly {
+		t.Errorf("capture config %+v", c)
+	}
+	a := cfg.agent
+	if a.Name != "assist1" || a.Secret != nil || a.Allow != nil || a.FlushDelay != 200*time.Microsecond || a.MaxFlows != 1<<20 {
+		t.Errorf("agent config %+v", a)
+	}
+	if cfg.listen != ":36524" || cfg.metricsAddr != "" || cfg.statsInterval != 30*time.Second {
+		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
+	}
+}
+
+func TestInterceptConfigFlags(t *testing.T) {
+	secret := writeSecret(t, "0123456789abcdef\n")
+	cfg, err := interceptOptionsFrom(t, "--iface", "eth1", "--filter", "tcp and src port 80",
+		"-l", "198.18.1.3:4000", "--secret-file", secret,
+		"--allow", "198.18.1.1,2001:2:0:1::1", "--allow", "198.18.0.0/24", "--allow", "::ffff:198.18.1.9",
+		"--flush-delay", "1s", "--max-flows", "1", "--metrics", "198.18.1.3:9464", "--stats-interval", "0",
+		"--capture-buffer-mb", "4096",
+	).config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.capture.Interface != "eth1" || cfg.capture.Filter != "tcp and src port 80" || cfg.capture.BufferSize != 4096<<20 {
+		t.Errorf("capture config %+v", cfg.capture)
+	}
+	wantAllow := []netip.Prefix{
+		netip.MustParsePrefix("198.18.1.1/32"),
+		netip.MustParsePrefix("2001:2:0:1::1/128"),
+		netip.MustParsePrefix("198.18.0.0/24"),
+		netip.MustParsePrefix("198.18.1.9/32"), // unmapped
+	}
+	a := cfg.agent
+	if !slices.Equal(a.Allow, wantAllow) {
+		t.Errorf("allow %v, want %v", a.Allow, wantAllow)
+	}
+	if string(a.Secret) != "0123456789abcdef" || a.FlushDelay != time.Second || a.MaxFlows != 1 {
+		t.Errorf("agent config %+v", a)
+	}
+	if cfg.listen != "198.18.1.3:4000" || cfg.metricsAddr != "198.18.1.3:9464" || cfg.statsInterval != 0 {
+		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
+	}
+	for _, l := range []string{"[2001:2:0:1::3]:36524", "0.0.0.0:1"} {
+		if _, err := interceptOptionsFrom(t, "-i", "eth0", "--listen", l).config(); err != nil {
+			t.Errorf("--listen %s: %v", l, err)
+		}
+	}
+}
+
+func TestInterceptConfigErrorsNameTheFlag(t *testing.T) {
+	with := func(args ...string) []string { return append([]string{"--iface", "eth0"}, args...) }
+	tests := []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--filter", "tcp"}, "--iface"},
+		{with("--filter", ""), "--filter"},
+		{with("--listen", "198.18.1.3"), "--listen"},
+		{with("--listen", ""), "--listen"},
+		{with("--listen", "2001:2:0:1::3:36524"), "--listen"},
+		{with("--listen", "198.18.1.3:"), "--listen"},
+		{with("--listen", "198.18.1.3:0"), "--listen"},
+		{with("--listen", "198.18.1.3:65536"), "--listen"},
+		{with("--listen", "198.18.1.3:agent"), "--listen"},
+		{with("--allow", "copy-daemon"), "--allow"},
+		{with("--allow", "198.18.1.0/33"), "--allow"},
+		{with("--allow", "198.18.1.1,"), "--allow"},
+		{with("--flush-delay", "0s"), "--flush-delay"},
+		{with("--flush-delay", "-1ms"), "--flush-delay"},
+		{with("--flush-delay", "1001ms"), "--flush-delay"},
+		{with("--max-flows", "0"), "--max-flows"},
+		{with("--stats-interval", "-1s"), "--stats-interval"},
+		{with("--capture-buffer-mb", "0"), "--capture-buffer-mb"},
+		{with("--capture-buffer-mb", "4097"), "--capture-buffer-mb"},
+		{with("--secret-file", "/nonexistent/tcpshadow-secret"), "--secret-file"},
+		{with("--secret-file", writeSecret(t, "0123456789abcde")), "--secret-file"}, // 15 bytes
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cfg, err := interceptOptionsFrom(t, tt.args...).config()
+			if err == nil {
+				t.Fatalf("accepted: %+v", cfg)
+			}
+			if !strings.Contains(err.Error(), tt.flag) {
+				t.Fatalf("error %q does not name %s", err, tt.flag)
+			}
+		})
+	}
+}
