@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/tcpshadow
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Packages whose tests need no root and no lab.
-UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab)
+UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock)
 
 .PHONY: help deps build test test-unit test-e2e lint demo bench bench-go clean install
 
@@ -26,7 +26,7 @@ test-unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 $(UNIT)
 
 test-e2e: ## lab tests: sealed namespaces, real servers (needs root)
-	$(GO) test -count=1 -timeout 30m ./internal/lab ./internal/e2e
+	$(GO) test -count=1 -timeout 30m ./internal/lab ./internal/rawsock ./internal/e2e
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

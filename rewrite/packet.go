@@ -190,6 +190,43 @@ func (p *Packet) SetDst(addr netip.Addr, port uint16) bool {
 	return true
 }
 
+// Retarget rewrites both endpoints and sets both checksums from scratch in
+// one pass: the way to rewrite a captured packet, whose checksum cannot be
+// trusted (offloads leave partial checksums on virtual links). The whole
+// payload must be present. It returns false, changing nothing, if an
+// address is not of the packet's family.
+func (p *Packet) Retarget(src, dst netip.AddrPort) bool {
+	if !p.sameFamily(src.Addr()) || !p.sameFamily(dst.Addr()) {
+		return false
+	}
+	off, n := p.srcAddrOff(), p.addrLen()
+	putAddr(p.b[off:off+n], src.Addr())
+	putAddr(p.b[off+n:off+2*n], dst.Addr())
+	tcp := p.TCP()
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	p.RecomputeChecksums()
+	return true
+}
+
+func (p *Packet) sameFamily(a netip.Addr) bool {
+	if p.v6 {
+		return a.Is6() && !a.Is4In6()
+	}
+	return a.Is4() || a.Is4In6()
+}
+
+// putAddr writes a into b, which is 4 or 16 bytes long.
+func putAddr(b []byte, a netip.Addr) {
+	if len(b) == 4 {
+		v4 := a.Unmap().As4()
+		copy(b, v4[:])
+		return
+	}
+	v6 := a.As16()
+	copy(b, v6[:])
+}
+
 func (p *Packet) srcAddrOff() int {
 	if p.v6 {
 		return 8

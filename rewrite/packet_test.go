@@ -706,3 +706,40 @@ func TestTuple(t *testing.T) {
 		t.Errorf("map has %d entries", len(flows))
 	}
 }
+
+func TestRetargetRecomputesFromScratch(t *testing.T) {
+	for _, c := range []struct{ src, dst, nsrc, ndst string }{
+		{"198.18.0.2:40000", "198.18.0.1:80", "198.19.4.5:40001", "198.18.1.2:8080"},
+		{"[2001:2::2]:40000", "[2001:2::1]:80", "[2001:2:0:ff::9]:5", "[2001:2:0:1::2]:443"},
+	} {
+		seg := Segment{
+			Src: netip.MustParseAddrPort(c.src), Dst: netip.MustParseAddrPort(c.dst),
+			Seq: 1, Ack: 2, Flags: FlagACK, Window: 9, Payload: []byte("payload bytes"),
+		}
+		b := make([]byte, seg.Len())
+		if _, err := seg.Put(b); err != nil {
+			t.Fatal(err)
+		}
+		var p Packet
+		if err := p.Decode(b); err != nil {
+			t.Fatal(err)
+		}
+		p.TCP().SetChecksum(0xbeef) // a partial checksum from an offloading link
+		nsrc, ndst := netip.MustParseAddrPort(c.nsrc), netip.MustParseAddrPort(c.ndst)
+		if !p.Retarget(nsrc, ndst) {
+			t.Fatal("Retarget refused same-family addresses")
+		}
+		want := Segment{Src: nsrc, Dst: ndst, Seq: 1, Ack: 2, Flags: FlagACK, Window: 9, Payload: []byte("payload bytes")}
+		wb := make([]byte, want.Len())
+		if _, err := want.Put(wb); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p.Bytes(), wb) {
+			t.Fatalf("retargeted packet differs from one built for the new endpoints:\n got %x\nwant %x", p.Bytes(), wb)
+		}
+		other := netip.MustParseAddrPort("198.18.0.9:1")
+		if p.IsV6() && p.Retarget(other, ndst) {
+			t.Fatal("Retarget accepted an address of the other family")
+		}
+	}
+}

@@ -28,9 +28,9 @@ const (
 	CtrClientDupData   // client data already queued (scenario 12)
 	CtrClientTrimmed   // client data partially overlapping, trimmed
 	CtrSplit           // oversized captured segments split (scenario 24)
-	CtrPacketsSent
+	CtrPacketsSent     // handed to the socket layer
 	CtrBytesSent
-	CtrSendErrors
+	CtrSendErrors  // of those, refused by the kernel (never fatal)
 	CtrRetransmits // segments re-sent to the shadow (scenario 13)
 	CtrFastRetransmits
 	CtrReplies

@@ -13,6 +13,13 @@ type Sender interface {
 	Send(pkt []byte) error
 }
 
+// Flusher is a Sender that queues packets; Flush sends them and reports
+// how many the kernel refused. Workers flush at the end of every batch of
+// events, so queued packets wait microseconds, not longer.
+type Flusher interface {
+	Flush() (failed int, err error)
+}
+
 // Registrar tells the intercept agent which forged flows belong to this
 // daemon, so it relays their replies. Flows are in the copier → shadow
 // direction. Both methods must not block.
@@ -28,6 +35,7 @@ type Worker struct {
 	cfg      *Config
 	id, n    int
 	out      Sender
+	flusher  Flusher // out, if it batches
 	reg      Registrar
 	ctr      *counters
 	sessions map[sessionKey]*session
@@ -41,8 +49,9 @@ type Worker struct {
 }
 
 func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters) *Worker {
+	f, _ := out.(Flusher)
 	return &Worker{
-		cfg: cfg, id: id, n: n, out: out, reg: reg, ctr: ctr,
+		cfg: cfg, id: id, n: n, out: out, flusher: f, reg: reg, ctr: ctr,
 		sessions: make(map[sessionKey]*session),
 		byForged: make(map[rewrite.Tuple]*session),
 		budget:   cfg.MaxBufferBytes / int64(n),
@@ -147,15 +156,13 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 	}
 	var o rewrite.Options
 	rewrite.ParseOptions(p.TCP(), &o)
-	p.SetSrc(s.src.Addr(), s.src.Port())
-	p.SetDst(s.dst.Addr(), s.dst.Port())
 	// No SACK blocks are ever produced, so SACK must not be offered
 	// (scenario 23).
 	if o.SACKPermitted {
 		p.ClearOptions(rewrite.OptSACKPermitted)
 		o.SACKPermitted = false
 	}
-	p.RecomputeChecksums()
+	p.Retarget(s.src, s.dst)
 	s.syn, s.synPkt, s.synOpts = pb, *p, o
 	s.tsSent = o.TSVal
 	s.clientWnd = p.TCP().Window()
@@ -402,8 +409,6 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		w.ctr.inc(CtrClientDupData)
 		return
 	}
-	p.SetSrc(s.src.Addr(), s.src.Port())
-	p.SetDst(s.dst.Addr(), s.dst.Port())
 	if o.SACK {
 		p.ClearOptions(rewrite.OptSACK) // blocks in prod's sequence space
 	}
@@ -411,7 +416,7 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		p.ClearOptions(rewrite.OptTimestamps)
 		rewrite.ParseOptions(p.TCP(), o)
 	}
-	p.RecomputeChecksums() // captured checksums may be partial (offload)
+	p.Retarget(s.src, s.dst) // full checksums: captured ones may be partial (offload)
 	g.pkt, g.opts = *p, *o
 	// Only data that extends the stream moves the request boundary.
 	if at == len(s.q()) {
@@ -796,6 +801,17 @@ func (w *Worker) Flush(now int64) {
 		w.reschedule(s, now)
 	}
 	w.dirty = w.dirty[:0]
+	w.flushOut()
+}
+
+// flushOut sends what a batching Sender holds.
+func (w *Worker) flushOut() {
+	if w.flusher == nil {
+		return
+	}
+	if failed, _ := w.flusher.Flush(); failed > 0 {
+		w.ctr.add(CtrSendErrors, failed)
+	}
 }
 
 // trySend sends queued segments as far as order, pacing and the shadow's
@@ -1121,4 +1137,5 @@ func (w *Worker) Shutdown(now int64) {
 		w.dirty[i] = nil
 	}
 	w.dirty = w.dirty[:0]
+	w.flushOut()
 }
