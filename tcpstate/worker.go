@@ -174,12 +174,7 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 // (reusing prefer when it is free) and registers its flow with the agent.
 // It returns nil, counted, when a limit sheds the flow.
 func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer rewrite.Tuple) *session {
-	if len(w.sessions) >= w.maxSess {
-		w.ctr.inc(CtrShedSessions)
-		return nil
-	}
-	if w.buffered >= w.budget {
-		w.ctr.inc(CtrShedMemory)
+	if !w.admit(key) {
 		return nil
 	}
 	m := &w.cfg.Maps[key.mapIdx]
@@ -205,6 +200,39 @@ func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer re
 	w.ctr.inc(CtrSessionsStarted)
 	w.reg.Register(forged) // before the SYN leaves (scenario 1)
 	return s
+}
+
+// shedFrom is the load (buffered bytes or sessions over their budget) at
+// which new sessions start being shed; at full load all are.
+const shedFrom = 0.5
+
+// admit decides whether a new session may start. Past shedFrom of either
+// budget, a growing share of new flows is refused, chosen by flow hash:
+// deterministic (a retransmitted SYN gets the same answer), spread evenly
+// over clients, and gradual, so copying degrades instead of collapsing
+// (scenario 27). Refusals are counted by the budget that caused them.
+func (w *Worker) admit(key sessionKey) bool {
+	mem := float64(w.buffered) / float64(w.budget)
+	sess := float64(len(w.sessions)) / float64(w.maxSess)
+	load := max(mem, sess)
+	if load < shedFrom {
+		return true
+	}
+	shed := load >= 1
+	if !shed {
+		share := (load - shedFrom) / (1 - shedFrom) // of new flows to refuse
+		h := rewrite.HashAddrPort(key.client.Src, key.client.SrcPort, w.cfg.Seed)
+		shed = float64(h%1024) < share*1024
+	}
+	if !shed {
+		return true
+	}
+	if mem >= sess {
+		w.ctr.inc(CtrShedMemory)
+	} else {
+		w.ctr.inc(CtrShedSessions)
+	}
+	return false
 }
 
 // allocForged returns the forged tuple for a client tuple: the pool

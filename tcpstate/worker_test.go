@@ -1,6 +1,7 @@
 package tcpstate
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -796,5 +797,45 @@ func TestScenario25OddPacketsIgnoredAndCounted(t *testing.T) {
 		if len(l.pkts) != 0 {
 			t.Fatal("an odd packet reached a worker")
 		}
+	}
+}
+
+func TestScenario27SheddingIsGradualAndByFlowHash(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxSessions = 100 })
+	start := func(i int) bool {
+		before := h.w.Sessions()
+		h.client = netipAddrPort(fmt.Sprintf("198.18.0.%d:%d", 2+i%200, 10000+i))
+		h.clientSeg(fSYN, tISN, 0, "", nil)
+		return h.w.Sessions() > before
+	}
+	admitted := 0
+	for i := 0; i < 100; i++ {
+		if start(i) {
+			admitted++
+		}
+	}
+	// Everything up to half the budget; then a shrinking share; never
+	// beyond the budget.
+	if admitted <= 50 || admitted >= 100 || h.w.Sessions() > 100 {
+		t.Fatalf("admitted %d of 100 with a budget of 100 sessions: want gradual shedding past 50", admitted)
+	}
+	if got := h.ctr.c[CtrShedSessions].Load(); got != uint64(100-admitted) {
+		t.Fatalf("shed counted %d, refused %d", got, 100-admitted)
+	}
+	// The same flow gets the same answer at the same load: find a
+	// refused one, then retransmit its SYN.
+	probe := -1
+	for i := 1000; i < 1100 && probe < 0; i++ {
+		if !start(i) {
+			probe = i
+		} else {
+			admitted++
+		}
+	}
+	if probe < 0 {
+		t.Fatal("no flow refused at high load")
+	}
+	if start(probe) {
+		t.Fatal("a refused flow's retransmitted SYN was admitted at the same load")
 	}
 }
