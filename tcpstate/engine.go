@@ -47,6 +47,7 @@ type loop struct {
 	ctr     counters
 	pkts    chan capPkt
 	replies chan replyMsg
+	reply   replyMsg // the reply being handled: a field, so that it does not escape per message
 }
 
 // NewEngine builds an engine with one worker per sender. cfg is defaulted
@@ -109,8 +110,8 @@ func (l *loop) run(ctx context.Context, e *Engine) {
 		case cp := <-l.pkts:
 			l.w.handleCaptured(cp.pb, cp.capAt, int(cp.mapIdx), e.now())
 			l.drain(e)
-		case r := <-l.replies:
-			l.w.handleReply(r.hdr[:r.n], e.now())
+		case l.reply = <-l.replies:
+			l.w.handleReply(l.reply.hdr[:l.reply.n], e.now())
 			l.drain(e)
 		case <-t.C:
 			armed = 0
@@ -131,8 +132,8 @@ func (l *loop) drain(e *Engine) {
 		select {
 		case cp := <-l.pkts:
 			l.w.handleCaptured(cp.pb, cp.capAt, int(cp.mapIdx), e.now())
-		case r := <-l.replies:
-			l.w.handleReply(r.hdr[:r.n], e.now())
+		case l.reply = <-l.replies:
+			l.w.handleReply(l.reply.hdr[:l.reply.n], e.now())
 		default:
 			return
 		}
