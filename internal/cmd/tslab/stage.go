@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
+)
+
+const (
+	labPrefix   = "tshdemo"
+	httpPort    = 80
+	agentPort   = "36524"
+	metricsPort = "9464"
+	readyWait   = 10 * time.Second // per daemon or server coming up
+	pollEvery   = 50 * time.Millisecond
+)
+
+// stage is a lab with nginx in prod and shadow, the intercept agent on the
+// assist host and the copy daemon on prod, set up like
+// internal/e2e/harness_test.go newEnv: what the demo (and a benchmark)
+// drive traffic through.
+type stage struct {
+	lab            *lab.Lab
+	prod, shadow   *nginx
+	agent, copier  *lab.Process
+	prodV4, prodV6 netip.AddrPort // where clients connect
+}
+
+type stageConfig struct {
+	bin      string   // tcpshadow
+	nginx    string   // nginx binary
+	copyArgs []string // extra copy flags, appended
+	progress io.Writer
+	log      *slog.Logger // lab messages
+}
+
+// upStage builds the stage. Processes are started with ctx, so cancelling
+// it stops them; close tears everything down. On error, upStage tears down
+// what it built before returning.
+func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
+	t0 := time.Now()
+	since := func() time.Duration {
+		d := time.Since(t0).Round(10 * time.Millisecond)
+		t0 = time.Now()
+		return d
+	}
+	l, err := lab.New(ctx, lab.Config{Prefix: labPrefix}, cfg.log)
+	if err != nil {
+		return nil, err
+	}
+	s := &stage{
+		lab:    l,
+		prodV4: netip.AddrPortFrom(lab.ProdClientSideV4, httpPort),
+		prodV6: netip.AddrPortFrom(lab.ProdClientSideV6, httpPort),
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.close())
+		}
+	}()
+	fmt.Fprintf(cfg.progress, "lab up (%v): namespaces %s\n", since(), strings.Join(s.nsNames(), " "))
+
+	s.prod, err = startNginx(ctx, cfg.nginx, l.Prod, "prod", s.prodV4, s.prodV6)
+	if err != nil {
+		return s, err
+	}
+	s.shadow, err = startNginx(ctx, cfg.nginx, l.Shadow, "shadow",
+		netip.AddrPortFrom(lab.ShadowV4, httpPort), netip.AddrPortFrom(lab.ShadowV6, httpPort))
+	if err != nil {
+		return s, err
+	}
+	fmt.Fprintf(cfg.progress, "nginx up in prod (%s, %s) and shadow (%s, %s) (%v)\n",
+		s.prodV4, s.prodV6, netip.AddrPortFrom(lab.ShadowV4, httpPort), netip.AddrPortFrom(lab.ShadowV6, httpPort), since())
+
+	s.agent, err = l.Assist.Start(ctx, cfg.bin, "intercept", "--iface", lab.HostLink,
+		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
+		"--stats-interval", "0", "--metrics", s.agentMetricsAddr())
+	if err != nil {
+		return s, fmt.Errorf("start agent: %w", err)
+	}
+	// The agent listens before it serves metrics, so answered metrics mean
+	// it is ready for the copier.
+	if err := s.waitDaemon(ctx, "agent", s.agent, s.agentMetrics, func(map[string]float64) bool { return true }); err != nil {
+		return s, err
+	}
+	args := []string{"copy", "--iface", lab.ProdClientLink,
+		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
+		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
+		"--intercept", lab.AssistV4.String(),
+		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
+		"--metrics", s.copyMetricsAddr(),
+		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
+		"--workers", "2",
+	}
+	s.copier, err = l.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
+	if err != nil {
+		return s, fmt.Errorf("start copier: %w", err)
+	}
+	if err := s.waitDaemon(ctx, "copier", s.copier, s.copyMetrics, func(m map[string]float64) bool {
+		return m["tcpshadow_agent_connected"] == 1
+	}); err != nil {
+		return s, err
+	}
+	fmt.Fprintf(cfg.progress, "agent and copier up (%v): tcpshadow intercept in assist, tcpshadow copy in prod, connected\n", since())
+	return s, nil
+}
+
+// waitDaemon polls a daemon's metrics until ready holds, failing early if
+// it exits.
+func (s *stage) waitDaemon(ctx context.Context, what string, p *lab.Process,
+	scrape func() (map[string]float64, error), ready func(map[string]float64) bool) error {
+	err := poll(ctx, readyWait, func() (bool, error) {
+		if p.Exited() {
+			return false, fmt.Errorf("exited: %w\n%s", p.Wait(), tail(p.Output(), 20))
+		}
+		m, err := scrape()
+		return err == nil && ready(m), nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s not ready: %w", what, err)
+	}
+	return nil
+}
+
+// close stops every process through the lab (by PID), deletes the
+// namespaces, then removes the nginx directories.
+func (s *stage) close() error {
+	errs := []error{s.lab.Close()}
+	for _, n := range []*nginx{s.prod, s.shadow} {
+		if n != nil {
+			errs = append(errs, n.cleanup())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// procs describes the processes the stage started, for messages.
+func (s *stage) procs() []string {
+	var ps []string
+	add := func(what string, p *lab.Process) {
+		if p != nil {
+			ps = append(ps, fmt.Sprintf("%s %d", what, p.PID()))
+		}
+	}
+	for _, n := range []*nginx{s.prod, s.shadow} {
+		if n != nil {
+			add("nginx "+n.name, n.proc)
+		}
+	}
+	add("agent", s.agent)
+	add("copier", s.copier)
+	return ps
+}
+
+func (s *stage) nsNames() []string {
+	var names []string
+	for _, n := range s.lab.Namespaces() {
+		names = append(names, n.Name())
+	}
+	return names
+}
+
+func (s *stage) copyMetricsAddr() string {
+	return net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort)
+}
+
+func (s *stage) agentMetricsAddr() string {
+	return net.JoinHostPort(lab.AssistV4.String(), metricsPort)
+}
+
+// copyMetrics scrapes the copy daemon from prod (over loopback, so the
+// scrape is never captured).
+func (s *stage) copyMetrics() (map[string]float64, error) {
+	return scrape(s.lab.Prod, s.copyMetricsAddr())
+}
+
+// agentMetrics scrapes the agent from the prod namespace over the segment
+// (port 9464: the copier captures port 80 only).
+func (s *stage) agentMetrics() (map[string]float64, error) {
+	return scrape(s.lab.Prod, s.agentMetricsAddr())
+}
+
+// scrape reads a Prometheus text endpoint into name{labels} → value.
+func scrape(ns *lab.NS, addr string) (map[string]float64, error) {
+	c := ns.HTTPClient(1)
+	defer c.CloseIdleConnections()
+	c.Timeout = 2 * time.Second
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := make(map[string]float64)
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// errTimedOut is poll's error when cond never held in time.
+var errTimedOut = errors.New("timed out")
+
+// poll calls cond every pollEvery until it returns true or an error, the
+// timeout passes (errTimedOut) or ctx is done.
+func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("%w after %v", errTimedOut, timeout)
+		case <-t.C:
+		}
+	}
+}
+
+// tail returns the last k lines of s.
+func tail(s string, k int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > k {
+		lines = lines[len(lines)-k:]
+	}
+	return strings.Join(lines, "\n")
+}
