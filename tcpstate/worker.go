@@ -116,6 +116,13 @@ func (w *Worker) handleCaptured(pb *pktBuf, capAt int64, mapIdx int, now int64) 
 		}
 	}
 	if s.state == stateClosed {
+		if s.reconnectable && flags&(rewrite.FlagFIN|rewrite.FlagRST) != 0 {
+			// The client finished too: no fresh connection will be
+			// needed, the flow's place need not be kept.
+			s.reconnectable = false
+			s.lingerEnd = min(s.lingerEnd, now+int64(w.cfg.Linger))
+			w.markDirty(s)
+		}
 		// The shadow closed a connection the client keeps using
 		// (scenario 19): its next data opens a fresh one.
 		if !s.reconnectable || p.PayloadLen() == 0 || flags&rewrite.FlagRST != 0 {

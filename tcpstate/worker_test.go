@@ -839,3 +839,19 @@ func TestScenario27SheddingIsGradualAndByFlowHash(t *testing.T) {
 		t.Fatal("a refused flow's retransmitted SYN was admitted at the same load")
 	}
 }
+
+func TestScenario19ClientFinishingReleasesTheFlow(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.IdleTimeout = time.Minute })
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.reply(fACK|fPSH|fFIN, tShadowISN+1, tISN+5, 65535, 100, nil) // answer and close
+	h.sent()
+	if h.ended(EndShadowClosed) != 1 {
+		t.Fatal("shadow close not counted")
+	}
+	h.clientSeg(fACK|fFIN, tISN+5, tProdISN+102, "", nil) // the client closes too
+	h.advance(h.cfg.Linger + time.Millisecond)
+	if h.w.Sessions() != 0 {
+		t.Fatal("flow kept for the idle timeout although the client closed")
+	}
+}
