@@ -3,13 +3,22 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO      ?= go
 PREFIX  ?= /usr/local
 DESTDIR ?=
+BINDIR  ?= $(PREFIX)/bin
+# systemd (252) reads system units from /etc/systemd/system (the
+# administrator's), /usr/local/lib/systemd/system and /usr/lib/systemd/system:
+# $(PREFIX)/lib/systemd/system is the right one for PREFIX /usr/local or /usr.
+# For any other PREFIX, set UNITDIR=/etc/systemd/system.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# The units' sources name the default binary path; install rewrites it.
+UNITS   := $(wildcard scripts/systemd/*.service)
+EXAMPLE := scripts/tcpshadow.example.toml
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/tcpshadow
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Packages whose tests need no root and no lab.
 UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock)
 
-.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go clean install
+.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go clean install uninstall
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,5 +54,26 @@ bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BE
 clean: ## remove build output
 	rm -rf bin
 
-install: build ## install the binary and systemd units under $(DESTDIR)$(PREFIX)
-	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/tcpshadow
+# The units get ExecStart=$(BINDIR)/tcpshadow; the example config is installed
+# beside the configuration, never over it.
+install: build ## install the binary, the systemd units and the example config (PREFIX, DESTDIR)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/tcpshadow
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	@set -e; for u in $(UNITS); do \
+		dst=$(DESTDIR)$(UNITDIR)/$${u##*/}; \
+		echo "sed $$u > $$dst"; \
+		sed 's|/usr/local/bin/tcpshadow|$(BINDIR)/tcpshadow|g' $$u > $$dst.tmp; \
+		chmod 0644 $$dst.tmp; mv -f $$dst.tmp $$dst; \
+	done
+	@if [ -f $(EXAMPLE) ]; then \
+		echo "install $(EXAMPLE) $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example"; \
+		install -D -m 0644 $(EXAMPLE) $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "next: /etc/tcpshadow/tcpshadow.toml, the shared secret in /etc/tcpshadow/secret (mode 0600), then"
+	@echo "      systemctl enable --now tcpshadow-intercept (assist host) or tcpshadow-copy (prod host)"
+
+uninstall: ## remove what install installed (configuration and secret stay)
+	rm -f $(DESTDIR)$(BINDIR)/tcpshadow $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS)))
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
