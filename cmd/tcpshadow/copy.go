@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,8 +21,10 @@ import (
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
+	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
@@ -50,6 +53,10 @@ type copyOptions struct {
 	snaplen       int
 	bufferMB      int
 	poolSeed      uint64
+	maxCPU        int
+	maxMemory     string
+	daemon        daemonOptions
+	from          origin // which options the config file set
 }
 
 // copyConfig is the validated configuration the daemon runs with.
@@ -59,10 +66,15 @@ type copyConfig struct {
 	client        intercept.ClientConfig
 	metricsAddr   string
 	statsInterval time.Duration
+	logFile       string
+	dump          *capture.DumpConfig // nil: no dump
+	maxCPU        int                 // GOMAXPROCS
+	maxMemory     int64               // GOMEMLIMIT, bytes
 }
 
-func newCopyCmd(g *globalOptions) *cobra.Command {
-	o := &copyOptions{}
+func newCopyCmd(g *globalOptions) *cobra.Command { return newCopyCmdWith(g, &copyOptions{}) }
+
+func newCopyCmdWith(g *globalOptions, o *copyOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "copy --iface IFACE --map [LOCAL:]PORT-TARGET:PORT --intercept AGENT [flags]",
 		Short: "Copy the traffic prod receives to the shadow (runs on the prod host)",
@@ -74,18 +86,31 @@ the shadow's replies from the intercept agent.
 Maps (-x, repeatable or comma-separated):
   80-198.18.1.2:80                    port 80 on any local address
   198.18.0.1:80-198.18.1.2:8080       one local address only
-  [2001:2::1]:80-[2001:2:0:1::2]:80   IPv6`,
+  [2001:2::1]:80-[2001:2:0:1::2]:80   IPv6
+
+Every flag can also be set in the [copy] table of a TOML file given with
+--config (see tcpshadow config check); flags on the command line win.
+SIGHUP reopens --log-file and --dump, for logrotate.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger(cmd.ErrOrStderr())
+			from, err := applyConfigFile(cmd.Flags(), "copy", o.daemon.configFile)
 			if err != nil {
+				return err
+			}
+			o.from = from
+			if err := g.checkLog(from); err != nil {
 				return err
 			}
 			cfg, err := o.config()
 			if err != nil {
 				return err
 			}
-			return runCopy(cmd.Context(), cfg, log)
+			lf, log, err := g.openLog(cfg.logFile, cmd.ErrOrStderr(), from)
+			if err != nil {
+				return err
+			}
+			defer lf.Close()
+			return runCopy(cmd.Context(), cfg, log, lf)
 		},
 	}
 	f := cmd.Flags()
@@ -94,7 +119,9 @@ Maps (-x, repeatable or comma-separated):
 	f.StringVarP(&o.agent, "intercept", "s", "", "intercept agent address HOST[:PORT] (default port 36524)")
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "forge client addresses from this prefix (one per address family)")
 	f.StringVar(&o.filter, "filter", "", "BPF filter replacing the one built from the maps")
-	f.IntVar(&o.workers, "workers", runtime.NumCPU(), "datapath workers (flows are sharded over them)")
+	f.IntVar(&o.workers, "workers", 0, "datapath workers, flows sharded over them (default: --max-cpu)")
+	f.IntVar(&o.maxCPU, "max-cpu", max(1, runtime.NumCPU()/2), "CPUs the daemon may use at once (GOMAXPROCS); default half the host's, to leave production alone")
+	f.StringVar(&o.maxMemory, "max-memory", "1GiB", "memory budget: Go heap soft limit; half of it may hold buffered client data, and sessions are shed gradually past half of either budget")
 	f.BoolVar(&o.noPacing, "no-pacing", false, "send requests as captured instead of after the shadow answered the previous one")
 	f.IntVar(&o.mss, "mss", 1460, "largest segment sent to the shadow; larger captured packets are split")
 	f.StringVar(&o.secretFile, "secret-file", "", "file holding the control channel's shared secret")
@@ -111,82 +138,100 @@ Maps (-x, repeatable or comma-separated):
 	f.IntVar(&o.snaplen, "snaplen", 262144, "capture snap length")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
+	o.daemon.addFlags(f, "every packet sent to the shadow")
 	return cmd
 }
 
-// config validates the flags; every error names its flag.
+// config validates the options; every error names its flag, or its key
+// in the config file when the file set it.
 func (o *copyOptions) config() (*copyConfig, error) {
+	n := o.from.name
 	if o.iface == "" {
-		return nil, errors.New("--iface is required")
+		return nil, fmt.Errorf("%s is required", o.from.missing("iface"))
 	}
 	if len(o.maps) == 0 {
-		return nil, errors.New("--map is required: what to copy where, e.g. 80-198.18.1.2:80")
+		return nil, fmt.Errorf("%s is required: what to copy where, e.g. 80-198.18.1.2:80", o.from.missing("map"))
 	}
 	var maps []tcpstate.Map
-	for _, s := range o.maps {
+	for i, s := range o.maps {
 		m, err := parseMap(s)
 		if err != nil {
-			return nil, fmt.Errorf("--map %q: %w", s, err)
+			return nil, fmt.Errorf("%s %q: %w", o.from.item("map", i), s, err)
 		}
 		maps = append(maps, m)
 	}
 	if o.agent == "" {
-		return nil, errors.New("--intercept is required: the intercept agent's address")
+		return nil, fmt.Errorf("%s is required: the intercept agent's address", o.from.missing("intercept"))
 	}
 	agent, err := agentAddr(o.agent)
 	if err != nil {
-		return nil, fmt.Errorf("--intercept %q: %w", o.agent, err)
+		return nil, fmt.Errorf("%s %q: %w", n("intercept"), o.agent, err)
 	}
 	var prefixes []netip.Prefix
-	for _, s := range o.pools {
+	for i, s := range o.pools {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("--client-pool %q: want a prefix such as 198.19.0.0/16: %w", s, err)
+			return nil, fmt.Errorf("%s %q: want a prefix such as 198.19.0.0/16: %w", o.from.item("client-pool", i), s, err)
 		}
 		prefixes = append(prefixes, p)
 	}
 	pool, err := rewrite.NewPool(prefixes, o.poolSeed)
 	if err != nil {
-		return nil, fmt.Errorf("--client-pool: %w", err)
+		return nil, fmt.Errorf("%s: %w", n("client-pool"), err)
 	}
 	if len(prefixes) == 0 {
 		pool = nil
 	}
-	if o.workers < 1 || o.workers > 1024 {
-		return nil, fmt.Errorf("--workers %d: want 1..1024", o.workers)
+	if o.maxCPU < 1 || o.maxCPU > 1024 {
+		return nil, fmt.Errorf("%s %d: want 1..1024", n("max-cpu"), o.maxCPU)
+	}
+	maxMemory, err := parseSize(o.maxMemory)
+	if err != nil || maxMemory < 16<<20 {
+		return nil, fmt.Errorf("%s %q: want a size of at least 16MiB, such as 512MiB or 2GiB", n("max-memory"), o.maxMemory)
+	}
+	workers := o.workers
+	if workers == 0 {
+		workers = o.maxCPU
+	}
+	if workers < 1 || workers > 1024 {
+		return nil, fmt.Errorf("%s %d: want 1..1024", n("workers"), o.workers)
 	}
 	if o.mss < 536 || o.mss > 65495 {
-		return nil, fmt.Errorf("--mss %d: want 536..65495", o.mss)
+		return nil, fmt.Errorf("%s %d: want 536..65495", n("mss"), o.mss)
 	}
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
 	}{
-		{"--handshake-timeout", o.handshake}, {"--response-timeout", o.response},
-		{"--idle-timeout", o.idle}, {"--linger", o.linger}, {"--quiet-period", o.quiet},
+		{"handshake-timeout", o.handshake}, {"response-timeout", o.response},
+		{"idle-timeout", o.idle}, {"linger", o.linger}, {"quiet-period", o.quiet},
 	} {
 		if d.v <= 0 {
-			return nil, fmt.Errorf("%s %v: must be positive", d.flag, d.v)
+			return nil, fmt.Errorf("%s %v: must be positive", n(d.flag), d.v)
 		}
 	}
 	if o.statsInterval < 0 {
-		return nil, fmt.Errorf("--stats-interval %v: must not be negative", o.statsInterval)
+		return nil, fmt.Errorf("%s %v: must not be negative", n("stats-interval"), o.statsInterval)
 	}
 	if o.maxSessBytes < 4096 {
-		return nil, fmt.Errorf("--max-session-bytes %d: want at least 4096", o.maxSessBytes)
+		return nil, fmt.Errorf("%s %d: want at least 4096", n("max-session-bytes"), o.maxSessBytes)
 	}
 	if o.maxSessions < 1 {
-		return nil, fmt.Errorf("--max-sessions %d: want at least 1", o.maxSessions)
+		return nil, fmt.Errorf("%s %d: want at least 1", n("max-sessions"), o.maxSessions)
 	}
 	if o.snaplen < 128 || o.snaplen > 262144 {
-		return nil, fmt.Errorf("--snaplen %d: want 128..262144", o.snaplen)
+		return nil, fmt.Errorf("%s %d: want 128..262144", n("snaplen"), o.snaplen)
 	}
 	if o.bufferMB < 1 || o.bufferMB > 4096 {
-		return nil, fmt.Errorf("--capture-buffer-mb %d: want 1..4096", o.bufferMB)
+		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
 	}
 	secret, err := readSecret(o.secretFile)
 	if err != nil {
-		return nil, fmt.Errorf("--secret-file: %w", err)
+		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
+	}
+	logFile, dump, err := o.daemon.config(o.from)
+	if err != nil {
+		return nil, err
 	}
 	name := o.name
 	if name == "" {
@@ -216,22 +261,51 @@ func (o *copyOptions) config() (*copyConfig, error) {
 			Filter: filter, InboundOnly: true,
 		},
 		engine: tcpstate.Config{
-			Maps: maps, Pool: pool, Workers: o.workers, NoPacing: o.noPacing,
+			Maps: maps, Pool: pool, Workers: workers, NoPacing: o.noPacing,
 			MSS: o.mss, QuietPeriod: o.quiet,
 			HandshakeTimeout: o.handshake, ResponseTimeout: o.response,
 			IdleTimeout: o.idle, Linger: o.linger,
-			MaxSessionBytes: o.maxSessBytes, MaxSessions: o.maxSessions,
-			Seed: o.poolSeed ^ 0x5eed,
+			MaxSessionBytes: o.maxSessBytes,
+			// Half the budget for buffered data, a quarter for sessions at
+			// about 1 KiB each; the rest is the Go runtime's headroom.
+			MaxBufferBytes: maxMemory / 2,
+			MaxSessions:    min(o.maxSessions, int(maxMemory/4/1024)),
+			Seed:           o.poolSeed ^ 0x5eed,
 		},
 		client:        intercept.ClientConfig{Addr: agent, Name: name, Secret: secret},
 		metricsAddr:   o.metricsAddr,
 		statsInterval: o.statsInterval,
+		logFile:       logFile,
+		dump:          dump,
+		maxCPU:        o.maxCPU,
+		maxMemory:     maxMemory,
 	}
 	cfg.engine.Defaults()
 	if err := cfg.engine.Validate(); err != nil {
-		return nil, fmt.Errorf("--map: %w", err)
+		return nil, fmt.Errorf("%s: %w", n("map"), err)
 	}
 	return cfg, nil
+}
+
+// parseSize parses a byte count: a plain number or one with a binary
+// suffix (KiB, MiB, GiB, TiB; K, M, G, T mean the same).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for i, suf := range []string{"K", "M", "G", "T"} {
+		for _, form := range []string{suf + "iB", suf + "B", suf} {
+			if strings.HasSuffix(s, form) {
+				s, mult = strings.TrimSpace(strings.TrimSuffix(s, form)), 1<<(10*(i+1))
+				goto parsed
+			}
+		}
+	}
+parsed:
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
 }
 
 // parseMap parses [LOCALADDR:]PORT-TARGETADDR[:PORT].
@@ -308,8 +382,23 @@ func readSecret(path string) ([]byte, error) {
 	return secret, nil
 }
 
-// runCopy runs the copy daemon until ctx is done.
-func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger) error {
+// runCopy runs the copy daemon until ctx is done. lf is the log's file,
+// reopened with the dump on SIGHUP.
+func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile.File) error {
+	dump, err := openDump(cfg.dump, log)
+	if err != nil {
+		return err
+	}
+	if dump != nil {
+		// Deferred first, so closed last: after the engine's final RSTs.
+		defer dump.Close()
+	}
+	stopHangup := reopenOnHangup(log, lf, dump)
+	defer stopHangup()
+	// Leave production its CPUs and memory: the Go scheduler and collector
+	// are held to the budget, the engine sheds load past it.
+	runtime.GOMAXPROCS(cfg.maxCPU)
+	debug.SetMemoryLimit(cfg.maxMemory)
 	senders := make([]tcpstate.Sender, cfg.engine.Workers)
 	for i := range senders {
 		s, err := rawsock.Open()
@@ -317,11 +406,14 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger) error {
 			return err
 		}
 		defer s.Close()
-		senders[i] = s
+		senders[i] = rawsock.NewBatch(s) // one sendmmsg per worker batch
+		if dump != nil {
+			senders[i] = withDump(senders[i], dump)
+		}
 	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
-	eng, err := tcpstate.NewEngine(cfg.engine, senders, client, log)
+	eng, err = tcpstate.NewEngine(cfg.engine, senders, client, log)
 	if err != nil {
 		return fmt.Errorf("--map: %w", err)
 	}
@@ -329,7 +421,7 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	samples := func() []metrics.Sample { return copySamples(eng, client, src) }
+	samples := func() []metrics.Sample { return append(copySamples(eng, client, src), dumpSamples(dump)...) }
 	if cfg.metricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
 			src.Close()
@@ -350,7 +442,14 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger) error {
 	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
 	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log) }()
 
+	// Ready for systemd (Type=notify; a no-op without $NOTIFY_SOCKET): the
+	// capture is open. The agent is not waited for: the daemon runs while
+	// it is away and connects by itself.
+	if err := sdnotify.Ready(); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
 	err = captureLoop(ctx, src, eng)
+	_ = sdnotify.Stopping()
 	src.Close()
 	// Shutdown order: the engine resets the shadow's sessions and
 	// deregisters their flows, then the client flushes and closes.

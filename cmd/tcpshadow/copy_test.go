@@ -15,31 +15,9 @@ import (
 // the options the command would validate.
 func copyOptionsFrom(t *testing.T, args ...string) *copyOptions {
 	t.Helper()
-	f := parseFlags(t, newCopyCmd(&globalOptions{}), args)
-	return &copyOptions{
-		iface:         flagValue(t, f.GetString, "iface"),
-		maps:          flagValue(t, f.GetStringSlice, "map"),
-		agent:         flagValue(t, f.GetString, "intercept"),
-		pools:         flagValue(t, f.GetStringSlice, "client-pool"),
-		filter:        flagValue(t, f.GetString, "filter"),
-		workers:       flagValue(t, f.GetInt, "workers"),
-		noPacing:      flagValue(t, f.GetBool, "no-pacing"),
-		mss:           flagValue(t, f.GetInt, "mss"),
-		secretFile:    flagValue(t, f.GetString, "secret-file"),
-		name:          flagValue(t, f.GetString, "name"),
-		metricsAddr:   flagValue(t, f.GetString, "metrics"),
-		statsInterval: flagValue(t, f.GetDuration, "stats-interval"),
-		handshake:     flagValue(t, f.GetDuration, "handshake-timeout"),
-		response:      flagValue(t, f.GetDuration, "response-timeout"),
-		idle:          flagValue(t, f.GetDuration, "idle-timeout"),
-		linger:        flagValue(t, f.GetDuration, "linger"),
-		quiet:         flagValue(t, f.GetDuration, "quiet-period"),
-		maxSessBytes:  flagValue(t, f.GetInt, "max-session-bytes"),
-		maxSessions:   flagValue(t, f.GetInt, "max-sessions"),
-		snaplen:       flagValue(t, f.GetInt, "snaplen"),
-		bufferMB:      flagValue(t, f.GetInt, "capture-buffer-mb"),
-		poolSeed:      flagValue(t, f.GetUint64, "pool-seed"),
-	}
+	o := &copyOptions{}
+	parseFlags(t, newCopyCmdWith(&globalOptions{}, o), args)
+	return o
 }
 
 var (
@@ -166,7 +144,8 @@ func TestCopyConfigDefaults(t *testing.T) {
 	}
 	if e.Workers < 1 || e.MSS != 1460 || e.NoPacing || e.HandshakeTimeout != 5*time.Second ||
 		e.ResponseTimeout != 30*time.Second || e.IdleTimeout != 120*time.Second || e.Linger != 2*time.Second ||
-		e.QuietPeriod != 20*time.Millisecond || e.MaxSessionBytes != 8<<20 || e.MaxSessions != 1<<20 {
+		e.QuietPeriod != 20*time.Millisecond || e.MaxSessionBytes != 8<<20 ||
+		e.MaxBufferBytes != 512<<20 || e.MaxSessions != 1<<30/4/1024 || e.Workers != cfg.maxCPU {
 		t.Errorf("engine config %+v", e)
 	}
 	if err := e.Validate(); err != nil {
@@ -285,8 +264,10 @@ func TestCopyConfigErrorsNameTheFlag(t *testing.T) {
 		{with("--client-pool", "198.19.0.0/33"), "--client-pool"},
 		{with("--client-pool", "198.19.0.0/16,198.20.0.0/16"), "--client-pool"},
 		{with("--client-pool", "2001:2:0:ff::/64", "-c", "2001:2:0:fe::/64"), "--client-pool"},
-		{with("--workers", "0"), "--workers"},
 		{with("--workers", "-1"), "--workers"},
+		{with("--max-cpu", "0"), "--max-cpu"},
+		{with("--max-memory", "1MiB"), "--max-memory"},
+		{with("--max-memory", "lots"), "--max-memory"},
 		{with("--workers", "1025"), "--workers"},
 		{with("--mss", "535"), "--mss"},
 		{with("--mss", "65496"), "--mss"},
@@ -354,5 +335,21 @@ func TestCopyConfigMapLimit(t *testing.T) {
 	}
 	if _, err := copyOptionsFrom(t, args[:len(args)-2]...).config(); err != nil {
 		t.Fatalf("255 maps: %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"0": 0, "4096": 4096, "16MiB": 16 << 20, "16M": 16 << 20, "16MB": 16 << 20,
+		"2GiB": 2 << 30, "1 GiB": 1 << 30, "3K": 3 << 10, "1TiB": 1 << 40,
+	} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5GiB", "GiB", "12XB", "9999999999999T"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,7 +13,9 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
 )
 
 type interceptOptions struct {
@@ -29,6 +30,8 @@ type interceptOptions struct {
 	metricsAddr   string
 	statsInterval time.Duration
 	bufferMB      int
+	daemon        daemonOptions
+	from          origin // which options the config file set
 }
 
 type interceptConfig struct {
@@ -37,28 +40,48 @@ type interceptConfig struct {
 	listen        string
 	metricsAddr   string
 	statsInterval time.Duration
+	logFile       string
+	dump          *capture.DumpConfig // nil: no dump
 }
 
 func newInterceptCmd(g *globalOptions) *cobra.Command {
-	o := &interceptOptions{}
+	return newInterceptCmdWith(g, &interceptOptions{})
+}
+
+func newInterceptCmdWith(g *globalOptions, o *interceptOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "intercept --iface IFACE [--filter 'tcp and src port 80'] [flags]",
 		Short: "Relay the shadow's replies to copy daemons (runs on the assist host)",
 		Long: `intercept captures the shadow's replies, which the shadow routes to this host
 where they die (keep ip_forward off here), and relays their IP and TCP headers
 to the copy daemon that registered each flow, over an authenticated control
-channel (TCP 36524 by default).`,
+channel (TCP 36524 by default).
+
+Every flag can also be set in the [intercept] table of a TOML file given
+with --config (see tcpshadow config check); flags on the command line win.
+SIGHUP reopens --log-file and --dump, for logrotate. The dump holds every
+reply the agent captures, relayed or not, as captured: the first 256 bytes,
+with the length on the wire in each record.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger(cmd.ErrOrStderr())
+			from, err := applyConfigFile(cmd.Flags(), "intercept", o.daemon.configFile)
 			if err != nil {
+				return err
+			}
+			o.from = from
+			if err := g.checkLog(from); err != nil {
 				return err
 			}
 			cfg, err := o.config()
 			if err != nil {
 				return err
 			}
-			return runIntercept(cmd.Context(), cfg, log)
+			lf, log, err := g.openLog(cfg.logFile, cmd.ErrOrStderr(), from)
+			if err != nil {
+				return err
+			}
+			defer lf.Close()
+			return runIntercept(cmd.Context(), cfg, log, lf)
 		},
 	}
 	f := cmd.Flags()
@@ -73,49 +96,57 @@ channel (TCP 36524 by default).`,
 	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
 	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	o.daemon.addFlags(f, "every reply captured (its first 256 bytes)")
 	return cmd
 }
 
+// config validates the options; every error names its flag, or its key
+// in the config file when the file set it.
 func (o *interceptOptions) config() (*interceptConfig, error) {
+	n := o.from.name
 	if o.iface == "" {
-		return nil, errors.New("--iface is required")
+		return nil, fmt.Errorf("%s is required", o.from.missing("iface"))
 	}
 	if o.filter == "" {
-		return nil, errors.New("--filter must not be empty")
+		return nil, fmt.Errorf("%s must not be empty", n("filter"))
 	}
 	if _, port, err := net.SplitHostPort(o.listen); err != nil {
-		return nil, fmt.Errorf("--listen %q: want [ADDR]:PORT: %w", o.listen, err)
+		return nil, fmt.Errorf("%s %q: want [ADDR]:PORT: %w", n("listen"), o.listen, err)
 	} else if err := checkPort(port); err != nil {
 		// Checked now: the listener is opened only after the capture.
-		return nil, fmt.Errorf("--listen %q: %w", o.listen, err)
+		return nil, fmt.Errorf("%s %q: %w", n("listen"), o.listen, err)
 	}
 	var allow []netip.Prefix
-	for _, s := range o.allow {
+	for i, s := range o.allow {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			a, aerr := netip.ParseAddr(s)
 			if aerr != nil {
-				return nil, fmt.Errorf("--allow %q: want an address or a prefix", s)
+				return nil, fmt.Errorf("%s %q: want an address or a prefix", o.from.item("allow", i), s)
 			}
 			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
 		}
 		allow = append(allow, p)
 	}
 	if o.flushDelay <= 0 || o.flushDelay > time.Second {
-		return nil, fmt.Errorf("--flush-delay %v: want (0, 1s]", o.flushDelay)
+		return nil, fmt.Errorf("%s %v: want (0, 1s]", n("flush-delay"), o.flushDelay)
 	}
 	if o.maxFlows < 1 {
-		return nil, fmt.Errorf("--max-flows %d: want at least 1", o.maxFlows)
+		return nil, fmt.Errorf("%s %d: want at least 1", n("max-flows"), o.maxFlows)
 	}
 	if o.statsInterval < 0 {
-		return nil, fmt.Errorf("--stats-interval %v: must not be negative", o.statsInterval)
+		return nil, fmt.Errorf("%s %v: must not be negative", n("stats-interval"), o.statsInterval)
 	}
 	if o.bufferMB < 1 || o.bufferMB > 4096 {
-		return nil, fmt.Errorf("--capture-buffer-mb %d: want 1..4096", o.bufferMB)
+		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
 	}
 	secret, err := readSecret(o.secretFile)
 	if err != nil {
-		return nil, fmt.Errorf("--secret-file: %w", err)
+		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
+	}
+	logFile, dump, err := o.daemon.config(o.from)
+	if err != nil {
+		return nil, err
 	}
 	name := o.name
 	if name == "" {
@@ -128,13 +159,31 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 			Name: name, Secret: secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},
 		listen: o.listen, metricsAddr: o.metricsAddr, statsInterval: o.statsInterval,
+		logFile: logFile, dump: dump,
 	}, nil
 }
 
-func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger) error {
+// runIntercept runs the agent until ctx is done. lf is the log's file,
+// reopened with the dump on SIGHUP.
+func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger, lf *logfile.File) error {
+	dump, err := openDump(cfg.dump, log)
+	if err != nil {
+		return err
+	}
+	if dump != nil {
+		defer dump.Close()
+	}
+	stopHangup := reopenOnHangup(log, lf, dump)
+	defer stopHangup()
 	src, err := capture.OpenLive(cfg.capture)
 	if err != nil {
 		return err
+	}
+	if dump != nil {
+		// Dumped where the agent reads them, before the relay decides:
+		// replies nobody registered (no_owner) are worth seeing too, and
+		// the agent needs no hook.
+		src = capture.Tee(src, dump)
 	}
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
@@ -142,7 +191,7 @@ func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger) e
 		return fmt.Errorf("--listen: %w", err)
 	}
 	agent := intercept.NewAgent(cfg.agent, src, ln, log)
-	samples := func() []metrics.Sample { return agentSamples(agent, src) }
+	samples := func() []metrics.Sample { return append(agentSamples(agent, src), dumpSamples(dump)...) }
 	if cfg.metricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
 			ln.Close()
@@ -153,6 +202,11 @@ func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger) e
 	go metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log)
 	log.Info("intercepting", "iface", cfg.capture.Interface, "filter", cfg.capture.Filter, "listen", ln.Addr().String(),
 		"auth", len(cfg.agent.Secret) > 0)
+	if err := sdnotify.Ready(); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+	stopNotify := context.AfterFunc(ctx, func() { _ = sdnotify.Stopping() })
+	defer stopNotify()
 	err = agent.Run(ctx)
 	log.Info("stopped", "summary", metrics.Summary(samples(), "tcpshadow_"))
 	return err

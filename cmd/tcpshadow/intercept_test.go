@@ -11,20 +11,9 @@ import (
 // interceptOptionsFrom parses args with the intercept command's flags.
 func interceptOptionsFrom(t *testing.T, args ...string) *interceptOptions {
 	t.Helper()
-	f := parseFlags(t, newInterceptCmd(&globalOptions{}), args)
-	return &interceptOptions{
-		iface:         flagValue(t, f.GetString, "iface"),
-		filter:        flagValue(t, f.GetString, "filter"),
-		listen:        flagValue(t, f.GetString, "listen"),
-		secretFile:    flagValue(t, f.GetString, "secret-file"),
-		allow:         flagValue(t, f.GetStringSlice, "allow"),
-		flushDelay:    flagValue(t, f.GetDuration, "flush-delay"),
-		maxFlows:      flagValue(t, f.GetInt, "max-flows"),
-		name:          flagValue(t, f.GetString, "name"),
-		metricsAddr:   flagValue(t, f.GetString, "metrics"),
-		statsInterval: flagValue(t, f.GetDuration, "stats-interval"),
-		bufferMB:      flagValue(t, f.GetInt, "capture-buffer-mb"),
-	}
+	o := &interceptOptions{}
+	parseFlags(t, newInterceptCmdWith(&globalOptions{}, o), args)
+	return o
 }
 
 func TestInterceptConfigDefaults(t *testing.T) {

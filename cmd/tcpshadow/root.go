@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // globalOptions are the flags every subcommand shares.
@@ -30,21 +31,33 @@ service, at real load and timing, without sitting in the request path.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newCopyCmd(g), newInterceptCmd(g), newRouteCmd(g), newVersionCmd())
+	g.addFlags(root.PersistentFlags())
+	root.AddCommand(newCopyCmd(g), newInterceptCmd(g), newRouteCmd(g), newVersionCmd(), newDoctorCmd(g))
+	root.AddCommand(newConfigCmd(), newStatsCmd())
 	return root
 }
 
-// logger builds the logger the flags ask for. Under systemd (JOURNAL_STREAM
-// set) timestamps are left to the journal.
+// addFlags adds the shared logging flags to f.
+func (g *globalOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// logger builds the logger the flags ask for, writing to standard error
+// w. Under systemd (JOURNAL_STREAM set) timestamps are left to the journal.
 func (g *globalOptions) logger(w io.Writer) (*slog.Logger, error) {
+	return g.loggerTo(w, os.Getenv("JOURNAL_STREAM") != "")
+}
+
+// loggerTo builds the logger the flags ask for, writing to w; journal says
+// w is the journal, which timestamps lines itself (a --log-file is not).
+func (g *globalOptions) loggerTo(w io.Writer, journal bool) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	if os.Getenv("JOURNAL_STREAM") != "" {
+	if journal {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
 				return slog.Attr{}

@@ -77,7 +77,7 @@ func TestCLIErrorsNameTheFlag(t *testing.T) {
 		want string // in the error
 	}{
 		{[]string{"copy", "--iface", "eth0", "--map", "bad", "--intercept", "198.18.1.3"}, `--map "bad"`},
-		{[]string{"copy", "--iface", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3", "--workers", "0"}, "--workers"},
+		{[]string{"copy", "--iface", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3", "--workers", "-1"}, "--workers"},
 		{[]string{"copy", "--iface", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3", "--client-pool", "nope"}, "--client-pool"},
 		{[]string{"copy", "--iface", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3", "--secret-file", secret}, "--secret-file"},
 		{[]string{"copy", "--iface", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3", "--linger", "0s"}, "--linger"},
