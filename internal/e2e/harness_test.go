@@ -69,9 +69,20 @@ type server struct {
 
 func startServer(t *testing.T, ns *lab.NS, addrs ...string) *server {
 	t.Helper()
+	return startServerWrapped(t, ns, nil, addrs...)
+}
+
+// startServerWrapped is startServer with wrap (if not nil) around the
+// recording handler.
+func startServerWrapped(t *testing.T, ns *lab.NS, wrap func(http.Handler) http.Handler, addrs ...string) *server {
+	t.Helper()
 	s := &server{}
+	var h http.Handler = http.HandlerFunc(s.handle)
+	if wrap != nil {
+		h = wrap(h)
+	}
 	s.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.handle),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 	}
@@ -136,56 +147,131 @@ type env struct {
 	shadow *server
 	agent  *lab.Process
 	copier *lab.Process
+	opts   envOptions
 }
 
+// envOptions shape an env; the zero value is the HTTP setup of TestCopyHTTP.
 type envOptions struct {
-	copyArgs []string // extra copy flags
+	copyArgs  []string   // extra copy flags
+	agentArgs []string   // extra intercept flags
+	lab       lab.Config // lab shape (the zero value leaves offloads on)
+	// maps replace the default --map values (port 80, both families).
+	maps []string
+	// agentFilter replaces the agent's --filter "tcp and src port 80".
+	agentFilter string
+	// noProdHTTP, noShadowHTTP: no Go HTTP server there (e.prod or
+	// e.shadow stays nil); the test brings its own server.
+	noProdHTTP, noShadowHTTP bool
+	// wrap, when set, wraps each HTTP server's recording handler; side is
+	// "prod" or "shadow".
+	wrap func(side string, h http.Handler) http.Handler
+	// lateCopier: newEnv does not start the copy daemon; the test calls
+	// e.startCopier.
+	lateCopier bool
+	// bin replaces binPath (e.g. a copy other users may execute).
+	bin string
+	// prefix, when set, returns the command run in front of the binary for
+	// a subcommand ("intercept", "copy"), e.g. setpriv ... --.
+	prefix func(subcommand string) []string
+}
+
+// command returns the program and arguments that run tcpshadow with args
+// (args[0] is the subcommand), honouring o.bin and o.prefix.
+func (o envOptions) command(args ...string) (string, []string) {
+	bin := binPath
+	if o.bin != "" {
+		bin = o.bin
+	}
+	var argv []string
+	if o.prefix != nil {
+		argv = append(argv, o.prefix(args[0])...)
+	}
+	argv = append(append(argv, bin), args...)
+	return argv[0], argv[1:]
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	l := lab.NewT(t, lab.Config{})
-	e := &env{t: t, lab: l}
-	e.prod = startServer(t, l.Prod,
-		netip.AddrPortFrom(lab.ProdClientSideV4, 80).String(),
-		netip.AddrPortFrom(lab.ProdClientSideV6, 80).String())
-	e.shadow = startServer(t, l.Shadow,
-		netip.AddrPortFrom(lab.ShadowV4, 80).String(),
-		netip.AddrPortFrom(lab.ShadowV6, 80).String())
+	l := lab.NewT(t, o.lab)
+	e := &env{t: t, lab: l, opts: o}
+	wrapFor := func(side string) func(http.Handler) http.Handler {
+		if o.wrap == nil {
+			return nil
+		}
+		return func(h http.Handler) http.Handler { return o.wrap(side, h) }
+	}
+	if !o.noProdHTTP {
+		e.prod = startServerWrapped(t, l.Prod, wrapFor("prod"),
+			netip.AddrPortFrom(lab.ProdClientSideV4, 80).String(),
+			netip.AddrPortFrom(lab.ProdClientSideV6, 80).String())
+	}
+	if !o.noShadowHTTP {
+		e.shadow = startServerWrapped(t, l.Shadow, wrapFor("shadow"),
+			netip.AddrPortFrom(lab.ShadowV4, 80).String(),
+			netip.AddrPortFrom(lab.ShadowV6, 80).String())
+	}
+	filter := o.agentFilter
+	if filter == "" {
+		filter = "tcp and src port 80"
+	}
 	ctx := context.Background()
 	var err error
-	e.agent, err = l.Assist.Start(ctx, binPath, "intercept", "--iface", lab.HostLink,
-		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
-		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort))
+	name, args := o.command(append([]string{"intercept", "--iface", lab.HostLink,
+		"--filter", filter, "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
+		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort)},
+		o.agentArgs...)...)
+	e.agent, err = l.Assist.Start(ctx, name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.waitListening(l.Prod, net.JoinHostPort(lab.AssistV4.String(), agentPort))
-	args := []string{"copy", "--iface", lab.ProdClientLink,
-		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
-		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
+	t.Cleanup(func() {
+		if t.Failed() {
+			if e.copier != nil {
+				t.Logf("copy daemon output:\n%s", e.copier.Output())
+			}
+			t.Logf("agent output:\n%s", e.agent.Output())
+		}
+	})
+	if !o.lateCopier {
+		e.startCopier()
+	}
+	e.watchShadowLeaks()
+	return e
+}
+
+// startCopier starts the copy daemon in prod and waits until it is
+// connected to the agent.
+func (e *env) startCopier() {
+	e.t.Helper()
+	maps := e.opts.maps
+	if len(maps) == 0 {
+		maps = []string{
+			fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
+			fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
+		}
+	}
+	args := []string{"copy", "--iface", lab.ProdClientLink}
+	for _, m := range maps {
+		args = append(args, "--map", m)
+	}
+	args = append(args,
 		"--intercept", lab.AssistV4.String(),
 		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
 		"--metrics", net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
 		"--workers", "2",
-	}
-	e.copier, err = l.Prod.Start(ctx, binPath, append(args, o.copyArgs...)...)
+	)
+	var err error
+	name, argv := e.opts.command(append(args, e.opts.copyArgs...)...)
+	e.copier, err = e.lab.Prod.Start(context.Background(), name, argv...)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("copy daemon output:\n%s", e.copier.Output())
-			t.Logf("agent output:\n%s", e.agent.Output())
-		}
-	})
 	e.waitFor("copy daemon connected to the agent", 10*time.Second, func() bool {
 		m, err := e.copyMetrics()
 		return err == nil && m["tcpshadow_agent_connected"] == 1
 	})
-	e.watchShadowLeaks()
-	return e
 }
 
 // waitListening waits until addr accepts connections from ns.
