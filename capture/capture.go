@@ -49,11 +49,22 @@ type Stats struct {
 // Config configures a live capture.
 type Config struct {
 	Interface  string
-	SnapLen    int           // default 262144: GRO can merge up to 64 KiB
-	BufferSize int           // kernel ring size in bytes, default 32 MiB
-	Timeout    time.Duration // read timeout, default 20ms
-	Filter     string        // BPF expression; empty captures everything
-	Promisc    bool
+	SnapLen    int // default 262144: GRO can merge up to 64 KiB
+	BufferSize int // kernel ring size in bytes, default 32 MiB
+	// Timeout bounds how long a packet may wait in the kernel's ring
+	// before a read returns it, and how long an idle Read blocks.
+	// Default 1ms.
+	Timeout time.Duration
+	Filter  string // BPF expression; empty captures everything
+	Promisc bool
+	// Immediate delivers each packet at once (libpcap's immediate mode).
+	// libpcap then falls back to TPACKET_V2, whose ring has one fixed slot
+	// per packet sized for the largest (64 KiB with offloads on): a 32 MiB
+	// ring holds only about 500 packets and drops bursts. The default,
+	// TPACKET_V3, packs packets into blocks the kernel hands over when
+	// full or after Timeout: thousands of packets per ring, read in
+	// batches.
+	Immediate bool
 	// InboundOnly asks the kernel for received packets only, so the
 	// copier never sees what it sends itself, whatever the filter.
 	InboundOnly bool
@@ -67,7 +78,7 @@ func (c *Config) setDefaults() {
 		c.BufferSize = 32 << 20
 	}
 	if c.Timeout == 0 {
-		c.Timeout = 20 * time.Millisecond
+		c.Timeout = time.Millisecond
 	}
 }
 
@@ -85,7 +96,7 @@ func OpenLive(cfg Config) (Source, error) {
 	}{
 		{"snaplen", inactive.SetSnapLen(cfg.SnapLen)},
 		{"buffer size", inactive.SetBufferSize(cfg.BufferSize)},
-		{"immediate mode", inactive.SetImmediateMode(true)},
+		{"immediate mode", inactive.SetImmediateMode(cfg.Immediate)},
 		{"timeout", inactive.SetTimeout(cfg.Timeout)},
 		{"promisc", inactive.SetPromisc(cfg.Promisc)},
 	} {

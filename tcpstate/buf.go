@@ -7,43 +7,40 @@ import "sync"
 // buffer has one owner at a time: the capture goroutine fills it, hands it
 // to the worker through a queue, the worker either queues it in a session
 // or frees it. Nobody touches a buffer after handing it on.
-const (
-	smallBufSize = 2048
-	bigBufSize   = 65535 + 64 // largest IPv4 packet plus IPv6 slack
-)
+// Buffer classes: an Ethernet MTU's packet (the common case, sized tight
+// because buffered uploads are held in these), a jumbo frame's, and the
+// largest IP packet.
+var bufClasses = [...]int{1536, 9216, 65535 + 64}
 
 type pktBuf struct {
-	b   []byte
-	big bool
+	b     []byte
+	class uint8
 }
 
-var (
-	smallBufs = sync.Pool{New: func() any { return &pktBuf{b: make([]byte, 0, smallBufSize)} }}
-	bigBufs   = sync.Pool{New: func() any { return &pktBuf{b: make([]byte, 0, bigBufSize), big: true} }}
-)
+var bufPools [len(bufClasses)]sync.Pool
+
+func init() {
+	for i, size := range bufClasses {
+		bufPools[i].New = func() any { return &pktBuf{b: make([]byte, 0, size), class: uint8(i)} }
+	}
+}
+
+// smallBufSize is the smallest class, for tests.
+var smallBufSize = bufClasses[0]
 
 // getBuf returns a buffer of length n, or nil if n is too large.
 func getBuf(n int) *pktBuf {
-	var pb *pktBuf
-	switch {
-	case n <= smallBufSize:
-		pb = smallBufs.Get().(*pktBuf)
-	case n <= bigBufSize:
-		pb = bigBufs.Get().(*pktBuf)
-	default:
-		return nil
+	for i, size := range bufClasses {
+		if n <= size {
+			pb := bufPools[i].Get().(*pktBuf)
+			pb.b = pb.b[:n]
+			return pb
+		}
 	}
-	pb.b = pb.b[:n]
-	return pb
+	return nil
 }
 
 // size is what the buffer costs in memory, for the budgets.
 func (pb *pktBuf) size() int { return cap(pb.b) }
 
-func (pb *pktBuf) free() {
-	if pb.big {
-		bigBufs.Put(pb)
-		return
-	}
-	smallBufs.Put(pb)
-}
+func (pb *pktBuf) free() { bufPools[pb.class].Put(pb) }

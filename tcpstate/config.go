@@ -90,7 +90,7 @@ func (c *Config) Defaults() {
 		c.SynMSS = 1460
 	}
 	if c.MaxSessionBytes == 0 {
-		c.MaxSessionBytes = 8 << 20
+		c.MaxSessionBytes = 64 << 20
 	}
 	if c.MaxBufferBytes == 0 {
 		c.MaxBufferBytes = 512 << 20

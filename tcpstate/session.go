@@ -99,8 +99,9 @@ type session struct {
 	nsent          int // queued segments already sent: q()[:nsent]
 	qBytes         int // buffer bytes held by queued segments
 	finSeen        bool
-	finSeq         Seq
-	finSent        bool
+	finSeq         Seq  // where the client's FIN is
+	finSent        bool // we sent a FIN, at ourFin
+	ourFin         Seq
 	dupAcks        int
 
 	// from the shadow

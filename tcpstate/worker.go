@@ -402,6 +402,12 @@ func (w *Worker) clientPacket(s *session, pb *pktBuf, p *rewrite.Packet, capAt, 
 		s.tsSent = o.TSVal // pure ACKs keep our own ACKs' TSval current
 	}
 	if flags&rewrite.FlagACK != 0 {
+		// Scenario 15, the other way: the client's window is what the
+		// copier advertises to the shadow. When it opens up again, tell
+		// the shadow, or a zero window would never reopen.
+		if old := s.clientWnd; tcp.Window() > old && (old == 0 || tcp.Window() >= old+old/2) && s.state == stateEstablished {
+			s.needAck = true
+		}
 		s.clientWnd = tcp.Window()
 		if !s.prodAckOK {
 			s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true // handshake ACK
@@ -444,6 +450,13 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		w.ctr.inc(CtrClientDupData)
 		return
 	}
+	// Bounds first, so that they hold exactly (scenario 27).
+	if s.qBytes+pb.size() > w.cfg.MaxSessionBytes || w.buffered+int64(pb.size()) > w.budget {
+		pb.free()
+		w.ctr.inc(CtrShedMemory)
+		w.endSession(s, EndBufferLimit, now)
+		return
+	}
 	if o.SACK {
 		p.ClearOptions(rewrite.OptSACK) // blocks in prod's sequence space
 	}
@@ -479,13 +492,6 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 	}
 	if g.end.After(s.clientNxt) {
 		s.clientNxt = g.end
-	}
-	if s.qBytes > w.cfg.MaxSessionBytes {
-		w.ctr.inc(CtrShedMemory)
-		w.endSession(s, EndBufferLimit, now) // scenario 27
-	} else if w.buffered > w.budget {
-		w.ctr.inc(CtrShedMemory)
-		w.endSession(s, EndBufferLimit, now)
 	}
 }
 
@@ -612,7 +618,7 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 	plen := p.PayloadLen()
 	hasACK := flags&rewrite.FlagACK != 0
 	if s.state == stateClosed {
-		if s.finSent && ack == s.finSeq+1 && plen == 0 && flags&(rewrite.FlagFIN|rewrite.FlagRST) == 0 {
+		if s.finSent && ack == s.ourFin+1 && plen == 0 && flags&(rewrite.FlagFIN|rewrite.FlagRST) == 0 {
 			return // the shadow acknowledging our FIN: the close completing
 		}
 		// Scenario 20: a late reply means the shadow still holds state.
@@ -679,12 +685,14 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 			s.rcvNxt = end
 			if flags&rewrite.FlagFIN != 0 {
 				s.shadowFin = true
-				if !s.finSent && !s.finSeen {
-					// The shadow closes first while the client goes on
-					// (its keep-alive is shorter than prod's): finish
-					// this connection, move what is left to a fresh one.
+				// The shadow closes first while the client goes on (its
+				// keep-alive is shorter than prod's) or still has data
+				// queued: finish this connection, move what is left to a
+				// fresh one (scenario 19). With nothing left and the
+				// client closed too, the close is an ordinary one.
+				if !s.finSent && (!s.finSeen || s.sndUna != s.clientNxt) {
 					w.sendCtl(s, rewrite.FlagFIN|rewrite.FlagACK, s.sndNxt, s.rcvNxt)
-					s.finSent, s.finSeq = true, s.sndNxt
+					s.finSent, s.ourFin = true, s.sndNxt
 					w.shadowEnded(s, EndShadowClosed, now)
 					return
 				}
@@ -692,6 +700,10 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 		} else {
 			w.ctr.inc(CtrShadowDupData) // scenario 16: re-ACK
 		}
+		s.needAck = true
+	} else if seq.Before(s.rcvNxt) {
+		// A segment below what we acknowledged: the shadow's zero-window
+		// or keep-alive probe. RFC 9293 §3.10.7.4: answer with an ACK.
 		s.needAck = true
 	}
 	w.markDirty(s)
@@ -830,7 +842,7 @@ func (w *Worker) Flush(now int64) {
 			w.sendCtl(s, rewrite.FlagACK, s.sndNxt, s.rcvNxt)
 		}
 		s.needAck = false
-		if s.state == stateEstablished && s.finSent && s.sndUna == s.finSeq+1 && s.shadowFin {
+		if s.state == stateEstablished && s.finSent && s.sndUna == s.ourFin+1 && s.shadowFin {
 			w.closeSession(s, EndClosed, now)
 		}
 		w.reschedule(s, now)
@@ -892,7 +904,7 @@ func (w *Worker) trySend(s *session, now int64) {
 	s.gapSince = 0
 	if s.finSeen && !s.finSent && s.sndNxt == s.finSeq && s.sndUna == s.finSeq {
 		w.sendCtl(s, rewrite.FlagFIN|rewrite.FlagACK, s.finSeq, s.rcvNxt)
-		s.finSent = true
+		s.finSent, s.ourFin = true, s.finSeq
 		s.sndNxt = s.finSeq + 1
 		s.rtoAt = now + int64(s.rto)
 		s.needAck = false
@@ -955,9 +967,9 @@ func (w *Worker) retransmit(s *session, now int64) {
 		w.sendSeg(s, &q[0], now)
 		return
 	}
-	if s.finSent && s.sndUna == s.finSeq {
+	if s.finSent && s.sndUna == s.ourFin {
 		w.ctr.inc(CtrRetransmits)
-		w.sendCtl(s, rewrite.FlagFIN|rewrite.FlagACK, s.finSeq, s.rcvNxt)
+		w.sendCtl(s, rewrite.FlagFIN|rewrite.FlagACK, s.ourFin, s.rcvNxt)
 	}
 }
 
@@ -1036,18 +1048,17 @@ func (w *Worker) closeSessionKeep(s *session, reason EndReason, now int64, keepQ
 // client has not finished, its remaining data goes on a fresh connection at
 // once, or when it next sends (scenario 19).
 func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
-	clientGoesOn := !s.finSeen
-	pending := s.sndUna != s.clientNxt
-	w.closeSessionKeep(s, reason, now, clientGoesOn && pending)
-	if !clientGoesOn {
-		return
-	}
-	s.reconnectable = true
-	if pending {
+	// Client data the shadow has not acknowledged, sent or not: it goes
+	// again on a fresh connection, the client's FIN (if any) after it.
+	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
+	w.closeSessionKeep(s, reason, now, pending)
+	switch {
+	case pending:
 		w.reconnect(s, s.q()[0].capAt, now)
-	} else {
+	case !s.finSeen:
 		// Keep the flow's place while the client may still use its
-		// connection to prod.
+		// connection to prod: its next data opens a fresh one.
+		s.reconnectable = true
 		s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
 	}
 	w.freeQueue(s)

@@ -855,3 +855,59 @@ func TestScenario19ClientFinishingReleasesTheFlow(t *testing.T) {
 		t.Fatal("flow kept for the idle timeout although the client closed")
 	}
 }
+
+func TestScenario15ClientWindowReopensAndProbesAnswered(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "GET /big")
+	h.reply(fACK, tShadowISN+1, tISN+9, 65535, 1000, nil)
+	h.sent()
+	// The client stops reading: its window closes, and our ACKs say so.
+	h.clientSeg(fACK, tISN+9, tProdISN+1000, "", nil)
+	h.w.sessions[sessionKey{client: rewrite.TupleOf(tClient, tProd)}].clientWnd = 0
+	h.reply(fACK, tShadowISN+1001, tISN+9, 65535, 1000, nil)
+	if a := expectOne(t, h.sent(), "ACK"); a.win != 0 {
+		t.Fatalf("ACK advertises %d, want the client's zero window", a.win)
+	}
+	// The shadow probes the zero window: answered.
+	h.reply(fACK, tShadowISN+2000, tISN+9, 65535, 0, nil)
+	if a := expectOne(t, h.sent(), "ACK to a zero-window probe"); a.ack != Seq(tShadowISN+2001) {
+		t.Fatalf("probe answer = %+v", a)
+	}
+	// The client reads again: its window update reaches the shadow.
+	h.clientSeg(fACK, tISN+9, tProdISN+2000, "", nil)
+	if a := expectOne(t, h.sent(), "window update"); a.win != 502 {
+		t.Fatalf("window update = %+v, want the client's window 502", a)
+	}
+}
+
+func TestScenario19ShadowClosesWithRequestAndClientFINQueued(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	h.sent()
+	// The client sends its last request and closes at once; prod's think
+	// time holds the request, the FIN waits behind it.
+	h.wall += int64(time.Second)
+	h.clientSeg(fACK|fPSH|fFIN, tISN+5, tProdISN+101, "req2", nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("sent before the think time: %+v", got)
+	}
+	// Meanwhile the shadow's keep-alive expires.
+	h.reply(fACK|fFIN, tShadowISN+101, tISN+5, 65535, 0, nil)
+	got := h.sent()
+	if len(got) != 2 || got[0].flags != fFIN|fACK || got[1].flags != fSYN {
+		t.Fatalf("want our FIN on the old connection and a fresh SYN, got %+v", got)
+	}
+	syn := got[1]
+	h.replyTo(syn.src, fSYN|fACK, 900, tISN+5, 65535, 0, nil)
+	got = h.sent()
+	if len(got) < 2 || got[1].payload != "req2" {
+		t.Fatalf("request 2 not carried by the fresh connection: %+v", got)
+	}
+	h.replyTo(syn.src, fACK|fPSH, 901, tISN+9, 65535, 100, nil)
+	if fin := h.sent(); len(fin) != 1 || fin[0].flags != fFIN|fACK || fin[0].seq != tISN+9 {
+		t.Fatalf("want the client's FIN on the fresh connection after the answer, got %+v", fin)
+	}
+}

@@ -133,7 +133,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.DurationVar(&o.idle, "idle-timeout", 120*time.Second, "end sessions idle this long")
 	f.DurationVar(&o.linger, "linger", 2*time.Second, "keep ended sessions this long to reset late replies")
 	f.DurationVar(&o.quiet, "quiet-period", 20*time.Millisecond, "shadow silence that completes an answer shorter than prod's")
-	f.IntVar(&o.maxSessBytes, "max-session-bytes", 8<<20, "client data buffered per session before it is cut")
+	f.IntVar(&o.maxSessBytes, "max-session-bytes", 64<<20, "client data buffered per session before it is cut")
 	f.IntVar(&o.maxSessions, "max-sessions", 1<<20, "sessions held at once; new ones beyond are shed")
 	f.IntVar(&o.snaplen, "snaplen", 262144, "capture snap length")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
