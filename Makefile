@@ -15,13 +15,14 @@ EXAMPLE := scripts/tcpshadow.example.toml
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/tcpshadow
 LDFLAGS := -s -w -X main.version=$(VERSION)
-# Packages whose tests need no root and no lab.
-UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock)
+# Packages whose tests need no root and no lab; the others build labs.
+UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock -e /internal/cmd/tslab)
+LAB     := ./internal/lab ./internal/rawsock ./internal/cmd/tslab ./internal/e2e
 
-.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go clean install uninstall
+.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 deps: ## install what is missing (Debian packages; needs root)
 	@./scripts/deps.sh
@@ -29,13 +30,13 @@ deps: ## install what is missing (Debian packages; needs root)
 build: ## build bin/tcpshadow
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tcpshadow
 
-test: deps lint test-unit test-e2e ## install what is missing, then run every test (as root)
+test: deps lint test-unit test-e2e bench-go-smoke ## install what is missing, then run every test (as root)
 
 test-unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 $(UNIT)
 
-test-e2e: ## lab tests: sealed namespaces, real servers (needs root)
-	$(GO) test -count=1 -timeout 30m ./internal/lab ./internal/rawsock ./internal/e2e
+test-e2e: ## lab tests: sealed namespaces, real servers, the demo and a bench step (needs root)
+	$(GO) test -count=1 -timeout 30m $(LAB)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -50,6 +51,12 @@ bench-go: ## microbenchmarks of the datapath
 
 bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md)
 	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md
+
+bench-smoke: build bench-go-smoke ## every microbenchmark once, then one short lab step per shape (stdout only)
+	$(GO) run ./internal/cmd/tslab bench --smoke --bin $(BIN)
+
+bench-go-smoke: ## every microbenchmark once (CI: they still run; the lab step is TestBenchSmoke)
+	$(GO) test -run '^$$' -bench . -benchtime=1x $(UNIT)
 
 clean: ## remove build output
 	rm -rf bin

@@ -16,5 +16,6 @@ and tears everything down on exit. Needs root.`,
 	}
 	// One constructor per subcommand, each in its own file.
 	root.AddCommand(newDemoCmd())
+	root.AddCommand(newBenchCmd())
 	return root
 }

@@ -40,8 +40,11 @@ type stageConfig struct {
 	bin      string   // tcpshadow
 	nginx    string   // nginx binary
 	copyArgs []string // extra copy flags, appended
-	progress io.Writer
-	log      *slog.Logger // lab messages
+	// noDaemons leaves the agent and copier out (startDaemons adds them
+	// later): the benchmark measures prod alone first.
+	noDaemons bool
+	progress  io.Writer
+	log       *slog.Logger // lab messages
 }
 
 // upStage builds the stage. Processes are started with ctx, so cancelling
@@ -82,16 +85,30 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 	fmt.Fprintf(cfg.progress, "nginx up in prod (%s, %s) and shadow (%s, %s) (%v)\n",
 		s.prodV4, s.prodV6, netip.AddrPortFrom(lab.ShadowV4, httpPort), netip.AddrPortFrom(lab.ShadowV6, httpPort), since())
 
-	s.agent, err = l.Assist.Start(ctx, cfg.bin, "intercept", "--iface", lab.HostLink,
+	if cfg.noDaemons {
+		return s, nil
+	}
+	if err := s.startDaemons(ctx, cfg); err != nil {
+		return s, err
+	}
+	fmt.Fprintf(cfg.progress, "agent and copier up (%v): tcpshadow intercept in assist, tcpshadow copy in prod, connected\n", since())
+	return s, nil
+}
+
+// startDaemons starts the agent on the assist host and the copier on prod
+// and waits until the copier is connected to the agent.
+func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
+	var err error
+	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, "intercept", "--iface", lab.HostLink,
 		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
 		"--stats-interval", "0", "--metrics", s.agentMetricsAddr())
 	if err != nil {
-		return s, fmt.Errorf("start agent: %w", err)
+		return fmt.Errorf("start agent: %w", err)
 	}
 	// The agent listens before it serves metrics, so answered metrics mean
 	// it is ready for the copier.
 	if err := s.waitDaemon(ctx, "agent", s.agent, s.agentMetrics, func(map[string]float64) bool { return true }); err != nil {
-		return s, err
+		return err
 	}
 	args := []string{"copy", "--iface", lab.ProdClientLink,
 		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
@@ -102,17 +119,16 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
 		"--workers", "2",
 	}
-	s.copier, err = l.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
+	s.copier, err = s.lab.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
 	if err != nil {
-		return s, fmt.Errorf("start copier: %w", err)
+		return fmt.Errorf("start copier: %w", err)
 	}
 	if err := s.waitDaemon(ctx, "copier", s.copier, s.copyMetrics, func(m map[string]float64) bool {
 		return m["tcpshadow_agent_connected"] == 1
 	}); err != nil {
-		return s, err
+		return err
 	}
-	fmt.Fprintf(cfg.progress, "agent and copier up (%v): tcpshadow intercept in assist, tcpshadow copy in prod, connected\n", since())
-	return s, nil
+	return nil
 }
 
 // waitDaemon polls a daemon's metrics until ready holds, failing early if

@@ -1,0 +1,400 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
+)
+
+const (
+	keepAliveConns   = 50
+	connPerReqFlight = 64 // one-connection-per-request: connections in flight at most
+	maxClientAddrs   = 32 // 198.18.0.2 and 198.18.0.3..198.18.0.33
+	benchCatchUp     = 20 * time.Second
+	benchStall       = 2 * time.Second // shadow count unchanged this long: give up waiting
+	benchSettle      = 5 * time.Second // bound on the copier's sessions leaving between steps
+	idleHold         = 2 * time.Second
+	maxIdleSessions  = 900 // nginx's worker_connections is 1024
+)
+
+type benchOptions struct {
+	bin, nginx, out    string
+	step               time.Duration
+	stepSet            bool // --step given: --smoke has its own default
+	smoke              bool
+	kaRates, connRates string
+	addrs              string
+	idleSessions       int
+	baseline           bool
+	copyFlags          []string
+	verbose            bool
+}
+
+// series is one traffic shape from one number of client addresses, over
+// offered rates (0: as fast as possible).
+type series struct {
+	shape shape
+	addrs int
+	conns int
+	rates []int
+}
+
+func (s series) title() string {
+	what := fmt.Sprintf("keep-alive HTTP, %d connections", s.conns)
+	if s.shape == connPerReq {
+		what = fmt.Sprintf("one connection per request, at most %d in flight", s.conns)
+	}
+	if s.addrs == 1 {
+		return what + ", 1 client address"
+	}
+	return fmt.Sprintf("%s, %d client addresses", what, s.addrs)
+}
+
+// benchConfig is the validated form of benchOptions.
+type benchConfig struct {
+	bin, nginx   string
+	out          string // markdown file; "" writes the tables to stdout only
+	step         time.Duration
+	smoke        bool
+	baseline     bool // measure prod alone first
+	series       []series
+	idleSessions int      // 0: skip the idle-session memory measurement
+	copyArgs     []string // extra copy flags, appended
+	verbose      bool
+}
+
+func newBenchCmd() *cobra.Command {
+	o := &benchOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the copier between real nginx servers and write a markdown report",
+		Long: `bench builds a sealed lab like demo, then drives open-loop HTTP load from the
+client namespace to prod's nginx in steps of offered rate, for keep-alive
+connections and for one connection per request, from one and from 32 client
+addresses. Every step runs once with prod alone (no copier) and once with the
+agent and copy daemon running. Per step it reports the rate prod answered,
+prod's latency (p50, p99) with and without the copier, the copy ratio (shadow
+requests / prod requests, from the nginx access logs), the CPU time of the
+copier and the agent (from /proc) per copied request, their peak RSS, the
+copier's shed and pcap-drop counters, and where the machine's CPU went.
+
+--smoke runs one short step per shape, without the baseline, and writes to
+stdout (or --out). Every step is bounded by --step plus 5 s; waits for the
+shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.stepSet = cmd.Flags().Changed("step")
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			_, err = runBench(cmd.Context(), cfg, cmd.OutOrStdout())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.bin, "bin", "", "tcpshadow binary to run (required; make build writes bin/tcpshadow)")
+	f.StringVar(&o.nginx, "nginx", defaultNginx, "nginx binary (Debian's nginx-light)")
+	f.StringVar(&o.out, "out", "", "write the markdown report to this file too (BENCHMARKS.md)")
+	f.DurationVar(&o.step, "step", 10*time.Second, "length of each load step (1s to 2m)")
+	f.BoolVar(&o.smoke, "smoke", false, "one short step per shape at 500 req/s, no baseline")
+	f.StringVar(&o.kaRates, "keepalive-rates", "1000,5000,10000,20000,max", "offered request rates of the keep-alive steps")
+	f.StringVar(&o.connRates, "conn-rates", "1000,3000,5000,7000,max", "offered connection rates of the one-connection-per-request steps")
+	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
+	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
+	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
+	f.IntVar(&o.idleSessions, "idle-sessions", 800, fmt.Sprintf("idle connections for the memory measurement (0 skips it; at most %d)", maxIdleSessions))
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
+	return cmd
+}
+
+// config validates the flags; every error names its flag.
+func (o *benchOptions) config() (*benchConfig, error) {
+	if o.bin == "" {
+		return nil, errors.New("--bin is required: the tcpshadow binary (make build writes bin/tcpshadow)")
+	}
+	bin, err := executable(o.bin)
+	if err != nil {
+		return nil, fmt.Errorf("--bin: %w", err)
+	}
+	ngx, err := executable(o.nginx)
+	if err != nil {
+		return nil, fmt.Errorf("--nginx: %w (apt-get install nginx-light)", err)
+	}
+	if o.step < time.Second || o.step > 2*time.Minute {
+		return nil, fmt.Errorf("--step %v: want 1s to 2m", o.step)
+	}
+	if o.idleSessions < 0 || o.idleSessions > maxIdleSessions {
+		return nil, fmt.Errorf("--idle-sessions %d: want 0 to %d", o.idleSessions, maxIdleSessions)
+	}
+	for _, fl := range o.copyFlags {
+		if !strings.HasPrefix(fl, "--") {
+			return nil, fmt.Errorf("--copy-flag %q: want a long flag, --name=value", fl)
+		}
+	}
+	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
+		idleSessions: o.idleSessions, copyArgs: o.copyFlags, verbose: o.verbose}
+	if o.smoke {
+		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
+		if !o.stepSet {
+			cfg.step = 2 * time.Second
+		}
+		cfg.series = smokeSeries()
+	} else {
+		ka, err := parseRates(o.kaRates)
+		if err != nil {
+			return nil, fmt.Errorf("--keepalive-rates: %w", err)
+		}
+		conn, err := parseRates(o.connRates)
+		if err != nil {
+			return nil, fmt.Errorf("--conn-rates: %w", err)
+		}
+		addrs, err := parseAddrs(o.addrs)
+		if err != nil {
+			return nil, fmt.Errorf("--addrs: %w", err)
+		}
+		for _, a := range addrs {
+			if len(ka) > 0 {
+				cfg.series = append(cfg.series, series{shape: keepAlive, addrs: a, conns: keepAliveConns, rates: ka})
+			}
+		}
+		for _, a := range addrs {
+			if len(conn) > 0 {
+				cfg.series = append(cfg.series, series{shape: connPerReq, addrs: a, conns: connPerReqFlight, rates: conn})
+			}
+		}
+		if len(cfg.series) == 0 {
+			return nil, errors.New("--keepalive-rates and --conn-rates are both empty: nothing to run")
+		}
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench needs root to create network namespaces")
+	}
+	return cfg, nil
+}
+
+// smokeSeries is --smoke's load: 500/s of each shape, the one-connection
+// one from 32 addresses so that path is exercised too.
+func smokeSeries() []series {
+	return []series{
+		{shape: keepAlive, addrs: 1, conns: keepAliveConns, rates: []int{500}},
+		{shape: connPerReq, addrs: maxClientAddrs, conns: connPerReqFlight, rates: []int{500}},
+	}
+}
+
+// parseRates reads "1000,5k,max" (max: as fast as possible, 0); "" skips
+// the shape.
+func parseRates(s string) ([]int, error) {
+	var rates []int
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "max" {
+			rates = append(rates, 0)
+			continue
+		}
+		mul := 1
+		if v, ok := strings.CutSuffix(f, "k"); ok {
+			f, mul = v, 1000
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n*mul > maxPerSecond {
+			return nil, fmt.Errorf("rate %q: want 1 to %d, or max", f, maxPerSecond)
+		}
+		rates = append(rates, n*mul)
+	}
+	return rates, nil
+}
+
+func parseAddrs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > maxClientAddrs {
+			return nil, fmt.Errorf("%q: want 1 to %d", f, maxClientAddrs)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// clientAddrs returns the client's first n addresses: its own, then
+// 198.18.0.3 onwards.
+func clientAddrs(n int) []netip.Addr {
+	addrs := []netip.Addr{lab.ClientV4}
+	a := lab.ClientV4
+	for len(addrs) < n {
+		a = a.Next()
+		addrs = append(addrs, a)
+	}
+	return addrs
+}
+
+// addClientAddrs gives the client's eth0 its extra addresses, in the
+// client net (prod reaches them on-link).
+func addClientAddrs(ns *lab.NS, extra []netip.Addr) error {
+	h := ns.Handle()
+	if h == nil {
+		return lab.ErrClosed
+	}
+	link, err := h.LinkByName(lab.HostLink)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", lab.HostLink, ns.Name(), err)
+	}
+	for _, a := range extra {
+		if !lab.ClientNetV4.Contains(a) {
+			return fmt.Errorf("client address %s outside %s", a, lab.ClientNetV4)
+		}
+		p := netip.PrefixFrom(a, lab.ClientNetV4.Bits())
+		nla := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+		if err := h.AddrAdd(link, nla); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add %s to %s in %s: %w", p, lab.HostLink, ns.Name(), err)
+		}
+	}
+	return nil
+}
+
+// benchResult is a whole run.
+type benchResult struct {
+	machine  machine
+	cfg      *benchConfig
+	series   []seriesResult
+	idle     *idleResult
+	idleCPU  idleCPU
+	took     time.Duration
+	labName  string
+	warnings []string
+}
+
+type seriesResult struct {
+	series
+	alone, copied []*stepResult // by rate, as series.rates
+}
+
+// runBench runs the whole benchmark, writing progress and the report to
+// out, and the report to cfg.out too. The lab is torn down before it
+// returns, whatever happens.
+func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchResult, err error) {
+	start := time.Now()
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	res := &benchResult{cfg: cfg, machine: describeMachine(ctx, cfg.bin, cfg.nginx)}
+
+	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, progress: out, log: log})
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
+		fmt.Fprintln(out, "set-up failed; everything it started is torn down")
+		return nil, fmt.Errorf("set up bench: %w", err)
+	}
+	res.labName = labPrefix + "-" + st.lab.ID
+	defer func() {
+		if ctx.Err() != nil {
+			fmt.Fprintln(out, "interrupted")
+		}
+		err = errors.Join(err, teardown(st, out))
+		fmt.Fprintf(out, "bench took %v\n", time.Since(start).Round(time.Second))
+	}()
+	if cfg.verbose {
+		defer func() {
+			if st.copier != nil {
+				fmt.Fprintf(out, "--- copier output (tail) ---\n%s\n--- agent output (tail) ---\n%s\n",
+					tail(st.copier.Output(), 40), tail(st.agent.Output(), 40))
+			}
+		}()
+	}
+	most := 1
+	for _, s := range cfg.series {
+		most = max(most, s.addrs)
+	}
+	if most > 1 {
+		if err := addClientAddrs(st.lab.Client, clientAddrs(most)[1:]); err != nil {
+			return nil, err
+		}
+	}
+	d, err := st.lab.Client.NewDialer()
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close() // before the teardown: its thread holds the client namespace
+	b := newBencher(st, d, cfg, out)
+
+	for _, s := range cfg.series {
+		res.series = append(res.series, seriesResult{series: s})
+	}
+	if cfg.baseline {
+		fmt.Fprintln(out, "\nprod alone (no agent, no copier):")
+		for i := range res.series {
+			sr := &res.series[i]
+			for _, rate := range sr.rates {
+				r, err := b.step(ctx, sr.series, rate, false)
+				if err != nil {
+					return nil, err
+				}
+				sr.alone = append(sr.alone, r)
+			}
+		}
+		t0 := time.Now()
+		if err := st.startDaemons(ctx, stageConfig{bin: cfg.bin, copyArgs: cfg.copyArgs}); err != nil {
+			return nil, fmt.Errorf("start daemons: %w", err)
+		}
+		fmt.Fprintf(out, "agent and copier up (%v)\n", time.Since(t0).Round(10*time.Millisecond))
+	}
+	b.daemonsUp()
+	if res.idleCPU, err = b.measureIdleCPU(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.idleSessions > 0 {
+		// First, while the copier's heap holds nothing else.
+		res.idle, err = b.idleMemory(ctx, cfg.idleSessions, clientAddrs(most))
+		if err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintln(out, "\nwith the agent and the copier:")
+	for i := range res.series {
+		sr := &res.series[i]
+		for _, rate := range sr.rates {
+			r, err := b.step(ctx, sr.series, rate, true)
+			if err != nil {
+				return nil, err
+			}
+			sr.copied = append(sr.copied, r)
+		}
+	}
+	if st.copier.Exited() || st.agent.Exited() {
+		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
+	}
+	res.machine.loadEnd = loadavg()
+	res.took = time.Since(start)
+	res.warnings = b.warnings
+	md := renderReport(res)
+	fmt.Fprintf(out, "\n%s\n", md)
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {
+			return nil, fmt.Errorf("--out: %w", err)
+		}
+		fmt.Fprintf(out, "wrote %s\n", cfg.out)
+	}
+	return res, nil
+}
