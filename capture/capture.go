@@ -65,6 +65,12 @@ type Config struct {
 	// full or after Timeout: thousands of packets per ring, read in
 	// batches.
 	Immediate bool
+	// IdleSleep is how long Read sleeps between polls once the interface
+	// has been quiet for a while (default 4ms): a 1ms timeout would wake
+	// the daemon a thousand times a second for nothing. Packets wait in
+	// the ring meanwhile; the first after a quiet spell is late by at most
+	// IdleSleep.
+	IdleSleep time.Duration
 	// InboundOnly asks the kernel for received packets only, so the
 	// copier never sees what it sends itself, whatever the filter.
 	InboundOnly bool
@@ -79,6 +85,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = time.Millisecond
+	}
+	if c.IdleSleep == 0 {
+		c.IdleSleep = 4 * time.Millisecond
 	}
 }
 
@@ -114,7 +123,12 @@ func OpenLive(cfg Config) (Source, error) {
 			return nil, fmt.Errorf("capture inbound only on %s: %w", cfg.Interface, err)
 		}
 	}
-	return newSource(h, cfg.Filter, true)
+	src, err := newSource(h, cfg.Filter, true)
+	if err != nil {
+		return nil, err
+	}
+	src.idleSleep = cfg.IdleSleep
+	return src, nil
 }
 
 // OpenFile opens a pcap or pcapng file, applying filter if not empty.
@@ -141,13 +155,18 @@ func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
 	return &pcapSource{h: h, link: lt, live: live}, nil
 }
 
+// idleAfter is how many empty polls in a row make a source idle.
+const idleAfter = 16
+
 type pcapSource struct {
-	h      *pcap.Handle
-	link   layers.LinkType
-	live   bool
-	closed atomic.Bool
-	read   atomic.Uint64
-	nonIP  atomic.Uint64
+	h         *pcap.Handle
+	link      layers.LinkType
+	live      bool
+	idleSleep time.Duration
+	empty     int // polls in a row that found nothing
+	closed    atomic.Bool
+	read      atomic.Uint64
+	nonIP     atomic.Uint64
 }
 
 func (s *pcapSource) Read() ([]byte, time.Time, error) {
@@ -158,7 +177,11 @@ func (s *pcapSource) Read() ([]byte, time.Time, error) {
 		data, ci, err := s.h.ZeroCopyReadPacketData()
 		switch {
 		case err == nil:
+			s.empty = 0
 		case errors.Is(err, pcap.NextErrorTimeoutExpired):
+			if s.empty++; s.empty > idleAfter && s.idleSleep > 0 {
+				time.Sleep(s.idleSleep)
+			}
 			return nil, time.Time{}, ErrTimeout
 		case errors.Is(err, io.EOF):
 			return nil, time.Time{}, io.EOF
