@@ -45,6 +45,11 @@ type Config struct {
 	// QuietPeriod is how long the shadow must stay silent before a
 	// response shorter than prod's counts as complete (scenario 8).
 	QuietPeriod time.Duration
+	// AckDelay bounds how long an ACK of the shadow's data waits to ride
+	// on the next request, as a client's delayed ACK does (RFC 1122
+	// §4.2.3.2; Linux waits 40ms). Every second full segment is ACKed at
+	// once.
+	AckDelay time.Duration
 
 	HandshakeTimeout time.Duration // SYN to SYN-ACK (scenario 4)
 	ResponseTimeout  time.Duration // request to first answer (scenario 9)
@@ -73,6 +78,7 @@ func (c *Config) Defaults() {
 		c.Workers = 1
 	}
 	def(&c.QuietPeriod, 20*time.Millisecond)
+	def(&c.AckDelay, 40*time.Millisecond)
 	def(&c.HandshakeTimeout, 5*time.Second)
 	def(&c.ResponseTimeout, 30*time.Second)
 	def(&c.IdleTimeout, 120*time.Second)

@@ -111,7 +111,9 @@ type session struct {
 	tsRecent  uint32 // latest TSval from the shadow, echoed in TSecr
 	tsSent    uint32 // latest TSval sent; never goes backwards (PAWS)
 	clientWnd uint16
-	needAck   bool
+	needAck   bool  // send an ACK at the next Flush
+	ackAt     int64 // a delayed ACK is due then (0: none pending)
+	unacked   int   // shadow bytes received since our last ACK
 
 	// pacing (scenarios 7-10)
 	prodAck     Seq
@@ -137,6 +139,10 @@ type session struct {
 }
 
 func (s *session) q() []segment { return s.qbuf[s.qhead:] }
+
+// ackSent notes that a segment acknowledging everything received is
+// leaving: no ACK is owed any more.
+func (s *session) ackSent() { s.needAck, s.ackAt, s.unacked = false, 0, 0 }
 
 // pushSeg appends g at the end of the queue.
 func (s *session) pushSeg(g segment) {

@@ -682,6 +682,16 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 				s.respBytes += n
 				s.lastReplyAt = now
 			}
+			// Delayed ACK, as a real client's stack does (RFC 1122
+			// §4.2.3.2, RFC 5681 §4.2): at once for a gap skipped, a FIN
+			// or every second full segment; otherwise within AckDelay,
+			// usually riding on the next request.
+			s.unacked += n
+			if seq.After(s.rcvNxt) || flags&rewrite.FlagFIN != 0 || s.unacked >= 2*s.mss {
+				s.needAck = true
+			} else if s.ackAt == 0 {
+				s.ackAt = now + int64(w.cfg.AckDelay)
+			}
 			s.rcvNxt = end
 			if flags&rewrite.FlagFIN != 0 {
 				s.shadowFin = true
@@ -699,8 +709,8 @@ func (w *Worker) shadowPacket(s *session, p *rewrite.Packet, now int64) {
 			}
 		} else {
 			w.ctr.inc(CtrShadowDupData) // scenario 16: re-ACK
+			s.needAck = true
 		}
-		s.needAck = true
 	} else if seq.Before(s.rcvNxt) {
 		// A segment below what we acknowledged: the shadow's zero-window
 		// or keep-alive probe. RFC 9293 §3.10.7.4: answer with an ACK.
@@ -958,6 +968,7 @@ func (w *Worker) sendSeg(s *session, g *segment, now int64) {
 		w.ctr.inc(CtrRetransmits)
 	}
 	g.sentAt = now
+	s.ackSent()
 	w.send(p.Bytes())
 }
 
@@ -992,6 +1003,9 @@ func (w *Worker) sendCtl(s *session, flags uint8, seq, ack Seq) {
 	if err != nil {
 		w.ctr.inc(CtrSendErrors)
 		return
+	}
+	if flags&rewrite.FlagACK != 0 {
+		s.ackSent()
 	}
 	w.send(w.ctl[:n])
 }
@@ -1110,9 +1124,13 @@ func (w *Worker) reschedule(s *session, now int64) {
 		at(s.lastSeen + int64(w.cfg.IdleTimeout))
 		at(s.rtoAt)
 		at(s.paceAt)
+		at(s.ackAt)
 		if s.gapSince != 0 {
 			at(s.gapSince + int64(w.cfg.GapTimeout))
 		}
+	}
+	if next != 0 && next <= now {
+		next = now + 1 // due already: the next Tick, never this one again
 	}
 	w.timers.schedule(s, next)
 }
@@ -1164,6 +1182,10 @@ func (w *Worker) onTimer(s *session, now int64) {
 		}
 		if s.state == stateEstablished && s.paceAt != 0 && now >= s.paceAt {
 			s.paceAt = 0
+			w.markDirty(s)
+		}
+		if s.state == stateEstablished && s.ackAt != 0 && now >= s.ackAt {
+			s.needAck, s.ackAt = true, 0 // the delayed ACK is due
 			w.markDirty(s)
 		}
 	}

@@ -184,17 +184,16 @@ func TestScenario8ThinkTimeKept(t *testing.T) {
 	h.sent()
 	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
 	h.sent()
-	// The client thought for 500 ms before request 2.
+	// The client thought for 500 ms before request 2 (meanwhile our
+	// delayed ACK of the answer went).
 	h.advance(500 * time.Millisecond)
-	start := h.now
-	h.wall += 0
+	h.sent()
 	h.request(tISN+5, 100, "req2")
 	// Capture time of request 2 is 500 ms after request 1's; it was
 	// captured now, and request 1 went out 500 ms ago: it may go at once.
 	if got := h.sent(); len(got) != 1 {
 		t.Fatalf("request 2 held although prod's think time passed: %+v", got)
 	}
-	_ = start
 
 	// Now a request captured 300 ms after the previous one, while the
 	// shadow answers at once: it must wait the 300 ms.
@@ -202,15 +201,15 @@ func TestScenario8ThinkTimeKept(t *testing.T) {
 	h.sent()
 	h.wall += int64(300 * time.Millisecond) // captured 300 ms later on prod
 	h.request(tISN+9, 200, "req3")
-	if got := h.sent(); len(got) != 0 {
+	if got := dataOf(h.sent()); len(got) != 0 {
 		t.Fatalf("request 3 sent before prod's think time: %+v", got)
 	}
 	h.advance(299 * time.Millisecond)
-	if got := h.sent(); len(got) != 0 {
+	if got := dataOf(h.sent()); len(got) != 0 {
 		t.Fatalf("request 3 sent early: %+v", got)
 	}
 	h.advance(2 * time.Millisecond)
-	if got := h.sent(); len(got) != 1 || got[0].payload != "req3" {
+	if got := dataOf(h.sent()); len(got) != 1 || got[0].payload != "req3" {
 		t.Fatalf("request 3 not sent after the think time: %+v", got)
 	}
 }
@@ -434,6 +433,7 @@ func TestScenario21TimestampsEchoed(t *testing.T) {
 	}
 	// The shadow's clock moves; an older client TSval is never sent.
 	h.reply(fACK|fPSH, tShadowISN+1, tISN+2, 65535, 10, rewrite.AppendTimestamps(nil, 9010, 105))
+	h.advance(h.cfg.AckDelay) // the delayed ACK
 	ack := expectOne(t, h.sent(), "ACK")
 	if ack.opts.TSEcr != 9010 || ack.opts.TSVal < 105 {
 		t.Fatalf("ACK timestamps = %+v", ack.opts)
@@ -658,10 +658,11 @@ func TestScenario16ShadowRetransmissionReAcked(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(nil, nil)
 	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 500, nil)
+	h.advance(h.cfg.AckDelay)
 	if a := expectOne(t, h.sent(), "ACK"); a.ack != Seq(tShadowISN+501) {
 		t.Fatalf("ACK = %+v", a)
 	}
-	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 500, nil) // our ACK was lost
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+1, 65535, 500, nil) // our ACK was lost: at once
 	if a := expectOne(t, h.sent(), "re-ACK"); a.ack != Seq(tShadowISN+501) {
 		t.Fatalf("re-ACK = %+v", a)
 	}
@@ -910,4 +911,45 @@ func TestScenario19ShadowClosesWithRequestAndClientFINQueued(t *testing.T) {
 	if fin := h.sent(); len(fin) != 1 || fin[0].flags != fFIN|fACK || fin[0].seq != tISN+9 {
 		t.Fatalf("want the client's FIN on the fresh connection after the answer, got %+v", fin)
 	}
+}
+
+func TestDelayedAckRidesOnTheNextRequest(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, mssOpt(1460))
+	h.request(tISN+1, 0, "req1")
+	h.sent()
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil) // a small answer
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("ACKed a small answer at once: %+v", got)
+	}
+	h.advance(h.cfg.AckDelay / 2)
+	h.request(tISN+5, 100, "req2")
+	got := h.sent()
+	if len(got) != 1 || got[0].payload != "req2" || got[0].ack != Seq(tShadowISN+101) {
+		t.Fatalf("want request 2 carrying the ACK, got %+v", got)
+	}
+	h.advance(h.cfg.AckDelay)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("a pure ACK followed the request that carried it: %+v", got)
+	}
+	// Two full segments: ACKed at once, as RFC 5681 asks.
+	h.reply(fACK, tShadowISN+101, tISN+9, 65535, 1460, nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("ACKed one full segment at once: %+v", got)
+	}
+	h.reply(fACK, tShadowISN+1561, tISN+9, 65535, 1460, nil)
+	if a := expectOne(t, h.sent(), "ACK of two segments"); a.ack != Seq(tShadowISN+3021) {
+		t.Fatalf("ACK = %+v", a)
+	}
+}
+
+// dataOf keeps the packets that carry payload.
+func dataOf(pkts []sentPkt) []sentPkt {
+	var out []sentPkt
+	for _, p := range pkts {
+		if p.payload != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

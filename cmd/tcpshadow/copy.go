@@ -42,6 +42,7 @@ type copyOptions struct {
 	secretFile    string
 	name          string
 	metricsAddr   string
+	pprof         bool
 	statsInterval time.Duration
 	handshake     time.Duration
 	response      time.Duration
@@ -65,6 +66,7 @@ type copyConfig struct {
 	engine        tcpstate.Config
 	client        intercept.ClientConfig
 	metricsAddr   string
+	pprof         bool
 	statsInterval time.Duration
 	logFile       string
 	dump          *capture.DumpConfig // nil: no dump
@@ -127,6 +129,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringVar(&o.secretFile, "secret-file", "", "file holding the control channel's shared secret")
 	f.StringVar(&o.name, "name", "", "name announced to the agent (default: hostname)")
 	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
+	f.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
 	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
 	f.DurationVar(&o.handshake, "handshake-timeout", 5*time.Second, "give up a session whose SYN the shadow does not answer")
 	f.DurationVar(&o.response, "response-timeout", 30*time.Second, "give up a session whose request the shadow does not answer")
@@ -274,6 +277,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 		},
 		client:        intercept.ClientConfig{Addr: agent, Name: name, Secret: secret},
 		metricsAddr:   o.metricsAddr,
+		pprof:         o.pprof,
 		statsInterval: o.statsInterval,
 		logFile:       logFile,
 		dump:          dump,
@@ -423,7 +427,7 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 	}
 	samples := func() []metrics.Sample { return append(copySamples(eng, client, src), dumpSamples(dump)...) }
 	if cfg.metricsAddr != "" {
-		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
+		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, cfg.pprof, log); err != nil {
 			src.Close()
 			return fmt.Errorf("--metrics: %w", err)
 		}

@@ -28,6 +28,7 @@ type interceptOptions struct {
 	maxFlows      int
 	name          string
 	metricsAddr   string
+	pprof         bool
 	statsInterval time.Duration
 	bufferMB      int
 	daemon        daemonOptions
@@ -39,6 +40,7 @@ type interceptConfig struct {
 	agent         intercept.AgentConfig
 	listen        string
 	metricsAddr   string
+	pprof         bool
 	statsInterval time.Duration
 	logFile       string
 	dump          *capture.DumpConfig // nil: no dump
@@ -94,6 +96,7 @@ with the length on the wire in each record.`,
 	f.IntVar(&o.maxFlows, "max-flows", 1<<20, "flow table size bound")
 	f.StringVar(&o.name, "name", "", "name announced to copy daemons (default: hostname)")
 	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
+	f.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
 	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
 	o.daemon.addFlags(f, "every reply captured (its first 256 bytes)")
@@ -158,7 +161,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 		agent: intercept.AgentConfig{
 			Name: name, Secret: secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},
-		listen: o.listen, metricsAddr: o.metricsAddr, statsInterval: o.statsInterval,
+		listen: o.listen, metricsAddr: o.metricsAddr, pprof: o.pprof, statsInterval: o.statsInterval,
 		logFile: logFile, dump: dump,
 	}, nil
 }
@@ -193,7 +196,7 @@ func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger, l
 	agent := intercept.NewAgent(cfg.agent, src, ln, log)
 	samples := func() []metrics.Sample { return append(agentSamples(agent, src), dumpSamples(dump)...) }
 	if cfg.metricsAddr != "" {
-		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, log); err != nil {
+		if err := metrics.Serve(ctx, cfg.metricsAddr, samples, cfg.pprof, log); err != nil {
 			ln.Close()
 			src.Close()
 			return fmt.Errorf("--metrics: %w", err)

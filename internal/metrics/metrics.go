@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -73,15 +74,22 @@ func Handler(src Source) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// Serve serves /metrics on addr until ctx is done. It returns once the
-// listener is up, so a bad address is an error at startup.
-func Serve(ctx context.Context, addr string, src Source, log *slog.Logger) error {
+// Serve serves /metrics on addr until ctx is done, and Go's profiler
+// under /debug/pprof/ if profile is set. It returns once the listener is
+// up, so a bad address is an error at startup.
+func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", Handler(src))
+	if profile {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
