@@ -101,7 +101,7 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	var err error
 	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, "intercept", "--iface", lab.HostLink,
 		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
-		"--stats-interval", "0", "--metrics", s.agentMetricsAddr())
+		"--stats-interval", "0", "--metrics", s.agentMetricsAddr(), "--debug-pprof")
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
