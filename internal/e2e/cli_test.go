@@ -253,7 +253,7 @@ func TestCopyRejectsBadConfigBeforeTouchingAnything(t *testing.T) {
 		{"BadMap", copyArgs("80-shadow:80"), `tcpshadow: --map "80-shadow:80"`},
 		{"MixedFamilies", copyArgs(fmt.Sprintf("%s:80-[%s]:80", lab.ProdClientSideV4, lab.ShadowV6)), "tcpshadow: --map"},
 		{"BadPool", append(copyArgs(good), "--client-pool", lab.PoolV4.String()), "tcpshadow: --client-pool"},
-		{"BadWorkers", append(copyArgs(good), "--workers", "0"), "tcpshadow: --workers 0"},
+		{"BadWorkers", append(copyArgs(good), "--workers", "-1"), "tcpshadow: --workers -1"},
 		{"BadIntercept", append(copyArgs(good), "--intercept", lab.AssistV4.String()+":0"), "tcpshadow: --intercept"},
 		{"AgentBadListen", []string{"intercept", "--iface", lab.HostLink, "--listen", lab.AssistV4.String()}, "tcpshadow: --listen"},
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/lab"
 )
@@ -62,6 +63,10 @@ func keepAlive(t *testing.T, l *lab.Lab, host, prefix string, conns, n int) {
 // exercised by real stacks).
 func TestCopyHTTP(t *testing.T) {
 	e := newEnv(t, envOptions{})
+	base, err := e.copyMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
 	v4 := netip.AddrPortFrom(lab.ProdClientSideV4, 80).String()
 	v6 := netip.AddrPortFrom(lab.ProdClientSideV6, 80).String()
 
@@ -124,6 +129,16 @@ func TestCopyHTTP(t *testing.T) {
 	}
 	e.checkDrained()
 	e.dumpMetrics(t)
+	// Counters agree with the traffic: every request was captured at
+	// least once, the agent relayed replies.
+	const requests = 500 + 1000 + 50 + 1000
+	cm, err := e.copyMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cm[`tcpshadow_copy_events_total{event="captured"}`]; got < requests {
+		t.Fatalf("captured %v packets for %d requests", got, requests)
+	}
 	m, err := e.agentMetrics()
 	if err != nil {
 		t.Fatal(err)
@@ -131,4 +146,9 @@ func TestCopyHTTP(t *testing.T) {
 	if m["tcpshadow_intercept_relayed_total"] == 0 {
 		t.Fatal("agent relayed nothing")
 	}
+	// No goroutine outlives the sessions: back to the idle daemon's count.
+	e.waitFor("the copier's goroutines back to their idle count", 10*time.Second, func() bool {
+		m, err := e.copyMetrics()
+		return err == nil && m["go_goroutines"] <= base["go_goroutines"]
+	})
 }
