@@ -53,6 +53,7 @@ type copyOptions struct {
 	maxSessions   int
 	snaplen       int
 	bufferMB      int
+	capTimeout    time.Duration
 	poolSeed      uint64
 	maxCPU        int
 	maxMemory     string
@@ -140,6 +141,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.IntVar(&o.maxSessions, "max-sessions", 1<<20, "sessions held at once; new ones beyond are shed")
 	f.IntVar(&o.snaplen, "snaplen", 262144, "capture snap length")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	f.DurationVar(&o.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
 	o.daemon.addFlags(f, "every packet sent to the shadow")
 	return cmd
@@ -228,6 +230,9 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if o.bufferMB < 1 || o.bufferMB > 4096 {
 		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
 	}
+	if o.capTimeout < time.Millisecond || o.capTimeout > time.Second {
+		return nil, fmt.Errorf("%s %v: want 1ms..1s", n("capture-timeout"), o.capTimeout)
+	}
 	secret, err := readSecret(o.secretFile)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
@@ -260,7 +265,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	}
 	cfg := &copyConfig{
 		capture: capture.Config{
-			Interface: o.iface, SnapLen: o.snaplen, BufferSize: o.bufferMB << 20,
+			Interface: o.iface, SnapLen: o.snaplen, BufferSize: o.bufferMB << 20, Timeout: o.capTimeout,
 			Filter: filter, InboundOnly: true,
 		},
 		engine: tcpstate.Config{

@@ -31,6 +31,7 @@ type interceptOptions struct {
 	pprof         bool
 	statsInterval time.Duration
 	bufferMB      int
+	capTimeout    time.Duration
 	daemon        daemonOptions
 	from          origin // which options the config file set
 }
@@ -99,6 +100,7 @@ with the length on the wire in each record.`,
 	f.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
 	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
 	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	f.DurationVar(&o.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 	o.daemon.addFlags(f, "every reply captured (its first 256 bytes)")
 	return cmd
 }
@@ -143,6 +145,9 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	if o.bufferMB < 1 || o.bufferMB > 4096 {
 		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
 	}
+	if o.capTimeout < time.Millisecond || o.capTimeout > time.Second {
+		return nil, fmt.Errorf("%s %v: want 1ms..1s", n("capture-timeout"), o.capTimeout)
+	}
 	secret, err := readSecret(o.secretFile)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
@@ -157,7 +162,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	}
 	return &interceptConfig{
 		// Replies are for addresses that are not ours: only what arrives.
-		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: o.bufferMB << 20, SnapLen: 256, InboundOnly: true},
+		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: o.bufferMB << 20, Timeout: o.capTimeout, SnapLen: 256, InboundOnly: true},
 		agent: intercept.AgentConfig{
 			Name: name, Secret: secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},

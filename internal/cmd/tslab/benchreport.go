@@ -361,6 +361,11 @@ func counterNotes(r *stepResult) string {
 	}
 	var parts []string
 	parts = append(parts, fmt.Sprintf("sessions started %.0f, ended %s", ev(r.copyDelta, "sessions_started"), endedByReason(r.copyDelta)))
+	if n := float64(r.copiedN()); n > 0 {
+		// Packets a copied request costs each way: what drives the CPU.
+		parts = append(parts, fmt.Sprintf("per copy: %.2f captured, %.2f sent, %.2f replies",
+			ev(r.copyDelta, "captured")/n, ev(r.copyDelta, "packets_sent")/n, ev(r.copyDelta, "replies")/n))
+	}
 	for _, c := range append(append([]string{}, shedCounters...), noteCounters...) {
 		if v := ev(r.copyDelta, c); v > 0 {
 			parts = append(parts, fmt.Sprintf("%s %.0f", c, v))
