@@ -31,48 +31,37 @@ import (
 
 // copyOptions are the copy command's flags as given.
 type copyOptions struct {
-	iface         string
-	maps          []string
-	agent         string
-	pools         []string
-	filter        string
-	workers       int
-	noPacing      bool
-	mss           int
-	secretFile    string
-	name          string
-	metricsAddr   string
-	pprof         bool
-	statsInterval time.Duration
-	handshake     time.Duration
-	response      time.Duration
-	idle          time.Duration
-	linger        time.Duration
-	quiet         time.Duration
-	maxSessBytes  int
-	maxSessions   int
-	snaplen       int
-	bufferMB      int
-	capTimeout    time.Duration
-	poolSeed      uint64
-	maxCPU        int
-	maxMemory     string
-	daemon        daemonOptions
-	from          origin // which options the config file set
+	iface        string
+	maps         []string
+	agent        string
+	pools        []string
+	filter       string
+	workers      int
+	noPacing     bool
+	mss          int
+	handshake    time.Duration
+	response     time.Duration
+	idle         time.Duration
+	linger       time.Duration
+	quiet        time.Duration
+	maxSessBytes int
+	maxSessions  int
+	snaplen      int
+	poolSeed     uint64
+	maxCPU       int
+	maxMemory    string
+	daemon       daemonOptions
+	from         origin // which options the config file set
 }
 
 // copyConfig is the validated configuration the daemon runs with.
 type copyConfig struct {
-	capture       capture.Config
-	engine        tcpstate.Config
-	client        intercept.ClientConfig
-	metricsAddr   string
-	pprof         bool
-	statsInterval time.Duration
-	logFile       string
-	dump          *capture.DumpConfig // nil: no dump
-	maxCPU        int                 // GOMAXPROCS
-	maxMemory     int64               // GOMEMLIMIT, bytes
+	daemonConfig
+	capture   capture.Config
+	engine    tcpstate.Config
+	client    intercept.ClientConfig
+	maxCPU    int   // GOMAXPROCS
+	maxMemory int64 // GOMEMLIMIT, bytes
 }
 
 func newCopyCmd(g *globalOptions) *cobra.Command { return newCopyCmdWith(g, &copyOptions{}) }
@@ -96,24 +85,7 @@ Every flag can also be set in the [copy] table of a TOML file given with
 SIGHUP reopens --log-file and --dump, for logrotate.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			from, err := applyConfigFile(cmd.Flags(), "copy", o.daemon.configFile)
-			if err != nil {
-				return err
-			}
-			o.from = from
-			if err := g.checkLog(from); err != nil {
-				return err
-			}
-			cfg, err := o.config()
-			if err != nil {
-				return err
-			}
-			lf, log, err := g.openLog(cfg.logFile, cmd.ErrOrStderr(), from)
-			if err != nil {
-				return err
-			}
-			defer lf.Close()
-			return runCopy(cmd.Context(), cfg, log, lf)
+			return runDaemon(cmd, g, "copy", &o.daemon, &o.from, o.config, runCopy)
 		},
 	}
 	f := cmd.Flags()
@@ -127,11 +99,6 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringVar(&o.maxMemory, "max-memory", "1GiB", "memory budget: Go heap soft limit; half of it may hold buffered client data, and sessions are shed gradually past half of either budget")
 	f.BoolVar(&o.noPacing, "no-pacing", false, "send requests as captured instead of after the shadow answered the previous one")
 	f.IntVar(&o.mss, "mss", 1460, "largest segment sent to the shadow; larger captured packets are split")
-	f.StringVar(&o.secretFile, "secret-file", "", "file holding the control channel's shared secret")
-	f.StringVar(&o.name, "name", "", "name announced to the agent (default: hostname)")
-	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
-	f.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
-	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
 	f.DurationVar(&o.handshake, "handshake-timeout", 5*time.Second, "give up a session whose SYN the shadow does not answer")
 	f.DurationVar(&o.response, "response-timeout", 30*time.Second, "give up a session whose request the shadow does not answer")
 	f.DurationVar(&o.idle, "idle-timeout", 120*time.Second, "end sessions idle this long")
@@ -140,10 +107,12 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.IntVar(&o.maxSessBytes, "max-session-bytes", 64<<20, "client data buffered per session before it is cut")
 	f.IntVar(&o.maxSessions, "max-sessions", 1<<20, "sessions held at once; new ones beyond are shed")
 	f.IntVar(&o.snaplen, "snaplen", 262144, "capture snap length")
-	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
-	f.DurationVar(&o.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
-	o.daemon.addFlags(f, "every packet sent to the shadow")
+	o.daemon.addFlags(f, daemonHelp{
+		dumped: "every packet sent to the shadow",
+		secret: "the control channel's shared secret",
+		peer:   "the agent",
+	})
 	return cmd
 }
 
@@ -215,9 +184,6 @@ func (o *copyOptions) config() (*copyConfig, error) {
 			return nil, fmt.Errorf("%s %v: must be positive", n(d.flag), d.v)
 		}
 	}
-	if o.statsInterval < 0 {
-		return nil, fmt.Errorf("%s %v: must not be negative", n("stats-interval"), o.statsInterval)
-	}
 	if o.maxSessBytes < 4096 {
 		return nil, fmt.Errorf("%s %d: want at least 4096", n("max-session-bytes"), o.maxSessBytes)
 	}
@@ -227,23 +193,9 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if o.snaplen < 128 || o.snaplen > 262144 {
 		return nil, fmt.Errorf("%s %d: want 128..262144", n("snaplen"), o.snaplen)
 	}
-	if o.bufferMB < 1 || o.bufferMB > 4096 {
-		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
-	}
-	if o.capTimeout < time.Millisecond || o.capTimeout > time.Second {
-		return nil, fmt.Errorf("%s %v: want 1ms..1s", n("capture-timeout"), o.capTimeout)
-	}
-	secret, err := readSecret(o.secretFile)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
-	}
-	logFile, dump, err := o.daemon.config(o.from)
+	dc, err := o.daemon.config(o.from)
 	if err != nil {
 		return nil, err
-	}
-	name := o.name
-	if name == "" {
-		name, _ = os.Hostname()
 	}
 	filter := o.filter
 	if filter == "" {
@@ -265,7 +217,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	}
 	cfg := &copyConfig{
 		capture: capture.Config{
-			Interface: o.iface, SnapLen: o.snaplen, BufferSize: o.bufferMB << 20, Timeout: o.capTimeout,
+			Interface: o.iface, SnapLen: o.snaplen, BufferSize: dc.captureBuffer, Timeout: dc.captureTimeout,
 			Filter: filter, InboundOnly: true,
 		},
 		engine: tcpstate.Config{
@@ -280,14 +232,10 @@ func (o *copyOptions) config() (*copyConfig, error) {
 			MaxSessions:    min(o.maxSessions, int(maxMemory/4/1024)),
 			Seed:           o.poolSeed ^ 0x5eed,
 		},
-		client:        intercept.ClientConfig{Addr: agent, Name: name, Secret: secret},
-		metricsAddr:   o.metricsAddr,
-		pprof:         o.pprof,
-		statsInterval: o.statsInterval,
-		logFile:       logFile,
-		dump:          dump,
-		maxCPU:        o.maxCPU,
-		maxMemory:     maxMemory,
+		daemonConfig: dc,
+		client:       intercept.ClientConfig{Addr: agent, Name: dc.name, Secret: dc.secret},
+		maxCPU:       o.maxCPU,
+		maxMemory:    maxMemory,
 	}
 	cfg.engine.Defaults()
 	if err := cfg.engine.Validate(); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,26 +31,113 @@ import (
 // daemonOptions are the flags both daemons have besides the root's
 // logging flags.
 type daemonOptions struct {
-	configFile string
-	logFile    string
-	dump       dumpOptions
+	configFile    string
+	logFile       string
+	dump          dumpOptions
+	secretFile    string
+	name          string
+	metricsAddr   string
+	pprof         bool
+	statsInterval time.Duration
+	bufferMB      int
+	capTimeout    time.Duration
 }
 
-func (d *daemonOptions) addFlags(f *pflag.FlagSet, dumped string) {
+// daemonHelp is what differs in the shared flags' help between daemons.
+type daemonHelp struct {
+	dumped string // what --dump writes
+	secret string // what --secret-file holds
+	peer   string // to whom --name is announced
+}
+
+func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp) {
 	f.StringVar(&d.configFile, "config", "", "read options from this TOML file; flags given on the command line override it")
 	f.StringVar(&d.logFile, "log-file", "", "append the log to this file, reopened on SIGHUP (default: standard error)")
-	d.dump.addFlags(f, dumped)
+	d.dump.addFlags(f, h.dumped)
+	f.StringVar(&d.secretFile, "secret-file", "", "file holding "+h.secret)
+	f.StringVar(&d.name, "name", "", "name announced to "+h.peer+" (default: hostname)")
+	f.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
+	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
+	f.DurationVar(&d.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
+	f.IntVar(&d.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
+	f.DurationVar(&d.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 }
 
-// config validates the log file and dump options.
-func (d *daemonOptions) config(from origin) (logFile string, dump *capture.DumpConfig, err error) {
+// daemonConfig is the validated form of daemonOptions.
+type daemonConfig struct {
+	logFile        string
+	dump           *capture.DumpConfig // nil: no dump
+	secret         []byte
+	name           string
+	metricsAddr    string
+	pprof          bool
+	statsInterval  time.Duration
+	captureBuffer  int // bytes
+	captureTimeout time.Duration
+}
+
+// daemon gives the shared part of either daemon's configuration.
+func (c *daemonConfig) daemon() *daemonConfig { return c }
+
+// runDaemon is what both daemons' RunE do: read the config file under the
+// flags, validate, open the log, run.
+func runDaemon[C interface{ daemon() *daemonConfig }](cmd *cobra.Command, g *globalOptions, role string,
+	d *daemonOptions, from *origin, config func() (C, error),
+	run func(context.Context, C, *slog.Logger, *logfile.File) error) error {
+	f, err := applyConfigFile(cmd.Flags(), role, d.configFile)
+	if err != nil {
+		return err
+	}
+	*from = f
+	if err := g.checkLog(f); err != nil {
+		return err
+	}
+	cfg, err := config()
+	if err != nil {
+		return err
+	}
+	lf, log, err := g.openLog(cfg.daemon().logFile, cmd.ErrOrStderr(), f)
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	return run(cmd.Context(), cfg, log, lf)
+}
+
+// config validates the shared options; errors name the flag or file key.
+func (d *daemonOptions) config(from origin) (daemonConfig, error) {
+	var c daemonConfig
 	if d.logFile != "" {
 		if err := checkDir(d.logFile); err != nil {
-			return "", nil, fmt.Errorf("%s %q: %w", from.name("log-file"), d.logFile, err)
+			return c, fmt.Errorf("%s %q: %w", from.name("log-file"), d.logFile, err)
 		}
 	}
-	dump, err = d.dump.config(from)
-	return d.logFile, dump, err
+	dump, err := d.dump.config(from)
+	if err != nil {
+		return c, err
+	}
+	if d.statsInterval < 0 {
+		return c, fmt.Errorf("%s %v: must not be negative", from.name("stats-interval"), d.statsInterval)
+	}
+	if d.bufferMB < 1 || d.bufferMB > 4096 {
+		return c, fmt.Errorf("%s %d: want 1..4096", from.name("capture-buffer-mb"), d.bufferMB)
+	}
+	if d.capTimeout < time.Millisecond || d.capTimeout > time.Second {
+		return c, fmt.Errorf("%s %v: want 1ms..1s", from.name("capture-timeout"), d.capTimeout)
+	}
+	secret, err := readSecret(d.secretFile)
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", from.name("secret-file"), err)
+	}
+	name := d.name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return daemonConfig{
+		logFile: d.logFile, dump: dump, secret: secret, name: name,
+		metricsAddr: d.metricsAddr, pprof: d.pprof, statsInterval: d.statsInterval,
+		captureBuffer: d.bufferMB << 20, captureTimeout: d.capTimeout,
+	}, nil
 }
 
 type dumpOptions struct {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,32 +18,21 @@ import (
 )
 
 type interceptOptions struct {
-	iface         string
-	filter        string
-	listen        string
-	secretFile    string
-	allow         []string
-	flushDelay    time.Duration
-	maxFlows      int
-	name          string
-	metricsAddr   string
-	pprof         bool
-	statsInterval time.Duration
-	bufferMB      int
-	capTimeout    time.Duration
-	daemon        daemonOptions
-	from          origin // which options the config file set
+	iface      string
+	filter     string
+	listen     string
+	allow      []string
+	flushDelay time.Duration
+	maxFlows   int
+	daemon     daemonOptions
+	from       origin // which options the config file set
 }
 
 type interceptConfig struct {
-	capture       capture.Config
-	agent         intercept.AgentConfig
-	listen        string
-	metricsAddr   string
-	pprof         bool
-	statsInterval time.Duration
-	logFile       string
-	dump          *capture.DumpConfig // nil: no dump
+	daemonConfig
+	capture capture.Config
+	agent   intercept.AgentConfig
+	listen  string
 }
 
 func newInterceptCmd(g *globalOptions) *cobra.Command {
@@ -67,41 +55,21 @@ reply the agent captures, relayed or not, as captured: the first 256 bytes,
 with the length on the wire in each record.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			from, err := applyConfigFile(cmd.Flags(), "intercept", o.daemon.configFile)
-			if err != nil {
-				return err
-			}
-			o.from = from
-			if err := g.checkLog(from); err != nil {
-				return err
-			}
-			cfg, err := o.config()
-			if err != nil {
-				return err
-			}
-			lf, log, err := g.openLog(cfg.logFile, cmd.ErrOrStderr(), from)
-			if err != nil {
-				return err
-			}
-			defer lf.Close()
-			return runIntercept(cmd.Context(), cfg, log, lf)
+			return runDaemon(cmd, g, "intercept", &o.daemon, &o.from, o.config, runIntercept)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on")
 	f.StringVar(&o.filter, "filter", "tcp", "BPF filter for the shadow's replies, e.g. 'tcp and src port 80'")
 	f.StringVarP(&o.listen, "listen", "l", ":36524", "address to serve copy daemons on")
-	f.StringVar(&o.secretFile, "secret-file", "", "file holding the shared secret copy daemons must prove")
 	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
 	f.DurationVar(&o.flushDelay, "flush-delay", 200*time.Microsecond, "longest a reply header waits to be batched")
 	f.IntVar(&o.maxFlows, "max-flows", 1<<20, "flow table size bound")
-	f.StringVar(&o.name, "name", "", "name announced to copy daemons (default: hostname)")
-	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
-	f.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
-	f.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
-	f.IntVar(&o.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
-	f.DurationVar(&o.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
-	o.daemon.addFlags(f, "every reply captured (its first 256 bytes)")
+	o.daemon.addFlags(f, daemonHelp{
+		dumped: "every reply captured (its first 256 bytes)",
+		secret: "the shared secret copy daemons must prove",
+		peer:   "copy daemons",
+	})
 	return cmd
 }
 
@@ -139,35 +107,17 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	if o.maxFlows < 1 {
 		return nil, fmt.Errorf("%s %d: want at least 1", n("max-flows"), o.maxFlows)
 	}
-	if o.statsInterval < 0 {
-		return nil, fmt.Errorf("%s %v: must not be negative", n("stats-interval"), o.statsInterval)
-	}
-	if o.bufferMB < 1 || o.bufferMB > 4096 {
-		return nil, fmt.Errorf("%s %d: want 1..4096", n("capture-buffer-mb"), o.bufferMB)
-	}
-	if o.capTimeout < time.Millisecond || o.capTimeout > time.Second {
-		return nil, fmt.Errorf("%s %v: want 1ms..1s", n("capture-timeout"), o.capTimeout)
-	}
-	secret, err := readSecret(o.secretFile)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", n("secret-file"), err)
-	}
-	logFile, dump, err := o.daemon.config(o.from)
+	dc, err := o.daemon.config(o.from)
 	if err != nil {
 		return nil, err
 	}
-	name := o.name
-	if name == "" {
-		name, _ = os.Hostname()
-	}
 	return &interceptConfig{
 		// Replies are for addresses that are not ours: only what arrives.
-		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: o.bufferMB << 20, Timeout: o.capTimeout, SnapLen: 256, InboundOnly: true},
+		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: dc.captureBuffer, Timeout: dc.captureTimeout, SnapLen: 256, InboundOnly: true},
 		agent: intercept.AgentConfig{
-			Name: name, Secret: secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
+			Name: dc.name, Secret: dc.secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},
-		listen: o.listen, metricsAddr: o.metricsAddr, pprof: o.pprof, statsInterval: o.statsInterval,
-		logFile: logFile, dump: dump,
+		listen: o.listen, daemonConfig: dc,
 	}, nil
 }
 
