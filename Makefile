@@ -32,8 +32,9 @@ build: ## build bin/tcpshadow
 
 test: deps lint test-unit test-e2e bench-go-smoke ## install what is missing, then run every test (as root)
 
-test-unit: ## unit tests with the race detector
+test-unit: ## unit tests with the race detector, then the memory ones without it (it pads allocations)
 	$(GO) test -race -count=1 $(UNIT)
+	$(GO) test -count=1 -run 'Alloc|Memory' $(UNIT)
 
 test-e2e: ## lab tests: sealed namespaces, real servers, the demo and a bench step (needs root)
 	$(GO) test -count=1 -timeout 30m $(LAB)
@@ -55,7 +56,7 @@ bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BE
 bench-smoke: build bench-go-smoke ## every microbenchmark once, then one short lab step per shape (stdout only)
 	$(GO) run ./internal/cmd/tslab bench --smoke --bin $(BIN)
 
-bench-go-smoke: ## every microbenchmark once (CI: they still run; the lab step is TestBenchSmoke)
+bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step is TestBenchSmoke)
 	$(GO) test -run '^$$' -bench . -benchtime=1x $(UNIT)
 
 clean: ## remove build output

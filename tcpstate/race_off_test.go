@@ -1,0 +1,5 @@
+//go:build !race
+
+package tcpstate
+
+const raceEnabled = false
