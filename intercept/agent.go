@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/capture"
@@ -283,8 +284,8 @@ func (a *Agent) acceptLoop(ctx context.Context) error {
 	}
 }
 
-// logRefusal logs a refused peer once per address, so a misconfigured or
-// hostile client cannot flood the log.
+// logRefusal counts a refused peer and logs it once per address, so that a
+// misconfigured or hostile client cannot flood the log.
 func (a *Agent) logRefusal(addr netip.Addr, msg string, err error) {
 	a.st.peersRefused.Add(1)
 	a.refusedMu.Lock()
@@ -298,11 +299,19 @@ func (a *Agent) logRefusal(addr netip.Addr, msg string, err error) {
 	}
 }
 
+// hungUp reports whether a handshake failed because the other side went
+// away before saying anything: a port probe or a health check. (Our hello
+// goes first; a peer closing with it unread makes its kernel reset the
+// connection, so a reset counts as hanging up too.)
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 	remote := addrOf(conn.RemoteAddr())
 	if !a.allowed(remote) {
-		a.logRefusal(remote, "copy daemon not on the allowlist", nil)
-		_ = refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		err := refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		a.logRefusal(remote, "copy daemon not on the allowlist", err)
 		conn.Close()
 		return
 	}
@@ -310,8 +319,8 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 	info, err := handshake(conn, r, wire.RoleAgent, a.cfg.Name, a.cfg.Secret)
 	if err != nil {
 		conn.Close()
-		if errors.Is(err, io.EOF) {
-			return // closed before saying anything: a port probe
+		if hungUp(err) {
+			return // went away before saying anything: a port probe
 		}
 		a.logRefusal(remote, "copy daemon refused", err)
 		return

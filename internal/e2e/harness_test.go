@@ -156,6 +156,8 @@ type env struct {
 	agent  *lab.Process
 	copier *lab.Process
 	opts   envOptions
+	// agentCmd is the agent's program and arguments, for restartAgent.
+	agentCmd []string
 }
 
 // envOptions shape an env; the zero value is the HTTP setup of TestCopyHTTP.
@@ -228,6 +230,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		"--filter", filter, "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
 		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort)},
 		o.agentArgs...)...)
+	e.agentCmd = append([]string{name}, args...)
 	e.agent, err = l.Assist.Start(ctx, name, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -280,6 +283,21 @@ func (e *env) startCopier() {
 		m, err := e.copyMetrics()
 		return err == nil && m["tcpshadow_agent_connected"] == 1
 	})
+}
+
+// restartAgent starts the agent again with newEnv's arguments, once the
+// previous one has exited, and waits until it listens.
+func (e *env) restartAgent() {
+	e.t.Helper()
+	if !e.agent.Exited() {
+		e.t.Fatalf("restartAgent: %v is still running", e.agent)
+	}
+	p, err := e.lab.Assist.Start(context.Background(), e.agentCmd[0], e.agentCmd[1:]...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.agent = p
+	e.waitListening(e.lab.Prod, net.JoinHostPort(lab.AssistV4.String(), agentPort))
 }
 
 // waitListening waits until addr accepts connections from ns.
