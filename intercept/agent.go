@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 type AgentConfig struct {
 	Name       string
 	Secret     []byte         // shared secret; empty: no authentication
+	TLS        *tls.Config    // nil: plain TCP (the secret still authenticates)
 	Allow      []netip.Prefix // copy daemons allowed to connect; empty: any
 	FlushDelay time.Duration  // longest a relayed header waits for its batch (default 200µs)
 	MaxFlows   int            // flow table bound (default 1<<20)
@@ -310,9 +312,19 @@ func hungUp(err error) bool {
 func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 	remote := addrOf(conn.RemoteAddr())
 	if !a.allowed(remote) {
-		err := refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		var err error = &wire.PeerError{Code: wire.CodeNotAllowed, Msg: "refused: not on the allowlist"}
+		if a.cfg.TLS == nil { // a TLS client would not read a plain frame
+			err = refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		}
 		a.logRefusal(remote, "copy daemon not on the allowlist", err)
 		conn.Close()
+		return
+	}
+	conn, err := tlsServer(ctx, conn, a.cfg.TLS)
+	if err != nil {
+		if !hungUp(err) {
+			a.logRefusal(remote, "copy daemon refused", err)
+		}
 		return
 	}
 	r := wire.NewReader(conn)

@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ type ClientConfig struct {
 	Addr         string // agent host:port
 	Name         string
 	Secret       []byte
+	TLS          *tls.Config   // nil: plain TCP
 	DialTimeout  time.Duration // default 3s
 	RetryMin     time.Duration // first reconnect delay (default 100ms)
 	RetryMax     time.Duration // longest reconnect delay (default 2s)
@@ -300,6 +302,9 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+	}
+	if conn, err = tlsClient(ctx, conn, c.cfg.TLS); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.cfg.Addr, err)
 	}
 	cc := &clientConn{conn: conn, done: make(chan struct{})}
 	r := wire.NewReader(conn)

@@ -14,7 +14,9 @@
 package intercept
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,8 +26,39 @@ import (
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 )
 
-// handshakeTimeout bounds a peer's hello and authentication.
+// handshakeTimeout bounds a peer's hello and authentication (and the TLS
+// handshake before them, when there is one).
 const handshakeTimeout = 5 * time.Second
+
+// tlsClient wraps conn in TLS with cfg, if set, and completes the TLS
+// handshake: the control channel then runs, hello and authentication
+// included, inside it.
+func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
+	if cfg == nil {
+		return conn, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return tc, nil
+}
+
+// tlsServer is tlsClient's agent side.
+func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
+	if cfg == nil {
+		return conn, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	tc := tls.Server(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return tc, nil
+}
 
 // ErrAuth is returned when a peer fails authentication.
 var ErrAuth = errors.New("authentication failed")

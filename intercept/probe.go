@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,7 @@ type ProbeConfig struct {
 	Addr   string // agent host:port
 	Name   string // announced in the hello
 	Secret []byte
+	TLS    *tls.Config // nil: plain TCP
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
@@ -63,6 +65,11 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 	conn, err := dial(ctx, cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	raw := conn
+	if conn, err = tlsClient(ctx, conn, cfg.TLS); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, err)
 	}
 	// The handshake sets its own deadlines; closing the connection is the
 	// only way to make it honour ctx as well.

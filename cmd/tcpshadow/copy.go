@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +36,8 @@ type copyOptions struct {
 	iface        string
 	maps         []string
 	agent        string
+	tlsCA        string
+	tlsName      string
 	pools        []string
 	filter       string
 	workers      int
@@ -92,6 +96,8 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringVarP(&o.iface, "iface", "i", "", "interface to capture client packets on (\"any\" for all)")
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "what to copy where: [LOCALADDR:]PORT-TARGETADDR:PORT (repeatable)")
 	f.StringVarP(&o.agent, "intercept", "s", "", "intercept agent address HOST[:PORT] (default port 36524)")
+	f.StringVar(&o.tlsCA, "tls-ca", "", "talk to the agent over TLS, verifying its certificate against these PEM CA certificates")
+	f.StringVar(&o.tlsName, "tls-server-name", "", "the name the agent's certificate must carry (default: the host of --intercept)")
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "forge client addresses from this prefix (one per address family)")
 	f.StringVar(&o.filter, "filter", "", "BPF filter replacing the one built from the maps")
 	f.IntVar(&o.workers, "workers", 0, "datapath workers, flows sharded over them (default: --max-cpu)")
@@ -140,6 +146,13 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	agent, err := agentAddr(o.agent)
 	if err != nil {
 		return nil, fmt.Errorf("%s %q: %w", n("intercept"), o.agent, err)
+	}
+	tlsCfg, err := clientTLS(o.tlsCA, o.tlsName, agent)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n("tls-ca"), err)
+	}
+	if o.tlsName != "" && tlsCfg == nil {
+		return nil, fmt.Errorf("%s needs %s", n("tls-server-name"), n("tls-ca"))
 	}
 	var prefixes []netip.Prefix
 	for i, s := range o.pools {
@@ -233,7 +246,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 			Seed:           o.poolSeed ^ 0x5eed,
 		},
 		daemonConfig: dc,
-		client:       intercept.ClientConfig{Addr: agent, Name: dc.name, Secret: dc.secret},
+		client:       intercept.ClientConfig{Addr: agent, Name: dc.name, Secret: dc.secret, TLS: tlsCfg},
 		maxCPU:       o.maxCPU,
 		maxMemory:    maxMemory,
 	}
@@ -321,6 +334,26 @@ func checkPort(port string) error {
 		return fmt.Errorf("port %q: want 1..65535", port)
 	}
 	return nil
+}
+
+// clientTLS builds the TLS configuration verifying the agent against the
+// CA certificates in caFile; nil when caFile is empty (plain TCP).
+func clientTLS(caFile, serverName, agent string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", caFile)
+	}
+	if serverName == "" {
+		serverName, _, _ = net.SplitHostPort(agent)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13}, nil
 }
 
 // readSecret reads a shared secret file; empty path means no secret.

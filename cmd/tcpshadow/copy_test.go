@@ -270,6 +270,9 @@ func TestCopyConfigErrorsNameTheFlag(t *testing.T) {
 		{with("--max-memory", "lots"), "--max-memory"},
 		{with("--workers", "1025"), "--workers"},
 		{with("--mss", "535"), "--mss"},
+		{with("--tls-ca", "/nonexistent/ca.pem"), "--tls-ca"},
+		{with("--tls-ca", "/proc/self/status"), "--tls-ca"}, // not PEM
+		{with("--tls-server-name", "agent.lab"), "--tls-server-name"},
 		{with("--mss", "65496"), "--mss"},
 		{with("--handshake-timeout", "0s"), "--handshake-timeout"},
 		{with("--response-timeout", "-1s"), "--response-timeout"},

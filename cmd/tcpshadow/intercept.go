@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,6 +25,8 @@ type interceptOptions struct {
 	allow      []string
 	flushDelay time.Duration
 	maxFlows   int
+	tlsCert    string
+	tlsKey     string
 	daemon     daemonOptions
 	from       origin // which options the config file set
 }
@@ -63,6 +66,8 @@ with the length on the wire in each record.`,
 	f.StringVar(&o.filter, "filter", "tcp", "BPF filter for the shadow's replies, e.g. 'tcp and src port 80'")
 	f.StringVarP(&o.listen, "listen", "l", ":36524", "address to serve copy daemons on")
 	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve the control channel over TLS with this PEM certificate (with --tls-key)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.DurationVar(&o.flushDelay, "flush-delay", 200*time.Microsecond, "longest a reply header waits to be batched")
 	f.IntVar(&o.maxFlows, "max-flows", 1<<20, "flow table size bound")
 	o.daemon.addFlags(f, daemonHelp{
@@ -107,6 +112,19 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	if o.maxFlows < 1 {
 		return nil, fmt.Errorf("%s %d: want at least 1", n("max-flows"), o.maxFlows)
 	}
+	var tlsCfg *tls.Config
+	switch {
+	case o.tlsCert != "" && o.tlsKey != "":
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("%s, %s: %w", n("tls-cert"), n("tls-key"), err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	case o.tlsCert != "":
+		return nil, fmt.Errorf("%s needs %s", n("tls-cert"), n("tls-key"))
+	case o.tlsKey != "":
+		return nil, fmt.Errorf("%s needs %s", n("tls-key"), n("tls-cert"))
+	}
 	dc, err := o.daemon.config(o.from)
 	if err != nil {
 		return nil, err
@@ -115,7 +133,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 		// Replies are for addresses that are not ours: only what arrives.
 		capture: capture.Config{Interface: o.iface, Filter: o.filter, BufferSize: dc.captureBuffer, Timeout: dc.captureTimeout, SnapLen: 256, InboundOnly: true},
 		agent: intercept.AgentConfig{
-			Name: dc.name, Secret: dc.secret, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
+			Name: dc.name, Secret: dc.secret, TLS: tlsCfg, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},
 		listen: o.listen, daemonConfig: dc,
 	}, nil
