@@ -37,14 +37,15 @@ const (
 	CtrRepliesBad
 	CtrRepliesNoSession
 	CtrRepliesQueueFull
-	CtrRepliesStale  // reply of an earlier incarnation (scenario 6)
-	CtrLateReplyRST  // replies to ended sessions answered with RST (scenario 20)
-	CtrShadowDupData // shadow retransmitted data, re-ACKed (scenario 16)
-	CtrGreetingWaits // requests held for a server greeting (scenario 10)
-	CtrReconnects    // fresh shadow connections after the shadow closed (scenario 19)
-	CtrOddPackets    // other odd packets ignored (scenario 25)
-	CtrRequests      // request starts sent after pacing (scenarios 7-8)
-	CtrDriftMicros   // sum of how much later than on prod requests reached the shadow
+	CtrRepliesStale     // reply of an earlier incarnation (scenario 6)
+	CtrLateReplyRST     // replies to ended sessions answered with RST (scenario 20)
+	CtrShadowDupData    // shadow retransmitted data, re-ACKed (scenario 16)
+	CtrGreetingWaits    // requests held for a server greeting (scenario 10)
+	CtrReconnects       // fresh shadow connections after the shadow closed (scenario 19)
+	CtrPortReuseLagging // port reused while the old copy was still under way (scenario 3)
+	CtrOddPackets       // other odd packets ignored (scenario 25)
+	CtrRequests         // request starts sent after pacing (scenarios 7-8)
+	CtrDriftMicros      // sum of how much later than on prod requests reached the shadow
 	numCounters
 )
 
@@ -81,6 +82,7 @@ var counterNames = [numCounters]string{
 	CtrShadowDupData:    "shadow_duplicate_data",
 	CtrGreetingWaits:    "greeting_waits",
 	CtrReconnects:       "shadow_reconnects",
+	CtrPortReuseLagging: "port_reuse_lagging",
 	CtrOddPackets:       "odd_packets",
 	CtrRequests:         "paced_requests",
 	CtrDriftMicros:      "pacing_drift_microseconds",

@@ -69,8 +69,9 @@ func workerFor(addr [16]byte, port uint16, seed uint64, n int) int {
 	return int(rewrite.HashAddrPort(addr, port, seed) % uint64(n))
 }
 
-// Sessions returns the number of sessions held, lingering ones included.
-func (w *Worker) Sessions() int { return len(w.sessions) }
+// Sessions returns the number of sessions held, lingering ones and old
+// copies finishing after a port reuse included.
+func (w *Worker) Sessions() int { return len(w.byForged) }
 
 // NextDeadline returns when Tick next has work, or 0.
 func (w *Worker) NextDeadline() int64 { return w.timers.next() }
@@ -150,11 +151,19 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 			w.ctr.inc(CtrSynRetransmit)
 			return
 		}
-		reuse = s.forged
-		if s.state != stateClosed {
-			w.endSession(s, EndPortReuse, now)
+		if s.state != stateClosed && s.sndUna != s.clientNxt {
+			// Scenario 3 while the copy of the old connection is still
+			// under way (the shadow lags prod): let it finish on its own
+			// forged tuple; the new connection gets another.
+			delete(w.sessions, key)
+			w.ctr.inc(CtrPortReuseLagging)
+		} else {
+			reuse = s.forged
+			if s.state != stateClosed {
+				w.endSession(s, EndPortReuse, now)
+			}
+			w.removeSession(s, false)
 		}
-		w.removeSession(s, false)
 	}
 	s = w.newSession(key, isn, capAt, now, reuse)
 	if s == nil {
@@ -220,7 +229,7 @@ const shedFrom = 0.5
 // (scenario 27). Refusals are counted by the budget that caused them.
 func (w *Worker) admit(key sessionKey) bool {
 	mem := float64(w.buffered) / float64(w.budget)
-	sess := float64(len(w.sessions)) / float64(w.maxSess)
+	sess := float64(len(w.byForged)) / float64(w.maxSess)
 	load := max(mem, sess)
 	if load < shedFrom {
 		return true
@@ -1195,7 +1204,7 @@ func (w *Worker) onTimer(s *session, now int64) {
 // Shutdown ends every session with an RST so the shadow frees its state,
 // and deregisters every flow.
 func (w *Worker) Shutdown(now int64) {
-	for _, s := range w.sessions {
+	for _, s := range w.byForged {
 		if s.state != stateClosed {
 			w.endSession(s, EndShutdown, now)
 		}

@@ -953,3 +953,26 @@ func dataOf(pkts []sentPkt) []sentPkt {
 	}
 	return out
 }
+
+func TestScenario3PortReuseWhileTheOldCopyLags(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1")
+	old := h.sent()[0].src
+	// The client closed, and opens a new connection from the same port
+	// before the shadow acknowledged request 1.
+	h.clientSeg(fACK|fFIN, tISN+5, tProdISN+100, "", nil)
+	h.clientSeg(fSYN, tISN+100000, 0, "", nil)
+	got := h.sent()
+	if len(got) != 1 || got[0].flags != fSYN || got[0].src == old {
+		t.Fatalf("want only the new SYN, from another forged port, got %+v (old %v)", got, old)
+	}
+	if h.ended(EndPortReuse) != 0 || h.ctr.c[CtrPortReuseLagging].Load() != 1 || h.w.Sessions() != 2 {
+		t.Fatal("the lagging old copy was not left to finish")
+	}
+	// The old copy goes on: the shadow answers request 1, our FIN follows.
+	h.replyTo(old, fACK|fPSH, tShadowISN+1, tISN+5, 65535, 100, nil)
+	if fin := h.sent(); len(fin) != 1 || fin[0].flags != fFIN|fACK || fin[0].src != old {
+		t.Fatalf("old copy did not finish: %+v", fin)
+	}
+}
