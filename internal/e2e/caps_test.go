@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -180,7 +181,7 @@ func TestCapsOnly(t *testing.T) {
 	keepAlive(t, e.lab, v4, "/caps/v4", 4, 25)
 	keepAlive(t, e.lab, v6, "/caps/v6", 4, 25)
 	e.checkCopied(t, "/caps/", 200)
-	e.checkDrained()
+	e.drained(t, 30*time.Second)
 	if n := e.shadowLeaks(); n != 0 {
 		t.Fatalf("%d shadow packets reached the client", n)
 	}

@@ -256,7 +256,7 @@ func TestDump(t *testing.T) {
 		t.Fatal("a daemon exited on SIGHUP")
 	}
 	batch("after")
-	e.checkDrained()
+	e.drained(t, 30*time.Second)
 
 	copyM, err := e.copyMetrics()
 	if err != nil {

@@ -724,35 +724,6 @@ func (e *env) checkCopiedTo(t testing.TB, prefix string, want int, timeout time.
 	}
 }
 
-// drained waits until every session ended and left the copier's table and
-// its buffers are empty.
-func (e *env) drained(t testing.TB, timeout time.Duration) {
-	t.Helper()
-	var last map[string]float64
-	ok := waitFor(t, "the copier's session table to empty", timeout, func() bool {
-		m, err := e.copyMetrics()
-		if err != nil {
-			return false
-		}
-		last = m
-		ended := 0.0
-		for k, v := range m {
-			if strings.HasPrefix(k, "tcpshadow_copy_sessions_ended_total{") {
-				ended += v
-			}
-		}
-		return m["tcpshadow_copy_sessions_active"] == 0 &&
-			ended == m[`tcpshadow_copy_events_total{event="sessions_started"}`]
-	})
-	if !ok {
-		e.dumpMetrics(t)
-		return
-	}
-	if b := last["tcpshadow_copy_buffered_bytes"]; b != 0 {
-		t.Errorf("buffered bytes %v after all sessions ended", b)
-	}
-}
-
 // sampleGauge polls one copy-daemon metric every interval until the test
 // ends; the returned func gives the largest value seen since its last call.
 func (e *env) sampleGauge(t *testing.T, name string, interval time.Duration) func() int64 {

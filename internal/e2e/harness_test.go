@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/lab"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
 )
 
 // binPath is the tcpshadow binary built once for all tests.
@@ -352,34 +352,11 @@ func (e *env) dumpMetrics(t testing.TB) {
 	}
 }
 
-// scrape reads a Prometheus text endpoint into name{labels} → value.
+// scrape reads a daemon's metrics from inside namespace ns.
 func scrape(ns *lab.NS, addr string) (map[string]float64, error) {
 	c := ns.HTTPClient(1)
 	defer c.CloseIdleConnections()
-	resp, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	m := make(map[string]float64)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	return m, sc.Err()
+	return metrics.Scrape(c, "http://"+addr+"/metrics")
 }
 
 func (e *env) copyMetrics() (map[string]float64, error) {
@@ -462,11 +439,12 @@ func (e *env) checkCopied(t testing.TB, prefix string, want int) {
 	}
 }
 
-// checkDrained waits until every session ended and left the table.
-func (e *env) checkDrained() {
-	e.t.Helper()
+// drained waits until every session ended and left the copier's table and
+// its buffers are empty.
+func (e *env) drained(t testing.TB, timeout time.Duration) {
+	t.Helper()
 	var last map[string]float64
-	e.waitFor("session table to empty", 30*time.Second, func() bool {
+	ok := waitFor(t, "the copier's session table to empty", timeout, func() bool {
 		m, err := e.copyMetrics()
 		if err != nil {
 			return false
@@ -481,7 +459,11 @@ func (e *env) checkDrained() {
 		return m["tcpshadow_copy_sessions_active"] == 0 &&
 			ended == m[`tcpshadow_copy_events_total{event="sessions_started"}`]
 	})
-	if last["tcpshadow_copy_buffered_bytes"] != 0 {
-		e.t.Fatalf("buffered bytes %v after all sessions ended", last["tcpshadow_copy_buffered_bytes"])
+	if !ok {
+		e.dumpMetrics(t)
+		return
+	}
+	if b := last["tcpshadow_copy_buffered_bytes"]; b != 0 {
+		t.Errorf("buffered bytes %v after all sessions ended", b)
 	}
 }

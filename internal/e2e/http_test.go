@@ -127,7 +127,7 @@ func TestCopyHTTP(t *testing.T) {
 	if n := e.shadowLeaks(); n != 0 {
 		t.Fatalf("%d packets from the shadow reached the client namespace", n)
 	}
-	e.checkDrained()
+	e.drained(t, 30*time.Second)
 	e.dumpMetrics(t)
 	// Counters agree with the traffic: every request was captured at
 	// least once, the agent relayed replies.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,11 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/lab"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
 )
 
 const (
@@ -206,35 +205,12 @@ func (s *stage) agentMetrics() (map[string]float64, error) {
 	return scrape(s.lab.Prod, s.agentMetricsAddr())
 }
 
-// scrape reads a Prometheus text endpoint into name{labels} → value.
+// scrape reads a daemon's metrics from inside namespace ns.
 func scrape(ns *lab.NS, addr string) (map[string]float64, error) {
 	c := ns.HTTPClient(1)
 	defer c.CloseIdleConnections()
 	c.Timeout = 2 * time.Second
-	resp, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	m := make(map[string]float64)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	return m, sc.Err()
+	return metrics.Scrape(c, "http://"+addr+"/metrics")
 }
 
 // errTimedOut is poll's error when cond never held in time.
