@@ -432,13 +432,29 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
 	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log) }()
 
-	// Ready for systemd (Type=notify; a no-op without $NOTIFY_SOCKET): the
-	// capture is open. The agent is not waited for: the daemon runs while
-	// it is away and connects by itself.
-	if err := sdnotify.Ready(); err != nil {
-		log.Warn("sd_notify", "err", err)
-	}
+	// Ready for systemd (Type=notify; a no-op without $NOTIFY_SOCKET) once
+	// the capture is open and the control channel is up — or after a few
+	// seconds without it: the daemon runs while the agent is away and
+	// connects by itself, so an agent down elsewhere must not make this
+	// unit fail to start. The status line says which.
+	// Capture runs meanwhile; readyCtx ends the wait if capture stops.
+	readyCtx, readyCancel := context.WithCancel(ctx)
+	defer readyCancel()
+	go func() {
+		status := "copying; control channel up"
+		if !waitConnected(readyCtx, client, readyWait) {
+			if readyCtx.Err() != nil {
+				return
+			}
+			status = "copying; intercept agent unreachable, retrying"
+		}
+		// One datagram, so systemd never shows READY without its reason.
+		if err := sdnotify.Notify("READY=1\nSTATUS=" + status); err != nil {
+			log.Warn("sd_notify", "err", err)
+		}
+	}()
 	err = captureLoop(ctx, src, eng)
+	readyCancel()
 	_ = sdnotify.Stopping()
 	src.Close()
 	// Shutdown order: the engine resets the shadow's sessions and
@@ -450,6 +466,27 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 	wg.Wait()
 	log.Info("stopped", "summary", metrics.Summary(samples(), "tcpshadow_"))
 	return err
+}
+
+// readyWait bounds how long readiness waits for the control channel.
+const readyWait = 5 * time.Second
+
+// waitConnected waits, bounded by d and ctx, for the client to connect.
+func waitConnected(ctx context.Context, c *intercept.Client, d time.Duration) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(d)
+	for !c.Connected() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // captureLoop feeds captured packets to the engine until ctx is done.

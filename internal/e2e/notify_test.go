@@ -98,7 +98,7 @@ func waitNotify(t *testing.T, ch <-chan notification, seen map[notification]int,
 // TestSystemdNotify runs both daemons with $NOTIFY_SOCKET set, as systemd
 // does for the Type=notify units in scripts/systemd, and checks that each
 // sends READY=1 from its own PID once it is up (agent listening, copy
-// daemon capturing) and STOPPING=1 when SIGTERM stops it.
+// daemon capturing with its control channel connected) and STOPPING=1 when SIGTERM stops it.
 func TestSystemdNotify(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (lab)")
@@ -108,6 +108,11 @@ func TestSystemdNotify(t *testing.T) {
 	seen := map[notification]int{}
 	waitNotify(t, ch, seen, e.agent.PID(), "READY=1", 10*time.Second)
 	waitNotify(t, ch, seen, e.copier.PID(), "READY=1", 10*time.Second)
+	// The copy daemon is ready only with its control channel up (the agent
+	// runs), and says so.
+	if seen[notification{e.copier.PID(), "STATUS=copying; control channel up"}] == 0 {
+		t.Errorf("copy daemon's READY=1 came without STATUS=copying; control channel up")
+	}
 
 	if err := e.copier.Stop(30 * time.Second); err != nil {
 		t.Logf("copy daemon stopped: %v", err)
