@@ -26,13 +26,19 @@ import (
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 )
 
+// ErrTLS wraps a failed TLS handshake on the control channel: a
+// certificate not trusted, a name that does not match, or a peer that
+// speaks no TLS.
+var ErrTLS = errors.New("tls handshake")
+
 // handshakeTimeout bounds a peer's hello and authentication (and the TLS
 // handshake before them, when there is one).
 const handshakeTimeout = 5 * time.Second
 
 // tlsClient wraps conn in TLS with cfg, if set, and completes the TLS
 // handshake: the control channel then runs, hello and authentication
-// included, inside it.
+// included, inside it. On failure conn is closed: the caller only has the
+// nil it returned.
 func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
 	if cfg == nil {
 		return conn, nil
@@ -41,12 +47,13 @@ func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, e
 	defer cancel()
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		conn.Close()
+		return nil, fmt.Errorf("%w: %w", ErrTLS, err)
 	}
 	return tc, nil
 }
 
-// tlsServer is tlsClient's agent side.
+// tlsServer is tlsClient's agent side; it too closes conn on failure.
 func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
 	if cfg == nil {
 		return conn, nil
@@ -55,7 +62,8 @@ func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, e
 	defer cancel()
 	tc := tls.Server(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		conn.Close()
+		return nil, fmt.Errorf("%w: %w", ErrTLS, err)
 	}
 	return tc, nil
 }

@@ -66,9 +66,7 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	raw := conn
 	if conn, err = tlsClient(ctx, conn, cfg.TLS); err != nil {
-		raw.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, err)
 	}
 	// The handshake sets its own deadlines; closing the connection is the
@@ -114,11 +112,11 @@ func pendingRefusal(conn net.Conn) error {
 	return peerErr(p)
 }
 
-// Probe connects to the agent at addr, completes the handshake and one
-// ping round trip, and returns the name the agent announced. Errors are
-// those of DialProbe and Ping.
-func Probe(ctx context.Context, addr, name string, secret []byte) (string, error) {
-	p, err := DialProbe(ctx, ProbeConfig{Addr: addr, Name: name, Secret: secret})
+// Probe connects to the agent as cfg says, completes the handshake and
+// one ping round trip, and returns the name the agent announced. Errors
+// are those of DialProbe and Ping.
+func Probe(ctx context.Context, cfg ProbeConfig) (string, error) {
+	p, err := DialProbe(ctx, cfg)
 	if err != nil {
 		return "", err
 	}

@@ -1,43 +1,23 @@
 package intercept
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
+	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/testcert"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
 // selfSigned returns a certificate for name and a pool trusting it.
 func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+	c := testcert.New(t, name)
+	return c.TLS, c.Pool
 }
 
 func TestTLSControlChannel(t *testing.T) {
@@ -69,4 +49,36 @@ func TestTLSControlChannel(t *testing.T) {
 			t.Fatal("a plain-TCP daemon was accepted by a TLS agent")
 		}
 	})
+}
+
+// TestTLSFailureClosesConn checks that a failed TLS handshake closes the
+// TCP connection under it on both sides: the client reconnects every
+// backoff and the agent serves any peer, so a leak here would be one file
+// descriptor per attempt, for as long as the daemons run.
+func TestTLSFailureClosesConn(t *testing.T) {
+	cert, _ := selfSigned(t, "agent.lab")
+	_, otherPool := selfSigned(t, "agent.lab")
+	for _, side := range []string{"client", "server"} {
+		t.Run(side, func(t *testing.T) {
+			mine, peer := net.Pipe()
+			defer peer.Close()
+			// The peer speaks no TLS: it reads what comes and writes a
+			// plain hello (both at once: the pipe is synchronous).
+			go func() { _, _ = io.Copy(io.Discard, peer) }()
+			go func() { _, _ = peer.Write([]byte("not a TLS record, a plain hello frame.....")) }()
+			ctx := context.Background()
+			var err error
+			if side == "client" {
+				_, err = tlsClient(ctx, mine, &tls.Config{RootCAs: otherPool, ServerName: "agent.lab", MinVersion: tls.VersionTLS13})
+			} else {
+				_, err = tlsServer(ctx, mine, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+			}
+			if err == nil {
+				t.Fatal("TLS handshake with a plain peer succeeded")
+			}
+			if _, werr := mine.Write([]byte{0}); !errors.Is(werr, io.ErrClosedPipe) {
+				t.Fatalf("after %v the connection is still open (write: %v)", err, werr)
+			}
+		})
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,8 @@ type doctorOptions struct {
 	iface        string
 	agent        string
 	secretFile   string
+	tlsCA        string
+	tlsName      string
 	probe        bool
 	maps         []string
 	pools        []string
@@ -43,17 +46,19 @@ type doctorOptions struct {
 // doctorFlagRoles says which roles each role-specific flag applies to: a
 // flag given for another role is a mistake worth naming.
 var doctorFlagRoles = map[string][]string{
-	"iface":         {"prod", "assist"},
-	"intercept":     {"prod"},
-	"secret-file":   {"prod"},
-	"probe":         {"prod"},
-	"map":           {"prod"},
-	"client-pool":   {"prod"},
-	"probe-timeout": {"prod"},
-	"via":           {"shadow"},
-	"to":            {"shadow", "assist"},
-	"prod":          {"shadow"},
-	"listen":        {"assist"},
+	"iface":           {"prod", "assist"},
+	"intercept":       {"prod"},
+	"secret-file":     {"prod"},
+	"tls-ca":          {"prod"},
+	"tls-server-name": {"prod"},
+	"probe":           {"prod"},
+	"map":             {"prod"},
+	"client-pool":     {"prod"},
+	"probe-timeout":   {"prod"},
+	"via":             {"shadow"},
+	"to":              {"shadow", "assist"},
+	"prod":            {"shadow"},
+	"listen":          {"assist"},
 }
 
 // doctorConfig is what a validated doctor run checks.
@@ -66,6 +71,7 @@ type doctorConfig struct {
 	agentAddr    string
 	name         string
 	secret       []byte
+	tls          *tls.Config    // nil: plain TCP
 	probes       []tcpstate.Map // empty without --probe
 	pool         []netip.Prefix
 	probeTimeout time.Duration
@@ -86,7 +92,8 @@ connection to the shadow (and resets it).
   shadow: the route for each --to prefix goes via --via (the assist host);
           rp_filter does not drop the forged sources; no input chain drops them
   prod:   capture and raw sends permitted; GRO/LRO off on --iface; the agent at
-          --intercept answers the handshake (with --secret-file)
+          --intercept answers the handshake (with --secret-file, and --tls-ca
+          when the agent speaks TLS)
   prod --probe: one forged SYN per --map from --client-pool through the whole
           path (prod → shadow → assist → prod); says which hop failed
 
@@ -114,6 +121,8 @@ Examples:
 	f.StringVarP(&o.iface, "iface", "i", "", "prod: the capture interface; assist: where the shadow's replies arrive")
 	f.StringVarP(&o.agent, "intercept", "s", "", "prod: the intercept agent HOST[:PORT] (default port 36524)")
 	f.StringVar(&o.secretFile, "secret-file", "", "prod: file holding the control channel's shared secret")
+	f.StringVar(&o.tlsCA, "tls-ca", "", "prod: the agent speaks TLS; verify its certificate against these PEM CA certificates (as for copy)")
+	f.StringVar(&o.tlsName, "tls-server-name", "", "prod: the name the agent's certificate must carry (default: the host of --intercept)")
 	f.BoolVar(&o.probe, "probe", false, "prod: send one synthetic connection per --map through the whole path")
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "prod --probe: [LOCALADDR:]PORT-TARGETADDR:PORT, as for copy (repeatable)")
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "prod --probe: the client pool to forge the probe's source from (one per family)")
@@ -229,6 +238,14 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
+	tlsCfg, err := clientTLS(o.tlsCA, o.tlsName, agent)
+	if err != nil {
+		return fmt.Errorf("--tls-ca: %w", err)
+	}
+	if o.tlsName != "" && tlsCfg == nil {
+		return errors.New("--tls-server-name needs --tls-ca")
+	}
+	cfg.tls = tlsCfg
 	for _, s := range o.maps {
 		m, err := parseMap(s)
 		if err != nil {
@@ -263,6 +280,11 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 	cfg.agentAddr, cfg.secret, cfg.pool, cfg.probeTimeout = agent, secret, pool, o.probeTimeout
 	cfg.prod = doctor.ProdConfig{Iface: o.iface, Agent: agent}
 	return nil
+}
+
+// agentProbe says how doctor connects to the agent: as the copy daemon does.
+func (cfg *doctorConfig) agentProbe() intercept.ProbeConfig {
+	return intercept.ProbeConfig{Addr: cfg.agentAddr, Name: cfg.name, Secret: cfg.secret, TLS: cfg.tls}
 }
 
 // prefixes parses a repeatable prefix flag.
@@ -301,7 +323,7 @@ func runDoctor(ctx context.Context, cfg *doctorConfig, h doctor.Host, out io.Wri
 		pc.ProbeAgent = func(ctx context.Context) (string, error) {
 			ctx, cancel := context.WithTimeout(ctx, agentCheckTimeout)
 			defer cancel()
-			return intercept.Probe(ctx, cfg.agentAddr, cfg.name, cfg.secret)
+			return intercept.Probe(ctx, cfg.agentProbe())
 		}
 		emit(doctor.Prod(ctx, h, pc)...)
 		for _, m := range cfg.probes {
@@ -339,7 +361,7 @@ func probeMap(ctx context.Context, cfg *doctorConfig, m tcpstate.Map) doctor.Res
 		Open: func(ctx context.Context) (doctor.ProbeChannel, error) {
 			ctx, cancel := context.WithTimeout(ctx, agentCheckTimeout)
 			defer cancel()
-			return intercept.DialProbe(ctx, intercept.ProbeConfig{Addr: cfg.agentAddr, Name: cfg.name, Secret: cfg.secret})
+			return intercept.DialProbe(ctx, cfg.agentProbe())
 		},
 		Send: func(pkt []byte) error {
 			if sender == nil {

@@ -24,6 +24,8 @@ func doctorConfigFrom(t *testing.T, args ...string) (*doctorConfig, error) {
 		iface:        flagValue(t, f.GetString, "iface"),
 		agent:        flagValue(t, f.GetString, "intercept"),
 		secretFile:   flagValue(t, f.GetString, "secret-file"),
+		tlsCA:        flagValue(t, f.GetString, "tls-ca"),
+		tlsName:      flagValue(t, f.GetString, "tls-server-name"),
 		probe:        flagValue(t, f.GetBool, "probe"),
 		maps:         flagValue(t, f.GetStringSlice, "map"),
 		pools:        flagValue(t, f.GetStringSlice, "client-pool"),

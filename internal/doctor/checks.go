@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
@@ -409,6 +411,11 @@ func AgentResult(addr, name string, err error) Result {
 		case wire.CodeNotAllowed:
 			r.Detail += " (add this host's address to the agent's --allow)"
 		}
+	case errors.Is(err, intercept.ErrTLS):
+		r.Detail = fmt.Sprintf("TLS with the agent failed: %v (does the agent run with --tls-cert? --tls-ca must hold the CA that signed it, "+
+			"and the certificate must name --tls-server-name, or the --intercept host by default)", err)
+	case hungUp(err):
+		r.Detail = fmt.Sprintf("agent closed the connection without a word: %v (if the agent runs with --tls-cert, pass --tls-ca)", err)
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		r.Detail = fmt.Sprintf("agent did not complete the handshake in time: %v (is something else listening there?)", err)
 	default:
@@ -426,6 +433,12 @@ func unwrapUnreachable(err error) error {
 		return op
 	}
 	return err
+}
+
+// hungUp reports whether the agent closed the connection before saying
+// anything, as a TLS agent does to a plain hello.
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func isTimeout(err error) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -265,6 +266,10 @@ func TestAgentResultSaysWhy(t *testing.T) {
 		{refused(wire.CodeNotAllowed, "address not on the agent's allowlist"), []string{"agent refused: not allowed", "--allow"}},
 		{fmt.Errorf("handshake with a: %w", context.DeadlineExceeded), []string{"did not complete the handshake in time"}},
 		{fmt.Errorf("handshake with a: %w", wire.ErrBadMagic), []string{"agent handshake failed", "bad hello magic"}},
+		{fmt.Errorf("handshake with a: %w: %w", intercept.ErrTLS, errors.New("x509: certificate signed by unknown authority")),
+			[]string{"TLS with the agent failed", "unknown authority", "--tls-ca"}},
+		{fmt.Errorf("handshake with a: read hello: %w", io.EOF), []string{"closed the connection without a word", "pass --tls-ca"}},
+		{fmt.Errorf("handshake with a: %w", syscall.ECONNRESET), []string{"closed the connection without a word"}},
 	}
 	for _, tt := range tests {
 		r := doctor.AgentResult("198.18.1.3:36524", "", tt.err)

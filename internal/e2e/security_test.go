@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/lab"
+	"github.com/tcpshadow/tcpshadow/internal/testcert"
 )
 
 // refusedLog returns the agent's log lines reporting a refused peer at
@@ -316,4 +318,96 @@ func TestControlChannelSecurity(t *testing.T) {
 	if t.Failed() {
 		e.dumpMetrics(t)
 	}
+}
+
+// openFDs counts the file descriptors process pid holds.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestControlChannelTLS runs the agent with --tls-cert/--tls-key and the
+// copy daemon with --tls-ca, both with the shared secret, and checks that
+// traffic is copied over the TLS channel; that doctor with --tls-ca
+// passes the agent check and without it, or trusting another CA, fails
+// it saying so; and that the agent keeps no descriptor of the plain
+// connections it refused.
+func TestControlChannelTLS(t *testing.T) {
+	cert := testcert.New(t, lab.AssistV4.String())
+	certFile, keyFile := cert.Files(t)
+	otherCA, _ := testcert.New(t, lab.AssistV4.String()).Files(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("dGxzLWNvbnRyb2wtY2hhbm5lbC1zZWNyZXQ=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{
+		agentArgs: []string{"--secret-file", secret, "--tls-cert", certFile, "--tls-key", keyFile},
+		copyArgs:  []string{"--secret-file", secret, "--tls-ca", certFile},
+	})
+	e.waitFor("the copy daemon's TLS control channel", 10*time.Second, func() bool {
+		m, err := e.copyMetrics()
+		return err == nil && m["tcpshadow_agent_connected"] == 1
+	})
+	keepAlive(t, e.lab, prodV4.String(), "/tls", 5, 20)
+	e.checkCopied(t, "/tls/", 100)
+
+	agentAddr := net.JoinHostPort(lab.AssistV4.String(), agentPort)
+	prod := []string{"--role", "prod", "--iface", lab.ProdClientLink, "--intercept", lab.AssistV4.String(), "--secret-file", secret}
+	for _, tt := range []struct {
+		name  string
+		args  []string
+		ok    bool
+		words []string
+	}{
+		{"TrustedCA", []string{"--tls-ca", certFile}, true, []string{"accepted the handshake"}},
+		{"Plain", nil, false, []string{"without a word", "--tls-ca"}},
+		{"OtherCA", []string{"--tls-ca", otherCA}, false, []string{"TLS with the agent failed", "certificate"}},
+	} {
+		t.Run("Doctor"+tt.name, func(t *testing.T) {
+			d := runDoctor(t, e.lab.Prod, append(slices.Clone(prod), tt.args...)...)
+			line := d.line("agent " + agentAddr)
+			want := "FAIL"
+			if tt.ok {
+				want = "ok"
+			}
+			if !strings.HasPrefix(line, want) {
+				t.Errorf("doctor's agent check %q, want %s", line, want)
+			}
+			for _, w := range tt.words {
+				if !strings.Contains(line, w) {
+					t.Errorf("doctor's agent check %q does not say %q", line, w)
+				}
+			}
+		})
+	}
+
+	t.Run("RefusedPlainPeersLeaveNoDescriptor", func(t *testing.T) {
+		before := openFDs(t, e.agent.PID())
+		const runs = 20
+		for i := range runs {
+			if _, err := sendGarbage(t, e.lab, uint64(i+1)); err != nil {
+				t.Fatalf("plain connection %d: %v", i, err)
+			}
+		}
+		var now int
+		if !waitFor(t, "the agent to close the refused connections", 5*time.Second, func() bool {
+			now = openFDs(t, e.agent.PID())
+			return now <= before
+		}) {
+			t.Errorf("agent holds %d descriptors after %d refused plain connections, %d before", now, runs, before)
+		}
+	})
+
+	// The authenticated daemon was never disturbed.
+	m := mustMetrics(t, e.copyMetrics)
+	if m["tcpshadow_agent_connected"] != 1 || m["tcpshadow_agent_connects_total"] != 1 {
+		t.Errorf("copy daemon: connected %v, connects_total %v; want one TLS connection, kept",
+			m["tcpshadow_agent_connected"], m["tcpshadow_agent_connects_total"])
+	}
+	keepAlive(t, e.lab, prodV4.String(), "/tls-after", 5, 20)
+	e.checkCopied(t, "/tls-after/", 100)
 }
