@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,8 +53,9 @@ type Config struct {
 	SnapLen    int // default 262144: GRO can merge up to 64 KiB
 	BufferSize int // kernel ring size in bytes, default 32 MiB
 	// Timeout bounds how long a packet may wait in the kernel's ring
-	// before a read returns it, and how long an idle Read blocks.
-	// Default 1ms.
+	// before a read returns it (the kernel hands over a block when it is
+	// full or this old). Default 1ms. An idle Read waits in Go's poller,
+	// waking no thread, and returns ErrTimeout after a quarter second.
 	Timeout time.Duration
 	Filter  string // BPF expression; empty captures everything
 	Promisc bool
@@ -65,12 +67,6 @@ type Config struct {
 	// full or after Timeout: thousands of packets per ring, read in
 	// batches.
 	Immediate bool
-	// IdleSleep is how long Read sleeps between polls once the interface
-	// has been quiet for a while (default 4ms): a 1ms timeout would wake
-	// the daemon a thousand times a second for nothing. Packets wait in
-	// the ring meanwhile; the first after a quiet spell is late by at most
-	// IdleSleep.
-	IdleSleep time.Duration
 	// InboundOnly asks the kernel for received packets only, so the
 	// copier never sees what it sends itself, whatever the filter.
 	InboundOnly bool
@@ -85,9 +81,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = time.Millisecond
-	}
-	if c.IdleSleep == 0 {
-		c.IdleSleep = 4 * time.Millisecond
 	}
 }
 
@@ -127,7 +120,9 @@ func OpenLive(cfg Config) (Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	src.idleSleep = cfg.IdleSleep
+	// Without the ring (a gopacket that changed shape), gopacket's read
+	// still works, at the cost ring's comment explains.
+	src.ring, _ = newRing(h, &src.mu, &src.holding, src.closed.Load)
 	return src, nil
 }
 
@@ -155,38 +150,43 @@ func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
 	return &pcapSource{h: h, link: lt, live: live}, nil
 }
 
-// idleAfter is how many empty polls in a row make a source idle.
-const idleAfter = 16
-
 type pcapSource struct {
-	h         *pcap.Handle
-	link      layers.LinkType
-	live      bool
-	idleSleep time.Duration
-	empty     int // polls in a row that found nothing
-	closed    atomic.Bool
-	read      atomic.Uint64
-	nonIP     atomic.Uint64
+	h      *pcap.Handle
+	ring   *ring // nil: gopacket's read (files, or a handle ring cannot use)
+	link   layers.LinkType
+	live   bool
+	closed atomic.Bool
+	read   atomic.Uint64
+	nonIP  atomic.Uint64
+
+	// mu guards the handle's release against the reader: the packet Read
+	// returned points into libpcap's ring, so Close frees the handle only
+	// while no packet is held (holding), and otherwise leaves that to the
+	// next Read.
+	mu       sync.Mutex
+	holding  bool
+	released bool
 }
 
 func (s *pcapSource) Read() ([]byte, time.Time, error) {
+	s.mu.Lock()
+	s.holding = false
+	if s.closed.Load() {
+		s.releaseLocked()
+		s.mu.Unlock()
+		return nil, time.Time{}, io.EOF
+	}
+	s.mu.Unlock()
 	for {
-		if s.closed.Load() {
-			return nil, time.Time{}, io.EOF
-		}
-		data, ci, err := s.h.ZeroCopyReadPacketData()
+		data, ts, err := s.readFrame()
 		switch {
 		case err == nil:
-			s.empty = 0
-		case errors.Is(err, pcap.NextErrorTimeoutExpired):
-			if s.empty++; s.empty > idleAfter && s.idleSleep > 0 {
-				time.Sleep(s.idleSleep)
-			}
+		case errors.Is(err, ErrTimeout):
 			return nil, time.Time{}, ErrTimeout
-		case errors.Is(err, io.EOF):
+		case errors.Is(err, io.EOF), errors.Is(err, errClosed):
 			return nil, time.Time{}, io.EOF
 		default:
-			return nil, time.Time{}, fmt.Errorf("read packet: %w", err)
+			return nil, time.Time{}, err
 		}
 		off, ok := linkHeaderLen(s.link, data)
 		if !ok || off >= len(data) {
@@ -194,13 +194,41 @@ func (s *pcapSource) Read() ([]byte, time.Time, error) {
 			continue
 		}
 		s.read.Add(1)
-		return data[off:], ci.Timestamp, nil
+		return data[off:], ts, nil
 	}
+}
+
+// readFrame returns the next link-layer frame and marks it held.
+func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
+	if s.ring != nil {
+		return s.ring.read()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return nil, time.Time{}, errClosed
+	}
+	data, ci, err := s.h.ZeroCopyReadPacketData()
+	switch {
+	case err == nil:
+		s.holding = true
+		return data, ci.Timestamp, nil
+	case errors.Is(err, pcap.NextErrorTimeoutExpired):
+		return nil, time.Time{}, ErrTimeout
+	case errors.Is(err, io.EOF):
+		return nil, time.Time{}, io.EOF
+	}
+	return nil, time.Time{}, fmt.Errorf("read packet: %w", err)
 }
 
 func (s *pcapSource) Stats() Stats {
 	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load()}
-	if s.live && !s.closed.Load() {
+	if !s.live {
+		return st
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.released {
 		if ps, err := s.h.Stats(); err == nil {
 			st.KernelRecv = uint64(ps.PacketsReceived)
 			st.KernelDropped = uint64(ps.PacketsDropped)
@@ -210,11 +238,33 @@ func (s *pcapSource) Stats() Stats {
 	return st
 }
 
+// Close stops the source: a waiting Read returns io.EOF at once. The
+// handle is released now, or by the next Read if the caller still holds
+// the packet the last one returned.
 func (s *pcapSource) Close() error {
-	if s.closed.CompareAndSwap(false, true) {
-		s.h.Close()
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if s.ring != nil {
+		s.ring.wake()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.holding {
+		s.releaseLocked()
 	}
 	return nil
+}
+
+func (s *pcapSource) releaseLocked() {
+	if s.released {
+		return
+	}
+	s.released = true
+	if s.ring != nil {
+		s.ring.close()
+	}
+	s.h.Close()
 }
 
 // Link types libpcap reports that gopacket does not name. (gopacket's
