@@ -102,7 +102,12 @@ func (b *Batch) flushQueue(q *queue, family byte) {
 		fd = b.s.fd6
 	}
 	for off := 0; off < q.n; {
-		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd),
+		// RawSyscall: with MSG_DONTWAIT the call never sleeps, but on a
+		// virtual link it runs the receiver's stack and can take tens of
+		// µs. Announced to the scheduler (Syscall), that makes the
+		// runtime hand the P to another thread and back, several context
+		// switches per flush; raw, the goroutine just keeps its P.
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd),
 			uintptr(unsafe.Pointer(&q.msgs[off])), uintptr(q.n-off), unix.MSG_DONTWAIT, 0, 0)
 		if errno != 0 {
 			// The first packet failed (EMSGSIZE, EAGAIN, ...): count it

@@ -78,7 +78,8 @@ func (s *Sender) Send(pkt []byte) error {
 	default:
 		return errors.New("not an ip packet")
 	}
-	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd),
+	// Raw for the reason flushQueue gives: MSG_DONTWAIT never sleeps.
+	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd),
 		uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)), unix.MSG_DONTWAIT,
 		uintptr(sa), salen)
 	if errno != 0 {
