@@ -25,7 +25,7 @@ type AgentConfig struct {
 	Secret     []byte         // shared secret; empty: no authentication
 	TLS        *tls.Config    // nil: plain TCP (the secret still authenticates)
 	Allow      []netip.Prefix // copy daemons allowed to connect; empty: any
-	FlushDelay time.Duration  // longest a relayed header waits for its batch (default 200µs)
+	FlushDelay time.Duration  // longest a relayed header waits for its batch under load (default 200µs)
 	MaxFlows   int            // flow table bound (default 1<<20)
 	ParkTime   time.Duration  // how long a SYN-ACK or RST may wait for its registration (default 1s)
 	MaxParked  int            // parked replies bound (default 4096)
@@ -513,7 +513,11 @@ func (a *Agent) relayLoop(ctx context.Context) {
 		case <-r.timer.C:
 			r.armed = time.Time{}
 		}
-		r.flushDue(time.Now())
+		// Nothing more captured and queued: send what there is now. A
+		// block of replies from the capture still leaves in one batch
+		// (the capture goroutine queues it whole), and a lone reply at a
+		// low rate costs no timer wake-up. FlushDelay bounds the rest.
+		r.flushDue(time.Now(), len(a.hdrs) == 0)
 	}
 }
 
@@ -567,15 +571,15 @@ func (r *relay) flush(p *agentPeer) {
 	}
 }
 
-// flushDue flushes every batch past its deadline and arms the timer for
-// the earliest remaining one.
-func (r *relay) flushDue(now time.Time) {
+// flushDue flushes every batch past its deadline, or every batch if all
+// is true, and arms the timer for the earliest remaining one.
+func (r *relay) flushDue(now time.Time, all bool) {
 	var earliest time.Time
 	for p := range r.peers {
 		if p.batch == nil {
 			continue
 		}
-		if !now.Before(p.due) {
+		if all || !now.Before(p.due) {
 			r.flush(p)
 			continue
 		}

@@ -214,6 +214,21 @@ func TestRelaysOnlyRegisteredFlows(t *testing.T) {
 	r.expectNoReply()
 }
 
+// TestLoneReplyNotHeldForFlushDelay checks that the relay sends a batch
+// as soon as the capture has nothing more queued: a reply at a low rate
+// leaves at once instead of waiting for the flush deadline (here an hour)
+// and a timer wake-up.
+func TestLoneReplyNotHeldForFlushDelay(t *testing.T) {
+	r := newRig(t, AgentConfig{FlushDelay: time.Hour}, ClientConfig{})
+	r.waitFor("connection", r.client.Connected)
+	r.register(flow(1))
+	for i := range 3 {
+		mine := reply(t, 1, rewrite.FlagACK, 100*i)
+		r.src.Push(mine, time.Now())
+		r.expectReply(mine)
+	}
+}
+
 func TestScenario1SynAckBeforeRegistrationIsParked(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
 	r.waitFor("connection", r.client.Connected)

@@ -101,7 +101,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "forge client addresses from this prefix (one per address family)")
 	f.StringVar(&o.filter, "filter", "", "BPF filter replacing the one built from the maps")
 	f.IntVar(&o.workers, "workers", 0, "datapath workers, flows sharded over them (default: --max-cpu)")
-	f.IntVar(&o.maxCPU, "max-cpu", max(1, runtime.NumCPU()/2), "CPUs the daemon may use at once (GOMAXPROCS); default half the host's, to leave production alone")
+	f.IntVar(&o.maxCPU, "max-cpu", defaultMaxCPU(), "CPUs the daemon may use at once (GOMAXPROCS); default half the host's, to leave production alone")
 	f.StringVar(&o.maxMemory, "max-memory", "1GiB", "memory budget: Go heap soft limit; half of it may hold buffered client data, and sessions are shed gradually past half of either budget")
 	f.BoolVar(&o.noPacing, "no-pacing", false, "send requests as captured instead of after the shadow answered the previous one")
 	f.IntVar(&o.mss, "mss", 1460, "largest segment sent to the shadow; larger captured packets are split")
@@ -169,8 +169,8 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if len(prefixes) == 0 {
 		pool = nil
 	}
-	if o.maxCPU < 1 || o.maxCPU > 1024 {
-		return nil, fmt.Errorf("%s %d: want 1..1024", n("max-cpu"), o.maxCPU)
+	if err := checkMaxCPU(o.from, o.maxCPU); err != nil {
+		return nil, err
 	}
 	maxMemory, err := parseSize(o.maxMemory)
 	if err != nil || maxMemory < 16<<20 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -41,6 +42,20 @@ type daemonOptions struct {
 	statsInterval time.Duration
 	bufferMB      int
 	capTimeout    time.Duration
+}
+
+// defaultMaxCPU is both daemons' --max-cpu default: half the host's
+// CPUs. The copier shares its host with production; and neither daemon
+// gains from more, whereas an idle P to hand work to makes the Go
+// scheduler wake threads for every packet.
+func defaultMaxCPU() int { return max(1, runtime.NumCPU()/2) }
+
+// checkMaxCPU validates a --max-cpu value.
+func checkMaxCPU(from origin, v int) error {
+	if v < 1 || v > 1024 {
+		return fmt.Errorf("%s %d: want 1..1024", from.name("max-cpu"), v)
+	}
+	return nil
 }
 
 // daemonHelp is what differs in the shared flags' help between daemons.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,6 +26,7 @@ type interceptOptions struct {
 	allow      []string
 	flushDelay time.Duration
 	maxFlows   int
+	maxCPU     int
 	tlsCert    string
 	tlsKey     string
 	daemon     daemonOptions
@@ -36,6 +38,7 @@ type interceptConfig struct {
 	capture capture.Config
 	agent   intercept.AgentConfig
 	listen  string
+	maxCPU  int // GOMAXPROCS
 }
 
 func newInterceptCmd(g *globalOptions) *cobra.Command {
@@ -70,6 +73,7 @@ with the length on the wire in each record.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.DurationVar(&o.flushDelay, "flush-delay", 200*time.Microsecond, "longest a reply header waits to be batched")
 	f.IntVar(&o.maxFlows, "max-flows", 1<<20, "flow table size bound")
+	f.IntVar(&o.maxCPU, "max-cpu", defaultMaxCPU(), "CPUs the agent may use at once (GOMAXPROCS); default half the host's")
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every reply captured (its first 256 bytes)",
 		secret: "the shared secret copy daemons must prove",
@@ -112,6 +116,9 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	if o.maxFlows < 1 {
 		return nil, fmt.Errorf("%s %d: want at least 1", n("max-flows"), o.maxFlows)
 	}
+	if err := checkMaxCPU(o.from, o.maxCPU); err != nil {
+		return nil, err
+	}
 	var tlsCfg *tls.Config
 	switch {
 	case o.tlsCert != "" && o.tlsKey != "":
@@ -135,7 +142,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 		agent: intercept.AgentConfig{
 			Name: dc.name, Secret: dc.secret, TLS: tlsCfg, Allow: allow, FlushDelay: o.flushDelay, MaxFlows: o.maxFlows,
 		},
-		listen: o.listen, daemonConfig: dc,
+		listen: o.listen, maxCPU: o.maxCPU, daemonConfig: dc,
 	}, nil
 }
 
@@ -151,6 +158,7 @@ func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger, l
 	}
 	stopHangup := reopenOnHangup(log, lf, dump)
 	defer stopHangup()
+	runtime.GOMAXPROCS(cfg.maxCPU)
 	src, err := capture.OpenLive(cfg.capture)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -29,6 +30,9 @@ func TestInterceptConfigDefaults(t *testing.T) {
 	if a.Name != "assist1" || a.Secret != nil || a.Allow != nil || a.FlushDelay != 200*time.Microsecond || a.MaxFlows != 1<<20 {
 		t.Errorf("agent config %+v", a)
 	}
+	if cfg.maxCPU != max(1, runtime.NumCPU()/2) {
+		t.Errorf("max CPU %d, want half the host's", cfg.maxCPU)
+	}
 	if cfg.listen != ":36524" || cfg.metricsAddr != "" || cfg.statsInterval != 30*time.Second {
 		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
 	}
@@ -40,7 +44,7 @@ func TestInterceptConfigFlags(t *testing.T) {
 		"-l", "198.18.1.3:4000", "--secret-file", secret,
 		"--allow", "198.18.1.1,2001:2:0:1::1", "--allow", "198.18.0.0/24", "--allow", "::ffff:198.18.1.9",
 		"--flush-delay", "1s", "--max-flows", "1", "--metrics", "198.18.1.3:9464", "--stats-interval", "0",
-		"--capture-buffer-mb", "4096",
+		"--capture-buffer-mb", "4096", "--max-cpu", "3",
 	).config()
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +64,9 @@ func TestInterceptConfigFlags(t *testing.T) {
 	}
 	if string(a.Secret) != "0123456789abcdef" || a.FlushDelay != time.Second || a.MaxFlows != 1 {
 		t.Errorf("agent config %+v", a)
+	}
+	if cfg.maxCPU != 3 {
+		t.Errorf("--max-cpu 3: %d", cfg.maxCPU)
 	}
 	if cfg.listen != "198.18.1.3:4000" || cfg.metricsAddr != "198.18.1.3:9464" || cfg.statsInterval != 0 {
 		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
@@ -92,6 +99,7 @@ func TestInterceptConfigErrorsNameTheFlag(t *testing.T) {
 		{with("--flush-delay", "0s"), "--flush-delay"},
 		{with("--tls-cert", "/nonexistent/cert.pem"), "--tls-cert"},
 		{with("--tls-key", "/nonexistent/key.pem"), "--tls-key"},
+		{with("--max-cpu", "0"), "--max-cpu 0"},
 		{with("--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"), "--tls-cert"},
 		{with("--flush-delay", "-1ms"), "--flush-delay"},
 		{with("--flush-delay", "1001ms"), "--flush-delay"},
