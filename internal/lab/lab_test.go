@@ -314,6 +314,14 @@ func TestLabTopology(t *testing.T) {
 				{l.Shadow, "net.ipv6.conf.eth0.accept_dad", "0"},
 				{l.Client, "net.ipv6.conf.eth0.accept_ra", "0"},
 			}
+			// The switch bridges without firewall hooks, where the kernel
+			// has them (br_netfilter).
+			if _, err := os.Stat("/proc/sys/net/bridge"); err == nil {
+				wantSysctl = append(wantSysctl, struct {
+					ns         *NS
+					key, value string
+				}{l.Switch, "net.bridge.bridge-nf-call-iptables", "0"})
+			}
 			for _, w := range wantSysctl {
 				got, err := w.ns.ReadSysctl(w.key)
 				if err != nil || got != w.value {

@@ -41,6 +41,7 @@ type benchOptions struct {
 	idleSessions       int
 	baseline           bool
 	copyFlags          []string
+	agentFlags         []string
 	verbose            bool
 }
 
@@ -74,6 +75,7 @@ type benchConfig struct {
 	series       []series
 	idleSessions int      // 0: skip the idle-session memory measurement
 	copyArgs     []string // extra copy flags, appended
+	agentArgs    []string // extra intercept flags, appended
 	verbose      bool
 }
 
@@ -117,6 +119,7 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
+	f.StringArrayVar(&o.agentFlags, "agent-flag", nil, "extra flag for tcpshadow intercept, e.g. --agent-flag=--flush-delay=1ms (repeatable)")
 	f.IntVar(&o.idleSessions, "idle-sessions", 800, fmt.Sprintf("idle connections for the memory measurement (0 skips it; at most %d)", maxIdleSessions))
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
 	return cmd
@@ -141,13 +144,15 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	if o.idleSessions < 0 || o.idleSessions > maxIdleSessions {
 		return nil, fmt.Errorf("--idle-sessions %d: want 0 to %d", o.idleSessions, maxIdleSessions)
 	}
-	for _, fl := range o.copyFlags {
-		if !strings.HasPrefix(fl, "--") {
-			return nil, fmt.Errorf("--copy-flag %q: want a long flag, --name=value", fl)
+	for name, fls := range map[string][]string{"--copy-flag": o.copyFlags, "--agent-flag": o.agentFlags} {
+		for _, fl := range fls {
+			if !strings.HasPrefix(fl, "--") {
+				return nil, fmt.Errorf("%s %q: want a long flag, --name=value", name, fl)
+			}
 		}
 	}
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
-		idleSessions: o.idleSessions, copyArgs: o.copyFlags, verbose: o.verbose}
+		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose}
 	if o.smoke {
 		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
 		if !o.stepSet {
@@ -299,7 +304,7 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	res := &benchResult{cfg: cfg, machine: describeMachine(ctx, cfg.bin, cfg.nginx)}
 
-	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, progress: out, log: log})
+	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)
@@ -355,7 +360,7 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			}
 		}
 		t0 := time.Now()
-		if err := st.startDaemons(ctx, stageConfig{bin: cfg.bin, copyArgs: cfg.copyArgs}); err != nil {
+		if err := st.startDaemons(ctx, stageConfig{bin: cfg.bin, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs}); err != nil {
 			return nil, fmt.Errorf("start daemons: %w", err)
 		}
 		fmt.Fprintf(out, "agent and copier up (%v)\n", time.Since(t0).Round(10*time.Millisecond))

@@ -55,6 +55,9 @@ func renderReport(r *benchResult) string {
 	if len(r.cfg.copyArgs) > 0 {
 		fmt.Fprintf(&b, "| extra copy flags | `%s` |\n", strings.Join(r.cfg.copyArgs, " "))
 	}
+	if len(r.cfg.agentArgs) > 0 {
+		fmt.Fprintf(&b, "| extra intercept flags | `%s` |\n", strings.Join(r.cfg.agentArgs, " "))
+	}
 	if other, n := otherLoad(r); n > 0 {
 		fmt.Fprintf(&b, "| other users of the machine | %s of one core on average during the steps (column \"other\")", pctOf(other, time.Duration(n)))
 		if other > time.Duration(n)/4 {

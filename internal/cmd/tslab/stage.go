@@ -36,9 +36,10 @@ type stage struct {
 }
 
 type stageConfig struct {
-	bin      string   // tcpshadow
-	nginx    string   // nginx binary
-	copyArgs []string // extra copy flags, appended
+	bin       string   // tcpshadow
+	nginx     string   // nginx binary
+	copyArgs  []string // extra copy flags, appended
+	agentArgs []string // extra intercept flags, appended
 	// noDaemons leaves the agent and copier out (startDaemons adds them
 	// later): the benchmark measures prod alone first.
 	noDaemons bool
@@ -98,9 +99,9 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 // and waits until the copier is connected to the agent.
 func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	var err error
-	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, "intercept", "--iface", lab.HostLink,
+	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, append([]string{"intercept", "--iface", lab.HostLink,
 		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
-		"--stats-interval", "0", "--metrics", s.agentMetricsAddr(), "--debug-pprof")
+		"--stats-interval", "0", "--metrics", s.agentMetricsAddr(), "--debug-pprof"}, cfg.agentArgs...)...)
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
