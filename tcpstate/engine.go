@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -172,11 +173,21 @@ func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) {
 			return
 		}
 		copy(pb.b, p.Bytes())
+		cp := capPkt{pb: pb, capAt: ts.UnixNano(), mapIdx: uint8(i)}
 		select {
-		case l.pkts <- capPkt{pb: pb, capAt: ts.UnixNano(), mapIdx: uint8(i)}:
+		case l.pkts <- cp:
 		default:
-			pb.free()
-			c.inc(CtrShedQueue)
+			// Full: most often because the capture has had the CPU for a
+			// whole ring's burst while the workers waited for it (one P).
+			// Yield once so they drain, then shed if still full: never
+			// block on a slow shadow.
+			runtime.Gosched()
+			select {
+			case l.pkts <- cp:
+			default:
+				pb.free()
+				c.inc(CtrShedQueue)
+			}
 		}
 	}
 	if !matched {
@@ -213,7 +224,12 @@ func (e *Engine) HandleReply(hdr []byte) {
 	select {
 	case l.replies <- m:
 	default:
-		c.inc(CtrRepliesQueueFull)
+		runtime.Gosched() // as in HandleCaptured
+		select {
+		case l.replies <- m:
+		default:
+			c.inc(CtrRepliesQueueFull)
+		}
 	}
 }
 
