@@ -33,7 +33,7 @@ type Source interface {
 	Read() ([]byte, time.Time, error)
 	// Stats returns packet counters; Kernel* are zero for files.
 	Stats() Stats
-	// Close releases the handle; a blocked Read returns within the timeout.
+	// Close stops the source; a waiting Read returns io.EOF promptly.
 	Close() error
 }
 

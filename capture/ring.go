@@ -39,8 +39,9 @@ import (
 //
 // gopacket's own read waits in poll(2) inside a cgo call instead. The
 // runtime cannot tell that from work, so it hands the reader's P to
-// another thread and back: about ten context switches per copied
-// request at low rates, most of the daemon's CPU there. The ring needs
+// another thread and back, over and over; in the lab at 10k copied
+// requests a second, reading this way took the copier from 39 to 25 µs
+// of CPU a request, and idle daemons from 3% of a core to none. It needs
 // the handle's pcap_t, which gopacket keeps unexported; it is taken by
 // reflection and checked against the handle before use (newRing), so a
 // gopacket that changed shape falls back to gopacket's read, never to
