@@ -55,7 +55,7 @@ type Config struct {
 	// Timeout bounds how long a packet may wait in the kernel's ring
 	// before a read returns it (the kernel hands over a block when it is
 	// full or this old). Default 1ms. An idle Read waits in Go's poller,
-	// waking no thread, and returns ErrTimeout after a quarter second.
+	// holding no thread, and returns ErrTimeout after a quarter second.
 	Timeout time.Duration
 	Filter  string // BPF expression; empty captures everything
 	Promisc bool
@@ -122,7 +122,7 @@ func OpenLive(cfg Config) (Source, error) {
 	}
 	// Without the ring (a gopacket that changed shape), gopacket's read
 	// still works, at the cost ring's comment explains.
-	src.ring, _ = newRing(h, &src.mu, &src.holding, src.closed.Load)
+	src.ring, _ = newRing(h, &src.mu, src.closed.Load)
 	return src, nil
 }
 
@@ -159,34 +159,31 @@ type pcapSource struct {
 	read   atomic.Uint64
 	nonIP  atomic.Uint64
 
-	// mu guards the handle's release against the reader: the packet Read
-	// returned points into libpcap's ring, so Close frees the handle only
-	// while no packet is held (holding), and otherwise leaves that to the
-	// next Read.
+	// mu orders the handle's release after the reader is done with it.
+	// The reader is busy from the start of Read until Read fails, or, on
+	// success, until the next Read: the packet returned points into
+	// libpcap's ring. Close releases the handle only if the reader is not
+	// busy, and otherwise leaves that to the reader, so it never frees
+	// (or closes the poller's descriptor) under a waiting Read.
 	mu       sync.Mutex
-	holding  bool
+	busy     bool
 	released bool
 }
 
 func (s *pcapSource) Read() ([]byte, time.Time, error) {
 	s.mu.Lock()
-	s.holding = false
 	if s.closed.Load() {
+		s.busy = false
 		s.releaseLocked()
 		s.mu.Unlock()
 		return nil, time.Time{}, io.EOF
 	}
+	s.busy = true
 	s.mu.Unlock()
 	for {
 		data, ts, err := s.readFrame()
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrTimeout):
-			return nil, time.Time{}, ErrTimeout
-		case errors.Is(err, io.EOF), errors.Is(err, errClosed):
-			return nil, time.Time{}, io.EOF
-		default:
-			return nil, time.Time{}, err
+		if err != nil {
+			return nil, time.Time{}, s.failed(err)
 		}
 		off, ok := linkHeaderLen(s.link, data)
 		if !ok || off >= len(data) {
@@ -198,7 +195,26 @@ func (s *pcapSource) Read() ([]byte, time.Time, error) {
 	}
 }
 
-// readFrame returns the next link-layer frame and marks it held.
+// failed ends a Read that got err: the reader is no longer busy, and
+// releases the handle itself if Close came meanwhile.
+func (s *pcapSource) failed(err error) error {
+	s.mu.Lock()
+	s.busy = false
+	closed := s.closed.Load()
+	if closed {
+		s.releaseLocked()
+	}
+	s.mu.Unlock()
+	switch {
+	case closed, errors.Is(err, io.EOF), errors.Is(err, errClosed):
+		return io.EOF
+	case errors.Is(err, ErrTimeout):
+		return ErrTimeout
+	}
+	return err
+}
+
+// readFrame returns the next link-layer frame.
 func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
 	if s.ring != nil {
 		return s.ring.read()
@@ -211,7 +227,6 @@ func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
 	data, ci, err := s.h.ZeroCopyReadPacketData()
 	switch {
 	case err == nil:
-		s.holding = true
 		return data, ci.Timestamp, nil
 	case errors.Is(err, pcap.NextErrorTimeoutExpired):
 		return nil, time.Time{}, ErrTimeout
@@ -239,8 +254,7 @@ func (s *pcapSource) Stats() Stats {
 }
 
 // Close stops the source: a waiting Read returns io.EOF at once. The
-// handle is released now, or by the next Read if the caller still holds
-// the packet the last one returned.
+// handle is released now, or by the reader once it is no longer busy.
 func (s *pcapSource) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
@@ -250,7 +264,7 @@ func (s *pcapSource) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.holding {
+	if !s.busy {
 		s.releaseLocked()
 	}
 	return nil

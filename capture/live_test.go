@@ -86,7 +86,7 @@ func (r *liveRig) readPacket(t *testing.T) ([]byte, time.Time) {
 func TestLiveReadsThroughThePoller(t *testing.T) {
 	r := newLiveRig(t)
 	if r.src.ring == nil {
-		_, err := newRing(r.src.h, new(sync.Mutex), new(bool), func() bool { return false })
+		_, err := newRing(r.src.h, new(sync.Mutex), func() bool { return false })
 		t.Fatalf("live source fell back to gopacket's blocking read: %v", err)
 	}
 	const n = 300
@@ -171,6 +171,53 @@ func TestLiveIdleAndClose(t *testing.T) {
 			t.Error("the Read after Close did not release the handle")
 		}
 	})
+}
+
+// TestLiveCloseUnderTraffic closes sources at varied moments while their
+// reader is reading a stream of packets, parked in the poller or inside a
+// read: every Read must end with io.EOF and the handle be released (a
+// Close that freed the handle, or closed the poller's descriptor, under a
+// busy reader would crash or hang here).
+func TestLiveCloseUnderTraffic(t *testing.T) {
+	for i := range 8 {
+		r := newLiveRig(t)
+		done := make(chan error, 1)
+		go func() {
+			for {
+				_, _, err := r.src.Read()
+				if err != nil && !errors.Is(err, ErrTimeout) {
+					done <- err
+					return
+				}
+			}
+		}()
+		sendDone := make(chan struct{})
+		go func() {
+			defer close(sendDone)
+			for j := range 2000 {
+				if _, err := fmt.Fprintf(r.conn, "datagram %06d", j); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(i) * 3 * time.Millisecond)
+		r.src.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("round %d: Read after Close: %v, want io.EOF", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: Close under traffic did not end the Read", i)
+		}
+		<-sendDone
+		r.src.mu.Lock()
+		released := r.src.released
+		r.src.mu.Unlock()
+		if !released {
+			t.Errorf("round %d: handle not released after Close and the reader's return", i)
+		}
+	}
 }
 
 // TestLiveReadAllocs asserts that reading from the ring, waits included,

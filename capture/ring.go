@@ -55,12 +55,11 @@ type ring struct {
 
 	// waitFn is the closure rc.Read calls, built once so waiting does not
 	// allocate; it reports its outcome in got and err.
-	waitFn  func(uintptr) bool
-	got     int
-	err     error
-	mu      *sync.Mutex // the source's: held around every call into libpcap
-	closed  func() bool
-	holding *bool // the source's, set by next under mu
+	waitFn func(uintptr) bool
+	got    int
+	err    error
+	mu     *sync.Mutex // the source's: held around every call into libpcap
+	closed func() bool
 }
 
 // ringWait bounds one wait for packets: Read returns ErrTimeout after it,
@@ -79,7 +78,7 @@ func handlePtr(h *pcap.Handle) *C.pcap_t {
 // newRing sets up the poller-based read for a live handle. It returns an
 // error when the handle cannot be read that way; the caller then keeps
 // gopacket's read.
-func newRing(h *pcap.Handle, mu *sync.Mutex, holding *bool, closed func() bool) (*ring, error) {
+func newRing(h *pcap.Handle, mu *sync.Mutex, closed func() bool) (*ring, error) {
 	p := handlePtr(h)
 	if p == nil {
 		return nil, errors.New("no pcap_t in gopacket's handle")
@@ -114,7 +113,7 @@ func newRing(h *pcap.Handle, mu *sync.Mutex, holding *bool, closed func() bool) 
 		return nil, fmt.Errorf("capture socket: %w", err)
 	}
 	r := &ring{
-		p: p, poll: f, raw: raw, nanos: 1000, mu: mu, holding: holding, closed: closed,
+		p: p, poll: f, raw: raw, nanos: 1000, mu: mu, closed: closed,
 		slots: (*C.struct_ring_slots)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_ring_slots{})))),
 	}
 	if C.pcap_get_tstamp_precision(p) == C.PCAP_TSTAMP_PRECISION_NANO {
@@ -133,8 +132,8 @@ func newRing(h *pcap.Handle, mu *sync.Mutex, holding *bool, closed func() bool) 
 	return r, nil
 }
 
-// next calls pcap_next_ex once, under the source's lock: 1 with a packet
-// in r.slots (and *holding set, under the same lock), 0 when the ring is
+// next calls pcap_next_ex once, under the source's lock (pcap_stats must
+// not run meanwhile): 1 with a packet in r.slots, 0 when the ring is
 // empty.
 func (r *ring) next() (int, error) {
 	r.mu.Lock()
@@ -143,11 +142,8 @@ func (r *ring) next() (int, error) {
 		return 0, errClosed
 	}
 	switch n := C.ring_next(r.p, r.slots); n {
-	case 1:
-		*r.holding = true
-		return 1, nil
-	case 0:
-		return 0, nil
+	case 1, 0:
+		return int(n), nil
 	default:
 		return 0, fmt.Errorf("read packet: %s", C.GoString(C.pcap_geterr(r.p)))
 	}
@@ -155,12 +151,14 @@ func (r *ring) next() (int, error) {
 
 var errClosed = errors.New("capture closed")
 
-// read returns the next frame, waiting up to ringWait for one; next marks
-// it held.
+// read returns the next frame, waiting up to ringWait for one.
 func (r *ring) read() ([]byte, time.Time, error) {
 	n, err := r.next()
 	if n == 0 && err == nil {
 		if err := r.poll.SetReadDeadline(time.Now().Add(ringWait)); err != nil {
+			return nil, time.Time{}, errClosed
+		}
+		if r.closed() { // Close's wake may have come before that deadline
 			return nil, time.Time{}, errClosed
 		}
 		r.got, r.err = 0, nil
