@@ -127,16 +127,9 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 
 // config validates the flags; every error names its flag.
 func (o *benchOptions) config() (*benchConfig, error) {
-	if o.bin == "" {
-		return nil, errors.New("--bin is required: the tcpshadow binary (make build writes bin/tcpshadow)")
-	}
-	bin, err := executable(o.bin)
+	bin, ngx, err := labBinaries(o.bin, o.nginx)
 	if err != nil {
-		return nil, fmt.Errorf("--bin: %w", err)
-	}
-	ngx, err := executable(o.nginx)
-	if err != nil {
-		return nil, fmt.Errorf("--nginx: %w (apt-get install nginx-light)", err)
+		return nil, err
 	}
 	if o.step < time.Second || o.step > 2*time.Minute {
 		return nil, fmt.Errorf("--step %v: want 1s to 2m", o.step)

@@ -93,16 +93,9 @@ from the shadow reached the client.`,
 
 // config validates the flags; every error names its flag.
 func (o *demoOptions) config() (*demoConfig, error) {
-	if o.bin == "" {
-		return nil, errors.New("--bin is required: the tcpshadow binary (make build writes bin/tcpshadow)")
-	}
-	bin, err := executable(o.bin)
+	bin, ngx, err := labBinaries(o.bin, o.nginx)
 	if err != nil {
-		return nil, fmt.Errorf("--bin: %w", err)
-	}
-	ngx, err := executable(o.nginx)
-	if err != nil {
-		return nil, fmt.Errorf("--nginx: %w (apt-get install nginx-light)", err)
+		return nil, err
 	}
 	if !(o.scale > 0 && o.scale <= maxScale) {
 		return nil, fmt.Errorf("--scale %g: want more than 0, at most %d", o.scale, maxScale)
@@ -115,6 +108,23 @@ func (o *demoOptions) config() (*demoConfig, error) {
 	}
 	return &demoConfig{bin: bin, nginx: ngx, keep: o.keep, scale: o.scale,
 		timeout: o.timeout, catchUp: catchUpWait, verbose: o.verbose}, nil
+}
+
+// labBinaries validates --bin and --nginx, which demo and bench share,
+// and returns them absolute.
+func labBinaries(bin, nginx string) (string, string, error) {
+	if bin == "" {
+		return "", "", errors.New("--bin is required: the tcpshadow binary (make build writes bin/tcpshadow)")
+	}
+	bin, err := executable(bin)
+	if err != nil {
+		return "", "", fmt.Errorf("--bin: %w", err)
+	}
+	ngx, err := executable(nginx)
+	if err != nil {
+		return "", "", fmt.Errorf("--nginx: %w (apt-get install nginx-light)", err)
+	}
+	return bin, ngx, nil
 }
 
 // executable returns path made absolute (the daemons run with ip netns

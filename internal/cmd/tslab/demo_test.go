@@ -192,3 +192,31 @@ func TestAccessLogParse(t *testing.T) {
 		t.Errorf("garbage line parsed as %+v", got[2])
 	}
 }
+
+// TestLabBinaries checks the --bin and --nginx validation demo and bench
+// share: each error names its flag.
+func TestLabBinaries(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "tcpshadow")
+	plain := filepath.Join(dir, "notes")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(plain, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ bin, nginx, want string }{
+		{"", exe, "--bin is required"},
+		{filepath.Join(dir, "missing"), exe, "--bin:"},
+		{plain, exe, "--bin: " + plain + " is not an executable file"},
+		{exe, plain, "--nginx:"},
+	} {
+		if _, _, err := labBinaries(tt.bin, tt.nginx); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("labBinaries(%q, %q): %v, want it to say %q", tt.bin, tt.nginx, err, tt.want)
+		}
+	}
+	bin, ngx, err := labBinaries(exe, exe)
+	if err != nil || bin != exe || ngx != exe {
+		t.Errorf("labBinaries(%q, %q) = %q, %q, %v", exe, exe, bin, ngx, err)
+	}
+}
