@@ -66,35 +66,35 @@ func (s *Segment) Put(dst []byte) (int, error) {
 	if src.Is4() {
 		ipLen = IPv4MinHeaderLen
 		ip := IPv4(b)
-		ip[0], ip[1] = 0x45, 0
-		binary.BigEndian.PutUint16(ip[2:], uint16(n))
-		binary.BigEndian.PutUint16(ip[4:], s.ID)
-		binary.BigEndian.PutUint16(ip[6:], 0x4000) // don't fragment
-		ip[8], ip[9] = ttl, ProtoTCP
+		ip[IPv4VersionIHLOffset], ip[IPv4VersionIHLOffset+1] = 4<<4|IPv4MinHeaderLen/4, 0
+		binary.BigEndian.PutUint16(ip[IPv4TotalLenOffset:], uint16(n))
+		binary.BigEndian.PutUint16(ip[IPv4IDOffset:], s.ID)
+		binary.BigEndian.PutUint16(ip[IPv4FragmentOffset:], ipv4DontFragment)
+		ip[IPv4TTLOffset], ip[IPv4ProtocolOffset] = ttl, ProtoTCP
 		a, d := src.As4(), dstAddr.As4()
-		copy(ip[12:16], a[:])
-		copy(ip[16:20], d[:])
+		copy(ip[IPv4SrcAddrOffset:], a[:])
+		copy(ip[IPv4DstAddrOffset:], d[:])
 		ip.SetChecksum(0)
 		ip.SetChecksum(ip.ComputeChecksum())
 	} else {
 		ipLen = IPv6HeaderLen
 		ip := IPv6(b)
-		binary.BigEndian.PutUint32(ip[0:], 6<<28)
+		binary.BigEndian.PutUint32(ip[0:], 6<<28) // version; traffic class and flow label 0
 		ip.SetPayloadLen(n - IPv6HeaderLen)
-		ip[6], ip[7] = ProtoTCP, ttl
+		ip[IPv6NextHeaderOffset], ip[IPv6HopLimitOffset] = ProtoTCP, ttl
 		a, d := src.As16(), dstAddr.As16()
-		copy(ip[8:24], a[:])
-		copy(ip[24:40], d[:])
+		copy(ip[IPv6SrcAddrOffset:], a[:])
+		copy(ip[IPv6DstAddrOffset:], d[:])
 	}
 	t := TCP(b[ipLen:])
-	binary.BigEndian.PutUint16(t[0:], s.Src.Port())
-	binary.BigEndian.PutUint16(t[2:], s.Dst.Port())
-	binary.BigEndian.PutUint32(t[4:], s.Seq)
-	binary.BigEndian.PutUint32(t[8:], s.Ack)
-	t[12] = byte((TCPMinHeaderLen+optLen)/4) << 4
-	t[13] = s.Flags
-	binary.BigEndian.PutUint16(t[14:], s.Window)
-	binary.BigEndian.PutUint32(t[16:], 0) // checksum and urgent pointer
+	binary.BigEndian.PutUint16(t[TCPSrcPortOffset:], s.Src.Port())
+	binary.BigEndian.PutUint16(t[TCPDstPortOffset:], s.Dst.Port())
+	binary.BigEndian.PutUint32(t[TCPSeqNumOffset:], s.Seq)
+	binary.BigEndian.PutUint32(t[TCPAckNumOffset:], s.Ack)
+	t[TCPDataOffset] = byte((TCPMinHeaderLen+optLen)/4) << 4
+	t[TCPFlagsOffset] = s.Flags
+	binary.BigEndian.PutUint16(t[TCPWindowOffset:], s.Window)
+	binary.BigEndian.PutUint32(t[TCPChecksumOffset:], 0) // checksum and urgent pointer
 	o := t[TCPMinHeaderLen : TCPMinHeaderLen+optLen]
 	copy(o, s.Options)
 	clear(o[len(s.Options):]) // end-of-list padding

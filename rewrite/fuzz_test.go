@@ -105,6 +105,14 @@ func FuzzDecode(f *testing.F) {
 				(!p.IsV6() && !tu.Is4()) {
 				t.Fatalf("Tuple() = %v for %v:%d -> %v:%d", tu, p.SrcAddr(), p.TCP().SrcPort(), p.DstAddr(), p.TCP().DstPort())
 			}
+			// A copy viewed through the Layout is the same packet.
+			cp := bytes.Clone(pb)
+			v := p.Layout().View(cp)
+			if v.IsV6() != p.IsV6() || v.IPHeaderLen() != hl || !bytes.Equal(v.Headers(), p.Headers()) ||
+				v.PayloadLen() != p.PayloadLen() || !bytes.Equal(v.Payload(), p.Payload()) || v.Tuple() != tu ||
+				(len(cp) > 0 && &v.Bytes()[0] != &cp[0]) {
+				t.Fatalf("whole=%v: the Layout's view of a copy differs from the decoded packet", whole)
+			}
 			if whole {
 				wholeTuple = tu
 			} else if wholeOK && tu != wholeTuple {

@@ -118,6 +118,27 @@ func (p *Packet) decode(b []byte, whole bool) error {
 	return nil
 }
 
+// Layout is where a decoded packet's headers lie. It lets a copy of the
+// packet's bytes be viewed again without decoding them twice: the capture
+// side decodes and copies, the worker views the copy.
+type Layout struct {
+	segLen uint32
+	ipLen  uint16
+	tcpLen uint8
+	v6     bool
+}
+
+// Layout returns the packet's layout.
+func (p *Packet) Layout() Layout {
+	return Layout{segLen: uint32(p.segLen), ipLen: uint16(p.ipLen), tcpLen: uint8(p.tcpLen), v6: p.v6}
+}
+
+// View returns the decoded packet held in b, which must be a copy of the
+// Bytes of the packet l came from (same length): nothing is checked again.
+func (l Layout) View(b []byte) Packet {
+	return Packet{b: b, ipLen: int(l.ipLen), tcpLen: int(l.tcpLen), segLen: int(l.segLen), v6: l.v6}
+}
+
 // Bytes returns the packet, starting at the IP header.
 func (p *Packet) Bytes() []byte { return p.b }
 
@@ -158,13 +179,13 @@ func (p *Packet) DstAddr() netip.Addr {
 func (p *Packet) Tuple() Tuple {
 	var t Tuple
 	if p.v6 {
-		copy(t.Src[:], p.b[8:24])
-		copy(t.Dst[:], p.b[24:40])
+		copy(t.Src[:], p.b[IPv6SrcAddrOffset:IPv6SrcAddrOffset+16])
+		copy(t.Dst[:], p.b[IPv6DstAddrOffset:IPv6DstAddrOffset+16])
 	} else {
-		t.Src[10], t.Src[11] = 0xff, 0xff
+		t.Src[10], t.Src[11] = 0xff, 0xff // IPv4-mapped
 		t.Dst[10], t.Dst[11] = 0xff, 0xff
-		copy(t.Src[12:], p.b[12:16])
-		copy(t.Dst[12:], p.b[16:20])
+		copy(t.Src[12:], p.b[IPv4SrcAddrOffset:IPv4SrcAddrOffset+4])
+		copy(t.Dst[12:], p.b[IPv4DstAddrOffset:IPv4DstAddrOffset+4])
 	}
 	tcp := p.TCP()
 	t.SrcPort, t.DstPort = tcp.SrcPort(), tcp.DstPort()
@@ -177,16 +198,7 @@ func (p *Packet) SetSrc(addr netip.Addr, port uint16) bool {
 	if !p.setAddr(addr, p.srcAddrOff()) {
 		return false
 	}
-	p.put16(0, port)
-	return true
-}
-
-// SetDst rewrites the destination address and port, as SetSrc.
-func (p *Packet) SetDst(addr netip.Addr, port uint16) bool {
-	if !p.setAddr(addr, p.srcAddrOff()+p.addrLen()) {
-		return false
-	}
-	p.put16(2, port)
+	p.put16(TCPSrcPortOffset, port)
 	return true
 }
 
@@ -203,8 +215,8 @@ func (p *Packet) Retarget(src, dst netip.AddrPort) bool {
 	putAddr(p.b[off:off+n], src.Addr())
 	putAddr(p.b[off+n:off+2*n], dst.Addr())
 	tcp := p.TCP()
-	binary.BigEndian.PutUint16(tcp[0:], src.Port())
-	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	binary.BigEndian.PutUint16(tcp[TCPSrcPortOffset:], src.Port())
+	binary.BigEndian.PutUint16(tcp[TCPDstPortOffset:], dst.Port())
 	p.RecomputeChecksums()
 	return true
 }
@@ -229,9 +241,9 @@ func putAddr(b []byte, a netip.Addr) {
 
 func (p *Packet) srcAddrOff() int {
 	if p.v6 {
-		return 8
+		return IPv6SrcAddrOffset
 	}
-	return 12
+	return IPv4SrcAddrOffset
 }
 
 func (p *Packet) addrLen() int {
@@ -281,14 +293,14 @@ func (p *Packet) put32(off int, v uint32) {
 	tcp.SetChecksum(Update32(tcp.Checksum(), old, v))
 }
 
-// SetSeq, SetAck, SetWindow and SetFlags rewrite TCP header fields.
-func (p *Packet) SetSeq(v uint32)    { p.put32(4, v) }
-func (p *Packet) SetAck(v uint32)    { p.put32(8, v) }
-func (p *Packet) SetWindow(v uint16) { p.put16(14, v) }
+// SetAck rewrites the acknowledgement number.
+func (p *Packet) SetAck(v uint32) { p.put32(TCPAckNumOffset, v) }
 
+// SetFlags rewrites the flags, keeping the data offset that shares their
+// 16-bit word.
 func (p *Packet) SetFlags(f uint8) {
 	tcp := p.TCP()
-	p.put16(12, uint16(tcp[12])<<8|uint16(f))
+	p.put16(TCPDataOffset, uint16(tcp[TCPDataOffset])<<8|uint16(f))
 }
 
 // patch overwrites the TCP header bytes at off with v, at any alignment,
@@ -314,18 +326,6 @@ func (p *Packet) SetTimestamps(o *Options, val, ecr uint32) bool {
 	binary.BigEndian.PutUint32(v[4:], ecr)
 	p.patch(o.tsOff+2, v[:])
 	o.TSVal, o.TSEcr = val, ecr
-	return true
-}
-
-// SetMSS rewrites the MSS option in place; false if there is none.
-func (p *Packet) SetMSS(o *Options, mss uint16) bool {
-	if o.mssOff == 0 {
-		return false
-	}
-	var v [2]byte
-	binary.BigEndian.PutUint16(v[:], mss)
-	p.patch(o.mssOff+2, v[:])
-	o.MSS = mss
 	return true
 }
 

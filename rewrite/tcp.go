@@ -2,6 +2,22 @@ package rewrite
 
 import "encoding/binary"
 
+// TCP header field offsets (RFC 9293 §3.1).
+const (
+	TCPSrcPortOffset  = 0
+	TCPDstPortOffset  = 2
+	TCPSeqNumOffset   = 4
+	TCPAckNumOffset   = 8
+	TCPDataOffset     = 12 // header length in 32-bit words, high nibble
+	TCPFlagsOffset    = 13
+	TCPWindowOffset   = 14
+	TCPChecksumOffset = 16
+	TCPUrgentOffset   = 18
+
+	TCPMinHeaderLen = 20
+	TCPMaxHeaderLen = 60
+)
+
 // TCP header flags.
 const (
 	FlagFIN uint8 = 1 << iota
@@ -23,26 +39,40 @@ const (
 	OptSACKPermitted = 4
 	OptSACK          = 5
 	OptTimestamps    = 8
+)
 
-	TCPMinHeaderLen = 20
-	TCPMaxHeaderLen = 60
+// TCP protocol limits and defaults.
+const (
+	// MaxWindowScale is the largest shift a window scale option may ask
+	// for; larger values are treated as 14 (RFC 7323 §2.3).
+	MaxWindowScale = 14
+	// DefaultMSS4 is the MSS an IPv4 peer assumes when the other side
+	// sends no MSS option (RFC 9293 §3.7.1), and the smallest the copier
+	// sends with: a smaller MSS only multiplies packets.
+	DefaultMSS4 = 536
+	// DefaultMSS6 is IPv6's: the minimum MTU, 1280, less the IPv6 and TCP
+	// headers (RFC 8200 §5, RFC 9293 §3.7.1).
+	DefaultMSS6 = 1220
+	// MaxMSS is the largest MSS an IP packet can carry: IPv4's 65535-byte
+	// total length less the minimal IPv4 and TCP headers.
+	MaxMSS = 65535 - IPv4MinHeaderLen - TCPMinHeaderLen
 )
 
 // TCP is a view of a TCP header. Setters write the raw field only; use
 // Packet's setters to keep the checksum valid.
 type TCP []byte
 
-func (t TCP) SrcPort() uint16      { return binary.BigEndian.Uint16(t[0:]) }
-func (t TCP) DstPort() uint16      { return binary.BigEndian.Uint16(t[2:]) }
-func (t TCP) Seq() uint32          { return binary.BigEndian.Uint32(t[4:]) }
-func (t TCP) Ack() uint32          { return binary.BigEndian.Uint32(t[8:]) }
-func (t TCP) HeaderLen() int       { return int(t[12]>>4) * 4 }
-func (t TCP) Flags() uint8         { return t[13] }
-func (t TCP) Window() uint16       { return binary.BigEndian.Uint16(t[14:]) }
-func (t TCP) Checksum() uint16     { return binary.BigEndian.Uint16(t[16:]) }
+func (t TCP) SrcPort() uint16      { return binary.BigEndian.Uint16(t[TCPSrcPortOffset:]) }
+func (t TCP) DstPort() uint16      { return binary.BigEndian.Uint16(t[TCPDstPortOffset:]) }
+func (t TCP) Seq() uint32          { return binary.BigEndian.Uint32(t[TCPSeqNumOffset:]) }
+func (t TCP) Ack() uint32          { return binary.BigEndian.Uint32(t[TCPAckNumOffset:]) }
+func (t TCP) HeaderLen() int       { return int(t[TCPDataOffset]>>4) * 4 }
+func (t TCP) Flags() uint8         { return t[TCPFlagsOffset] }
+func (t TCP) Window() uint16       { return binary.BigEndian.Uint16(t[TCPWindowOffset:]) }
+func (t TCP) Checksum() uint16     { return binary.BigEndian.Uint16(t[TCPChecksumOffset:]) }
 func (t TCP) Options() []byte      { return t[TCPMinHeaderLen:t.HeaderLen()] }
-func (t TCP) Has(f uint8) bool     { return t[13]&f != 0 }
-func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[16:], c) }
+func (t TCP) Has(f uint8) bool     { return t[TCPFlagsOffset]&f != 0 }
+func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[TCPChecksumOffset:], c) }
 
 // Options holds the TCP options the copier acts on. Offsets are from the
 // start of the TCP header and are 0 when the option is absent.

@@ -1,6 +1,7 @@
 package tcpstate
 
 import (
+	"encoding/binary"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -53,7 +54,10 @@ func (f *fakeShadow) Send(pkt []byte) error {
 	}
 	hdr := f.buf[:n]
 	if p.PayloadLen() > 0 {
-		rewrite.IPv4(hdr).SetTotalLen(n + 100)
+		// The header announces 100 bytes the relay left out.
+		ip := rewrite.IPv4(hdr)
+		binary.BigEndian.PutUint16(ip[rewrite.IPv4TotalLenOffset:], uint16(n+100))
+		ip.SetChecksum(ip.ComputeChecksum())
 	}
 	f.e.HandleReply(hdr)
 	return nil

@@ -35,6 +35,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
 const (
@@ -53,8 +55,8 @@ const (
 	// header (20+20), at most an IPv4 header with options and a TCP header
 	// with options (60+60). An IPv6 header with a full TCP header takes
 	// 100; IPv6 extension headers may not fit.
-	MinReplyHeader = 40
-	MaxReplyHeader = 120
+	MinReplyHeader = rewrite.IPv4MinHeaderLen + rewrite.TCPMinHeaderLen
+	MaxReplyHeader = rewrite.MaxHeadersLen
 	// FlowLen is the encoded size of one flow.
 	FlowLen = 36
 	// MaxNameLen bounds Hello.Name; longer names are truncated on encoding.
