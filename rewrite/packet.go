@@ -321,10 +321,17 @@ func (p *Packet) SetTimestamps(o *Options, val, ecr uint32) bool {
 	if o.tsOff == 0 {
 		return false
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint32(v[0:], val)
-	binary.BigEndian.PutUint32(v[4:], ecr)
-	p.patch(o.tsOff+2, v[:])
+	if off := o.tsOff + 2; off%2 == 0 {
+		// The usual layout (NOP NOP TS): both values on 16-bit words,
+		// updated as such.
+		p.put32(off, val)
+		p.put32(off+4, ecr)
+	} else {
+		var v [8]byte
+		binary.BigEndian.PutUint32(v[0:], val)
+		binary.BigEndian.PutUint32(v[4:], ecr)
+		p.patch(off, v[:])
+	}
 	o.TSVal, o.TSEcr = val, ecr
 	return true
 }

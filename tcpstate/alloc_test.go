@@ -2,8 +2,6 @@ package tcpstate
 
 import (
 	"encoding/binary"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -14,9 +12,10 @@ import (
 // client request and one shadow answer per round, with sequence numbers
 // advancing, as on a busy keep-alive connection.
 type steadyState struct {
-	h        *harness
-	req, ans []byte // client request, shadow answer header
-	round    uint32
+	h              *harness
+	req, ans       []byte         // client request, shadow answer header
+	reqLay, ansLay rewrite.Layout // their layouts, as the engine hands them over
+	round          uint32
 }
 
 const (
@@ -25,11 +24,7 @@ const (
 )
 
 func newSteadyState(tb testing.TB) *steadyState {
-	t, ok := tb.(*testing.T)
-	if !ok {
-		t = &testing.T{}
-	}
-	h := newHarness(t, nil)
+	h := newHarness(tb, nil)
 	h.handshake(rewrite.AppendTimestamps(nil, 1, 0), rewrite.AppendTimestamps(nil, 1, 1))
 	s := &steadyState{h: h}
 	seg := rewrite.Segment{
@@ -40,6 +35,11 @@ func newSteadyState(tb testing.TB) *steadyState {
 	if _, err := seg.Put(s.req); err != nil {
 		tb.Fatal(err)
 	}
+	var rp rewrite.Packet
+	if err := rp.Decode(s.req); err != nil {
+		tb.Fatal(err)
+	}
+	s.reqLay = rp.Layout()
 	ans := rewrite.Segment{
 		Src: tShadow, Dst: h.forged, Flags: fACK | fPSH, Window: 65535,
 		Options: rewrite.AppendTimestamps(nil, 3, 3), Payload: make([]byte, ssAnsLen),
@@ -53,6 +53,11 @@ func newSteadyState(tb testing.TB) *steadyState {
 		tb.Fatal(err)
 	}
 	s.ans = p.Headers()
+	var ap rewrite.Packet
+	if err := ap.DecodeHeader(s.ans); err != nil {
+		tb.Fatal(err)
+	}
+	s.ansLay = ap.Layout()
 	h.rec.events = nil
 	return s
 }
@@ -71,12 +76,12 @@ func (s *steadyState) step() {
 	copy(pb.b, s.req)
 	h.now += int64(time.Millisecond)
 	h.wall += int64(time.Millisecond)
-	h.w.handleCaptured(pb, h.wall, 0, h.now)
+	h.w.handleCaptured(pb, s.reqLay, h.wall, 0, h.now)
 	h.w.Flush(h.now)
 	// The shadow acknowledges it and answers.
 	binary.BigEndian.PutUint32(s.ans[24:], tShadowISN+1+r*ssAnsLen)
 	binary.BigEndian.PutUint32(s.ans[28:], tISN+1+(r+1)*ssReqLen)
-	h.w.handleReply(s.ans, h.now)
+	h.w.handleReply(s.ans, s.ansLay, h.now)
 	h.w.Flush(h.now)
 	h.rec.events = h.rec.events[:0]
 }
@@ -108,7 +113,7 @@ func TestSteadyStateZeroAllocs(t *testing.T) {
 
 func TestEngineDispatchZeroAllocs(t *testing.T) {
 	cfg := Config{Maps: []Map{{Local: tProd, Target: tShadow}}}
-	e, err := NewEngine(cfg, []Sender{&discard{}, &discard{}}, &recorder{t: t}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e, err := NewEngine(cfg, []Sender{&discard{}, &discard{}}, &recorder{t: t})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +159,7 @@ func BenchmarkWorkerRequestAnswer(b *testing.B) {
 
 func BenchmarkEngineDispatch(b *testing.B) {
 	cfg := Config{Maps: []Map{{Local: tProd, Target: tShadow}}}
-	e, err := NewEngine(cfg, []Sender{&discard{}}, &recorder{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e, err := NewEngine(cfg, []Sender{&discard{}}, &recorder{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,14 +2,13 @@ package tcpstate
 
 import "sync"
 
-// Packet buffers come in two sizes: one for anything an Ethernet MTU can
-// carry, one for the super-packets GRO and TSO produce (scenario 24). A
-// buffer has one owner at a time: the capture goroutine fills it, hands it
-// to the worker through a queue, the worker either queues it in a session
-// or frees it. Nobody touches a buffer after handing it on.
-// Buffer classes: an Ethernet MTU's packet (the common case, sized tight
-// because buffered uploads are held in these), a jumbo frame's, and the
-// largest IP packet.
+// Packet buffers come in three classes: an Ethernet MTU's packet (the
+// common case, sized tight because buffered uploads are held in these), a
+// jumbo frame's, and the largest IP packet, which GRO and TSO produce
+// (scenario 24). A buffer has one owner at a time: the capture goroutine
+// fills it and hands it to a worker through a queue; the worker either
+// keeps it in a session or frees it, at one place per event. Nobody
+// touches a buffer after handing it on.
 var bufClasses = [...]int{1536, 9216, 65535 + 64}
 
 type pktBuf struct {

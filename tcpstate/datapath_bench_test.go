@@ -1,12 +1,9 @@
 package tcpstate
 
 import (
-	"encoding/binary"
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/netip"
 	"runtime"
 	"syscall"
@@ -73,7 +70,7 @@ func benchDatapath(b *testing.B, workers int) {
 		shadows[i] = &fakeShadow{}
 		senders[i] = shadows[i]
 	}
-	e, err := NewEngine(cfg, senders, nopRegistrar{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e, err := NewEngine(cfg, senders, nopRegistrar{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,7 +79,7 @@ func benchDatapath(b *testing.B, workers int) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = e.Run(ctx) }()
+	go func() { defer close(done); e.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
 	// One SYN and one request template per flow.

@@ -3,8 +3,6 @@ package tcpstate
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -12,10 +10,6 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
-
-// maxReplyHeader bounds a relayed reply header: IPv4 with options plus TCP
-// with options.
-const maxReplyHeader = 120
 
 // Engine runs the copy datapath. The capture goroutine hands it packets
 // (HandleCaptured), the control-channel goroutine hands it reply headers
@@ -25,22 +19,28 @@ const maxReplyHeader = 120
 // are shed and counted.
 type Engine struct {
 	cfg    Config
-	log    *slog.Logger
 	start  time.Time
 	loops  []*loop
 	capCtr counters // written by the capture goroutine only
 	repCtr counters // written by the reply goroutine only
 }
 
+// capPkt is a captured packet on its way to a worker: a copy of its bytes
+// and where the engine found its headers, so the worker need not decode
+// it again.
 type capPkt struct {
 	pb     *pktBuf
 	capAt  int64
+	lay    rewrite.Layout
 	mapIdx uint8
 }
 
+// replyMsg is a relayed reply header on its way to a worker, copied by
+// value (a pointer would cost an allocation per reply).
 type replyMsg struct {
+	lay rewrite.Layout
 	n   uint8
-	hdr [maxReplyHeader]byte
+	hdr [rewrite.MaxHeadersLen]byte
 }
 
 type loop struct {
@@ -53,7 +53,7 @@ type loop struct {
 
 // NewEngine builds an engine with one worker per sender. cfg is defaulted
 // and validated here.
-func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*Engine, error) {
+func NewEngine(cfg Config, senders []Sender, reg Registrar) (*Engine, error) {
 	cfg.Workers = len(senders)
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -67,7 +67,7 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 	if reg == nil {
 		return nil, errors.New("no registrar")
 	}
-	e := &Engine{cfg: cfg, log: log, start: time.Now()}
+	e := &Engine{cfg: cfg, start: time.Now()}
 	for i, s := range senders {
 		l := &loop{
 			pkts:    make(chan capPkt, cfg.QueueLen),
@@ -81,12 +81,9 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 
 func (e *Engine) now() int64 { return int64(time.Since(e.start)) }
 
-// Config returns the effective configuration.
-func (e *Engine) Config() Config { return e.cfg }
-
 // Run runs the workers until ctx is done, then ends every session with an
 // RST to the shadow and returns.
-func (e *Engine) Run(ctx context.Context) error {
+func (e *Engine) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, l := range e.loops {
 		wg.Add(1)
@@ -96,7 +93,6 @@ func (e *Engine) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return nil
 }
 
 func (l *loop) run(ctx context.Context, e *Engine) {
@@ -109,10 +105,10 @@ func (l *loop) run(ctx context.Context, e *Engine) {
 			l.w.Shutdown(e.now())
 			return
 		case cp := <-l.pkts:
-			l.w.handleCaptured(cp.pb, cp.capAt, int(cp.mapIdx), e.now())
+			l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), e.now())
 			l.drain(e)
 		case l.reply = <-l.replies:
-			l.w.handleReply(l.reply.hdr[:l.reply.n], e.now())
+			l.w.handleReply(l.reply.hdr[:l.reply.n], l.reply.lay, e.now())
 			l.drain(e)
 		case <-t.C:
 			armed = 0
@@ -132,9 +128,9 @@ func (l *loop) drain(e *Engine) {
 	for i := 0; i < 64; i++ {
 		select {
 		case cp := <-l.pkts:
-			l.w.handleCaptured(cp.pb, cp.capAt, int(cp.mapIdx), e.now())
+			l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), e.now())
 		case l.reply = <-l.replies:
-			l.w.handleReply(l.reply.hdr[:l.reply.n], e.now())
+			l.w.handleReply(l.reply.hdr[:l.reply.n], l.reply.lay, e.now())
 		default:
 			return
 		}
@@ -173,7 +169,7 @@ func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) {
 			return
 		}
 		copy(pb.b, p.Bytes())
-		cp := capPkt{pb: pb, capAt: ts.UnixNano(), mapIdx: uint8(i)}
+		cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(i)}
 		select {
 		case l.pkts <- cp:
 		default:
@@ -213,14 +209,14 @@ func decodeCounter(err error) Counter {
 func (e *Engine) HandleReply(hdr []byte) {
 	c := &e.repCtr
 	var p rewrite.Packet
-	if len(hdr) > maxReplyHeader || p.DecodeHeader(hdr) != nil {
+	if len(hdr) > rewrite.MaxHeadersLen || p.DecodeHeader(hdr) != nil {
 		c.inc(CtrRepliesBad)
 		return
 	}
 	t := p.Tuple() // shadow → forged client
 	l := e.loops[workerFor(t.Dst, t.DstPort, e.cfg.Seed, len(e.loops))]
-	var m replyMsg
-	m.n = uint8(copy(m.hdr[:], hdr))
+	m := replyMsg{lay: p.Layout()}
+	m.n = uint8(copy(m.hdr[:], p.Bytes()))
 	select {
 	case l.replies <- m:
 	default:
@@ -249,9 +245,4 @@ func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
 		return ap
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
-// String describes the engine for logs.
-func (e *Engine) String() string {
-	return fmt.Sprintf("%d workers, %d maps", len(e.loops), len(e.cfg.Maps))
 }

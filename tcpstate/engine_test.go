@@ -3,8 +3,6 @@ package tcpstate
 import (
 	"context"
 	"encoding/binary"
-	"io"
-	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
@@ -20,7 +18,7 @@ func TestEngineRunsConcurrently(t *testing.T) {
 	pool, _ := rewrite.NewPool([]netip.Prefix{tPool}, 0)
 	shadows := []*fakeShadow{{}, {}}
 	e, err := NewEngine(Config{Maps: []Map{{Local: tProd, Target: tShadow}}, Pool: pool},
-		[]Sender{shadows[0], shadows[1]}, nopRegistrar{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		[]Sender{shadows[0], shadows[1]}, nopRegistrar{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +27,7 @@ func TestEngineRunsConcurrently(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = e.Run(ctx) }()
+	go func() { defer close(done); e.Run(ctx) }()
 	stop := make(chan struct{})
 	go func() { // a metrics scraper
 		for {

@@ -9,6 +9,14 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
+const (
+	fSYN = rewrite.FlagSYN
+	fACK = rewrite.FlagACK
+	fFIN = rewrite.FlagFIN
+	fRST = rewrite.FlagRST
+	fPSH = rewrite.FlagPSH
+)
+
 // Lab-range addresses (RFC 2544 benchmarking space) used by the tests.
 var (
 	tClient = netip.MustParseAddrPort("198.18.0.2:40000")
@@ -44,7 +52,7 @@ type sentPkt struct {
 }
 
 type recorder struct {
-	t      *testing.T
+	t      testing.TB
 	events []event
 	fail   error
 }
@@ -79,7 +87,7 @@ func (r *recorder) Deregister(f rewrite.Tuple) {
 
 // harness drives one Worker with constructed packets and a fake clock.
 type harness struct {
-	t   *testing.T
+	t   testing.TB
 	cfg Config
 	w   *Worker
 	rec *recorder
@@ -92,7 +100,7 @@ type harness struct {
 	tsClock uint32
 }
 
-func newHarness(t *testing.T, mutate func(*Config)) *harness {
+func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	pool, err := rewrite.NewPool([]netip.Prefix{tPool}, 0)
 	if err != nil {
@@ -138,7 +146,11 @@ func (h *harness) clientSeg(flags uint8, seq, ack uint32, payload string, opts [
 	pb.b = pb.b[:n]
 	// Captured packets from virtual links often carry partial checksums.
 	rewrite.TCP(pb.b[20:]).SetChecksum(0x1234)
-	h.w.handleCaptured(pb, h.wall, 0, h.now)
+	var p rewrite.Packet
+	if err := p.Decode(pb.b); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleCaptured(pb, p.Layout(), h.wall, 0, h.now)
 	h.w.Flush(h.now)
 }
 
@@ -163,7 +175,12 @@ func (h *harness) replyTo(to netip.AddrPort, flags uint8, seq, ack uint32, win u
 	if err := p.Decode(buf); err != nil {
 		h.t.Fatal(err)
 	}
-	h.w.handleReply(p.Headers(), h.now)
+	hdr := p.Headers()
+	var hp rewrite.Packet
+	if err := hp.DecodeHeader(hdr); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleReply(hdr, hp.Layout(), h.now)
 	h.w.Flush(h.now)
 }
 
@@ -193,7 +210,7 @@ func (h *harness) ended(r EndReason) uint64 { return h.ctr.ended[r].Load() }
 
 func mssOpt(mss uint16) []byte { return rewrite.AppendMSS(nil, mss) }
 
-func expectOne(t *testing.T, got []sentPkt, what string) sentPkt {
+func expectOne(t testing.TB, got []sentPkt, what string) sentPkt {
 	t.Helper()
 	if len(got) != 1 {
 		t.Fatalf("%s: sent %d packets, want 1: %+v", what, len(got), got)

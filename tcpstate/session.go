@@ -7,38 +7,75 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
-// state is where a session stands with the shadow.
+// state is where a session stands with the shadow. Only setState changes
+// it. The closing states follow RFC 9293 §3.3.2, the copier playing the
+// client's stack:
 //
-//	captured SYN (or data: synthetic SYN, scenario 5)
-//	     │ flow registered with the agent, then SYN sent
-//	     ▼
-//	synSent ──SYN-ACK relayed──► established ──FIN both ways──┐
-//	  │  ▲                           │                        │
-//	  │  └─stale reply: RST it, SYN again (scenario 6)        │
-//	  │ handshake timeout,           │ RST either way, timeouts,
-//	  │ client RST                   │ buffer limit           │
-//	  ▼                              ▼                        ▼
-//	closed: lingers to answer late replies with RST, then removed and
-//	the flow deregistered (scenario 20)
+//	captured SYN, or data (a synthetic SYN, scenarios 5 and 19)
+//	  │ flow registered with the agent, then SYN sent
+//	  ▼
+//	synSent ──SYN-ACK──► established ──client's FIN, all data acked: our FIN──► finWait
+//	  ▲   │                 │   │                                                  │
+//	  └───┘ stale reply:    │   └──shadow's FIN, client done: our FIN──┐           │ shadow's FIN
+//	   RST it, SYN again (6)│                                          ▼           │
+//	                        │                        lastAck ◄──(ours not acked)───┤
+//	                        │                           │ our FIN acked            │ (ours acked)
+//	                        │                           ▼                          ▼
+//	                        │                         closed ◄─────────────────────┘
+//	                        │ shadow's FIN or RST     ▲
+//	                        ▼ while the client goes on│ client's FIN or RST
+//	                      shadowGone ─────────────────┘
+//	                        │ client's next data (19)
+//	                        └──► a fresh session in synSent; this one closed
+//
+// From any state an RST either way, a timeout or the buffer limit leads
+// to closed (scenario 20). closed and shadowGone sessions linger to answer
+// late replies with RST, then are removed and their flow deregistered.
 type state uint8
 
 const (
-	stateSynSent state = iota + 1
-	stateEstablished
+	stateSynSent     state = iota + 1
+	stateEstablished       // data both ways
+	stateFinWait           // our FIN (the client's) sent; the shadow's not yet received
+	stateLastAck           // both FINs out; ours not yet acknowledged
+	stateShadowGone        // the shadow ended; the client's next data reconnects (19)
 	stateClosed
+	numStates
 )
 
-func (s state) String() string {
-	switch s {
-	case stateSynSent:
-		return "syn-sent"
-	case stateEstablished:
-		return "established"
-	case stateClosed:
-		return "closed"
-	}
-	return "invalid"
+var stateNames = [numStates]string{
+	stateSynSent:     "syn_sent",
+	stateEstablished: "established",
+	stateFinWait:     "fin_wait",
+	stateLastAck:     "last_ack",
+	stateShadowGone:  "shadow_gone",
+	stateClosed:      "closed",
 }
+
+func (s state) String() string {
+	if s == 0 || s >= numStates {
+		return "invalid"
+	}
+	return stateNames[s]
+}
+
+// connected reports whether the shadow's connection is up: data and ACKs
+// flow, timers for retransmission and pacing run.
+func (s state) connected() bool {
+	return s == stateEstablished || s == stateFinWait || s == stateLastAck
+}
+
+// ended reports whether the session only lingers.
+func (s state) ended() bool { return s == stateShadowGone || s == stateClosed }
+
+// opener says how a session's connection to the shadow was opened.
+type opener uint8
+
+const (
+	openedBySYN       opener = iota // the client's own SYN, forwarded
+	openedByJoin                    // a synthetic SYN for a connection older than the capture (5)
+	openedByReconnect               // a synthetic SYN after the shadow closed early (19)
+)
 
 // sessionKey identifies a captured flow: the client's tuple as prod sees
 // it plus the map that copies it (one flow may be copied by several maps).
@@ -73,15 +110,14 @@ type session struct {
 	src    netip.AddrPort // forged client endpoint
 	dst    netip.AddrPort // shadow endpoint
 	state  state
-	joined bool // started from a synthetic SYN (scenarios 5, 19)
-	// reconnectable: the shadow ended the connection while the client
-	// went on; the client's next data opens a fresh one (scenario 19).
-	reconnectable bool
-	reconnects    int
+	opener opener
+	// reconnects counts fresh connections in a row for this client flow
+	// without the shadow acknowledging anything (scenario 19).
+	reconnects int
 
 	// handshake
 	isn       Seq
-	syn       *pktBuf
+	syn       *pktBuf // the SYN, until the SYN-ACK
 	synPkt    rewrite.Packet
 	synOpts   rewrite.Options
 	synSentAt int64
@@ -96,17 +132,16 @@ type session struct {
 	clientNxt      Seq // end of the client data queued so far
 	qbuf           []segment
 	qhead          int
-	nsent          int // queued segments already sent: q()[:nsent]
-	qBytes         int // buffer bytes held by queued segments
-	finSeen        bool
-	finSeq         Seq  // where the client's FIN is
-	finSent        bool // we sent a FIN, at ourFin
+	nsent          int  // queued segments already sent: q()[:nsent]
+	qBytes         int  // buffer bytes held by queued segments
+	clientFin      bool // the client's FIN was captured, at finSeq
+	finSeq         Seq
+	finSent        bool // we sent a FIN at ourFin: the shadow acking it is no late reply
 	ourFin         Seq
 	dupAcks        int
 
 	// from the shadow
 	rcvNxt    Seq
-	shadowFin bool
 	tsOK      bool
 	tsRecent  uint32 // latest TSval from the shadow, echoed in TSecr
 	tsSent    uint32 // latest TSval sent; never goes backwards (PAWS)
@@ -134,9 +169,13 @@ type session struct {
 	lastSeen     int64
 	lingerEnd    int64
 	timerAt      int64
-	heapIdx      int
+	heapIdx      int // position in the timer heap; -1 absent, -2 removed
 	dirty        bool
 }
+
+// heapRemoved marks a session removed from its worker: events still
+// listed for it are skipped.
+const heapRemoved = -2
 
 func (s *session) q() []segment { return s.qbuf[s.qhead:] }
 
@@ -175,6 +214,20 @@ func (s *session) popSeg() *pktBuf {
 		s.qbuf, s.qhead = s.qbuf[:0], 0
 	}
 	return pb
+}
+
+// removeSegAt deletes the unsent segment at index i (its buffer is the
+// caller's).
+func (s *session) removeSegAt(i int) {
+	q := s.q()
+	copy(q[i:], q[i+1:])
+	q[len(q)-1] = segment{}
+	s.qbuf = s.qbuf[:len(s.qbuf)-1]
+}
+
+// payloadRoom is the largest payload a segment with g's options may carry.
+func (s *session) payloadRoom(g *segment) int {
+	return s.mss - (g.pkt.TCP().HeaderLen() - rewrite.TCPMinHeaderLen)
 }
 
 // tsAfter compares TCP timestamps modulo 2^32 (RFC 7323 §5.3).

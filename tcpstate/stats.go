@@ -134,7 +134,8 @@ type counters struct {
 	// gauges
 	active   atomic.Int64 // sessions in the table, lingering ones included
 	buffered atomic.Int64 // bytes of client data held for the shadow
-	_        [64]byte     // keep workers' counters off each other's cache lines
+	states   [numStates]atomic.Int64
+	_        [64]byte // keep workers' counters off each other's cache lines
 }
 
 func (c *counters) inc(k Counter)        { c.c[k].Add(1) }
@@ -144,6 +145,7 @@ func (c *counters) add(k Counter, n int) { c.c[k].Add(uint64(n)) }
 type Snapshot struct {
 	Counters [numCounters]uint64
 	Ended    [numEndReasons]uint64
+	States   [numStates]int64 // sessions held, by state
 	Active   int64
 	Buffered int64
 }
@@ -155,21 +157,15 @@ func (s *Snapshot) addFrom(c *counters) {
 	for i := range c.ended {
 		s.Ended[i] += c.ended[i].Load()
 	}
+	for i := range c.states {
+		s.States[i] += c.states[i].Load()
+	}
 	s.Active += c.active.Load()
 	s.Buffered += c.buffered.Load()
 }
 
 // Get returns one counter.
 func (s *Snapshot) Get(k Counter) uint64 { return s.Counters[k] }
-
-// EndedTotal returns the number of sessions ended for any reason.
-func (s *Snapshot) EndedTotal() uint64 {
-	var n uint64
-	for _, v := range s.Ended {
-		n += v
-	}
-	return n
-}
 
 // EachCounter calls fn for every counter with its name.
 func (s *Snapshot) EachCounter(fn func(name string, v uint64)) {
@@ -182,6 +178,13 @@ func (s *Snapshot) EachCounter(fn func(name string, v uint64)) {
 func (s *Snapshot) EachEnded(fn func(reason string, v uint64)) {
 	for i, v := range s.Ended {
 		fn(endReasonNames[i], v)
+	}
+}
+
+// EachState calls fn for every session state with the sessions in it.
+func (s *Snapshot) EachState(fn func(state string, n int64)) {
+	for st := stateSynSent; st < numStates; st++ {
+		fn(stateNames[st], s.States[st])
 	}
 }
 

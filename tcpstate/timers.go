@@ -1,101 +1,134 @@
 package tcpstate
 
-// timerHeap is a min-heap of sessions ordered by timerAt, holding each
-// session at most once (heapIdx is its position, -1 when absent). A
-// session whose deadline moves later keeps its earlier entry: the entry
-// fires, the session re-evaluates and schedules its real next deadline.
-// That keeps per-packet work to a comparison in the common case.
-type timerHeap []*session
+// Timers: each session has one entry in its worker's timer heap, at its
+// earliest deadline. When it fires, onTimer runs the handler of every
+// deadline that is due (one expiredX per deadline), then reschedule puts
+// the session back at its next one.
 
-func (h timerHeap) less(i, j int) bool { return h[i].timerAt < h[j].timerAt }
-
-func (h timerHeap) swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
-}
-
-func (h timerHeap) up(i int) {
-	for i > 0 {
-		p := (i - 1) / 2
-		if !h.less(i, p) {
-			return
-		}
-		h.swap(i, p)
-		i = p
+// reschedule puts the session's next deadline on the timer heap.
+func (w *Worker) reschedule(s *session, now int64) {
+	if s.heapIdx == heapRemoved {
+		return
 	}
+	next := int64(0)
+	at := func(t int64) {
+		if t != 0 && (next == 0 || t < next) {
+			next = t
+		}
+	}
+	switch {
+	case s.state.ended():
+		at(s.lingerEnd)
+	case s.state == stateSynSent:
+		at(s.startAt + int64(w.cfg.HandshakeTimeout))
+		at(s.rtoAt)
+	default:
+		at(s.lastSeen + int64(w.cfg.IdleTimeout))
+		at(s.rtoAt)
+		at(s.paceAt)
+		at(s.ackAt)
+		if s.gapSince != 0 {
+			at(s.gapSince + int64(w.cfg.GapTimeout))
+		}
+	}
+	if next != 0 && next <= now {
+		next = now + 1 // due already: the next Tick, never this one again
+	}
+	w.timers.schedule(s, next)
 }
 
-func (h timerHeap) down(i int) {
+// Tick runs the timers due at now.
+func (w *Worker) Tick(now int64) {
 	for {
-		l := 2*i + 1
-		if l >= len(h) {
+		s := w.timers.popDue(now)
+		if s == nil {
 			return
 		}
-		m := l
-		if r := l + 1; r < len(h) && h.less(r, l) {
-			m = r
-		}
-		if !h.less(m, i) {
+		w.onTimer(s, now)
+	}
+}
+
+func (w *Worker) onTimer(s *session, now int64) {
+	switch {
+	case s.state.ended():
+		if now >= s.lingerEnd {
+			w.expiredLinger(s)
 			return
 		}
-		h.swap(i, m)
-		i = m
-	}
-}
-
-// schedule makes s fire no later than at (monotonic ns; 0 means never).
-func (h *timerHeap) schedule(s *session, at int64) {
-	if at == 0 {
-		return
-	}
-	if s.heapIdx >= 0 {
-		if s.timerAt <= at {
-			return
+	case s.state == stateSynSent:
+		if now-s.startAt >= int64(w.cfg.HandshakeTimeout) {
+			w.expiredHandshake(s, now)
+		} else if s.rtoAt != 0 && now >= s.rtoAt {
+			w.expiredSynRetransmit(s, now)
 		}
-		s.timerAt = at
-		h.up(s.heapIdx)
+	default:
+		switch {
+		case now-s.lastSeen >= int64(w.cfg.IdleTimeout):
+			w.expiredIdle(s, now)
+		case s.gapSince != 0 && now-s.gapSince >= int64(w.cfg.GapTimeout):
+			w.expiredCaptureGap(s, now)
+		case s.rtoAt != 0 && now >= s.rtoAt:
+			w.expiredRetransmit(s, now)
+		}
+		if s.state.connected() && s.paceAt != 0 && now >= s.paceAt {
+			w.expiredPace(s)
+		}
+		if s.state.connected() && s.ackAt != 0 && now >= s.ackAt {
+			w.expiredDelayedAck(s)
+		}
+	}
+	w.reschedule(s, now)
+}
+
+// expiredLinger removes an ended session: late replies have had their
+// time (scenario 20).
+func (w *Worker) expiredLinger(s *session) { w.removeSession(s, true) }
+
+// expiredHandshake gives up a SYN the shadow never answered (scenario 4).
+func (w *Worker) expiredHandshake(s *session, now int64) {
+	w.endSession(s, EndHandshakeTimeout, now)
+}
+
+// expiredSynRetransmit sends the SYN again, backing off.
+func (w *Worker) expiredSynRetransmit(s *session, now int64) {
+	w.ctr.inc(CtrRetransmits)
+	w.send(s.synPkt.Bytes())
+	s.rto = min(2*s.rto, w.cfg.RTOMax)
+	s.rtoAt = now + int64(s.rto)
+}
+
+// expiredIdle ends a session nothing crossed for IdleTimeout (scenario
+// 26).
+func (w *Worker) expiredIdle(s *session, now int64) { w.endSession(s, EndIdle, now) }
+
+// expiredCaptureGap gives up client data the capture missed (scenario
+// 11).
+func (w *Worker) expiredCaptureGap(s *session, now int64) {
+	w.endSession(s, EndCaptureGap, now)
+}
+
+// expiredRetransmit re-sends what the shadow has not acknowledged, with
+// exponential backoff, up to MaxRetransmits times (scenario 13).
+func (w *Worker) expiredRetransmit(s *session, now int64) {
+	s.retries++
+	if s.retries > w.cfg.MaxRetransmits {
+		w.endSession(s, EndRetransmitLimit, now)
 		return
 	}
-	s.timerAt = at
-	s.heapIdx = len(*h)
-	*h = append(*h, s)
-	h.up(s.heapIdx)
+	w.retransmit(s, now)
+	s.rto = min(2*s.rto, w.cfg.RTOMax)
+	s.rtoAt = now + int64(s.rto)
 }
 
-// remove takes s out of the heap if it is there.
-func (h *timerHeap) remove(s *session) {
-	i := s.heapIdx
-	if i < 0 {
-		return
-	}
-	last := len(*h) - 1
-	if i != last {
-		h.swap(i, last)
-	}
-	(*h)[last] = nil
-	*h = (*h)[:last]
-	if i != last {
-		h.down(i)
-		h.up(i)
-	}
-	s.heapIdx, s.timerAt = -1, 0
+// expiredPace lets the next Flush look at a held request again (scenarios
+// 8 and 9).
+func (w *Worker) expiredPace(s *session) {
+	s.paceAt = 0
+	w.markDirty(s)
 }
 
-// popDue removes and returns the earliest session due at now, or nil.
-func (h *timerHeap) popDue(now int64) *session {
-	if len(*h) == 0 || (*h)[0].timerAt > now {
-		return nil
-	}
-	s := (*h)[0]
-	h.remove(s)
-	return s
-}
-
-// next returns the earliest deadline, or 0 if none.
-func (h timerHeap) next() int64 {
-	if len(h) == 0 {
-		return 0
-	}
-	return h[0].timerAt
+// expiredDelayedAck sends the ACK that waited for a request to ride on.
+func (w *Worker) expiredDelayedAck(s *session) {
+	s.needAck, s.ackAt = true, 0
+	w.markDirty(s)
 }

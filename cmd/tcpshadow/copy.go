@@ -403,7 +403,7 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
-	eng, err = tcpstate.NewEngine(cfg.engine, senders, client, log)
+	eng, err = tcpstate.NewEngine(cfg.engine, senders, client)
 	if err != nil {
 		return fmt.Errorf("--map: %w", err)
 	}
@@ -429,7 +429,7 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 	wg.Add(3)
 	go func() { defer wg.Done(); _ = client.Run(clientCtx) }()
 	engDone := make(chan struct{})
-	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
+	go func() { defer wg.Done(); defer close(engDone); eng.Run(engCtx) }()
 	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.statsInterval, samples, "tcpshadow_", log) }()
 
 	// Ready for systemd (Type=notify; a no-op without $NOTIFY_SOCKET) once

@@ -58,7 +58,7 @@ func daemonSamples(t *testing.T, role string) []metrics.Sample {
 	case "copy":
 		client := intercept.NewClient(intercept.ClientConfig{Addr: "198.18.1.3:36524"}, func([]byte) {}, log)
 		eng, err := tcpstate.NewEngine(tcpstate.Config{Maps: []tcpstate.Map{{Local: anyPort(80), Target: ap("198.18.1.2:80")}}},
-			[]tcpstate.Sender{nopSender{}}, client, log)
+			[]tcpstate.Sender{nopSender{}}, client)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,225 @@
+package tcpstate
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+// Admission: how a session starts. A captured SYN opens one (scenarios
+// 1-3), data of a flow never seen joins it mid-stream (5), and a budget
+// past its half sheds new flows by hash (27). Every new session registers
+// its forged flow with the agent before its SYN leaves.
+
+// initialRTO is the retransmission timeout before any RTT sample (RFC
+// 6298 §2.1).
+const initialRTO = time.Second
+
+// joinWindowScale is the window scale a synthetic SYN offers: the client's
+// own is unknown, and 7 is Linux's usual.
+const joinWindowScale = 7
+
+// clientSYN handles a captured SYN: a new session, a retransmission
+// (scenario 2) or port reuse with a new ISN (scenario 3). It reports
+// whether a session kept pb.
+func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Packet, capAt, now int64) bool {
+	isn := Seq(p.TCP().Seq())
+	var reuse rewrite.Tuple
+	if s != nil {
+		if s.isn == isn && s.opener == openedBySYN {
+			w.ctr.inc(CtrSynRetransmit)
+			return false
+		}
+		if !s.state.ended() && s.sndUna != s.clientNxt {
+			// Scenario 3 while the copy of the old connection is still
+			// under way (the shadow lags prod): let it finish on its own
+			// forged tuple; the new connection gets another.
+			delete(w.sessions, key)
+			w.ctr.inc(CtrPortReuseLagging)
+		} else {
+			reuse = s.forged
+			if !s.state.ended() {
+				w.endSession(s, EndPortReuse, now)
+			}
+			w.removeSession(s, false)
+		}
+	}
+	s = w.newSession(key, isn, capAt, now, reuse)
+	if s == nil {
+		return false
+	}
+	var o rewrite.Options
+	rewrite.ParseOptions(p.TCP(), &o)
+	// No SACK blocks are ever produced, so SACK must not be offered
+	// (scenario 23).
+	if o.SACKPermitted {
+		p.ClearOptions(rewrite.OptSACKPermitted)
+		o.SACKPermitted = false
+	}
+	p.Retarget(s.src, s.dst)
+	s.syn, s.synPkt, s.synOpts = pb, *p, o
+	s.tsSent = o.TSVal
+	s.clientWnd = p.TCP().Window()
+	w.hold(s, pb)
+	w.startHandshake(s, now)
+	return true
+}
+
+// newSession creates a session for key with a collision-free forged tuple
+// (reusing prefer when it is free) and registers its flow with the agent.
+// It returns nil, counted, when a limit sheds the flow.
+func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer rewrite.Tuple) *session {
+	if !w.admit(key) {
+		return nil
+	}
+	m := &w.cfg.Maps[key.mapIdx]
+	forged, ok := w.allocForged(key.client, m.Target, prefer)
+	if !ok {
+		w.ctr.inc(CtrShedPorts)
+		return nil
+	}
+	if prefer != (rewrite.Tuple{}) && prefer != forged {
+		w.reg.Deregister(prefer)
+	}
+	s := &session{
+		key: key, forged: forged,
+		src: forged.SrcAddrPort(), dst: forged.DstAddrPort(),
+		isn:    isn,
+		sndUna: isn + 1, sndNxt: isn + 1, clientNxt: isn + 1,
+		mss: w.cfg.MSS, rto: w.clampRTO(initialRTO),
+		startAt: now, lastSeen: now, synCapAt: capAt, heapIdx: -1,
+	}
+	w.setState(s, stateSynSent)
+	w.sessions[key] = s
+	w.byForged[forged] = s
+	w.ctr.active.Add(1)
+	w.ctr.inc(CtrSessionsStarted)
+	w.reg.Register(forged) // before the SYN leaves (scenario 1)
+	return s
+}
+
+// shedFrom is the load (buffered bytes or sessions over their budget) at
+// which new sessions start being shed; at full load all are.
+const shedFrom = 0.5
+
+// admit decides whether a new session may start. Past shedFrom of either
+// budget, a growing share of new flows is refused, chosen by flow hash:
+// deterministic (a retransmitted SYN gets the same answer), spread evenly
+// over clients, and gradual, so copying degrades instead of collapsing
+// (scenario 27). Refusals are counted by the budget that caused them.
+func (w *Worker) admit(key sessionKey) bool {
+	mem := float64(w.buffered) / float64(w.budget)
+	sess := float64(len(w.byForged)) / float64(w.maxSess)
+	load := max(mem, sess)
+	if load < shedFrom {
+		return true
+	}
+	shed := load >= 1
+	if !shed {
+		share := (load - shedFrom) / (1 - shedFrom) // of new flows to refuse
+		h := rewrite.HashAddrPort(key.client.Src, key.client.SrcPort, w.cfg.Seed)
+		shed = float64(h%1024) < share*1024
+	}
+	if !shed {
+		return true
+	}
+	if mem >= sess {
+		w.ctr.inc(CtrShedMemory)
+	} else {
+		w.ctr.inc(CtrShedSessions)
+	}
+	return false
+}
+
+// allocForged returns the forged tuple for a client tuple: the pool
+// address with the client's port, or, if another session holds that tuple,
+// the next port that hashes to this worker and is free.
+func (w *Worker) allocForged(client rewrite.Tuple, target netip.AddrPort, prefer rewrite.Tuple) (rewrite.Tuple, bool) {
+	if prefer != (rewrite.Tuple{}) {
+		if _, used := w.byForged[prefer]; !used {
+			return prefer, true
+		}
+	}
+	src := client.SrcAddrPort()
+	addr := w.cfg.Pool.Map(src.Addr())
+	t := rewrite.TupleOf(netip.AddrPortFrom(addr, src.Port()), target)
+	if _, used := w.byForged[t]; !used {
+		return t, true
+	}
+	port := src.Port()
+	for tries := 0; tries < 65535; tries++ {
+		port++
+		if port == 0 {
+			port = 1
+		}
+		if workerFor(t.Src, port, w.cfg.Seed, w.n) != w.id {
+			continue
+		}
+		t.SrcPort = port
+		if _, used := w.byForged[t]; !used {
+			return t, true
+		}
+	}
+	return rewrite.Tuple{}, false
+}
+
+func (w *Worker) startHandshake(s *session, now int64) {
+	w.send(s.synPkt.Bytes())
+	s.synSentAt = now
+	s.rtoAt = now + int64(s.rto)
+	w.markDirty(s)
+}
+
+// joinMidstream starts a session for a flow first seen carrying data: the
+// connection was open before capture started (scenario 5). A synthetic SYN
+// opens it on the shadow one byte before the data.
+func (w *Worker) joinMidstream(key sessionKey, p *rewrite.Packet, capAt, now int64) *session {
+	tcp := p.TCP()
+	s := w.newSession(key, Seq(tcp.Seq())-1, capAt, now, rewrite.Tuple{})
+	if s == nil {
+		return nil
+	}
+	var o rewrite.Options
+	rewrite.ParseOptions(tcp, &o)
+	// The data's ACK is the baseline: what prod sent before is not a
+	// response to anything we will send.
+	s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true
+	if !w.synthesizeSYN(s, openedByJoin, o.HasTimestamps(), o.TSVal, now) {
+		return nil
+	}
+	w.ctr.inc(CtrJoinedMidstream)
+	return s
+}
+
+// synthesizeSYN opens s on the shadow with a SYN of the copier's own: the
+// configured MSS, window scale joinWindowScale and timestamps if the
+// client uses them.
+func (w *Worker) synthesizeSYN(s *session, by opener, withTS bool, tsVal uint32, now int64) bool {
+	s.opener = by
+	var optBuf [20]byte
+	opts := rewrite.AppendMSS(optBuf[:0], w.cfg.SynMSS)
+	opts = rewrite.AppendWindowScale(opts, joinWindowScale)
+	if withTS {
+		opts = rewrite.AppendTimestamps(opts, tsVal, 0)
+	}
+	seg := rewrite.Segment{
+		Src: s.src, Dst: s.dst, Seq: uint32(s.isn), Flags: rewrite.FlagSYN,
+		Window: 65535, Options: opts,
+	}
+	pb := getBuf(seg.Len())
+	n, err := seg.Put(pb.b)
+	if err != nil {
+		pb.free()
+		w.closeSession(s, EndShutdown, now)
+		return false
+	}
+	pb.b = pb.b[:n]
+	_ = s.synPkt.Decode(pb.b)
+	rewrite.ParseOptions(s.synPkt.TCP(), &s.synOpts)
+	s.syn = pb
+	s.tsSent = tsVal
+	w.hold(s, pb)
+	w.startHandshake(s, now)
+	return true
+}
