@@ -1,16 +1,3 @@
-// Package intercept carries the shadow's replies back to the copy daemon.
-//
-// The Agent runs on the assist host (or on the shadow itself): it captures
-// the shadow's replies, which are routed there and die there, looks up the
-// copy daemon that registered each flow, and relays the replies' IP and TCP
-// headers to it in batches with a flush deadline. The Client runs inside
-// the copy daemon: it registers and deregisters flows, reconnects by itself
-// when the agent goes away, and hands relayed headers to a callback.
-//
-// The byte format of the control channel is package wire's; this package
-// owns the connections, the handshake (versioned hello, optional
-// challenge-response authentication, allowlist), the flow table and the
-// batching policy.
 package intercept
 
 import (
