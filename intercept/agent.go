@@ -18,38 +18,55 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
-// AgentConfig configures an Agent. Zero values take defaults.
+// AgentConfig configures an Agent. Zero fields take DefaultAgentConfig's
+// values.
 type AgentConfig struct {
 	Name       string
 	Secret     []byte         // shared secret; empty: no authentication
 	TLS        *tls.Config    // nil: plain TCP (the secret still authenticates)
 	Allow      []netip.Prefix // copy daemons allowed to connect; empty: any
-	FlushDelay time.Duration  // longest a relayed header waits for its batch under load (default 200µs)
-	MaxFlows   int            // flow table bound (default 1<<20)
-	ParkTime   time.Duration  // how long a SYN-ACK or RST may wait for its registration (default 1s)
-	MaxParked  int            // parked replies bound (default 4096)
-	QueueLen   int            // captured headers waiting for the relay (default 16384)
-	PeerQueue  int            // batches waiting to be written to one daemon (default 256)
+	FlushDelay time.Duration  // longest a relayed header waits for its batch under load
+	MaxFlows   int            // flow table bound
+	ParkTime   time.Duration  // how long a SYN-ACK or RST may wait for its registration
+	MaxParked  int            // parked replies bound
+	QueueLen   int            // captured headers waiting for the relay
+	PeerQueue  int            // batches waiting to be written to one daemon
 }
 
+// DefaultAgentConfig returns the configuration with every default filled
+// in: what NewAgent uses for a zero field, and what a command line offers
+// as its flags' defaults. The defaults are written here and nowhere else.
+func DefaultAgentConfig() AgentConfig {
+	return AgentConfig{
+		FlushDelay: 200 * time.Microsecond,
+		MaxFlows:   1 << 20,
+		ParkTime:   time.Second,
+		MaxParked:  4096,
+		QueueLen:   16384,
+		PeerQueue:  256,
+	}
+}
+
+// defaults fills c's zero fields from DefaultAgentConfig.
 func (c *AgentConfig) defaults() {
+	d := DefaultAgentConfig()
 	if c.FlushDelay == 0 {
-		c.FlushDelay = 200 * time.Microsecond
+		c.FlushDelay = d.FlushDelay
 	}
 	if c.MaxFlows == 0 {
-		c.MaxFlows = 1 << 20
+		c.MaxFlows = d.MaxFlows
 	}
 	if c.ParkTime == 0 {
-		c.ParkTime = time.Second
+		c.ParkTime = d.ParkTime
 	}
 	if c.MaxParked == 0 {
-		c.MaxParked = 4096
+		c.MaxParked = d.MaxParked
 	}
 	if c.QueueLen == 0 {
-		c.QueueLen = 16384
+		c.QueueLen = d.QueueLen
 	}
 	if c.PeerQueue == 0 {
-		c.PeerQueue = 256
+		c.PeerQueue = d.PeerQueue
 	}
 }
 

@@ -15,35 +15,52 @@ import (
 )
 
 // ClientConfig configures the copy daemon's side of the control channel.
+// Zero durations and lengths take DefaultClientConfig's values.
 type ClientConfig struct {
 	Addr         string // agent host:port
 	Name         string
 	Secret       []byte
 	TLS          *tls.Config   // nil: plain TCP
-	DialTimeout  time.Duration // default 3s
-	RetryMin     time.Duration // first reconnect delay (default 100ms)
-	RetryMax     time.Duration // longest reconnect delay (default 2s)
-	PingInterval time.Duration // keepalive (default 5s); silence for 3 intervals drops the link
-	QueueLen     int           // registrations waiting to be sent (default 65536)
+	DialTimeout  time.Duration // bounds one connect
+	RetryMin     time.Duration // first reconnect delay
+	RetryMax     time.Duration // longest reconnect delay
+	PingInterval time.Duration // keepalive; silence for 3 intervals drops the link
+	QueueLen     int           // registrations waiting to be sent
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
+// DefaultClientConfig returns the configuration with every default filled
+// in (there is none for Addr, Name, Secret, TLS or Dial): what NewClient
+// uses for a zero field, and what a command line offers as its flags'
+// defaults. The defaults are written here and nowhere else.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		DialTimeout:  3 * time.Second,
+		RetryMin:     100 * time.Millisecond,
+		RetryMax:     2 * time.Second,
+		PingInterval: 5 * time.Second,
+		QueueLen:     65536,
+	}
+}
+
+// defaults fills c's zero fields from DefaultClientConfig.
 func (c *ClientConfig) defaults() {
+	d := DefaultClientConfig()
 	if c.DialTimeout == 0 {
-		c.DialTimeout = 3 * time.Second
+		c.DialTimeout = d.DialTimeout
 	}
 	if c.RetryMin == 0 {
-		c.RetryMin = 100 * time.Millisecond
+		c.RetryMin = d.RetryMin
 	}
 	if c.RetryMax == 0 {
-		c.RetryMax = 2 * time.Second
+		c.RetryMax = d.RetryMax
 	}
 	if c.PingInterval == 0 {
-		c.PingInterval = 5 * time.Second
+		c.PingInterval = d.PingInterval
 	}
 	if c.QueueLen == 0 {
-		c.QueueLen = 65536
+		c.QueueLen = d.QueueLen
 	}
 }
 
