@@ -70,16 +70,19 @@ func (c *AgentConfig) defaults() {
 	}
 }
 
-// AgentStats counts what the agent did; every captured packet lands in
-// exactly one of Relayed, NoOwner, Dropped*, Parked or Bad.
+// AgentStats counts what the agent did. Every captured packet is counted
+// once in Bad, DroppedQueue, NoOwner, Parked or Relayed; a parked one once
+// more when it leaves the park, in ParkedDelivered (and then Relayed) or
+// ParkedExpired. DroppedPeer counts relayed headers that a daemon's full
+// write queue then lost.
 type AgentStats struct {
 	Captured        uint64 // IP packets read from the capture
-	Bad             uint64 // not decodable as TCP
-	Relayed         uint64 // headers queued to a copy daemon
+	Bad             uint64 // not decodable as TCP, or a header a batch cannot take
+	Relayed         uint64 // headers added to a copy daemon's batch
 	NoOwner         uint64 // no registered flow and not parkable
 	Parked          uint64 // SYN-ACK/RST parked awaiting registration
-	ParkedDelivered uint64
-	ParkedExpired   uint64 // parked and never claimed (or evicted)
+	ParkedDelivered uint64 // parked, then claimed in time by a registration
+	ParkedExpired   uint64 // parked and never claimed in time (or evicted)
 	DroppedQueue    uint64 // relay queue full: capture never waits
 	DroppedPeer     uint64 // a daemon's write queue full
 	Flows           int64  // registered flows (gauge)
@@ -98,9 +101,10 @@ type Agent struct {
 	ln  net.Listener
 	log *slog.Logger
 
-	hdrs chan capturedHdr
-	ops  chan flowOp
+	hdrs chan capturedHdr // capture → relay; full: dropped, counted
+	ops  chan flowOp      // peers → relay; a peer waits here, the capture never does
 
+	// st holds the counters: atomics, so the per-packet path takes no lock.
 	st struct {
 		captured, bad, relayed, noOwner, parked, parkedDelivered, parkedExpired atomic.Uint64
 		droppedQueue, droppedPeer, flowsRejected, peersRefused, peerErrors      atomic.Uint64
@@ -108,17 +112,12 @@ type Agent struct {
 		flows, peers                                                            atomic.Int64
 	}
 
-	refusedMu sync.Mutex
+	refusedMu sync.Mutex          // guards refused; taken per refused connection, never per packet
 	refused   map[netip.Addr]bool // peers already logged as refused: log once
 }
 
-type capturedHdr struct {
-	ts  int64
-	n   uint8
-	hdr [wire.MaxReplyHeader]byte
-	key rewrite.Tuple // reply direction: shadow → forged client
-	syn bool          // SYN or RST: may beat its registration
-}
+// opsQueue bounds the peers' flow operations waiting for the relay.
+const opsQueue = 1024
 
 // NewAgent returns an agent reading replies from src and serving copy
 // daemons on ln. Run starts it.
@@ -127,7 +126,7 @@ func NewAgent(cfg AgentConfig, src capture.Source, ln net.Listener, log *slog.Lo
 	return &Agent{
 		cfg: cfg, src: src, ln: ln, log: log,
 		hdrs:    make(chan capturedHdr, cfg.QueueLen),
-		ops:     make(chan flowOp, 1024),
+		ops:     make(chan flowOp, opsQueue),
 		refused: make(map[netip.Addr]bool),
 	}
 }
@@ -148,7 +147,9 @@ func (a *Agent) Stats() AgentStats {
 // Addr returns the listening address.
 func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 
-// Run serves until ctx is done or the capture fails.
+// Run serves until ctx is done or the capture or the listener fails.
+// Shutdown: cancelling closes the listener and the source, which ends
+// Accept and Read; the relay closes every peer as it returns.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -180,6 +181,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// capturedHdr is one captured reply as the relay needs it: its headers,
+// copied out of the capture's buffer, and its flow key.
+type capturedHdr struct {
+	ts  int64
+	n   uint8
+	hdr [wire.MaxReplyHeader]byte
+	key rewrite.Tuple // reply direction: shadow → forged client
+	syn bool          // SYN or RST: may beat its registration
 }
 
 // captureLoop reads replies and hands their headers to the relay; it
@@ -216,7 +227,9 @@ func (a *Agent) captureLoop(ctx context.Context) error {
 }
 
 // relayHeader fills h with the header to relay for captured packet pkt:
-// the IP header (IPv6 extension headers dropped) and the TCP header.
+// the IP header (IPv6 extension headers dropped) and the TCP header. It
+// reports false when pkt is not TCP or its headers do not fit h. It is
+// on the per-packet path: no allocation.
 func relayHeader(pkt []byte, h *capturedHdr) bool {
 	var p rewrite.Packet
 	if p.DecodeHeader(pkt) != nil {

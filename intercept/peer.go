@@ -15,19 +15,21 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
-// agentPeer is one connected copy daemon.
+// agentPeer is one connected copy daemon. conn, name, addr and out are set
+// before the relay hears of it and never change.
 type agentPeer struct {
 	conn  net.Conn
 	name  string
 	addr  string
-	out   chan outFrame
+	out   chan outFrame              // to writePeer; full: the relay drops, counted
 	flows map[rewrite.Tuple]struct{} // owned by the relay goroutine
 	batch *wire.ReplyBatch           // owned by the relay goroutine
 	due   time.Time                  // when batch must be flushed
-	done  chan struct{}
+	done  chan struct{}              // closed by close: writePeer stops
 	once  sync.Once
 }
 
+// outFrame is one frame for writePeer: a reply batch or a control frame.
 type outFrame struct {
 	batch *wire.ReplyBatch // returned to batchPool after writing
 	ctl   []byte
@@ -35,12 +37,24 @@ type outFrame struct {
 
 var batchPool = sync.Pool{New: func() any { b := new(wire.ReplyBatch); b.Reset(); return b }}
 
+// close ends the peer, once, from whichever side notices first: its
+// reader, its writer or the relay.
 func (p *agentPeer) close() {
 	p.once.Do(func() {
 		close(p.done)
 		p.conn.Close()
 	})
 }
+
+const (
+	// peerWriteTimeout bounds one write to a daemon; a daemon that does
+	// not read for that long is dropped.
+	peerWriteTimeout = 10 * time.Second
+	// maxRefusedLogged bounds the addresses remembered as already logged
+	// as refused: memory stays bounded; beyond it a new address is logged
+	// on every refusal.
+	maxRefusedLogged = 4096
+)
 
 func (a *Agent) acceptLoop(ctx context.Context) error {
 	for {
@@ -59,61 +73,13 @@ func (a *Agent) acceptLoop(ctx context.Context) error {
 	}
 }
 
-// logRefusal counts a refused peer and logs it once per address, so that a
-// misconfigured or hostile client cannot flood the log.
-func (a *Agent) logRefusal(addr netip.Addr, msg string, err error) {
-	a.st.peersRefused.Add(1)
-	a.refusedMu.Lock()
-	seen := a.refused[addr]
-	if !seen && len(a.refused) < 4096 {
-		a.refused[addr] = true
-	}
-	a.refusedMu.Unlock()
-	if !seen {
-		a.log.Warn(msg, "peer", addr, "err", err)
-	}
-}
-
-// hungUp reports whether a handshake failed because the other side went
-// away before saying anything: a port probe or a health check. (Our hello
-// goes first; a peer closing with it unread makes its kernel reset the
-// connection, so a reset counts as hanging up too.)
-func hungUp(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
+// servePeer runs one connection: admission, then the peer's life until it
+// or the agent goes away. The relay hears of the peer before its first
+// registration and of its end after its last.
 func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
-	remote := addrOf(conn.RemoteAddr())
-	if !a.allowed(remote) {
-		var err error = &wire.PeerError{Code: wire.CodeNotAllowed, Msg: "refused: not on the allowlist"}
-		if a.cfg.TLS == nil { // a TLS client would not read a plain frame
-			err = refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
-		}
-		a.logRefusal(remote, "copy daemon not on the allowlist", err)
-		conn.Close()
+	p, r := a.admit(ctx, conn)
+	if p == nil {
 		return
-	}
-	conn, err := tlsServer(ctx, conn, a.cfg.TLS)
-	if err != nil {
-		if !hungUp(err) {
-			a.logRefusal(remote, "copy daemon refused", err)
-		}
-		return
-	}
-	r := wire.NewReader(conn)
-	info, err := handshake(conn, r, wire.RoleAgent, a.cfg.Name, a.cfg.Secret)
-	if err != nil {
-		conn.Close()
-		if hungUp(err) {
-			return // went away before saying anything: a port probe
-		}
-		a.logRefusal(remote, "copy daemon refused", err)
-		return
-	}
-	p := &agentPeer{
-		conn: conn, name: info.hello.Name, addr: conn.RemoteAddr().String(),
-		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]struct{}),
-		done: make(chan struct{}),
 	}
 	a.st.peers.Add(1)
 	a.log.Info("copy daemon connected", "peer", p.addr, "name", p.name)
@@ -123,7 +89,7 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 		return
 	}
 	go a.writePeer(p)
-	err = a.readPeer(ctx, p, r)
+	err := a.readPeer(ctx, p, r)
 	p.close()
 	a.sendOp(context.Background(), flowOp{kind: opPeerDown, peer: p})
 	a.st.peers.Add(-1)
@@ -133,6 +99,44 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 		return
 	}
 	a.log.Info("copy daemon disconnected", "peer", p.addr)
+}
+
+// admit runs what a connection meets before it is a peer: the allowlist,
+// TLS and the handshake. It returns the peer and the reader the handshake
+// started, or nil with conn closed and the refusal counted and logged.
+func (a *Agent) admit(ctx context.Context, conn net.Conn) (*agentPeer, *wire.Reader) {
+	remote := addrOf(conn.RemoteAddr())
+	if !a.allowed(remote) {
+		var err error = &wire.PeerError{Code: wire.CodeNotAllowed, Msg: "refused: not on the allowlist"}
+		if a.cfg.TLS == nil { // a TLS client would not read a plain frame
+			err = refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		}
+		a.logRefusal(remote, "copy daemon not on the allowlist", err)
+		conn.Close()
+		return nil, nil
+	}
+	conn, err := tlsServer(ctx, conn, a.cfg.TLS)
+	if err != nil {
+		if !hungUp(err) {
+			a.logRefusal(remote, "copy daemon refused", err)
+		}
+		return nil, nil
+	}
+	r := wire.NewReader(conn)
+	info, err := handshake(conn, r, wire.RoleAgent, a.cfg.Name, a.cfg.Secret)
+	if err != nil {
+		conn.Close()
+		if hungUp(err) {
+			return nil, nil // went away before saying anything: a port probe
+		}
+		a.logRefusal(remote, "copy daemon refused", err)
+		return nil, nil
+	}
+	return &agentPeer{
+		conn: conn, name: info.hello.Name, addr: conn.RemoteAddr().String(),
+		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]struct{}),
+		done: make(chan struct{}),
+	}, r
 }
 
 func (a *Agent) allowed(addr netip.Addr) bool {
@@ -156,12 +160,27 @@ func addrOf(na net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func (a *Agent) sendOp(ctx context.Context, op flowOp) bool {
-	select {
-	case a.ops <- op:
-		return true
-	case <-ctx.Done():
-		return false
+// hungUp reports whether a handshake failed because the other side went
+// away before saying anything: a port probe or a health check. (Our hello
+// goes first; a peer closing with it unread makes its kernel reset the
+// connection, so a reset counts as hanging up too.)
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// logRefusal counts a refused peer and logs it once per address (up to
+// maxRefusedLogged addresses), so that a misconfigured client retrying
+// every backoff does not flood the log.
+func (a *Agent) logRefusal(addr netip.Addr, msg string, err error) {
+	a.st.peersRefused.Add(1)
+	a.refusedMu.Lock()
+	seen := a.refused[addr]
+	if !seen && len(a.refused) < maxRefusedLogged {
+		a.refused[addr] = true
+	}
+	a.refusedMu.Unlock()
+	if !seen {
+		a.log.Warn(msg, "peer", addr, "err", err)
 	}
 }
 
@@ -197,7 +216,7 @@ func (a *Agent) readPeer(ctx context.Context, p *agentPeer, r *wire.Reader) erro
 			}
 			select {
 			case p.out <- outFrame{ctl: wire.AppendPong(nil, tok)}:
-			default:
+			default: // a pong the daemon misses only costs it a keepalive
 			}
 		case wire.TypePong:
 		case wire.TypeError:
@@ -207,6 +226,17 @@ func (a *Agent) readPeer(ctx context.Context, p *agentPeer, r *wire.Reader) erro
 			_ = refuse(p.conn, wire.CodeProtocol, err.Error())
 			return err
 		}
+	}
+}
+
+// sendOp hands op to the relay. A peer may wait here (the relay is busy),
+// which only slows that peer; false means ctx ended first.
+func (a *Agent) sendOp(ctx context.Context, op flowOp) bool {
+	select {
+	case a.ops <- op:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -227,7 +257,7 @@ func (a *Agent) writePeer(p *agentPeer) {
 				}
 			}
 		case f := <-p.out:
-			_ = p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_ = p.conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
 			var err error
 			if f.batch != nil {
 				_, err = p.conn.Write(f.batch.Frame())

@@ -34,17 +34,21 @@ type parkedReply struct {
 }
 
 // relay owns the flow table, the parked replies and the peers' batches.
+// Only the relay goroutine touches it, so none of it is locked.
 type relay struct {
 	a      *Agent
 	owners map[rewrite.Tuple]*agentPeer // key: reply direction
 	peers  map[*agentPeer]struct{}
-	park   []parkedReply // ring
-	parkAt map[rewrite.Tuple]int
-	next   int
-	timer  *time.Timer
-	armed  time.Time
+	park   []parkedReply         // ring of MaxParked; the oldest is evicted
+	parkAt map[rewrite.Tuple]int // flow → its slot in park
+	next   int                   // the slot the next parked reply takes
+	timer  *time.Timer           // flush deadline of the earliest batch
+	armed  time.Time             // when timer fires; zero: not armed
 }
 
+// relayLoop is the relay goroutine: it takes captured headers and the
+// peers' flow ops, one at a time, until ctx is done; then it closes every
+// peer.
 func (a *Agent) relayLoop(ctx context.Context) {
 	r := &relay{
 		a: a, owners: make(map[rewrite.Tuple]*agentPeer), peers: make(map[*agentPeer]struct{}),
@@ -75,6 +79,8 @@ func (a *Agent) relayLoop(ctx context.Context) {
 	}
 }
 
+// onHeader relays a captured header to its flow's owner, or parks it if
+// it is a SYN or RST that may have beaten its registration.
 func (r *relay) onHeader(h *capturedHdr, now time.Time) {
 	p := r.owners[h.key]
 	if p == nil {
@@ -88,6 +94,23 @@ func (r *relay) onHeader(h *capturedHdr, now time.Time) {
 	r.deliver(p, h, now)
 }
 
+// parkReply keeps h in the ring, evicting the oldest parked reply.
+func (r *relay) parkReply(h *capturedHdr, now time.Time) {
+	slot := &r.park[r.next]
+	if slot.h.n != 0 {
+		if i, ok := r.parkAt[slot.h.key]; ok && i == r.next {
+			delete(r.parkAt, slot.h.key)
+			r.a.st.parkedExpired.Add(1)
+		}
+	}
+	*slot = parkedReply{h: *h, at: now}
+	r.parkAt[h.key] = r.next
+	r.next = (r.next + 1) % len(r.park)
+	r.a.st.parked.Add(1)
+}
+
+// deliver adds h to p's batch, flushing the batch first if it is full. A
+// new batch is due FlushDelay after its first header.
 func (r *relay) deliver(p *agentPeer, h *capturedHdr, now time.Time) {
 	if p.batch == nil {
 		p.batch = batchPool.Get().(*wire.ReplyBatch)
@@ -104,25 +127,6 @@ func (r *relay) deliver(p *agentPeer, h *capturedHdr, now time.Time) {
 		p.batch.Add(h.ts, h.hdr[:h.n])
 	}
 	r.a.st.relayed.Add(1)
-}
-
-// flush hands p's batch to its writer.
-func (r *relay) flush(p *agentPeer) {
-	b := p.batch
-	p.batch = nil
-	if b == nil || b.Len() == 0 {
-		if b != nil {
-			batchPool.Put(b)
-		}
-		return
-	}
-	select {
-	case p.out <- outFrame{batch: b}:
-	default:
-		r.a.st.droppedPeer.Add(uint64(b.Len()))
-		b.Reset()
-		batchPool.Put(b)
-	}
 }
 
 // flushDue flushes every batch past its deadline, or every batch if all
@@ -147,46 +151,95 @@ func (r *relay) flushDue(now time.Time, all bool) {
 	}
 }
 
+// flush hands p's batch to its writer; if the writer's queue is full the
+// batch is dropped, counted: the relay never waits for a daemon.
+func (r *relay) flush(p *agentPeer) {
+	b := p.batch
+	p.batch = nil
+	if b == nil || b.Len() == 0 {
+		if b != nil {
+			batchPool.Put(b)
+		}
+		return
+	}
+	select {
+	case p.out <- outFrame{batch: b}:
+	default:
+		r.a.st.droppedPeer.Add(uint64(b.Len()))
+		b.Reset()
+		batchPool.Put(b)
+	}
+}
+
 func (r *relay) onOp(op flowOp, now time.Time) {
-	p := op.peer
 	switch op.kind {
 	case opPeerUp:
-		r.peers[p] = struct{}{}
+		r.peers[op.peer] = struct{}{}
 	case opPeerDown:
-		r.dropPeer(p)
+		r.dropPeer(op.peer)
 	case opRegister:
-		if _, live := r.peers[p]; !live {
-			return
-		}
-		for _, f := range op.flows {
-			key := f.Reverse()
-			if old, ok := r.owners[key]; ok {
-				if old == p {
-					continue
-				}
-				delete(old.flows, key) // the newest registration wins
-			} else if len(r.owners) >= r.a.cfg.MaxFlows {
-				r.a.st.flowsRejected.Add(1)
-				continue
-			} else {
-				r.a.st.flows.Add(1)
-			}
-			r.owners[key] = p
-			p.flows[key] = struct{}{}
-			r.claimParked(p, key, now)
-		}
+		r.register(op.peer, op.flows, now)
 	case opDeregister:
-		for _, f := range op.flows {
-			key := f.Reverse()
-			if r.owners[key] == p {
-				delete(r.owners, key)
-				delete(p.flows, key)
-				r.a.st.flows.Add(-1)
+		r.deregister(op.peer, op.flows)
+	}
+}
+
+// register makes p the owner of flows (copier → shadow direction, so keyed
+// reversed) and hands it any reply parked for them. The newest
+// registration of a flow wins.
+func (r *relay) register(p *agentPeer, flows []rewrite.Tuple, now time.Time) {
+	if _, live := r.peers[p]; !live {
+		return
+	}
+	for _, f := range flows {
+		key := f.Reverse()
+		if old, ok := r.owners[key]; ok {
+			if old == p {
+				continue
 			}
+			delete(old.flows, key)
+		} else if len(r.owners) >= r.a.cfg.MaxFlows {
+			r.a.st.flowsRejected.Add(1)
+			continue
+		} else {
+			r.a.st.flows.Add(1)
+		}
+		r.owners[key] = p
+		p.flows[key] = struct{}{}
+		r.claimParked(p, key, now)
+	}
+}
+
+// claimParked delivers the reply parked for key, if any and still fresh.
+func (r *relay) claimParked(p *agentPeer, key rewrite.Tuple, now time.Time) {
+	i, ok := r.parkAt[key]
+	if !ok {
+		return
+	}
+	delete(r.parkAt, key)
+	slot := &r.park[i]
+	if now.Sub(slot.at) > r.a.cfg.ParkTime {
+		r.a.st.parkedExpired.Add(1)
+	} else {
+		r.a.st.parkedDelivered.Add(1)
+		r.deliver(p, &slot.h, now)
+	}
+	slot.h.n = 0
+}
+
+// deregister removes those of flows that p owns.
+func (r *relay) deregister(p *agentPeer, flows []rewrite.Tuple) {
+	for _, f := range flows {
+		key := f.Reverse()
+		if r.owners[key] == p {
+			delete(r.owners, key)
+			delete(p.flows, key)
+			r.a.st.flows.Add(-1)
 		}
 	}
 }
 
+// dropPeer forgets a peer that went away: its flows and its unsent batch.
 func (r *relay) dropPeer(p *agentPeer) {
 	if _, ok := r.peers[p]; !ok {
 		return
@@ -204,34 +257,4 @@ func (r *relay) dropPeer(p *agentPeer) {
 		batchPool.Put(p.batch)
 		p.batch = nil
 	}
-}
-
-func (r *relay) parkReply(h *capturedHdr, now time.Time) {
-	slot := &r.park[r.next]
-	if slot.h.n != 0 {
-		if i, ok := r.parkAt[slot.h.key]; ok && i == r.next {
-			delete(r.parkAt, slot.h.key)
-			r.a.st.parkedExpired.Add(1)
-		}
-	}
-	*slot = parkedReply{h: *h, at: now}
-	r.parkAt[h.key] = r.next
-	r.next = (r.next + 1) % len(r.park)
-	r.a.st.parked.Add(1)
-}
-
-func (r *relay) claimParked(p *agentPeer, key rewrite.Tuple, now time.Time) {
-	i, ok := r.parkAt[key]
-	if !ok {
-		return
-	}
-	delete(r.parkAt, key)
-	slot := &r.park[i]
-	if now.Sub(slot.at) > r.a.cfg.ParkTime {
-		r.a.st.parkedExpired.Add(1)
-	} else {
-		r.a.st.parkedDelivered.Add(1)
-		r.deliver(p, &slot.h, now)
-	}
-	slot.h.n = 0
 }
