@@ -326,14 +326,7 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	cc := &clientConn{conn: conn, done: make(chan struct{})}
 	r := wire.NewReader(conn)
 	if _, err := handshake(conn, r, wire.RoleCopier, c.cfg.Name, c.cfg.Secret); err != nil {
-		var pe *wire.PeerError
-		if !errors.As(err, &pe) {
-			// An agent refusing at once (allowlist) may fail our hello
-			// before we read its reason: read it now.
-			if why := pendingRefusal(conn); why != nil {
-				err = why
-			}
-		}
+		err = refusalBehind(conn, err)
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", c.cfg.Addr, err)
 	}

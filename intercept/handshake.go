@@ -30,14 +30,7 @@ func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, e
 	if cfg == nil {
 		return conn, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	defer cancel()
-	tc := tls.Client(conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("%w: %w", ErrTLS, err)
-	}
-	return tc, nil
+	return tlsHandshake(ctx, conn, tls.Client(conn, cfg))
 }
 
 // tlsServer is tlsClient's agent side; it too closes conn on failure.
@@ -45,9 +38,12 @@ func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, e
 	if cfg == nil {
 		return conn, nil
 	}
+	return tlsHandshake(ctx, conn, tls.Server(conn, cfg))
+}
+
+func tlsHandshake(ctx context.Context, conn net.Conn, tc *tls.Conn) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	tc := tls.Server(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("%w: %w", ErrTLS, err)
@@ -153,4 +149,24 @@ func peerErr(p []byte) error {
 		return fmt.Errorf("bad error frame from peer: %w", err)
 	}
 	return pe
+}
+
+// refusalBehind returns err, a copier's failed handshake, or the peer's
+// reason behind it: an agent that refuses at once (allowlist) writes an
+// Error frame and closes, which can fail our hello before we read it. It
+// reads only briefly, and with a fresh Reader: the handshake's either read
+// nothing (its write failed) or failed on a connection unusable anyway.
+func refusalBehind(conn net.Conn, err error) error {
+	var pe *wire.PeerError
+	if errors.As(err, &pe) {
+		return err
+	}
+	if conn.SetReadDeadline(time.Now().Add(200*time.Millisecond)) != nil {
+		return err
+	}
+	typ, p, rerr := wire.NewReader(conn).Next()
+	if rerr != nil || typ != wire.TypeError {
+		return err
+	}
+	return peerErr(p)
 }

@@ -79,14 +79,7 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, ctx.Err())
 	}
 	if err != nil {
-		var pe *wire.PeerError
-		if !errors.As(err, &pe) {
-			// An agent that refuses at once (allowlist) writes its reason
-			// and closes, which can fail our hello before we read it.
-			if why := pendingRefusal(conn); why != nil {
-				err = why
-			}
-		}
+		err = refusalBehind(conn, err)
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, err)
 	}
@@ -96,20 +89,6 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 	}
 	go p.readLoop(r)
 	return p, nil
-}
-
-// pendingRefusal reads, briefly, an Error frame already sent by the peer.
-// A fresh Reader is right: the handshake's either read nothing (its write
-// failed) or failed on a connection that is now unusable anyway.
-func pendingRefusal(conn net.Conn) error {
-	if conn.SetReadDeadline(time.Now().Add(200*time.Millisecond)) != nil {
-		return nil
-	}
-	typ, p, err := wire.NewReader(conn).Next()
-	if err != nil || typ != wire.TypeError {
-		return nil
-	}
-	return peerErr(p)
 }
 
 // Probe connects to the agent as cfg says, completes the handshake and
