@@ -24,7 +24,7 @@ type ClientConfig struct {
 	DialTimeout  time.Duration // bounds one connect
 	RetryMin     time.Duration // first reconnect delay
 	RetryMax     time.Duration // longest reconnect delay
-	PingInterval time.Duration // keepalive; silence for 3 intervals drops the link
+	PingInterval time.Duration // keepalive; silence for silentPings intervals drops the link
 	QueueLen     int           // registrations waiting to be sent
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
@@ -134,137 +134,67 @@ func (c *Client) Stats() ClientStats {
 	}
 }
 
+// Run keeps the control channel up until ctx is done. The flow set lives
+// in its loop, so every reconnect replays what is registered.
+func (c *Client) Run(ctx context.Context) error {
+	l := newClientLoop(c)
+	connc := make(chan *clientConn)
+	l.dialNow <- struct{}{} // connect at once
+	go c.dialLoop(ctx, l.dialNow, connc)
+	ping := time.NewTicker(c.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			l.stop()
+			return nil
+		case cc := <-connc:
+			l.onConnected(cc)
+		case op := <-c.ops:
+			l.onOp(op)
+		case <-ping.C:
+			l.ping()
+		case cc := <-l.lost:
+			l.drop(cc, errors.New("read failed or agent silent"))
+		}
+	}
+}
+
+const (
+	// clientWriteTimeout bounds one write to the agent; a write that
+	// fails drops the connection.
+	clientWriteTimeout = 5 * time.Second
+	// silentPings is how many ping intervals without a frame from the
+	// agent drop the connection.
+	silentPings = 3
+)
+
+// clientLoop is Run's state; only Run's goroutine touches it.
+type clientLoop struct {
+	c          *Client
+	set        map[rewrite.Tuple]struct{} // every live registration: replayed on each connect
+	cur        *clientConn                // nil while disconnected
+	reg, dereg wire.FlowBatch
+	pending    *wire.FlowBatch  // the batch being filled; order across kinds is kept by flushing on a switch
+	dialNow    chan struct{}    // to dialLoop: connect (again)
+	lost       chan *clientConn // from readLoop: its connection failed
+}
+
+func newClientLoop(c *Client) *clientLoop {
+	l := &clientLoop{
+		c: c, set: make(map[rewrite.Tuple]struct{}),
+		dialNow: make(chan struct{}, 1), lost: make(chan *clientConn, 1),
+	}
+	l.reg.Reset(wire.TypeRegister)
+	l.dereg.Reset(wire.TypeDeregister)
+	return l
+}
+
 // clientConn is one connection to the agent.
 type clientConn struct {
 	conn     net.Conn
 	r        *wire.Reader
-	lastRecv atomic.Int64
-	done     chan struct{}
-}
-
-// Run keeps the control channel up until ctx is done. The flow set lives
-// here, so every reconnect replays what is registered.
-func (c *Client) Run(ctx context.Context) error {
-	set := make(map[rewrite.Tuple]struct{})
-	connc := make(chan *clientConn)
-	lost := make(chan *clientConn, 1)
-	dialNow := make(chan struct{}, 1)
-	dialNow <- struct{}{}
-	go c.dialLoop(ctx, dialNow, connc)
-
-	var cur *clientConn
-	var reg, dereg wire.FlowBatch
-	reg.Reset(wire.TypeRegister)
-	dereg.Reset(wire.TypeDeregister)
-	var pending *wire.FlowBatch // the batch being filled; order across kinds is kept by flushing on a switch
-	ping := time.NewTicker(c.cfg.PingInterval)
-	defer ping.Stop()
-
-	drop := func(cc *clientConn, why error) {
-		if cc != cur || cur == nil {
-			return
-		}
-		cur.conn.Close()
-		cur = nil
-		c.connected.Store(false)
-		c.disconnects.Add(1)
-		c.log.Warn("intercept agent connection lost", "agent", c.cfg.Addr, "err", why)
-		reg.Reset(wire.TypeRegister)
-		dereg.Reset(wire.TypeDeregister)
-		pending = nil
-		select {
-		case dialNow <- struct{}{}:
-		default:
-		}
-	}
-	write := func(b *wire.FlowBatch) {
-		if b.Len() == 0 || cur == nil {
-			return
-		}
-		_ = cur.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		n := b.Len()
-		if _, err := cur.conn.Write(b.Frame()); err != nil {
-			drop(cur, fmt.Errorf("write: %w", err))
-			return
-		}
-		if b.Type() == wire.TypeRegister {
-			c.registered.Add(uint64(n))
-		} else {
-			c.deregistered.Add(uint64(n))
-		}
-		b.Reset(b.Type())
-	}
-	add := func(b *wire.FlowBatch, f rewrite.Tuple) {
-		if pending != nil && pending != b {
-			write(pending)
-		}
-		pending = b
-		if !b.Add(f) {
-			write(b)
-			b.Add(f)
-		}
-	}
-
-	for {
-		select {
-		case <-ctx.Done():
-			if cur != nil {
-				// Tell the agent at once rather than leave it to notice.
-				if pending != nil {
-					write(pending)
-				}
-				cur.conn.Close()
-			}
-			c.connected.Store(false)
-			return nil
-		case op := <-c.ops:
-			if op.add {
-				set[op.flow] = struct{}{}
-			} else {
-				delete(set, op.flow)
-			}
-			c.flows.Store(int64(len(set)))
-			if cur != nil {
-				if op.add {
-					add(&reg, op.flow)
-				} else {
-					add(&dereg, op.flow)
-				}
-				// Registrations race the SYN they precede: send as soon
-				// as nothing else is queued.
-				if len(c.ops) == 0 && pending != nil {
-					write(pending)
-				}
-			}
-		case cc := <-connc:
-			cur = cc
-			c.connected.Store(true)
-			c.connects.Add(1)
-			c.log.Info("intercept agent connected", "agent", c.cfg.Addr, "flows", len(set))
-			pending = nil
-			for f := range set {
-				add(&reg, f)
-			}
-			if pending != nil {
-				write(pending)
-			}
-			go c.readLoop(cc, lost)
-		case cc := <-lost:
-			drop(cc, errors.New("read failed or agent silent"))
-		case <-ping.C:
-			if cur == nil {
-				continue
-			}
-			if time.Since(time.Unix(0, cur.lastRecv.Load())) > 3*c.cfg.PingInterval {
-				drop(cur, errors.New("agent silent"))
-				continue
-			}
-			_ = cur.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			if _, err := cur.conn.Write(wire.AppendPing(nil, uint64(time.Now().UnixNano()))); err != nil {
-				drop(cur, fmt.Errorf("ping: %w", err))
-			}
-		}
-	}
+	lastRecv atomic.Int64 // unix ns of the last frame read; written by readLoop, read by ping
 }
 
 // dialLoop connects whenever asked, with exponential backoff, forever:
@@ -323,7 +253,7 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	if conn, err = tlsClient(ctx, conn, c.cfg.TLS); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.cfg.Addr, err)
 	}
-	cc := &clientConn{conn: conn, done: make(chan struct{})}
+	cc := &clientConn{conn: conn}
 	r := wire.NewReader(conn)
 	if _, err := handshake(conn, r, wire.RoleCopier, c.cfg.Name, c.cfg.Secret); err != nil {
 		err = refusalBehind(conn, err)
@@ -335,6 +265,27 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	return cc, nil
 }
 
+// onConnected takes a new connection: it replays every registration and
+// starts reading.
+func (l *clientLoop) onConnected(cc *clientConn) {
+	c := l.c
+	l.cur = cc
+	c.connected.Store(true)
+	c.connects.Add(1)
+	c.log.Info("intercept agent connected", "agent", c.cfg.Addr, "flows", len(l.set))
+	l.pending = nil
+	for f := range l.set {
+		l.add(&l.reg, f)
+	}
+	if l.pending != nil {
+		l.write(l.pending)
+	}
+	go c.readLoop(cc, l.lost)
+}
+
+// readLoop reads cc until it fails, handing relayed headers to onReply,
+// then reports cc lost. (If lost is full, another loss waits there; Run
+// still notices this one at a ping: a failed write, or silence.)
 func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 	defer func() {
 		select {
@@ -367,4 +318,109 @@ func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 			return
 		}
 	}
+}
+
+// onOp applies a Register or Deregister to the flow set and, when
+// connected, sends it.
+func (l *clientLoop) onOp(op clientOp) {
+	if op.add {
+		l.set[op.flow] = struct{}{}
+	} else {
+		delete(l.set, op.flow)
+	}
+	l.c.flows.Store(int64(len(l.set)))
+	if l.cur == nil {
+		return // the next connect replays the set
+	}
+	if op.add {
+		l.add(&l.reg, op.flow)
+	} else {
+		l.add(&l.dereg, op.flow)
+	}
+	// Registrations race the SYN they precede: send as soon as nothing
+	// else is queued.
+	if len(l.c.ops) == 0 && l.pending != nil {
+		l.write(l.pending)
+	}
+}
+
+// add appends f to b, first writing the other kind's batch if that is the
+// one being filled, and b itself if it is full.
+func (l *clientLoop) add(b *wire.FlowBatch, f rewrite.Tuple) {
+	if l.pending != nil && l.pending != b {
+		l.write(l.pending)
+	}
+	l.pending = b
+	if !b.Add(f) {
+		l.write(b)
+		b.Add(f)
+	}
+}
+
+// write sends b, if connected and not empty, and empties it.
+func (l *clientLoop) write(b *wire.FlowBatch) {
+	if b.Len() == 0 || l.cur == nil {
+		return
+	}
+	_ = l.cur.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
+	n := b.Len()
+	if _, err := l.cur.conn.Write(b.Frame()); err != nil {
+		l.drop(l.cur, fmt.Errorf("write: %w", err))
+		return
+	}
+	if b.Type() == wire.TypeRegister {
+		l.c.registered.Add(uint64(n))
+	} else {
+		l.c.deregistered.Add(uint64(n))
+	}
+	b.Reset(b.Type())
+}
+
+// ping keeps the connection alive, and drops it when the agent has been
+// silent for silentPings intervals.
+func (l *clientLoop) ping() {
+	if l.cur == nil {
+		return
+	}
+	if time.Since(time.Unix(0, l.cur.lastRecv.Load())) > silentPings*l.c.cfg.PingInterval {
+		l.drop(l.cur, errors.New("agent silent"))
+		return
+	}
+	_ = l.cur.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
+	if _, err := l.cur.conn.Write(wire.AppendPing(nil, uint64(time.Now().UnixNano()))); err != nil {
+		l.drop(l.cur, fmt.Errorf("ping: %w", err))
+	}
+}
+
+// drop ends cc, if it is still the current connection, and asks dialLoop
+// for a new one. Unsent batches go: the next connect replays the set.
+func (l *clientLoop) drop(cc *clientConn, why error) {
+	if cc != l.cur || l.cur == nil {
+		return
+	}
+	c := l.c
+	l.cur.conn.Close()
+	l.cur = nil
+	c.connected.Store(false)
+	c.disconnects.Add(1)
+	c.log.Warn("intercept agent connection lost", "agent", c.cfg.Addr, "err", why)
+	l.reg.Reset(wire.TypeRegister)
+	l.dereg.Reset(wire.TypeDeregister)
+	l.pending = nil
+	select {
+	case l.dialNow <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the loop: it sends what is pending and closes the connection,
+// telling the agent at once rather than leaving it to notice.
+func (l *clientLoop) stop() {
+	if l.cur != nil {
+		if l.pending != nil {
+			l.write(l.pending)
+		}
+		l.cur.conn.Close()
+	}
+	l.c.connected.Store(false)
 }
