@@ -19,7 +19,7 @@ import (
 )
 
 // probeAgent runs an agent on an in-memory listener for probe tests.
-func probeAgent(t *testing.T, cfg AgentConfig) (*Agent, *capturetest.Source, *pipeListener) {
+func probeAgent(t testing.TB, cfg AgentConfig) (*Agent, *capturetest.Source, *pipeListener) {
 	t.Helper()
 	src := capturetest.New(16)
 	ln := newPipeListener()
@@ -31,7 +31,7 @@ func probeAgent(t *testing.T, cfg AgentConfig) (*Agent, *capturetest.Source, *pi
 	return a, src, ln
 }
 
-func dialProbe(t *testing.T, ln *pipeListener, secret []byte) (*ProbeConn, error) {
+func dialProbe(t testing.TB, ln *pipeListener, secret []byte) (*ProbeConn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -42,7 +42,7 @@ func dialProbe(t *testing.T, ln *pipeListener, secret []byte) (*ProbeConn, error
 	return p, err
 }
 
-func waitAgent(t *testing.T, a *Agent, what string, cond func(AgentStats) bool) {
+func waitAgent(t testing.TB, a *Agent, what string, cond func(AgentStats) bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond(a.Stats()) {

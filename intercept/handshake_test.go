@@ -14,8 +14,42 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
+func TestAuthentication(t *testing.T) {
+	secret := []byte("0123456789abcdef-secret")
+	t.Run("RightSecret", func(t *testing.T) {
+		r := newRig(t, AgentConfig{Secret: secret}, ClientConfig{Secret: secret})
+		r.waitFor("authenticated connection", r.client.Connected)
+		r.register(flow(7))
+	})
+	t.Run("WrongSecret", func(t *testing.T) {
+		r := newRig(t, AgentConfig{Secret: secret}, ClientConfig{Secret: []byte("another-secret-of-16+")})
+		r.waitFor("refusal", func() bool { return r.agent.Stats().PeersRefused >= 1 })
+		if r.client.Connected() || r.agent.Stats().Peers != 0 {
+			t.Fatal("wrong secret accepted")
+		}
+		if r.client.Stats().ConnectFailures == 0 {
+			t.Fatal("client did not count the failure")
+		}
+	})
+	t.Run("NoSecret", func(t *testing.T) {
+		r := newRig(t, AgentConfig{Secret: secret}, ClientConfig{})
+		r.waitFor("refusal", func() bool { return r.agent.Stats().PeersRefused >= 1 })
+		if r.client.Connected() {
+			t.Fatal("unauthenticated client accepted")
+		}
+	})
+	t.Run("AgentWithoutSecret", func(t *testing.T) {
+		// A daemon with a secret must not talk to an agent that cannot prove it.
+		r := newRig(t, AgentConfig{}, ClientConfig{Secret: secret})
+		r.waitFor("refusal", func() bool { return r.client.Stats().ConnectFailures >= 1 })
+		if r.client.Connected() {
+			t.Fatal("daemon accepted an unauthenticated agent")
+		}
+	})
+}
+
 // selfSigned returns a certificate for name and a pool trusting it.
-func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
+func selfSigned(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
 	c := testcert.New(t, name)
 	return c.TLS, c.Pool
 }

@@ -1,0 +1,49 @@
+package intercept
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+func TestIPv6ExtensionHeadersStripped(t *testing.T) {
+	r := newRig(t, AgentConfig{}, ClientConfig{})
+	r.waitFor("connection", r.client.Connected)
+	sh := netip.MustParseAddrPort("[2001:2:0:1::2]:80")
+	fg := netip.MustParseAddrPort("[2001:2:0:ff::9]:5000")
+	r.register(rewrite.TupleOf(fg, sh))
+	seg := rewrite.Segment{Src: sh, Dst: fg, Seq: 1, Ack: 2, Flags: rewrite.FlagACK, Window: 10, Payload: make([]byte, 30)}
+	plain := make([]byte, seg.Len())
+	if _, err := seg.Put(plain); err != nil {
+		t.Fatal(err)
+	}
+	// Insert an 8-byte hop-by-hop header after the fixed header.
+	withExt := append(append([]byte(nil), plain[:40]...), rewrite.ProtoTCP, 0, 1, 4, 0, 0, 0, 0)
+	withExt = append(withExt, plain[40:]...)
+	withExt[6] = 0 // next header: hop-by-hop
+	rewrite.IPv6(withExt).SetPayloadLen(len(withExt) - 40)
+	r.src.Push(withExt, time.Now())
+	r.expectReply(plain)
+}
+
+func TestRelayHeaderZeroAlloc(t *testing.T) {
+	pkt := reply(t, 1, rewrite.FlagACK, 100)
+	var h capturedHdr
+	if n := testing.AllocsPerRun(100, func() { relayHeader(pkt, &h) }); n != 0 {
+		t.Fatalf("relayHeader allocates %v per packet", n)
+	}
+}
+
+// TestDefaultAgentConfig: every default is in DefaultAgentConfig, and
+// defaults() takes it for the zero fields only.
+func TestDefaultAgentConfig(t *testing.T) {
+	var zero AgentConfig
+	zero.defaults()
+	custom := AgentConfig{FlushDelay: time.Millisecond, MaxFlows: 7}
+	custom.defaults()
+	want := DefaultAgentConfig()
+	want.FlushDelay, want.MaxFlows = time.Millisecond, 7
+	checkDefaults(t, DefaultAgentConfig(), zero, custom, want)
+}

@@ -1,0 +1,51 @@
+package intercept
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/capture/capturetest"
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+func TestClientReconnectsAndReplaysRegistrations(t *testing.T) {
+	r := newRig(t, AgentConfig{}, ClientConfig{})
+	r.waitFor("connection", r.client.Connected)
+	r.register(flow(5))
+	// The agent goes away: a new one takes its place on the same address.
+	newLn := newPipeListener()
+	r.mu.Lock()
+	old := r.ln
+	r.ln = newLn
+	r.mu.Unlock()
+	old.Close()
+	r.agent.src.Close()
+	src2 := capturetest.New(64)
+	agent2 := NewAgent(AgentConfig{}, src2, newLn, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = agent2.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	r.waitFor("reconnect and replay", func() bool { return agent2.Stats().Flows == 1 && r.client.Connected() })
+	if cs := r.client.Stats(); cs.Connects < 2 || cs.Disconnects < 1 {
+		t.Fatalf("client stats after reconnect: %+v", cs)
+	}
+	mine := reply(t, 5, rewrite.FlagACK, 0)
+	src2.Push(mine, time.Now())
+	r.expectReply(mine)
+}
+
+// TestDefaultClientConfig: every default is in DefaultClientConfig, and
+// defaults() takes it for the zero fields only.
+func TestDefaultClientConfig(t *testing.T) {
+	var zero ClientConfig
+	zero.defaults()
+	custom := ClientConfig{Addr: "agent:1", RetryMax: time.Minute, QueueLen: 3}
+	custom.defaults()
+	want := DefaultClientConfig()
+	want.Addr, want.RetryMax, want.QueueLen = "agent:1", time.Minute, 3
+	checkDefaults(t, DefaultClientConfig(), zero, custom, want)
+}

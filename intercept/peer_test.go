@@ -1,0 +1,53 @@
+package intercept
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+func TestGarbageAndVersionMismatchRefusedWithoutHarm(t *testing.T) {
+	r := newRig(t, AgentConfig{}, ClientConfig{})
+	r.waitFor("connection", r.client.Connected)
+	r.register(flow(6))
+
+	c, rd := rawPeer(t, r)
+	go c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	expectPeerError(t, rd, wire.CodeProtocol)
+
+	c2, rd2 := rawPeer(t, r)
+	h := wire.Hello{Version: wire.Version + 1, Role: wire.RoleCopier, Name: "future"}
+	go c2.Write(wire.AppendHello(nil, &h))
+	expectPeerError(t, rd2, wire.CodeVersion)
+
+	r.waitFor("refusals counted", func() bool { return r.agent.Stats().PeersRefused >= 2 })
+	mine := reply(t, 6, rewrite.FlagACK, 0)
+	r.src.Push(mine, time.Now())
+	r.expectReply(mine) // the good daemon is unaffected
+}
+
+func TestPeerSendingGarbageAfterHandshakeIsDropped(t *testing.T) {
+	r := newRig(t, AgentConfig{}, ClientConfig{})
+	c, rd := rawPeer(t, r)
+	h := wire.Hello{Version: wire.Version, Role: wire.RoleCopier, Name: "bad"}
+	go func() {
+		c.Write(wire.AppendHello(nil, &h))
+		c.Write([]byte{0, 0, 0, 3, byte(wire.TypeRegister), 0, 1}) // count 1, no flow
+	}()
+	expectPeerError(t, rd, wire.CodeProtocol)
+	r.waitFor("peer error counted", func() bool { return r.agent.Stats().PeerErrors == 1 })
+}
+
+func TestAllowlist(t *testing.T) {
+	r := newRig(t, AgentConfig{Allow: []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")}}, ClientConfig{})
+	r.waitFor("refusal", func() bool { return r.agent.Stats().PeersRefused >= 1 })
+	if r.client.Connected() {
+		t.Fatal("peer outside the allowlist accepted")
+	}
+	c, rd := rawPeer(t, r)
+	_ = c
+	expectPeerError(t, rd, wire.CodeNotAllowed)
+}
