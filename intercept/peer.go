@@ -31,11 +31,18 @@ type agentPeer struct {
 
 // outFrame is one frame for writePeer: a reply batch or a control frame.
 type outFrame struct {
-	batch *wire.ReplyBatch // returned to batchPool after writing
+	batch *wire.ReplyBatch // recycled after writing
 	ctl   []byte
 }
 
 var batchPool = sync.Pool{New: func() any { b := new(wire.ReplyBatch); b.Reset(); return b }}
+
+// recycle empties b and returns it to batchPool: a batch goes back only
+// this way, so a batch taken from the pool never holds another's headers.
+func recycle(b *wire.ReplyBatch) {
+	b.Reset()
+	batchPool.Put(b)
+}
 
 // close ends the peer, once, from whichever side notices first: its
 // reader, its writer or the relay.
@@ -250,7 +257,7 @@ func (a *Agent) writePeer(p *agentPeer) {
 				select {
 				case f := <-p.out:
 					if f.batch != nil {
-						batchPool.Put(f.batch)
+						recycle(f.batch)
 					}
 				default:
 					return
@@ -261,8 +268,7 @@ func (a *Agent) writePeer(p *agentPeer) {
 			var err error
 			if f.batch != nil {
 				_, err = p.conn.Write(f.batch.Frame())
-				f.batch.Reset()
-				batchPool.Put(f.batch)
+				recycle(f.batch)
 				a.st.batches.Add(1)
 			} else {
 				_, err = p.conn.Write(f.ctl)

@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -50,4 +51,34 @@ func TestAllowlist(t *testing.T) {
 	c, rd := rawPeer(t, r)
 	_ = c
 	expectPeerError(t, rd, wire.CodeNotAllowed)
+}
+
+// TestDeadPeersBatchesRecycledEmpty: the batches still queued for a daemon
+// that went away go back to the pool empty. A full one would carry that
+// daemon's headers into the next batch the relay takes from the pool, for
+// whichever daemon it is.
+func TestDeadPeersBatchesRecycledEmpty(t *testing.T) {
+	hdr := reply(t, 1, rewrite.FlagACK, 0) // no payload: all header
+	for range 20 {
+		conn, other := net.Pipe()
+		other.Close()
+		p := &agentPeer{conn: conn, out: make(chan outFrame, 4), done: make(chan struct{})}
+		var queued []*wire.ReplyBatch
+		for range cap(p.out) {
+			b := new(wire.ReplyBatch)
+			b.Reset()
+			if !b.Add(1, hdr) {
+				t.Fatal("cannot build a batch")
+			}
+			queued = append(queued, b)
+			p.out <- outFrame{batch: b}
+		}
+		p.close()
+		new(Agent).writePeer(p) // returns once the queue is drained
+		for i, b := range queued {
+			if b.Len() != 0 {
+				t.Fatalf("batch %d went back to the pool holding %d headers", i, b.Len())
+			}
+		}
+	}
 }

@@ -158,7 +158,7 @@ func (r *relay) flush(p *agentPeer) {
 	p.batch = nil
 	if b == nil || b.Len() == 0 {
 		if b != nil {
-			batchPool.Put(b)
+			recycle(b)
 		}
 		return
 	}
@@ -166,8 +166,7 @@ func (r *relay) flush(p *agentPeer) {
 	case p.out <- outFrame{batch: b}:
 	default:
 		r.a.st.droppedPeer.Add(uint64(b.Len()))
-		b.Reset()
-		batchPool.Put(b)
+		recycle(b)
 	}
 }
 
@@ -253,8 +252,7 @@ func (r *relay) dropPeer(p *agentPeer) {
 	}
 	p.flows = nil
 	if p.batch != nil {
-		p.batch.Reset()
-		batchPool.Put(p.batch)
+		recycle(p.batch)
 		p.batch = nil
 	}
 }
