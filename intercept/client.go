@@ -416,10 +416,10 @@ func (l *clientLoop) drop(cc *clientConn, why error) {
 // stop ends the loop: it sends what is pending and closes the connection,
 // telling the agent at once rather than leaving it to notice.
 func (l *clientLoop) stop() {
+	if l.cur != nil && l.pending != nil {
+		l.write(l.pending) // a failed write drops cur
+	}
 	if l.cur != nil {
-		if l.pending != nil {
-			l.write(l.pending)
-		}
 		l.cur.conn.Close()
 	}
 	l.c.connected.Store(false)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
@@ -48,4 +49,21 @@ func TestDefaultClientConfig(t *testing.T) {
 	want := DefaultClientConfig()
 	want.Addr, want.RetryMax, want.QueueLen = "agent:1", time.Minute, 3
 	checkDefaults(t, DefaultClientConfig(), zero, custom, want)
+}
+
+// TestClientStopAfterFailedLastWrite: on shutdown the client sends its
+// pending registrations; if that write fails, the connection is dropped
+// (and counted) on the way, and stopping must not touch it again.
+func TestClientStopAfterFailedLastWrite(t *testing.T) {
+	c := NewClient(ClientConfig{Addr: "agent"}, func([]byte) {}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l := newClientLoop(c)
+	conn, other := net.Pipe()
+	other.Close()
+	l.cur = &clientConn{conn: conn}
+	c.connected.Store(true)
+	l.add(&l.reg, flow(1))
+	l.stop()
+	if st := c.Stats(); st.Connected || st.Disconnects != 1 || st.Registered != 0 {
+		t.Fatalf("after a failed last write: %+v", st)
+	}
 }
