@@ -32,7 +32,8 @@ func (m Map) String() string {
 	return local + "-" + m.Target.String()
 }
 
-// Config configures the engine. Zero durations and sizes take defaults.
+// Config configures the engine. Zero durations and sizes take their
+// DefaultConfig values in NewEngine (Defaults).
 type Config struct {
 	Maps    []Map
 	Pool    *rewrite.Pool // nil: keep the clients' own addresses
@@ -67,80 +68,154 @@ type Config struct {
 	QueueLen        int // per-worker queue of captured packets and replies
 }
 
-// Defaults fills in zero fields.
-func (c *Config) Defaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	if c.Workers == 0 {
-		c.Workers = 1
-	}
-	def(&c.QuietPeriod, 20*time.Millisecond)
-	def(&c.AckDelay, 40*time.Millisecond)
-	def(&c.HandshakeTimeout, 5*time.Second)
-	def(&c.ResponseTimeout, 30*time.Second)
-	def(&c.IdleTimeout, 120*time.Second)
-	def(&c.Linger, 2*time.Second)
-	def(&c.GapTimeout, 2*time.Second)
-	def(&c.RTOMin, 100*time.Millisecond)
-	def(&c.RTOMax, 4*time.Second)
-	if c.MaxRetransmits == 0 {
-		c.MaxRetransmits = 8
-	}
-	if c.MSS == 0 {
-		c.MSS = 1460
-	}
-	if c.SynMSS == 0 {
-		c.SynMSS = 1460
-	}
-	if c.MaxSessionBytes == 0 {
-		c.MaxSessionBytes = 64 << 20
-	}
-	if c.MaxBufferBytes == 0 {
-		c.MaxBufferBytes = 512 << 20
-	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = 1 << 20
-	}
-	if c.QueueLen == 0 {
-		c.QueueLen = 8192
+// MSS bounds: 536 is the segment size every IPv4 host must accept (RFC
+// 9293 §3.7.1); 65495 fills the largest IPv4 packet, as loopback's does.
+const (
+	MinMSS = 536
+	MaxMSS = 65495
+)
+
+// DefaultConfig returns the defaults, the only place they are written:
+// Defaults takes zero fields from it and callers (the CLI's flags) read
+// theirs here. It has no maps.
+func DefaultConfig() Config {
+	return Config{
+		Workers:          1,
+		QuietPeriod:      20 * time.Millisecond,
+		AckDelay:         40 * time.Millisecond,
+		HandshakeTimeout: 5 * time.Second,
+		ResponseTimeout:  30 * time.Second,
+		IdleTimeout:      120 * time.Second,
+		Linger:           2 * time.Second,
+		GapTimeout:       2 * time.Second,
+		RTOMin:           100 * time.Millisecond,
+		RTOMax:           4 * time.Second,
+		MaxRetransmits:   8,
+		MSS:              1460,
+		SynMSS:           1460,
+		MaxSessionBytes:  64 << 20,
+		MaxBufferBytes:   512 << 20,
+		MaxSessions:      1 << 20,
+		QueueLen:         8192,
 	}
 }
 
-// Validate checks a defaulted config.
+// Defaults fills zero fields from DefaultConfig.
+func (c *Config) Defaults() {
+	d := DefaultConfig()
+	orDefault(&c.Workers, d.Workers)
+	orDefault(&c.QuietPeriod, d.QuietPeriod)
+	orDefault(&c.AckDelay, d.AckDelay)
+	orDefault(&c.HandshakeTimeout, d.HandshakeTimeout)
+	orDefault(&c.ResponseTimeout, d.ResponseTimeout)
+	orDefault(&c.IdleTimeout, d.IdleTimeout)
+	orDefault(&c.Linger, d.Linger)
+	orDefault(&c.GapTimeout, d.GapTimeout)
+	orDefault(&c.RTOMin, d.RTOMin)
+	orDefault(&c.RTOMax, d.RTOMax)
+	orDefault(&c.MaxRetransmits, d.MaxRetransmits)
+	orDefault(&c.MSS, d.MSS)
+	orDefault(&c.SynMSS, d.SynMSS)
+	orDefault(&c.MaxSessionBytes, d.MaxSessionBytes)
+	orDefault(&c.MaxBufferBytes, d.MaxBufferBytes)
+	orDefault(&c.MaxSessions, d.MaxSessions)
+	orDefault(&c.QueueLen, d.QueueLen)
+}
+
+func orDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
+}
+
+// FieldError is a Config value Validate refuses. Field names it as Go
+// spells it ("MSS", "Maps[1]") so that a caller can point at its own
+// setting of that field: a flag, a file key.
+type FieldError struct {
+	Field string
+	Value any // the refused value; nil when the field is wrong as a whole
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == nil {
+		return fmt.Sprintf("%s: %v", e.Field, e.Err)
+	}
+	return fmt.Sprintf("%s %v: %v", e.Field, e.Value, e.Err)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field string, value any, why string) error {
+	return &FieldError{Field: field, Value: value, Err: errors.New(why)}
+}
+
+// Validate checks a complete config, such as one Defaults filled: a zero
+// duration or size is refused here, not defaulted. Errors are
+// *FieldError.
 func (c *Config) Validate() error {
 	if len(c.Maps) == 0 {
-		return errors.New("no map: nothing to copy")
+		return fieldErr("Maps", nil, "no map: nothing to copy")
 	}
 	if len(c.Maps) > 255 {
-		return errors.New("at most 255 maps")
+		return fieldErr("Maps", nil, "at most 255 maps")
 	}
 	for i, m := range c.Maps {
+		field := fmt.Sprintf("Maps[%d]", i)
 		if m.Local.Port() == 0 {
-			return fmt.Errorf("map %v: local port must not be 0", m)
+			return fieldErr(field, m, "local port must not be 0")
 		}
 		if !m.Target.Addr().IsValid() || m.Target.Port() == 0 {
-			return fmt.Errorf("map %v: target needs an address and a port", m)
+			return fieldErr(field, m, "target needs an address and a port")
 		}
 		if a := m.Local.Addr(); a.IsValid() && a.Is4() != m.Target.Addr().Is4() {
-			return fmt.Errorf("map %v: local and target addresses are of different families", m)
+			return fieldErr(field, m, "local and target addresses are of different families")
 		}
 		for _, o := range c.Maps[:i] {
 			if o == m {
-				return fmt.Errorf("map %v given twice", m)
+				return fieldErr(field, m, "given twice")
 			}
 		}
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
-		return fmt.Errorf("workers %d: want 1..1024", c.Workers)
+		return fieldErr("Workers", c.Workers, "want 1..1024")
 	}
-	if c.MSS < 64 || c.MSS > 65495 {
-		return fmt.Errorf("mss %d: want 64..65495", c.MSS)
+	if c.MSS < MinMSS || c.MSS > MaxMSS {
+		return fieldErr("MSS", c.MSS, fmt.Sprintf("want %d..%d", MinMSS, MaxMSS))
+	}
+	if c.SynMSS < MinMSS || c.SynMSS > MaxMSS {
+		return fieldErr("SynMSS", c.SynMSS, fmt.Sprintf("want %d..%d", MinMSS, MaxMSS))
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{
+		{"HandshakeTimeout", c.HandshakeTimeout}, {"ResponseTimeout", c.ResponseTimeout},
+		{"IdleTimeout", c.IdleTimeout}, {"Linger", c.Linger}, {"QuietPeriod", c.QuietPeriod},
+		{"AckDelay", c.AckDelay}, {"GapTimeout", c.GapTimeout}, {"RTOMin", c.RTOMin}, {"RTOMax", c.RTOMax},
+	} {
+		if d.v <= 0 {
+			return fieldErr(d.field, d.v, "must be positive")
+		}
 	}
 	if c.RTOMin > c.RTOMax {
-		return fmt.Errorf("rto min %v above rto max %v", c.RTOMin, c.RTOMax)
+		return fieldErr("RTOMin", c.RTOMin, fmt.Sprintf("above RTOMax %v", c.RTOMax))
+	}
+	if c.MaxRetransmits < 0 {
+		return fieldErr("MaxRetransmits", c.MaxRetransmits, "must not be negative")
+	}
+	if c.MaxSessionBytes < 4096 {
+		return fieldErr("MaxSessionBytes", c.MaxSessionBytes, "want at least 4096")
+	}
+	if c.MaxBufferBytes < 1 {
+		return fieldErr("MaxBufferBytes", c.MaxBufferBytes, "want at least 1")
+	}
+	if c.MaxSessions < 1 {
+		return fieldErr("MaxSessions", c.MaxSessions, "want at least 1")
+	}
+	if c.QueueLen < 1 {
+		return fieldErr("QueueLen", c.QueueLen, "want at least 1")
 	}
 	return nil
 }
