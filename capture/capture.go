@@ -50,7 +50,7 @@ type Stats struct {
 // Config configures a live capture.
 type Config struct {
 	Interface  string
-	SnapLen    int // default 262144: GRO can merge up to 64 KiB
+	SnapLen    int // default MaxSnapLen: GRO can merge up to 64 KiB
 	BufferSize int // kernel ring size in bytes, default 32 MiB
 	// Timeout bounds how long a packet may wait in the kernel's ring
 	// before a read returns it (the kernel hands over a block when it is
@@ -72,15 +72,25 @@ type Config struct {
 	InboundOnly bool
 }
 
+// MaxSnapLen is the largest snap length libpcap takes.
+const MaxSnapLen = 262144
+
+// DefaultConfig returns the defaults, the only place they are written:
+// OpenLive takes zero fields from it. It names no interface.
+func DefaultConfig() Config {
+	return Config{SnapLen: MaxSnapLen, BufferSize: 32 << 20, Timeout: time.Millisecond}
+}
+
 func (c *Config) setDefaults() {
+	d := DefaultConfig()
 	if c.SnapLen == 0 {
-		c.SnapLen = 262144
+		c.SnapLen = d.SnapLen
 	}
 	if c.BufferSize == 0 {
-		c.BufferSize = 32 << 20
+		c.BufferSize = d.BufferSize
 	}
 	if c.Timeout == 0 {
-		c.Timeout = time.Millisecond
+		c.Timeout = d.Timeout
 	}
 }
 
