@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/internal/conffile"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -163,7 +163,7 @@ func writeKeys(w io.Writer, fs *pflag.FlagSet, flags []string, from origin) {
 	}
 }
 
-func dumpDerived(d *capture.DumpConfig) string {
+func dumpDerived(d *pcapdump.Config) string {
 	if d == nil {
 		return "off"
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
 	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
 	"github.com/tcpshadow/tcpshadow/rewrite"
@@ -398,7 +399,7 @@ func runCopy(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile
 		defer s.Close()
 		senders[i] = rawsock.NewBatch(s) // one sendmmsg per worker batch
 		if dump != nil {
-			senders[i] = withDump(senders[i], dump)
+			senders[i] = pcapdump.TeeSender(senders[i], dump)
 		}
 	}
 	var eng *tcpstate.Engine

@@ -19,11 +19,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/internal/conffile"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
-	"github.com/tcpshadow/tcpshadow/tcpstate"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 )
 
 // This file is what copy and intercept share as daemons: the config file,
@@ -81,7 +80,7 @@ func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp) {
 // daemonConfig is the validated form of daemonOptions.
 type daemonConfig struct {
 	logFile        string
-	dump           *capture.DumpConfig // nil: no dump
+	dump           *pcapdump.Config // nil: no dump
 	secret         []byte
 	name           string
 	metricsAddr    string
@@ -168,7 +167,7 @@ func (d *dumpOptions) addFlags(f *pflag.FlagSet, dumped string) {
 }
 
 // config validates the dump options; it returns nil when dumping is off.
-func (d *dumpOptions) config(from origin) (*capture.DumpConfig, error) {
+func (d *dumpOptions) config(from origin) (*pcapdump.Config, error) {
 	if d.maxMB < 1 || d.maxMB > 1<<20 {
 		return nil, fmt.Errorf("%s %d: want 1..1048576", from.name("dump-max-mb"), d.maxMB)
 	}
@@ -184,7 +183,7 @@ func (d *dumpOptions) config(from origin) (*capture.DumpConfig, error) {
 	if fi, err := os.Stat(d.path); err == nil && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s %q: want a regular file (it is rotated by renaming)", from.name("dump"), d.path)
 	}
-	return &capture.DumpConfig{Path: d.path, MaxBytes: int64(d.maxMB) << 20, Files: d.files}, nil
+	return &pcapdump.Config{Path: d.path, MaxBytes: int64(d.maxMB) << 20, Files: d.files}, nil
 }
 
 // checkDir checks the directory a file is to be created in exists.
@@ -231,11 +230,11 @@ func (g *globalOptions) openLog(path string, stderr io.Writer, from origin) (*lo
 
 // openDump opens the dump if one is configured; the returned dump is nil
 // otherwise.
-func openDump(cfg *capture.DumpConfig, log *slog.Logger) (*capture.Dump, error) {
+func openDump(cfg *pcapdump.Config, log *slog.Logger) (*pcapdump.Dump, error) {
 	if cfg == nil {
 		return nil, nil
 	}
-	d, err := capture.OpenDump(*cfg, log)
+	d, err := pcapdump.Open(*cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("--dump: %w", err)
 	}
@@ -243,39 +242,8 @@ func openDump(cfg *capture.DumpConfig, log *slog.Logger) (*capture.Dump, error) 
 	return d, nil
 }
 
-// withDump wraps a worker's sender so that every packet it accepts is
-// dumped. It is used only with --dump, so the datapath without a dump pays
-// nothing. The dump is shared by all workers and serialises them: fine
-// for a debugging aid. A batching sender stays one (tcpstate.Flusher), so
-// the worker still flushes it; its packets are dumped when queued.
-func withDump(s tcpstate.Sender, d *capture.Dump) tcpstate.Sender {
-	ds := dumpSender{Sender: s, d: d}
-	if f, ok := s.(tcpstate.Flusher); ok {
-		return dumpFlushSender{dumpSender: ds, Flusher: f}
-	}
-	return ds
-}
-
-type dumpSender struct {
-	tcpstate.Sender
-	d *capture.Dump
-}
-
-func (s dumpSender) Send(pkt []byte) error {
-	err := s.Sender.Send(pkt)
-	if err == nil {
-		s.d.WriteIP(time.Now(), pkt)
-	}
-	return err
-}
-
-type dumpFlushSender struct {
-	dumpSender
-	tcpstate.Flusher
-}
-
 // dumpSamples renders a dump's counters; none without a dump.
-func dumpSamples(d *capture.Dump) []metrics.Sample {
+func dumpSamples(d *pcapdump.Dump) []metrics.Sample {
 	if d == nil {
 		return nil
 	}
@@ -290,7 +258,7 @@ func dumpSamples(d *capture.Dump) []metrics.Sample {
 
 // reopenOnHangup reopens the log file and the dump on every SIGHUP until
 // the returned stop is called.
-func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *capture.Dump) (stop func()) {
+func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) (stop func()) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -315,7 +283,7 @@ func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *capture.Dump) (sto
 }
 
 // reopen reopens the log file and the dump; a failure keeps the old file.
-func reopen(log *slog.Logger, lf *logfile.File, dump *capture.Dump) {
+func reopen(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) {
 	if err := lf.Reopen(); err != nil {
 		log.Error("reopen log file; still writing the old one", "path", lf.Path(), "err", err)
 	}

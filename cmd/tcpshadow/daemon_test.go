@@ -1,14 +1,12 @@
 package main
 
 import (
-	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,10 +14,9 @@ import (
 	"github.com/google/gopacket/pcapgo"
 	"github.com/spf13/pflag"
 
-	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/rewrite"
-	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
 
 // daemonOptionsFrom reads the flags both daemons share from f.
@@ -94,7 +91,7 @@ func TestDumpOptions(t *testing.T) {
 	if cfg, err = o.config(); err != nil {
 		t.Fatal(err)
 	}
-	want := capture.DumpConfig{Path: filepath.Join(dir, "c.pcap"), MaxBytes: 7 << 20, Files: 2}
+	want := pcapdump.Config{Path: filepath.Join(dir, "c.pcap"), MaxBytes: 7 << 20, Files: 2}
 	if cfg.dump == nil || *cfg.dump != want || cfg.logFile != filepath.Join(dir, "c.log") {
 		t.Errorf("dump %+v, log file %q", cfg.dump, cfg.logFile)
 	}
@@ -104,73 +101,18 @@ func TestDumpOptions(t *testing.T) {
 	}
 }
 
-type countingSender struct {
-	mu   sync.Mutex
-	n    int
-	fail bool
-}
-
-func (s *countingSender) Send([]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.fail {
-		return errors.New("no buffer space")
-	}
-	s.n++
-	return nil
-}
-
-type flushingSender struct{ flushes int }
-
-func (s *flushingSender) Send([]byte) error { return nil }
-func (s *flushingSender) Flush() (int, error) {
-	s.flushes++
-	return 7, nil
-}
-
-// TestDumpSender checks the copy daemon's senders dump what they sent,
-// and only that, from several workers at once (run with -race).
-func TestDumpSender(t *testing.T) {
+// TestDumpSamples checks a dump's counters are exported, and none
+// without a dump. (Its sender wrapper is tested in internal/pcapdump.)
+func TestDumpSamples(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "copy.pcap")
-	d, err := capture.OpenDump(capture.DumpConfig{Path: path}, slog.New(slog.DiscardHandler))
+	d, err := pcapdump.Open(pcapdump.Config{Path: path}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := withDump(&countingSender{fail: w == 3}, d)
-			for i := range 50 {
-				if err := s.Send(synTo(t, uint16(1000*w+i))); (err != nil) != (w == 3) {
-					t.Errorf("worker %d: send error %v", w, err)
-				}
-			}
-		}()
+	for i := range 150 {
+		d.WriteIP(time.Now(), synTo(t, uint16(i)))
 	}
-	wg.Wait()
 	d.Close()
-	ports := pcapPorts(t, path)
-	if len(ports) != 150 {
-		t.Errorf("%d packets dumped, want the 150 sent", len(ports))
-	}
-	for _, p := range ports {
-		if p >= 3000 {
-			t.Errorf("port %d dumped though its send failed", p)
-		}
-	}
-	if _, ok := withDump(&countingSender{}, d).(tcpstate.Flusher); ok {
-		t.Error("a plain sender became a Flusher")
-	}
-	fs := &flushingSender{}
-	wrapped, ok := withDump(fs, d).(tcpstate.Flusher)
-	if !ok {
-		t.Fatal("a batching sender lost its Flush: the worker would never flush it")
-	}
-	if failed, _ := wrapped.Flush(); failed != 7 || fs.flushes != 1 {
-		t.Errorf("Flush through the wrapper: %d failed, %d flushes; want the sender's 7 and 1", failed, fs.flushes)
-	}
 	if s := dumpSamples(d); len(s) != 4 || s[0].Name != "tcpshadow_dump_packets_total" || s[0].Value != 150 {
 		t.Errorf("samples %+v", s)
 	}
@@ -190,7 +132,7 @@ func TestHangupReopens(t *testing.T) {
 	}
 	defer lf.Close()
 	log := slog.New(slog.NewTextHandler(lf, nil))
-	d, err := capture.OpenDump(capture.DumpConfig{Path: dumpPath}, log)
+	d, err := pcapdump.Open(pcapdump.Config{Path: dumpPath}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
 )
 
@@ -167,7 +168,7 @@ func runIntercept(ctx context.Context, cfg *interceptConfig, log *slog.Logger, l
 		// Dumped where the agent reads them, before the relay decides:
 		// replies nobody registered (no_owner) are worth seeing too, and
 		// the agent needs no hook.
-		src = capture.Tee(src, dump)
+		src = pcapdump.Tee(src, dump)
 	}
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {

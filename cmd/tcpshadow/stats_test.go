@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/capture/capturetest"
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
 
@@ -48,7 +48,7 @@ func daemonSamples(t *testing.T, role string) []metrics.Sample {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	src := capturetest.New(1)
-	dump, err := capture.OpenDump(capture.DumpConfig{Path: filepath.Join(t.TempDir(), "d.pcap")}, log)
+	dump, err := pcapdump.Open(pcapdump.Config{Path: filepath.Join(t.TempDir(), "d.pcap")}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

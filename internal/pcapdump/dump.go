@@ -1,4 +1,12 @@
-package capture
+// Package pcapdump writes IP packets to a size-bounded, rotating set of
+// pcap files for debugging (a daemon's --dump), and wraps the datapath's
+// ends so that they feed one: Tee for a capture source, TeeSender for a
+// sender toward the shadow.
+//
+// It owns the dump files (creation, rotation, reopening on SIGHUP) and
+// counts its own failures; it never fails its callers. It does not decide
+// what is dumped: whoever wraps a source or a sender does.
+package pcapdump
 
 import (
 	"bufio"
@@ -17,10 +25,12 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/tcpshadow/tcpshadow/capture"
 )
 
-// DumpConfig configures a Dump.
-type DumpConfig struct {
+// Config configures a Dump.
+type Config struct {
 	// Path is the current file. Older ones are Path.1 (the newest) to
 	// Path.<Files-1>, as logrotate names them.
 	Path string
@@ -33,8 +43,12 @@ type DumpConfig struct {
 	Files int
 }
 
-// DumpStats counts what a Dump did.
-type DumpStats struct {
+// DefaultConfig returns the defaults, the only place they are written:
+// Open takes zero fields from it. It names no file.
+func DefaultConfig() Config { return Config{MaxBytes: 100 << 20, Files: 5} }
+
+// Stats counts what a Dump did.
+type Stats struct {
 	Packets   uint64 // packet records written
 	Errors    uint64 // failed writes, flushes, opens and renames
 	Dropped   uint64 // packets not written because of an error
@@ -42,7 +56,6 @@ type DumpStats struct {
 }
 
 const (
-	dumpSnapLen   = 262144 // the largest snap length libpcap knows
 	pcapHeaderLen = 24
 	pcapRecordLen = 16 // per-packet record header
 	// dumpRetry is how long a Dump that failed waits before opening a
@@ -54,9 +67,9 @@ const (
 	dumpFlushEvery = time.Second
 )
 
-// dumpFile is what a Dump writes to: an *os.File, or a failing fake in
+// file is what a Dump writes to: an *os.File, or a failing fake in
 // tests.
-type dumpFile interface {
+type file interface {
 	io.WriteCloser
 	Stat() (os.FileInfo, error)
 }
@@ -69,12 +82,12 @@ type dumpFile interface {
 // logged once per failure, and the Dump starts a fresh file a second
 // later.
 type Dump struct {
-	cfg    DumpConfig
+	cfg    Config
 	log    *slog.Logger
-	create func(path string) (dumpFile, error) // opens a file for writing, truncated
+	create func(path string) (file, error) // opens a file for writing, truncated
 
 	mu      sync.Mutex // guards the fields below
-	f       dumpFile   // nil while broken or closed
+	f       file       // nil while broken or closed
 	bw      *bufio.Writer
 	pw      *pcapgo.Writer
 	size    int64     // bytes in f, buffered ones included
@@ -89,24 +102,25 @@ type Dump struct {
 	stopOnce sync.Once
 }
 
-// OpenDump starts a dump at cfg.Path. A non-empty file already there is
+// Open starts a dump at cfg.Path. A non-empty file already there is
 // rotated away first (Path → Path.1 ...), so a restart never appends to a
 // file that may end in a torn record.
-func OpenDump(cfg DumpConfig, log *slog.Logger) (*Dump, error) {
-	return openDump(cfg, log, func(path string) (dumpFile, error) {
+func Open(cfg Config, log *slog.Logger) (*Dump, error) {
+	return open(cfg, log, func(path string) (file, error) {
 		return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 	})
 }
 
-func openDump(cfg DumpConfig, log *slog.Logger, create func(string) (dumpFile, error)) (*Dump, error) {
+func open(cfg Config, log *slog.Logger, create func(string) (file, error)) (*Dump, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("dump: empty path")
 	}
+	def := DefaultConfig()
 	if cfg.MaxBytes == 0 {
-		cfg.MaxBytes = 100 << 20
+		cfg.MaxBytes = def.MaxBytes
 	}
 	if cfg.Files == 0 {
-		cfg.Files = 5
+		cfg.Files = def.Files
 	}
 	if cfg.MaxBytes < pcapHeaderLen+pcapRecordLen {
 		return nil, fmt.Errorf("dump %s: size bound of %d bytes too small", cfg.Path, cfg.MaxBytes)
@@ -130,8 +144,8 @@ func openDump(cfg DumpConfig, log *slog.Logger, create func(string) (dumpFile, e
 func (d *Dump) Path() string { return d.cfg.Path }
 
 // Stats returns a snapshot of the counters.
-func (d *Dump) Stats() DumpStats {
-	return DumpStats{
+func (d *Dump) Stats() Stats {
+	return Stats{
 		Packets: d.packets.Load(), Errors: d.errs.Load(),
 		Dropped: d.dropped.Load(), Rotations: d.rotations.Load(),
 	}
@@ -166,8 +180,8 @@ func ipLen(pkt []byte) int {
 // Write dumps pkt, whose length on the wire was origLen, as captured at
 // ts. It does not keep pkt.
 func (d *Dump) Write(ts time.Time, pkt []byte, origLen int) {
-	if len(pkt) > dumpSnapLen {
-		pkt = pkt[:dumpSnapLen]
+	if len(pkt) > capture.MaxSnapLen {
+		pkt = pkt[:capture.MaxSnapLen]
 	}
 	origLen = max(origLen, len(pkt))
 	rec := int64(pcapRecordLen + len(pkt))
@@ -260,7 +274,7 @@ func (d *Dump) openLocked() error {
 	d.f = f
 	d.bw.Reset(f)
 	d.pw = pcapgo.NewWriter(d.bw)
-	if err := d.pw.WriteFileHeader(dumpSnapLen, layers.LinkTypeRaw); err != nil {
+	if err := d.pw.WriteFileHeader(capture.MaxSnapLen, layers.LinkTypeRaw); err != nil {
 		_ = f.Close()
 		d.f = nil
 		return fmt.Errorf("dump %s: write header: %w", d.cfg.Path, err)
@@ -382,12 +396,12 @@ func (d *Dump) Close() error {
 	return nil
 }
 
-// Tee returns a Source that dumps every packet it reads from src to d
-// before returning it.
-func Tee(src Source, d *Dump) Source { return &teeSource{Source: src, d: d} }
+// Tee returns a capture source that dumps every packet it reads from src
+// to d before returning it.
+func Tee(src capture.Source, d *Dump) capture.Source { return &teeSource{Source: src, d: d} }
 
 type teeSource struct {
-	Source
+	capture.Source
 	d *Dump
 }
 

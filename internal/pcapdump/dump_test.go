@@ -1,4 +1,4 @@
-package capture
+package pcapdump
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 
+	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -37,8 +38,23 @@ func synPacket(t testing.TB, src, dst netip.AddrPort) []byte {
 	return b
 }
 
+// tcpPacket builds an IP packet carrying a TCP segment with payload.
+func tcpPacket(t testing.TB, src, dst string, payload string) []byte {
+	t.Helper()
+	seg := rewrite.Segment{
+		Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst),
+		Seq: 1, Ack: 2, Flags: rewrite.FlagACK | rewrite.FlagPSH, Window: 100,
+		Payload: []byte(payload),
+	}
+	b := make([]byte, seg.Len())
+	if _, err := seg.Put(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // tcpdumpLines reads a pcap file with tcpdump -nn and returns its lines.
-func tcpdumpLines(t *testing.T, path string) []string {
+func tcpdumpLines(t testing.TB, path string) []string {
 	t.Helper()
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		t.Fatal("tcpdump not found: scripts/deps.sh installs it")
@@ -64,7 +80,7 @@ func tcpdumpLines(t *testing.T, path string) []string {
 
 // synPorts returns the source ports of tcpdump's SYN lines from 198.18.0.2
 // or 2001:2::2 to the shadow's port 80; any other line fails the test.
-func synPorts(t *testing.T, lines []string) []int {
+func synPorts(t testing.TB, lines []string) []int {
 	t.Helper()
 	var ports []int
 	for _, l := range lines {
@@ -107,7 +123,7 @@ func syn(t testing.TB, i int) []byte {
 func TestDumpRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "copy.pcap")
 	const maxBytes, files, n = 600, 3, 30
-	d, err := OpenDump(DumpConfig{Path: path, MaxBytes: maxBytes, Files: files}, discard)
+	d, err := Open(Config{Path: path, MaxBytes: maxBytes, Files: files}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +178,7 @@ func TestDumpRotation(t *testing.T) {
 // TestDumpOneFile checks Files = 1 keeps only the current file.
 func TestDumpOneFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.pcap")
-	d, err := OpenDump(DumpConfig{Path: path, MaxBytes: 200, Files: 1}, discard)
+	d, err := Open(Config{Path: path, MaxBytes: 200, Files: 1}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +200,7 @@ func TestDumpOneFile(t *testing.T) {
 // with its length on the wire, and link padding is left out.
 func TestDumpLengths(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.pcap")
-	d, err := OpenDump(DumpConfig{Path: path}, discard)
+	d, err := Open(Config{Path: path}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +250,7 @@ func TestDumpLengths(t *testing.T) {
 func TestDumpReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "copy.pcap")
-	d, err := OpenDump(DumpConfig{Path: path}, discard)
+	d, err := Open(Config{Path: path}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +305,7 @@ func TestDumpReopen(t *testing.T) {
 func TestDumpStartRotatesOld(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.pcap")
 	for run := range 2 {
-		d, err := OpenDump(DumpConfig{Path: path}, discard)
+		d, err := Open(Config{Path: path}, discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +323,7 @@ func TestDumpStartRotatesOld(t *testing.T) {
 func TestDumpRefusesNonRegular(t *testing.T) {
 	dir := t.TempDir()
 	for _, p := range []string{dir, "/dev/null"} {
-		if d, err := OpenDump(DumpConfig{Path: p}, discard); err == nil {
+		if d, err := Open(Config{Path: p}, discard); err == nil {
 			d.Close()
 			t.Errorf("OpenDump(%s) succeeded", p)
 		}
@@ -322,7 +338,7 @@ func TestDumpRefusesNonRegular(t *testing.T) {
 func TestDumpConcurrent(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.pcap")
 	const writers, each = 8, 300
-	d, err := OpenDump(DumpConfig{Path: path, MaxBytes: 4096, Files: 1000}, discard)
+	d, err := Open(Config{Path: path, MaxBytes: 4096, Files: 1000}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +451,7 @@ func TestDumpErrorsCounted(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	var mu sync.Mutex
 	full := true
-	create := func(p string) (dumpFile, error) {
+	create := func(p string) (file, error) {
 		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 		if err != nil {
 			return nil, err
@@ -449,7 +465,7 @@ func TestDumpErrorsCounted(t *testing.T) {
 		}
 		return f, nil
 	}
-	d, err := openDump(DumpConfig{Path: path}, log, create)
+	d, err := open(Config{Path: path}, log, create)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +507,6 @@ func TestDumpErrorsCounted(t *testing.T) {
 }
 
 // sliceSource returns pkts in order, stamped 1700000000+i seconds.
-// (capturetest imports this package, so an internal test cannot use it.)
 type sliceSource struct {
 	pkts [][]byte
 	next int
@@ -505,14 +520,14 @@ func (s *sliceSource) Read() ([]byte, time.Time, error) {
 	return s.pkts[s.next-1], time.Unix(1700000000+int64(s.next-1), 0), nil
 }
 
-func (s *sliceSource) Stats() Stats { return Stats{Read: uint64(s.next)} }
-func (s *sliceSource) Close() error { return nil }
+func (s *sliceSource) Stats() capture.Stats { return capture.Stats{Read: uint64(s.next)} }
+func (s *sliceSource) Close() error         { return nil }
 
 // TestTee checks a teed source returns what it reads, unchanged, and
 // dumps it.
 func TestTee(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.pcap")
-	d, err := OpenDump(DumpConfig{Path: path}, discard)
+	d, err := Open(Config{Path: path}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -542,7 +557,7 @@ func TestTee(t *testing.T) {
 // TestDumpWriteAllocs checks dumping a packet allocates nothing: it is
 // per packet when on.
 func TestDumpWriteAllocs(t *testing.T) {
-	d, err := OpenDump(DumpConfig{Path: filepath.Join(t.TempDir(), "d.pcap")}, discard)
+	d, err := Open(Config{Path: filepath.Join(t.TempDir(), "d.pcap")}, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,7 +572,7 @@ func TestDumpWriteAllocs(t *testing.T) {
 func BenchmarkDumpWriteIP(b *testing.B) {
 	for _, size := range []int{60, 1500} {
 		b.Run(strconv.Itoa(size), func(b *testing.B) {
-			d, err := OpenDump(DumpConfig{Path: filepath.Join(b.TempDir(), "d.pcap"), MaxBytes: 16 << 20, Files: 2}, discard)
+			d, err := Open(Config{Path: filepath.Join(b.TempDir(), "d.pcap"), MaxBytes: 16 << 20, Files: 2}, discard)
 			if err != nil {
 				b.Fatal(err)
 			}
