@@ -1,0 +1,143 @@
+package daemon
+
+import (
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/tcpstate"
+)
+
+// validCopy is the smallest valid copy daemon configuration.
+func validCopy() CopyConfig {
+	c := DefaultCopyConfig()
+	c.Capture.Interface = "eth0"
+	c.Client.Addr = "198.18.1.3:36524"
+	c.Engine.Maps = []tcpstate.Map{{
+		Local:  netip.AddrPortFrom(netip.Addr{}, 80),
+		Target: netip.MustParseAddrPort("198.18.1.2:80"),
+	}}
+	return c
+}
+
+// validAgent is the smallest valid agent configuration.
+func validAgent() AgentConfig {
+	c := DefaultAgentConfig()
+	c.Capture.Interface = "eth0"
+	return c
+}
+
+func TestDefaultConfigs(t *testing.T) {
+	c := validCopy()
+	if err := c.Validate(); err != nil {
+		t.Errorf("default copy config: %v", err)
+	}
+	if !c.Capture.InboundOnly || c.Capture.SnapLen != 262144 || c.Capture.BufferSize != 32<<20 || c.Capture.Timeout != time.Millisecond {
+		t.Errorf("copy capture %+v", c.Capture)
+	}
+	if c.MaxCPU != max(1, runtime.NumCPU()/2) || c.MaxMemory != 1<<30 || c.StatsInterval != 30*time.Second {
+		t.Errorf("copy budgets: %d CPUs, %d bytes, stats every %v", c.MaxCPU, c.MaxMemory, c.StatsInterval)
+	}
+	if c.Dump.Path != "" || c.Dump.MaxBytes != 100<<20 || c.Dump.Files != 5 {
+		t.Errorf("copy dump %+v: want off, 100 MiB, 5 files", c.Dump)
+	}
+	a := validAgent()
+	if err := a.Validate(); err != nil {
+		t.Errorf("default agent config: %v", err)
+	}
+	if !a.Capture.InboundOnly || a.Capture.SnapLen != 256 || a.Capture.Filter != "tcp" || a.Listen != ":36524" {
+		t.Errorf("agent capture %+v, listen %q", a.Capture, a.Listen)
+	}
+	if a.Agent.FlushDelay != 200*time.Microsecond || a.Agent.MaxFlows != 1<<20 {
+		t.Errorf("agent config %+v", a.Agent)
+	}
+}
+
+// TestEngineBudgets checks the engine's budgets come from MaxMemory and
+// MaxCPU: half the memory for buffered data, a quarter for sessions at
+// about 1 KiB each, one worker per CPU.
+func TestEngineBudgets(t *testing.T) {
+	c := validCopy()
+	c.MaxCPU = 3
+	e := c.EngineConfig()
+	if e.Workers != 3 || e.MaxBufferBytes != 512<<20 || e.MaxSessions != 1<<30/4/1024 {
+		t.Errorf("1 GiB, 3 CPUs: %d workers, %d buffer bytes, %d sessions", e.Workers, e.MaxBufferBytes, e.MaxSessions)
+	}
+	c.Engine.Workers, c.Engine.MaxSessions, c.MaxMemory = 5, 1000, 64<<20
+	e = c.EngineConfig()
+	if e.Workers != 5 || e.MaxBufferBytes != 32<<20 || e.MaxSessions != 1000 {
+		t.Errorf("64 MiB, 5 workers, 1000 sessions: %d workers, %d buffer bytes, %d sessions", e.Workers, e.MaxBufferBytes, e.MaxSessions)
+	}
+	if c.Engine.Workers != 5 || c.Engine.MaxBufferBytes != 0 {
+		t.Errorf("EngineConfig changed the config: %+v", c.Engine)
+	}
+}
+
+// TestValidateNamesTheField checks every refusal names the field, from
+// the config's root, so that the CLI can name the flag or key.
+func TestValidateNamesTheField(t *testing.T) {
+	dir := t.TempDir()
+	copyTests := []struct {
+		field  string
+		mutate func(*CopyConfig)
+	}{
+		{"Capture.Interface", func(c *CopyConfig) { c.Capture.Interface = "" }},
+		{"Capture.SnapLen", func(c *CopyConfig) { c.Capture.SnapLen = 127 }},
+		{"Capture.SnapLen", func(c *CopyConfig) { c.Capture.SnapLen = 262145 }},
+		{"Capture.BufferSize", func(c *CopyConfig) { c.Capture.BufferSize = 0 }},
+		{"Capture.BufferSize", func(c *CopyConfig) { c.Capture.BufferSize = 4097 << 20 }},
+		{"Capture.Timeout", func(c *CopyConfig) { c.Capture.Timeout = time.Millisecond - 1 }},
+		{"Capture.Timeout", func(c *CopyConfig) { c.Capture.Timeout = time.Second + 1 }},
+		{"Client.Addr", func(c *CopyConfig) { c.Client.Addr = "" }},
+		{"MaxCPU", func(c *CopyConfig) { c.MaxCPU = 0 }},
+		{"MaxCPU", func(c *CopyConfig) { c.MaxCPU = 1025 }},
+		{"MaxMemory", func(c *CopyConfig) { c.MaxMemory = 16<<20 - 1 }},
+		{"StatsInterval", func(c *CopyConfig) { c.StatsInterval = -time.Second }},
+		{"Dump.MaxBytes", func(c *CopyConfig) { c.Dump.MaxBytes = 0 }},
+		{"Dump.Files", func(c *CopyConfig) { c.Dump.Files = 1001 }},
+		{"Dump.Path", func(c *CopyConfig) { c.Dump.Path = filepath.Join(dir, "none", "x.pcap") }},
+		{"Dump.Path", func(c *CopyConfig) { c.Dump.Path = dir }},
+		{"Engine.Maps", func(c *CopyConfig) { c.Engine.Maps = nil }},
+		{"Engine.Maps[1]", func(c *CopyConfig) { c.Engine.Maps = append(c.Engine.Maps, c.Engine.Maps[0]) }},
+		{"Engine.Workers", func(c *CopyConfig) { c.Engine.Workers = -1 }},
+		{"Engine.MSS", func(c *CopyConfig) { c.Engine.MSS = 535 }},
+		{"Engine.Linger", func(c *CopyConfig) { c.Engine.Linger = 0 }},
+		{"Engine.MaxSessionBytes", func(c *CopyConfig) { c.Engine.MaxSessionBytes = 4095 }},
+		{"Engine.MaxSessions", func(c *CopyConfig) { c.Engine.MaxSessions = 0 }},
+	}
+	for _, tt := range copyTests {
+		c := validCopy()
+		tt.mutate(&c)
+		checkField(t, c.Validate(), tt.field)
+	}
+	agentTests := []struct {
+		field  string
+		mutate func(*AgentConfig)
+	}{
+		{"Capture.Interface", func(c *AgentConfig) { c.Capture.Interface = "" }},
+		{"Capture.BufferSize", func(c *AgentConfig) { c.Capture.BufferSize = 4097 << 20 }},
+		{"Listen", func(c *AgentConfig) { c.Listen = "" }},
+		{"Agent.FlushDelay", func(c *AgentConfig) { c.Agent.FlushDelay = 0 }},
+		{"Agent.FlushDelay", func(c *AgentConfig) { c.Agent.FlushDelay = time.Second + 1 }},
+		{"Agent.MaxFlows", func(c *AgentConfig) { c.Agent.MaxFlows = 0 }},
+		{"MaxCPU", func(c *AgentConfig) { c.MaxCPU = 0 }},
+		{"StatsInterval", func(c *AgentConfig) { c.StatsInterval = -1 }},
+		{"Dump.Files", func(c *AgentConfig) { c.Dump.Files = 0 }},
+	}
+	for _, tt := range agentTests {
+		c := validAgent()
+		tt.mutate(&c)
+		checkField(t, c.Validate(), tt.field)
+	}
+}
+
+func checkField(t testing.TB, err error, field string) {
+	t.Helper()
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != field {
+		t.Errorf("want an error naming %s, got %v", field, err)
+	}
+}

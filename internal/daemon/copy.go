@@ -1,0 +1,257 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/capture"
+	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/internal/logfile"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
+	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
+	"github.com/tcpshadow/tcpshadow/tcpstate"
+)
+
+// CopyConfig configures the copy daemon.
+type CopyConfig struct {
+	Capture capture.Config // client packets arriving at prod
+	// Engine is the datapath's configuration, budgets aside: Workers 0
+	// means one per MaxCPU, MaxBufferBytes is derived from MaxMemory and
+	// MaxSessions only caps what MaxMemory allows (EngineConfig).
+	Engine tcpstate.Config
+	Client intercept.ClientConfig // the control channel to the agent
+
+	MaxCPU    int   // CPUs used at once (GOMAXPROCS)
+	MaxMemory int64 // bytes: the Go heap's soft limit (GOMEMLIMIT) and the engine's budgets
+
+	MetricsAddr   string          // serve Prometheus metrics here; empty: off
+	Pprof         bool            // also serve Go's profiler on MetricsAddr
+	StatsInterval time.Duration   // log the counters this often; 0: never
+	Dump          pcapdump.Config // every packet sent to the shadow; empty Path: off
+}
+
+// minMemory is the smallest MaxMemory: its quarter holds 4096 sessions.
+const minMemory = 16 << 20
+
+// DefaultCopyConfig returns the copy daemon's defaults, each written once
+// here or in the package whose config it is. It names no interface, map
+// or agent.
+func DefaultCopyConfig() CopyConfig {
+	c := CopyConfig{
+		Capture: capture.DefaultConfig(),
+		Engine:  tcpstate.DefaultConfig(),
+		// TODO(layout-merge): intercept.DefaultClientConfig() once it
+		// exists; today the client defaults its zero fields itself.
+		Client:        intercept.ClientConfig{},
+		MaxCPU:        DefaultMaxCPU(),
+		MaxMemory:     1 << 30,
+		StatsInterval: 30 * time.Second,
+		Dump:          pcapdump.DefaultConfig(),
+	}
+	// The copier must never see what it sends itself, whatever the filter.
+	c.Capture.InboundOnly = true
+	c.Engine.Workers = 0        // one per MaxCPU
+	c.Engine.MaxBufferBytes = 0 // derived from MaxMemory
+	return c
+}
+
+// EngineConfig returns the engine's configuration with its budgets
+// derived: one worker per CPU unless Engine.Workers says otherwise; half
+// of MaxMemory for buffered client data, a quarter for sessions at about
+// 1 KiB each (fewer if Engine.MaxSessions says so); the rest is the Go
+// runtime's headroom.
+func (c *CopyConfig) EngineConfig() tcpstate.Config {
+	e := c.Engine
+	if e.Workers == 0 {
+		e.Workers = c.MaxCPU
+	}
+	e.MaxBufferBytes = c.MaxMemory / 2
+	e.MaxSessions = min(e.MaxSessions, int(c.MaxMemory/4/1024))
+	return e
+}
+
+// Validate checks the configuration; errors are *FieldError.
+func (c *CopyConfig) Validate() error {
+	if err := validateCapture(&c.Capture); err != nil {
+		return err
+	}
+	if c.Client.Addr == "" {
+		return fieldErr("Client.Addr", nil, "is required")
+	}
+	if err := validateRun(c.MaxCPU, c.StatsInterval, c.Dump); err != nil {
+		return err
+	}
+	if c.MaxMemory < minMemory {
+		return fieldErr("MaxMemory", c.MaxMemory, "want a size of at least 16MiB, such as 512MiB or 2GiB")
+	}
+	e := c.EngineConfig()
+	return inField("Engine", e.Validate())
+}
+
+// RunCopy runs the copy daemon until ctx is done, then stops it and
+// returns nil; or the error that kept it from starting or stopped it.
+// Errors about a config field are *FieldError. logFile, if not nil, is
+// the log's file, reopened with the dump on SIGHUP.
+//
+// Start order: the dump, so that it holds the first packet sent; SIGHUP;
+// the process budgets; one raw socket per worker; the control channel's
+// client and the engine; the capture; the metrics endpoint. A step that
+// fails closes what the ones before it opened. The daemon is ready for
+// systemd once the capture is open and the control channel up.
+//
+// Stop order, once ctx is done or the capture fails: systemd is told it
+// is stopping; the capture is closed, so nothing enters the engine; the
+// engine ends every session, resetting it on the shadow, and deregisters
+// its flows; the client is stopped, writing what it holds and closing the
+// control channel; then the raw sockets close, and the dump last, after
+// the engine's final resets.
+func RunCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *logfile.File) error {
+	return runCopy(ctx, cfg, log, logFile, liveHost())
+}
+
+func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *logfile.File, h host) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	ecfg := cfg.EngineConfig()
+	dump, err := openDump(cfg.Dump, log)
+	if err != nil {
+		return err
+	}
+	if dump != nil {
+		// Deferred first, so closed last: after the engine's final RSTs.
+		defer dump.Close()
+	}
+	stopHangup := reopenOnHangup(log, logFile, dump)
+	defer stopHangup()
+	h.limit(cfg.MaxCPU, cfg.MaxMemory)
+	senders := make([]tcpstate.Sender, ecfg.Workers)
+	for i := range senders {
+		s, closer, err := h.openSender()
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		senders[i] = s
+		if dump != nil {
+			senders[i] = pcapdump.TeeSender(s, dump)
+		}
+	}
+	var eng *tcpstate.Engine
+	client := intercept.NewClient(cfg.Client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
+	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
+	if err != nil {
+		return inField("Engine", err)
+	}
+	src, err := h.openCapture(cfg.Capture)
+	if err != nil {
+		return err
+	}
+	samples := func() []metrics.Sample { return append(CopySamples(eng, client, src), DumpSamples(dump)...) }
+	if cfg.MetricsAddr != "" {
+		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
+			src.Close()
+			return inField("MetricsAddr", err)
+		}
+	}
+	log.Info("copying", "iface", cfg.Capture.Interface, "filter", cfg.Capture.Filter,
+		"maps", fmt.Sprint(ecfg.Maps), "agent", cfg.Client.Addr, "workers", ecfg.Workers)
+
+	clientCtx, stopClient := context.WithCancel(context.Background())
+	defer stopClient()
+	engCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); _ = client.Run(clientCtx) }()
+	engDone := make(chan struct{})
+	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
+	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.StatsInterval, samples, metricPrefix, log) }()
+
+	readyCtx, readyCancel := context.WithCancel(ctx)
+	defer readyCancel()
+	go notifyCopyReady(readyCtx, client, log)
+	err = captureLoop(ctx, src, eng)
+	readyCancel()
+	_ = sdnotify.Stopping()
+	src.Close()
+	stopEngine()
+	<-engDone
+	// TODO(layout-merge): wait for the client to write what it holds.
+	time.Sleep(50 * time.Millisecond)
+	stopClient()
+	wg.Wait()
+	log.Info("stopped", "summary", metrics.Summary(samples(), metricPrefix))
+	return err
+}
+
+// readyWait bounds how long readiness waits for the control channel.
+const readyWait = 5 * time.Second
+
+// notifyCopyReady tells systemd (Type=notify; a no-op without
+// $NOTIFY_SOCKET) the copy daemon is ready once the control channel is up
+// — or after readyWait without it: the daemon runs while the agent is
+// away and connects by itself, so an agent down elsewhere must not make
+// this unit fail to start. The status line says which. Capture runs
+// meanwhile; ctx ends the wait if capture stops.
+func notifyCopyReady(ctx context.Context, client *intercept.Client, log *slog.Logger) {
+	status := "copying; control channel up"
+	if !waitConnected(ctx, client, readyWait) {
+		if ctx.Err() != nil {
+			return
+		}
+		status = "copying; intercept agent unreachable, retrying"
+	}
+	// One datagram, so systemd never shows READY without its reason.
+	if err := sdnotify.Notify("READY=1\nSTATUS=" + status); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+}
+
+// waitConnected waits, bounded by d and ctx, for the client to connect.
+func waitConnected(ctx context.Context, c *intercept.Client, d time.Duration) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(d)
+	for !c.Connected() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
+// captureLoop feeds captured packets to the engine until ctx is done or
+// the capture ends.
+func captureLoop(ctx context.Context, src capture.Source, eng *tcpstate.Engine) error {
+	go func() {
+		<-ctx.Done()
+		src.Close()
+	}()
+	for {
+		pkt, ts, err := src.Read()
+		switch {
+		case err == nil:
+			eng.HandleCaptured(pkt, ts)
+		case errors.Is(err, capture.ErrTimeout):
+		case errors.Is(err, io.EOF):
+			return nil
+		default:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}

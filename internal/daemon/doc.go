@@ -1,0 +1,21 @@
+// Package daemon assembles tcpshadow's two daemons from their
+// configurations and runs them until their context ends: the copy daemon
+// (RunCopy: capture → tcpstate engine → raw sockets, with the control
+// channel's client) and the intercept agent (RunAgent: capture → relay to
+// the copy daemons). It is what etcd's server/embed is to etcd: the CLI
+// fills a config, this package runs it.
+//
+// It owns what concerns the process rather than the packets: each default
+// of a daemon's configuration (DefaultCopyConfig, DefaultAgentConfig), its
+// validation, the CPU and memory budgets and the engine budgets derived
+// from them (CopyConfig.EngineConfig), the order things are opened and
+// closed in (tearing down what it opened when a later step fails),
+// readiness and stopping for systemd (sd_notify), reopening the log and
+// dump files on SIGHUP, the pcap dump's wiring and the metrics each daemon
+// exports.
+//
+// It must not parse flags or files, nor know their names: a validation
+// error is a *FieldError naming a config field ("Engine.MSS"), which the
+// CLI maps back to the flag or file key that set it. It holds no packet
+// logic: that is tcpstate's, intercept's and capture's.
+package daemon

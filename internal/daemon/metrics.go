@@ -1,0 +1,100 @@
+package daemon
+
+import (
+	"github.com/tcpshadow/tcpshadow/capture"
+	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
+	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
+	"github.com/tcpshadow/tcpshadow/tcpstate"
+)
+
+// metricPrefix starts every metric name; the stats log leaves it out.
+const metricPrefix = "tcpshadow_"
+
+// CopySamples renders the copy daemon's counters as metric samples: the
+// engine's, the control channel's and the capture's.
+func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src capture.Source) []metrics.Sample {
+	st := eng.Stats()
+	out := make([]metrics.Sample, 0, 64)
+	st.EachCounter(func(name string, v uint64) {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_events_total", Help: "Copy datapath events by stage.",
+			Labels: []string{"event", name}, Value: float64(v),
+		})
+	})
+	st.EachEnded(func(reason string, v uint64) {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_sessions_ended_total", Help: "Sessions ended, by reason.",
+			Labels: []string{"reason", reason}, Value: float64(v),
+		})
+	})
+	cs := client.Stats()
+	connected := 0.0
+	if cs.Connected {
+		connected = 1
+	}
+	capst := src.Stats()
+	out = append(out,
+		metrics.Sample{Name: "tcpshadow_copy_sessions_active", Help: "Sessions held, lingering ones included.", Kind: metrics.Gauge, Value: float64(st.Active)},
+		metrics.Sample{Name: "tcpshadow_copy_buffered_bytes", Help: "Client data buffered for the shadow.", Kind: metrics.Gauge, Value: float64(st.Buffered)},
+		metrics.Sample{Name: "tcpshadow_capture_kernel_received_total", Help: "Packets the kernel passed the filter (pcap_stats).", Value: float64(capst.KernelRecv)},
+		metrics.Sample{Name: "tcpshadow_capture_kernel_dropped_total", Help: "Packets dropped by the kernel for lack of buffer.", Value: float64(capst.KernelDropped)},
+		metrics.Sample{Name: "tcpshadow_capture_interface_dropped_total", Help: "Packets dropped by the interface.", Value: float64(capst.IfDropped)},
+		metrics.Sample{Name: "tcpshadow_capture_non_ip_total", Help: "Captured frames that were not IP.", Value: float64(capst.NonIP)},
+		metrics.Sample{Name: "tcpshadow_agent_connected", Help: "1 when the control channel to the agent is up.", Kind: metrics.Gauge, Value: connected},
+		metrics.Sample{Name: "tcpshadow_agent_connects_total", Help: "Control channel connections made.", Value: float64(cs.Connects)},
+		metrics.Sample{Name: "tcpshadow_agent_connect_failures_total", Help: "Failed attempts to reach the agent.", Value: float64(cs.ConnectFailures)},
+		metrics.Sample{Name: "tcpshadow_agent_registrations_total", Help: "Flow registrations sent.", Value: float64(cs.Registered)},
+		metrics.Sample{Name: "tcpshadow_agent_deregistrations_total", Help: "Flow de-registrations sent.", Value: float64(cs.Deregistered)},
+		metrics.Sample{Name: "tcpshadow_agent_queue_full_total", Help: "Registrations dropped: queue full.", Value: float64(cs.QueueFull)},
+		metrics.Sample{Name: "tcpshadow_agent_flows", Help: "Flows registered with the agent.", Kind: metrics.Gauge, Value: float64(cs.Flows)},
+		metrics.Sample{Name: "tcpshadow_agent_replies_total", Help: "Reply headers received from the agent.", Value: float64(cs.Replies)},
+	)
+	return out
+}
+
+// AgentSamples renders the agent's counters and its capture's as metric
+// samples.
+func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
+	st := a.Stats()
+	cs := src.Stats()
+	c := func(name, help string, v uint64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_intercept_" + name + "_total", Help: help, Value: float64(v)}
+	}
+	g := func(name, help string, v int64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_intercept_" + name, Help: help, Kind: metrics.Gauge, Value: float64(v)}
+	}
+	return []metrics.Sample{
+		c("captured", "Reply packets captured.", st.Captured),
+		c("bad", "Captured packets not decodable as TCP.", st.Bad),
+		c("relayed", "Reply headers queued to a copy daemon.", st.Relayed),
+		c("no_owner", "Replies of flows nobody registered.", st.NoOwner),
+		c("parked", "SYN-ACK/RST replies parked until their registration.", st.Parked),
+		c("parked_delivered", "Parked replies delivered.", st.ParkedDelivered),
+		c("parked_expired", "Parked replies never claimed.", st.ParkedExpired),
+		c("dropped_queue", "Replies dropped: relay queue full.", st.DroppedQueue),
+		c("dropped_peer", "Replies dropped: a copy daemon's queue full.", st.DroppedPeer),
+		c("flows_rejected", "Registrations refused: flow table full.", st.FlowsRejected),
+		c("peers_refused", "Connections refused (allowlist, version, authentication).", st.PeersRefused),
+		c("peer_errors", "Connections closed on a protocol error.", st.PeerErrors),
+		c("batches", "Reply frames written.", st.Batches),
+		g("flows", "Registered flows.", st.Flows),
+		g("peers", "Connected copy daemons.", st.Peers),
+		c("kernel_dropped", "Packets the kernel dropped for lack of capture buffer.", cs.KernelDropped),
+		c("interface_dropped", "Packets dropped by the interface.", cs.IfDropped),
+	}
+}
+
+// DumpSamples renders a dump's counters; none without a dump.
+func DumpSamples(d *pcapdump.Dump) []metrics.Sample {
+	if d == nil {
+		return nil
+	}
+	st := d.Stats()
+	return []metrics.Sample{
+		{Name: "tcpshadow_dump_packets_total", Help: "Packets written to the pcap dump.", Value: float64(st.Packets)},
+		{Name: "tcpshadow_dump_errors_total", Help: "Dump write, open and rotation errors.", Value: float64(st.Errors)},
+		{Name: "tcpshadow_dump_dropped_total", Help: "Packets not dumped because of an error.", Value: float64(st.Dropped)},
+		{Name: "tcpshadow_dump_rotations_total", Help: "Dump files started because the current one was full.", Value: float64(st.Rotations)},
+	}
+}
