@@ -163,8 +163,8 @@ func writeKeys(w io.Writer, fs *pflag.FlagSet, flags []string, from origin) {
 	}
 }
 
-func dumpDerived(d *pcapdump.Config) string {
-	if d == nil {
+func dumpDerived(d pcapdump.Config) string {
+	if d.Path == "" {
 		return "off"
 	}
 	return fmt.Sprintf("%s, rotated at %d MiB, %d files kept", d.Path, d.MaxBytes>>20, d.Files)
@@ -179,7 +179,7 @@ func authDerived(secret []byte, none string) string {
 
 func copyDerived(o *copyOptions, cfg *copyConfig) [][2]string {
 	pool := "none: the shadow sees the real client addresses"
-	if cfg.engine.Pool != nil {
+	if cfg.Engine.Pool != nil {
 		var ps []string
 		for _, s := range o.pools {
 			if p, err := netip.ParsePrefix(s); err == nil {
@@ -189,7 +189,7 @@ func copyDerived(o *copyOptions, cfg *copyConfig) [][2]string {
 		pool = strings.Join(ps, ", ")
 	}
 	var maps []string
-	for _, m := range cfg.engine.Maps {
+	for _, m := range cfg.Engine.Maps {
 		local := m.Local.String()
 		if !m.Local.Addr().IsValid() {
 			local = fmt.Sprintf("any:%d", m.Local.Port())
@@ -198,38 +198,38 @@ func copyDerived(o *copyOptions, cfg *copyConfig) [][2]string {
 	}
 	return [][2]string{
 		{"copies", strings.Join(maps, ", ")},
-		{"capture filter", cfg.capture.Filter},
-		{"agent address", cfg.client.Addr},
-		{"announced name", cfg.client.Name},
-		{"authentication", authDerived(cfg.client.Secret, "the agent must not ask for a secret")},
+		{"capture filter", cfg.CaptureConfig().Filter},
+		{"agent address", cfg.Client.Addr},
+		{"announced name", cfg.Client.Name},
+		{"authentication", authDerived(cfg.Client.Secret, "the agent must not ask for a secret")},
 		{"forged clients", pool},
 		{"log", logDerived(cfg.logFile)},
-		{"dump", dumpDerived(cfg.dump)},
+		{"dump", dumpDerived(cfg.Dump)},
 	}
 }
 
 func interceptDerived(cfg *interceptConfig) [][2]string {
 	allow := "any address"
-	if len(cfg.agent.Allow) > 0 {
+	if len(cfg.Agent.Allow) > 0 {
 		var ps []string
-		for _, p := range cfg.agent.Allow {
+		for _, p := range cfg.Agent.Allow {
 			ps = append(ps, p.String())
 		}
 		allow = strings.Join(ps, ", ")
 	}
 	return [][2]string{
-		{"listen", cfg.listen},
+		{"listen", cfg.Listen},
 		{"copy daemons allowed", allow},
-		{"announced name", cfg.agent.Name},
-		{"authentication", authDerived(cfg.agent.Secret, "any copy daemon allowed to connect is accepted")},
+		{"announced name", cfg.Agent.Name},
+		{"authentication", authDerived(cfg.Agent.Secret, "any copy daemon allowed to connect is accepted")},
 		{"log", logDerived(cfg.logFile)},
-		{"dump", dumpDerived(cfg.dump)},
+		{"dump", dumpDerived(cfg.Dump)},
 	}
 }
 
 // forgedDerived says which address the copy daemon forges for client a.
 func forgedDerived(cfg *copyConfig, a netip.Addr) string {
-	p := cfg.engine.Pool
+	p := cfg.Engine.Pool
 	switch {
 	case p == nil:
 		return "not forged: no client_pool"

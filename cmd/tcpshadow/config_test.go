@@ -19,7 +19,7 @@ import (
 const examplePath = "../../scripts/tcpshadow.example.toml"
 
 // writeConfig writes a config file in a test directory.
-func writeConfig(t *testing.T, content string) string {
+func writeConfig(t testing.TB, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "tcpshadow.toml")
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -293,7 +293,7 @@ func TestConfigCheckCommand(t *testing.T) {
 
 // daemonFromFile parses args with a daemon's flags, applies the config
 // file as RunE does and returns the validated options.
-func daemonFromFile(t *testing.T, table, path string, args ...string) (any, error) {
+func daemonFromFile(t testing.TB, table, path string, args ...string) (any, error) {
 	t.Helper()
 	cmd, g, opts := daemonCmd(table)
 	f := parseFlags(t, cmd, args)
@@ -326,17 +326,17 @@ func TestFlagsOverrideFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := c.(*copyConfig)
-	if cfg.engine.Workers != 5 {
-		t.Errorf("workers %d: want the flag's 5 over the file's 3", cfg.engine.Workers)
+	if cfg.Engine.Workers != 5 {
+		t.Errorf("workers %d: want the flag's 5 over the file's 3", cfg.Engine.Workers)
 	}
-	if len(cfg.engine.Maps) != 1 || cfg.engine.Maps[0].Target.Port() != 8081 {
-		t.Errorf("maps %v: want the flag's only, not merged with the file's", cfg.engine.Maps)
+	if len(cfg.Engine.Maps) != 1 || cfg.Engine.Maps[0].Target.Port() != 8081 {
+		t.Errorf("maps %v: want the flag's only, not merged with the file's", cfg.Engine.Maps)
 	}
-	if cfg.engine.Linger != 7*time.Second || cfg.engine.Pool == nil || cfg.capture.Interface != "eth0" {
-		t.Errorf("linger %v, pool %v, iface %q: want the file's", cfg.engine.Linger, cfg.engine.Pool, cfg.capture.Interface)
+	if cfg.Engine.Linger != 7*time.Second || cfg.Engine.Pool == nil || cfg.Capture.Interface != "eth0" {
+		t.Errorf("linger %v, pool %v, iface %q: want the file's", cfg.Engine.Linger, cfg.Engine.Pool, cfg.Capture.Interface)
 	}
-	if cfg.engine.MSS != 1460 {
-		t.Errorf("mss %d: want the default", cfg.engine.MSS)
+	if cfg.Engine.MSS != 1460 {
+		t.Errorf("mss %d: want the default", cfg.Engine.MSS)
 	}
 
 	i, err := daemonFromFile(t, "intercept", p, "--allow", "198.18.0.2")
@@ -344,8 +344,8 @@ func TestFlagsOverrideFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	icfg := i.(*interceptConfig)
-	if icfg.agent.FlushDelay != time.Millisecond || len(icfg.agent.Allow) != 1 || icfg.agent.Allow[0].Addr().String() != "198.18.0.2" {
-		t.Errorf("flush delay %v, allow %v", icfg.agent.FlushDelay, icfg.agent.Allow)
+	if icfg.Agent.FlushDelay != time.Millisecond || len(icfg.Agent.Allow) != 1 || icfg.Agent.Allow[0].Addr().String() != "198.18.0.2" {
+		t.Errorf("flush delay %v, allow %v", icfg.Agent.FlushDelay, icfg.Agent.Allow)
 	}
 
 	// A bad value from the command line is named as the flag, one from the

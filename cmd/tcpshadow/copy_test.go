@@ -13,7 +13,7 @@ import (
 
 // copyOptionsFrom parses args with the copy command's flags and returns
 // the options the command would validate.
-func copyOptionsFrom(t *testing.T, args ...string) *copyOptions {
+func copyOptionsFrom(t testing.TB, args ...string) *copyOptions {
 	t.Helper()
 	o := &copyOptions{}
 	parseFlags(t, newCopyCmdWith(&globalOptions{}, o), args)
@@ -114,16 +114,17 @@ func TestCopyConfigMaps(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(cfg.engine.Maps, tt.want) {
-				t.Errorf("maps %v, want %v", cfg.engine.Maps, tt.want)
+			if !slices.Equal(cfg.Engine.Maps, tt.want) {
+				t.Errorf("maps %v, want %v", cfg.Engine.Maps, tt.want)
 			}
+			filter := cfg.CaptureConfig().Filter
 			for _, frag := range tt.wantFilter {
-				if !strings.Contains(cfg.capture.Filter, frag) {
-					t.Errorf("filter %q lacks %q", cfg.capture.Filter, frag)
+				if !strings.Contains(filter, frag) {
+					t.Errorf("filter %q lacks %q", filter, frag)
 				}
 			}
-			if tt.name == "FilterGiven" && cfg.capture.Filter != "tcp dst port 80" {
-				t.Errorf("filter %q, want the one given", cfg.capture.Filter)
+			if tt.name == "FilterGiven" && filter != "tcp dst port 80" {
+				t.Errorf("filter %q, want the one given", filter)
 			}
 		})
 	}
@@ -134,28 +135,28 @@ func TestCopyConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := cfg.capture
+	c := cfg.Capture
 	if c.Interface != "eth1" || c.SnapLen != 262144 || c.BufferSize != 32<<20 || !c.InboundOnly {
 		t.Errorf("capture config %+v", c)
 	}
-	e := cfg.engine
+	e := cfg.EngineConfig() // with the budgets derived from --max-memory and --max-cpu
 	if e.Pool != nil {
 		t.Error("a pool without --client-pool")
 	}
 	if e.Workers < 1 || e.MSS != 1460 || e.NoPacing || e.HandshakeTimeout != 5*time.Second ||
 		e.ResponseTimeout != 30*time.Second || e.IdleTimeout != 120*time.Second || e.Linger != 2*time.Second ||
 		e.QuietPeriod != 20*time.Millisecond || e.MaxSessionBytes != 64<<20 ||
-		e.MaxBufferBytes != 512<<20 || e.MaxSessions != 1<<30/4/1024 || e.Workers != cfg.maxCPU {
+		e.MaxBufferBytes != 512<<20 || e.MaxSessions != 1<<30/4/1024 || e.Workers != cfg.MaxCPU {
 		t.Errorf("engine config %+v", e)
 	}
 	if err := e.Validate(); err != nil {
 		t.Errorf("engine config does not validate: %v", err)
 	}
-	if cfg.client.Addr != "198.18.1.3:36524" || cfg.client.Name != "prod1" || cfg.client.Secret != nil {
-		t.Errorf("client config %+v", cfg.client)
+	if cfg.Client.Addr != "198.18.1.3:36524" || cfg.Client.Name != "prod1" || cfg.Client.Secret != nil {
+		t.Errorf("client config %+v", cfg.Client)
 	}
-	if cfg.metricsAddr != "" || cfg.statsInterval != 30*time.Second {
-		t.Errorf("metrics %q, stats interval %v", cfg.metricsAddr, cfg.statsInterval)
+	if cfg.MetricsAddr != "" || cfg.StatsInterval != 30*time.Second {
+		t.Errorf("metrics %q, stats interval %v", cfg.MetricsAddr, cfg.StatsInterval)
 	}
 }
 
@@ -170,20 +171,20 @@ func TestCopyConfigFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := cfg.engine
+	e := cfg.Engine
 	if e.Workers != 3 || e.MSS != 536 || !e.NoPacing || e.HandshakeTimeout != time.Second ||
 		e.ResponseTimeout != 2*time.Second || e.IdleTimeout != 3*time.Second || e.Linger != 4*time.Second ||
 		e.QuietPeriod != 5*time.Millisecond || e.MaxSessionBytes != 4096 || e.MaxSessions != 1 {
 		t.Errorf("engine config %+v", e)
 	}
-	if cfg.capture.SnapLen != 128 || cfg.capture.BufferSize != 1<<20 {
-		t.Errorf("capture config %+v", cfg.capture)
+	if cfg.Capture.SnapLen != 128 || cfg.Capture.BufferSize != 1<<20 {
+		t.Errorf("capture config %+v", cfg.Capture)
 	}
-	if string(cfg.client.Secret) != "0123456789abcdef-secret" {
-		t.Errorf("secret %q: want the file's content without surrounding space", cfg.client.Secret)
+	if string(cfg.Client.Secret) != "0123456789abcdef-secret" {
+		t.Errorf("secret %q: want the file's content without surrounding space", cfg.Client.Secret)
 	}
-	if cfg.metricsAddr != "198.18.0.1:9464" || cfg.statsInterval != 0 {
-		t.Errorf("metrics %q, stats interval %v", cfg.metricsAddr, cfg.statsInterval)
+	if cfg.MetricsAddr != "198.18.0.1:9464" || cfg.StatsInterval != 0 {
+		t.Errorf("metrics %q, stats interval %v", cfg.MetricsAddr, cfg.StatsInterval)
 	}
 }
 
@@ -202,8 +203,8 @@ func TestCopyConfigIntercept(t *testing.T) {
 			t.Errorf("--intercept %s: %v", agent, err)
 			continue
 		}
-		if cfg.client.Addr != want {
-			t.Errorf("--intercept %s: agent address %s, want %s", agent, cfg.client.Addr, want)
+		if cfg.Client.Addr != want {
+			t.Errorf("--intercept %s: agent address %s, want %s", agent, cfg.Client.Addr, want)
 		}
 	}
 }
@@ -226,7 +227,7 @@ func TestCopyConfigPools(t *testing.T) {
 			t.Errorf("%q: %v", tt.args, err)
 			continue
 		}
-		p := cfg.engine.Pool
+		p := cfg.Engine.Pool
 		if p == nil {
 			t.Errorf("%q: no pool", tt.args)
 			continue

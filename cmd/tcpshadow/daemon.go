@@ -2,31 +2,24 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/tcpshadow/tcpshadow/internal/conffile"
+	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
-	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 )
 
-// This file is what copy and intercept share as daemons: the config file,
-// the log file, the pcap dump and SIGHUP.
+// This file is what the copy and intercept commands share: the options
+// both daemons have, reading them with the config file, and the log.
 
 // daemonOptions are the flags both daemons have besides the root's
 // logging flags.
@@ -43,20 +36,6 @@ type daemonOptions struct {
 	capTimeout    time.Duration
 }
 
-// defaultMaxCPU is both daemons' --max-cpu default: half the host's
-// CPUs. The copier shares its host with production; and neither daemon
-// gains from more, whereas an idle P to hand work to makes the Go
-// scheduler wake threads for every packet.
-func defaultMaxCPU() int { return max(1, runtime.NumCPU()/2) }
-
-// checkMaxCPU validates a --max-cpu value.
-func checkMaxCPU(from origin, v int) error {
-	if v < 1 || v > 1024 {
-		return fmt.Errorf("%s %d: want 1..1024", from.name("max-cpu"), v)
-	}
-	return nil
-}
-
 // daemonHelp is what differs in the shared flags' help between daemons.
 type daemonHelp struct {
 	dumped string // what --dump writes
@@ -64,38 +43,71 @@ type daemonHelp struct {
 	peer   string // to whom --name is announced
 }
 
-func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp) {
+// daemonDefaults are the shared flags' defaults, from the daemon's
+// default configuration.
+type daemonDefaults struct {
+	capture       capture.Config
+	statsInterval time.Duration
+	dump          pcapdump.Config
+}
+
+func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp, def daemonDefaults) {
 	f.StringVar(&d.configFile, "config", "", "read options from this TOML file; flags given on the command line override it")
 	f.StringVar(&d.logFile, "log-file", "", "append the log to this file, reopened on SIGHUP (default: standard error)")
-	d.dump.addFlags(f, h.dumped)
+	d.dump.addFlags(f, h.dumped, def.dump)
 	f.StringVar(&d.secretFile, "secret-file", "", "file holding "+h.secret)
 	f.StringVar(&d.name, "name", "", "name announced to "+h.peer+" (default: hostname)")
 	f.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
 	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
-	f.DurationVar(&d.statsInterval, "stats-interval", 30*time.Second, "log a one-line summary this often (0: never)")
-	f.IntVar(&d.bufferMB, "capture-buffer-mb", 32, "kernel capture buffer in MiB")
-	f.DurationVar(&d.capTimeout, "capture-timeout", time.Millisecond, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
+	f.DurationVar(&d.statsInterval, "stats-interval", def.statsInterval, "log a one-line summary this often (0: never)")
+	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "kernel capture buffer in MiB")
+	f.DurationVar(&d.capTimeout, "capture-timeout", def.capture.Timeout, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 }
 
-// daemonConfig is the validated form of daemonOptions.
-type daemonConfig struct {
-	logFile        string
-	dump           *pcapdump.Config // nil: no dump
-	secret         []byte
-	name           string
-	metricsAddr    string
-	pprof          bool
-	statsInterval  time.Duration
-	captureBuffer  int // bytes
-	captureTimeout time.Duration
+// addFieldFlags adds the shared flags to a daemon's field → flag table.
+func (d *daemonOptions) addFieldFlags(m map[string]fieldFlag) {
+	m["Capture.BufferSize"] = fieldFlag{flag: "capture-buffer-mb", given: d.bufferMB}
+	m["Capture.Timeout"] = fieldFlag{flag: "capture-timeout"}
+	m["MetricsAddr"] = fieldFlag{flag: "metrics"}
+	m["StatsInterval"] = fieldFlag{flag: "stats-interval"}
+	m["Dump.Path"] = fieldFlag{flag: "dump"}
+	m["Dump.MaxBytes"] = fieldFlag{flag: "dump-max-mb", given: d.dump.maxMB}
+	m["Dump.Files"] = fieldFlag{flag: "dump-files"}
 }
 
-// daemon gives the shared part of either daemon's configuration.
-func (c *daemonConfig) daemon() *daemonConfig { return c }
+// setCapture sets the capture settings the shared flags hold.
+func (d *daemonOptions) setCapture(c *capture.Config) {
+	c.BufferSize, c.Timeout = mebibytes(d.bufferMB), d.capTimeout
+}
+
+// sharedFiles is what the shared options name on disk.
+type sharedFiles struct {
+	secret []byte
+	name   string // announced to the peer
+}
+
+// read reads the secret file and checks the log file could be opened;
+// errors name the flag or file key.
+func (d *daemonOptions) read(from origin) (sharedFiles, error) {
+	if d.logFile != "" {
+		if err := checkDir(d.logFile); err != nil {
+			return sharedFiles{}, fmt.Errorf("%s %q: %w", from.name("log-file"), d.logFile, err)
+		}
+	}
+	secret, err := readSecret(d.secretFile)
+	if err != nil {
+		return sharedFiles{}, fmt.Errorf("%s: %w", from.name("secret-file"), err)
+	}
+	name := d.name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return sharedFiles{secret: secret, name: name}, nil
+}
 
 // runDaemon is what both daemons' RunE do: read the config file under the
 // flags, validate, open the log, run.
-func runDaemon[C interface{ daemon() *daemonConfig }](cmd *cobra.Command, g *globalOptions, role string,
+func runDaemon[C interface{ logPath() string }](cmd *cobra.Command, g *globalOptions, role string,
 	d *daemonOptions, from *origin, config func() (C, error),
 	run func(context.Context, C, *slog.Logger, *logfile.File) error) error {
 	f, err := applyConfigFile(cmd.Flags(), role, d.configFile)
@@ -110,48 +122,12 @@ func runDaemon[C interface{ daemon() *daemonConfig }](cmd *cobra.Command, g *glo
 	if err != nil {
 		return err
 	}
-	lf, log, err := g.openLog(cfg.daemon().logFile, cmd.ErrOrStderr(), f)
+	lf, log, err := g.openLog(cfg.logPath(), cmd.ErrOrStderr(), f)
 	if err != nil {
 		return err
 	}
 	defer lf.Close()
 	return run(cmd.Context(), cfg, log, lf)
-}
-
-// config validates the shared options; errors name the flag or file key.
-func (d *daemonOptions) config(from origin) (daemonConfig, error) {
-	var c daemonConfig
-	if d.logFile != "" {
-		if err := checkDir(d.logFile); err != nil {
-			return c, fmt.Errorf("%s %q: %w", from.name("log-file"), d.logFile, err)
-		}
-	}
-	dump, err := d.dump.config(from)
-	if err != nil {
-		return c, err
-	}
-	if d.statsInterval < 0 {
-		return c, fmt.Errorf("%s %v: must not be negative", from.name("stats-interval"), d.statsInterval)
-	}
-	if d.bufferMB < 1 || d.bufferMB > 4096 {
-		return c, fmt.Errorf("%s %d: want 1..4096", from.name("capture-buffer-mb"), d.bufferMB)
-	}
-	if d.capTimeout < time.Millisecond || d.capTimeout > time.Second {
-		return c, fmt.Errorf("%s %v: want 1ms..1s", from.name("capture-timeout"), d.capTimeout)
-	}
-	secret, err := readSecret(d.secretFile)
-	if err != nil {
-		return c, fmt.Errorf("%s: %w", from.name("secret-file"), err)
-	}
-	name := d.name
-	if name == "" {
-		name, _ = os.Hostname()
-	}
-	return daemonConfig{
-		logFile: d.logFile, dump: dump, secret: secret, name: name,
-		metricsAddr: d.metricsAddr, pprof: d.pprof, statsInterval: d.statsInterval,
-		captureBuffer: d.bufferMB << 20, captureTimeout: d.capTimeout,
-	}, nil
 }
 
 type dumpOptions struct {
@@ -160,30 +136,15 @@ type dumpOptions struct {
 	files int
 }
 
-func (d *dumpOptions) addFlags(f *pflag.FlagSet, dumped string) {
+func (d *dumpOptions) addFlags(f *pflag.FlagSet, dumped string, def pcapdump.Config) {
 	f.StringVar(&d.path, "dump", "", "write "+dumped+" to this pcap file, rotated as FILE.1, FILE.2 ... (off if empty)")
-	f.IntVar(&d.maxMB, "dump-max-mb", 100, "start a new dump file when the current one reaches this many MiB")
-	f.IntVar(&d.files, "dump-files", 5, "dump files kept, the current one included")
+	f.IntVar(&d.maxMB, "dump-max-mb", int(def.MaxBytes>>20), "start a new dump file when the current one reaches this many MiB")
+	f.IntVar(&d.files, "dump-files", def.Files, "dump files kept, the current one included")
 }
 
-// config validates the dump options; it returns nil when dumping is off.
-func (d *dumpOptions) config(from origin) (*pcapdump.Config, error) {
-	if d.maxMB < 1 || d.maxMB > 1<<20 {
-		return nil, fmt.Errorf("%s %d: want 1..1048576", from.name("dump-max-mb"), d.maxMB)
-	}
-	if d.files < 1 || d.files > 1000 {
-		return nil, fmt.Errorf("%s %d: want 1..1000", from.name("dump-files"), d.files)
-	}
-	if d.path == "" {
-		return nil, nil
-	}
-	if err := checkDir(d.path); err != nil {
-		return nil, fmt.Errorf("%s %q: %w", from.name("dump"), d.path, err)
-	}
-	if fi, err := os.Stat(d.path); err == nil && !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s %q: want a regular file (it is rotated by renaming)", from.name("dump"), d.path)
-	}
-	return &pcapdump.Config{Path: d.path, MaxBytes: int64(d.maxMB) << 20, Files: d.files}, nil
+// config returns the dump's configuration; an empty path means no dump.
+func (d *dumpOptions) config() pcapdump.Config {
+	return pcapdump.Config{Path: d.path, MaxBytes: int64(mebibytes(d.maxMB)), Files: d.files}
 }
 
 // checkDir checks the directory a file is to be created in exists.
@@ -227,197 +188,3 @@ func (g *globalOptions) openLog(path string, stderr io.Writer, from origin) (*lo
 	}
 	return lf, log, nil
 }
-
-// openDump opens the dump if one is configured; the returned dump is nil
-// otherwise.
-func openDump(cfg *pcapdump.Config, log *slog.Logger) (*pcapdump.Dump, error) {
-	if cfg == nil {
-		return nil, nil
-	}
-	d, err := pcapdump.Open(*cfg, log)
-	if err != nil {
-		return nil, fmt.Errorf("--dump: %w", err)
-	}
-	log.Info("dumping packets", "path", cfg.Path, "max_bytes", cfg.MaxBytes, "files", cfg.Files)
-	return d, nil
-}
-
-// dumpSamples renders a dump's counters; none without a dump.
-func dumpSamples(d *pcapdump.Dump) []metrics.Sample {
-	if d == nil {
-		return nil
-	}
-	st := d.Stats()
-	return []metrics.Sample{
-		{Name: "tcpshadow_dump_packets_total", Help: "Packets written to the pcap dump.", Value: float64(st.Packets)},
-		{Name: "tcpshadow_dump_errors_total", Help: "Dump write, open and rotation errors.", Value: float64(st.Errors)},
-		{Name: "tcpshadow_dump_dropped_total", Help: "Packets not dumped because of an error.", Value: float64(st.Dropped)},
-		{Name: "tcpshadow_dump_rotations_total", Help: "Dump files started because the current one was full.", Value: float64(st.Rotations)},
-	}
-}
-
-// reopenOnHangup reopens the log file and the dump on every SIGHUP until
-// the returned stop is called.
-func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) (stop func()) {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGHUP)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-done:
-				return
-			case <-sig:
-				reopen(log, lf, dump)
-			}
-		}
-	}()
-	return func() {
-		signal.Stop(sig)
-		close(done)
-		wg.Wait()
-	}
-}
-
-// reopen reopens the log file and the dump; a failure keeps the old file.
-func reopen(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) {
-	if err := lf.Reopen(); err != nil {
-		log.Error("reopen log file; still writing the old one", "path", lf.Path(), "err", err)
-	}
-	dumpPath := ""
-	if dump != nil {
-		dumpPath = dump.Path()
-		if err := dump.Reopen(); err != nil {
-			log.Error("reopen dump file", "path", dumpPath, "err", err)
-		}
-	}
-	log.Info("reopened on SIGHUP", "log_file", lf.Path(), "dump", dumpPath)
-}
-
-// origin says where each option came from, so a validation error names
-// what the user wrote: the flag, or the config file's key.
-type origin struct {
-	table string            // the config file's table for the command; empty without a file
-	keys  map[string]string // flag name → file key, for the options the file set
-}
-
-// name names a flag's option: "--linger", or "copy.linger" when the file
-// set it.
-func (o origin) name(flag string) string {
-	if k, ok := o.keys[flag]; ok {
-		return k
-	}
-	return "--" + flag
-}
-
-// item names element i of a list option: "--map", or "copy.map[1]".
-func (o origin) item(flag string, i int) string {
-	if k, ok := o.keys[flag]; ok {
-		return fmt.Sprintf("%s[%d]", k, i)
-	}
-	return "--" + flag
-}
-
-// missing names a required option nobody gave.
-func (o origin) missing(flag string) string {
-	if o.table == "" {
-		return "--" + flag
-	}
-	return fmt.Sprintf("%s (--%s)", conffile.KeyName(o.table, flag), flag)
-}
-
-// Config file layout: one table per daemon; the logging keys both share
-// sit at the top level.
-var (
-	fileTables    = []string{"copy", "intercept"}
-	topLevelFlags = []string{"log-format", "log-level", "log-file"}
-	notInFile     = []string{"help", "config"}
-)
-
-// daemonCmd returns a fresh, unattached command for a table, with the
-// root's logging flags added, and its options.
-func daemonCmd(table string) (*cobra.Command, *globalOptions, any) {
-	g := &globalOptions{}
-	var cmd *cobra.Command
-	var opts any
-	switch table {
-	case "copy":
-		o := &copyOptions{}
-		cmd, opts = newCopyCmdWith(g, o), o
-	case "intercept":
-		o := &interceptOptions{}
-		cmd, opts = newInterceptCmdWith(g, o), o
-	default:
-		panic("no daemon " + table)
-	}
-	g.addFlags(cmd.Flags())
-	return cmd, g, opts
-}
-
-// tableFlags lists the flags a table's keys set: every flag of the
-// daemon but the top-level and command-line-only ones.
-func tableFlags(table string) []string {
-	cmd, _, _ := daemonCmd(table)
-	var out []string
-	fs := cmd.Flags()
-	fs.SortFlags = false // in the order the command defines them
-	fs.VisitAll(func(f *pflag.Flag) {
-		if !slices.Contains(topLevelFlags, f.Name) && !slices.Contains(notInFile, f.Name) {
-			out = append(out, f.Name)
-		}
-	})
-	return out
-}
-
-// applyConfigFile fills the flags of fs, the flags of the daemon reading
-// table, from the config file at path, except flags set on the command
-// line. The other daemon's table is type-checked too, so a mistake
-// anywhere in a shared file fails at startup.
-func applyConfigFile(fs *pflag.FlagSet, table, path string) (origin, error) {
-	if path == "" {
-		return origin{}, nil
-	}
-	f, err := conffile.Load(path)
-	if err != nil {
-		return origin{}, err
-	}
-	if !f.Has(table) {
-		return origin{}, fmt.Errorf("config %s: no [%s] table for the %s daemon", path, table, table)
-	}
-	return applyFile(f, fs, table)
-}
-
-func applyFile(f *conffile.File, fs *pflag.FlagSet, table string) (origin, error) {
-	if err := checkTables(f); err != nil {
-		return origin{}, err
-	}
-	for _, other := range fileTables {
-		if other != table && f.Has(other) {
-			scratch, _, _ := daemonCmd(other)
-			if _, err := f.Apply(scratch.Flags(), other, tableFlags(other)); err != nil {
-				return origin{}, err
-			}
-		}
-	}
-	from := origin{table: table, keys: make(map[string]string)}
-	for _, t := range []string{"", table} {
-		allowed := topLevelFlags
-		if t != "" {
-			allowed = tableFlags(t)
-		}
-		keys, err := f.Apply(fs, t, allowed)
-		if err != nil {
-			return origin{}, err
-		}
-		for flag, key := range keys {
-			from.keys[flag] = key
-		}
-	}
-	return from, nil
-}
-
-// errNoTable is returned by config check for a file with neither table.
-var errNoTable = errors.New("want a [copy] or an [intercept] table")

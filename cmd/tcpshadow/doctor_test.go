@@ -16,7 +16,7 @@ import (
 
 // doctorConfigFrom parses args with the doctor command's flags and
 // validates them as the command would, without running anything.
-func doctorConfigFrom(t *testing.T, args ...string) (*doctorConfig, error) {
+func doctorConfigFrom(t testing.TB, args ...string) (*doctorConfig, error) {
 	t.Helper()
 	f := parseFlags(t, newDoctorCmd(&globalOptions{}), args)
 	o := &doctorOptions{

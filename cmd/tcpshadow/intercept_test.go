@@ -10,7 +10,7 @@ import (
 )
 
 // interceptOptionsFrom parses args with the intercept command's flags.
-func interceptOptionsFrom(t *testing.T, args ...string) *interceptOptions {
+func interceptOptionsFrom(t testing.TB, args ...string) *interceptOptions {
 	t.Helper()
 	o := &interceptOptions{}
 	parseFlags(t, newInterceptCmdWith(&globalOptions{}, o), args)
@@ -22,19 +22,19 @@ func TestInterceptConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := cfg.capture
+	c := cfg.Capture
 	if c.Interface != "eth0" || c.Filter != "tcp" || c.BufferSize != 32<<20 || c.SnapLen != 256 || !c.InboundOnly {
 		t.Errorf("capture config %+v", c)
 	}
-	a := cfg.agent
+	a := cfg.Agent
 	if a.Name != "assist1" || a.Secret != nil || a.Allow != nil || a.FlushDelay != 200*time.Microsecond || a.MaxFlows != 1<<20 {
 		t.Errorf("agent config %+v", a)
 	}
-	if cfg.maxCPU != max(1, runtime.NumCPU()/2) {
-		t.Errorf("max CPU %d, want half the host's", cfg.maxCPU)
+	if cfg.MaxCPU != max(1, runtime.NumCPU()/2) {
+		t.Errorf("max CPU %d, want half the host's", cfg.MaxCPU)
 	}
-	if cfg.listen != ":36524" || cfg.metricsAddr != "" || cfg.statsInterval != 30*time.Second {
-		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
+	if cfg.Listen != ":36524" || cfg.MetricsAddr != "" || cfg.StatsInterval != 30*time.Second {
+		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.Listen, cfg.MetricsAddr, cfg.StatsInterval)
 	}
 }
 
@@ -49,8 +49,8 @@ func TestInterceptConfigFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.capture.Interface != "eth1" || cfg.capture.Filter != "tcp and src port 80" || cfg.capture.BufferSize != 4096<<20 {
-		t.Errorf("capture config %+v", cfg.capture)
+	if cfg.Capture.Interface != "eth1" || cfg.Capture.Filter != "tcp and src port 80" || cfg.Capture.BufferSize != 4096<<20 {
+		t.Errorf("capture config %+v", cfg.Capture)
 	}
 	wantAllow := []netip.Prefix{
 		netip.MustParsePrefix("198.18.1.1/32"),
@@ -58,18 +58,18 @@ func TestInterceptConfigFlags(t *testing.T) {
 		netip.MustParsePrefix("198.18.0.0/24"),
 		netip.MustParsePrefix("198.18.1.9/32"), // unmapped
 	}
-	a := cfg.agent
+	a := cfg.Agent
 	if !slices.Equal(a.Allow, wantAllow) {
 		t.Errorf("allow %v, want %v", a.Allow, wantAllow)
 	}
 	if string(a.Secret) != "0123456789abcdef" || a.FlushDelay != time.Second || a.MaxFlows != 1 {
 		t.Errorf("agent config %+v", a)
 	}
-	if cfg.maxCPU != 3 {
-		t.Errorf("--max-cpu 3: %d", cfg.maxCPU)
+	if cfg.MaxCPU != 3 {
+		t.Errorf("--max-cpu 3: %d", cfg.MaxCPU)
 	}
-	if cfg.listen != "198.18.1.3:4000" || cfg.metricsAddr != "198.18.1.3:9464" || cfg.statsInterval != 0 {
-		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.listen, cfg.metricsAddr, cfg.statsInterval)
+	if cfg.Listen != "198.18.1.3:4000" || cfg.MetricsAddr != "198.18.1.3:9464" || cfg.StatsInterval != 0 {
+		t.Errorf("listen %q, metrics %q, stats interval %v", cfg.Listen, cfg.MetricsAddr, cfg.StatsInterval)
 	}
 	for _, l := range []string{"[2001:2:0:1::3]:36524", "0.0.0.0:1"} {
 		if _, err := interceptOptionsFrom(t, "-i", "eth0", "--listen", l).config(); err != nil {

@@ -19,7 +19,7 @@ import (
 
 // parseFlags parses args with cmd's own flag set, so tests see the
 // defaults the CLI really has, and returns the parsed set.
-func parseFlags(t *testing.T, cmd *cobra.Command, args []string) *pflag.FlagSet {
+func parseFlags(t testing.TB, cmd *cobra.Command, args []string) *pflag.FlagSet {
 	t.Helper()
 	f := cmd.Flags()
 	if err := f.Parse(args); err != nil {
@@ -32,7 +32,7 @@ func parseFlags(t *testing.T, cmd *cobra.Command, args []string) *pflag.FlagSet 
 }
 
 // flagValue reads flag name from f with get (f.GetString, f.GetInt, ...).
-func flagValue[T any](t *testing.T, get func(string) (T, error), name string) T {
+func flagValue[T any](t testing.TB, get func(string) (T, error), name string) T {
 	t.Helper()
 	v, err := get(name)
 	if err != nil {
@@ -43,7 +43,7 @@ func flagValue[T any](t *testing.T, get func(string) (T, error), name string) T 
 
 // writeSecret writes content to a file in a test directory and returns
 // its path.
-func writeSecret(t *testing.T, content string) string {
+func writeSecret(t testing.TB, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -53,9 +53,9 @@ func writeSecret(t *testing.T, content string) string {
 }
 
 // execute runs the root command with args, as main does, and returns
-// what it wrote and its error. Nothing here may reach runCopy or
-// runIntercept: every case must fail in validation or print only.
-func execute(t *testing.T, args ...string) (stdout, stderr string, err error) {
+// what it wrote and its error. Nothing here may reach daemon.RunCopy or
+// daemon.RunAgent: every case must fail in validation or print only.
+func execute(t testing.TB, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	root := newRootCmd()
 	var out, errOut bytes.Buffer

@@ -11,7 +11,7 @@ import (
 
 // routeOptionsFrom parses args with the flags of route's subcommand sub
 // (add, del or show).
-func routeOptionsFrom(t *testing.T, sub string, args ...string) *routeOptions {
+func routeOptionsFrom(t testing.TB, sub string, args ...string) *routeOptions {
 	t.Helper()
 	var cmd *cobra.Command
 	for _, c := range newRouteCmd(&globalOptions{}).Commands() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture/capturetest"
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/internal/daemon"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
@@ -44,7 +45,7 @@ func (nopSender) Send([]byte) error { return nil }
 // daemonSamples returns the samples the copy daemon or the agent really
 // exports (zero-valued: nothing runs), dump included, so the test follows
 // the metric names wherever they go.
-func daemonSamples(t *testing.T, role string) []metrics.Sample {
+func daemonSamples(t testing.TB, role string) []metrics.Sample {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	src := capturetest.New(1)
@@ -62,11 +63,11 @@ func daemonSamples(t *testing.T, role string) []metrics.Sample {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = copySamples(eng, client, src)
+		out = daemon.CopySamples(eng, client, src)
 	case "intercept":
-		out = agentSamples(intercept.NewAgent(intercept.AgentConfig{}, src, nil, log), src)
+		out = daemon.AgentSamples(intercept.NewAgent(intercept.AgentConfig{}, src, nil, log), src)
 	}
-	return append(out, dumpSamples(dump)...)
+	return append(out, daemon.DumpSamples(dump)...)
 }
 
 // stageOf is where a metric belongs, written independently of stats.go.
@@ -95,7 +96,7 @@ func stageOf(role string, s metrics.Sample) string {
 
 // parseTable reads stats output back: stage titles in order, and per
 // stage its rows' values.
-func parseTable(t *testing.T, out string) (order []string, rows map[string]map[string]string) {
+func parseTable(t testing.TB, out string) (order []string, rows map[string]map[string]string) {
 	t.Helper()
 	rows = make(map[string]map[string]string)
 	cur := ""
@@ -116,7 +117,7 @@ func parseTable(t *testing.T, out string) (order []string, rows map[string]map[s
 }
 
 // runStats runs the stats command against handler h.
-func runStats(t *testing.T, h http.Handler, args ...string) (string, *handlerTransport, error) {
+func runStats(t testing.TB, h http.Handler, args ...string) (string, *handlerTransport, error) {
 	t.Helper()
 	ht := &handlerTransport{h: h}
 	cmd := newStatsCmdWith(&statsOptions{client: &http.Client{Transport: ht}})

@@ -34,7 +34,7 @@ func TestTLSFlags(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := cfg.agent.TLS
+		c := cfg.Agent.TLS
 		if c == nil || len(c.Certificates) != 1 || c.MinVersion != tls.VersionTLS13 {
 			t.Fatalf("agent TLS config %+v", c)
 		}
@@ -48,14 +48,14 @@ func TestTLSFlags(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		verifies(t, cfg.client.TLS, "198.18.1.3") // the --intercept host by default
+		verifies(t, cfg.Client.TLS, "198.18.1.3") // the --intercept host by default
 		cfg, err = copyOptionsFrom(t, append(base, "--tls-ca", certFile, "--tls-server-name", "agent.lab")...).config()
 		if err != nil {
 			t.Fatal(err)
 		}
-		verifies(t, cfg.client.TLS, "agent.lab")
-		if cfg, err = copyOptionsFrom(t, base...).config(); err != nil || cfg.client.TLS != nil {
-			t.Errorf("without --tls-ca: TLS %v, %v; want plain TCP", cfg.client.TLS, err)
+		verifies(t, cfg.Client.TLS, "agent.lab")
+		if cfg, err = copyOptionsFrom(t, base...).config(); err != nil || cfg.Client.TLS != nil {
+			t.Errorf("without --tls-ca: TLS %v, %v; want plain TCP", cfg.Client.TLS, err)
 		}
 	})
 	t.Run("Doctor", func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 
 // CopyConfig configures the copy daemon.
 type CopyConfig struct {
-	Capture capture.Config // client packets arriving at prod
+	// Capture is where client packets arriving at prod are read; an empty
+	// Filter means one built from the maps (CaptureConfig).
+	Capture capture.Config
 	// Engine is the datapath's configuration, budgets aside: Workers 0
 	// means one per MaxCPU, MaxBufferBytes is derived from MaxMemory and
 	// MaxSessions only caps what MaxMemory allows (EngineConfig).
@@ -76,6 +79,31 @@ func (c *CopyConfig) EngineConfig() tcpstate.Config {
 	return e
 }
 
+// CaptureConfig returns the capture's configuration: Capture, with a
+// filter built from the maps unless Capture.Filter is set.
+func (c *CopyConfig) CaptureConfig() capture.Config {
+	cc := c.Capture
+	if cc.Filter != "" {
+		return cc
+	}
+	var dsts, targets []netip.AddrPort
+	for _, m := range c.Engine.Maps {
+		local := m.Local
+		if !local.Addr().IsValid() {
+			// Any local address, but only of the target's family.
+			any := netip.IPv6Unspecified()
+			if m.Target.Addr().Is4() {
+				any = netip.IPv4Unspecified()
+			}
+			local = netip.AddrPortFrom(any, local.Port())
+		}
+		dsts = append(dsts, local)
+		targets = append(targets, m.Target)
+	}
+	cc.Filter = capture.FilterFor(dsts, targets)
+	return cc
+}
+
 // Validate checks the configuration; errors are *FieldError.
 func (c *CopyConfig) Validate() error {
 	if err := validateCapture(&c.Capture); err != nil {
@@ -119,7 +147,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	ecfg := cfg.EngineConfig()
+	ecfg, ccfg := cfg.EngineConfig(), cfg.CaptureConfig()
 	dump, err := openDump(cfg.Dump, log)
 	if err != nil {
 		return err
@@ -149,7 +177,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err != nil {
 		return inField("Engine", err)
 	}
-	src, err := h.openCapture(cfg.Capture)
+	src, err := h.openCapture(ccfg)
 	if err != nil {
 		return err
 	}
@@ -160,7 +188,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 			return inField("MetricsAddr", err)
 		}
 	}
-	log.Info("copying", "iface", cfg.Capture.Interface, "filter", cfg.Capture.Filter,
+	log.Info("copying", "iface", ccfg.Interface, "filter", ccfg.Filter,
 		"maps", fmt.Sprint(ecfg.Maps), "agent", cfg.Client.Addr, "workers", ecfg.Workers)
 
 	clientCtx, stopClient := context.WithCancel(context.Background())
