@@ -316,9 +316,10 @@ func copyStages(rows map[string]statRow) []stage {
 	sess = append(sess, take(rows, labelled(events, sessions))...)
 	sess = append(sess, take(rows, labelled("tcpshadow_copy_sessions_ended_total", tcpstate.EndReasonNames()))...)
 	agent := take(rows, plain("tcpshadow_agent_connected", "tcpshadow_agent_connects_total",
-		"tcpshadow_agent_connect_failures_total", "tcpshadow_agent_registrations_total",
-		"tcpshadow_agent_deregistrations_total", "tcpshadow_agent_queue_full_total",
-		"tcpshadow_agent_flows", "tcpshadow_agent_replies_total"))
+		"tcpshadow_agent_disconnects_total", "tcpshadow_agent_connect_failures_total",
+		"tcpshadow_agent_registrations_total", "tcpshadow_agent_deregistrations_total",
+		"tcpshadow_agent_queue_full_total", "tcpshadow_agent_flows", "tcpshadow_agent_reply_frames_total",
+		"tcpshadow_agent_replies_total"))
 	agent = append(agent, take(rows, prefixed(rows, "tcpshadow_agent_"))...)
 	return []stage{{"capture", capture}, {"engine", eng}, {"sessions", sess}, {"agent link", agent}}
 }
@@ -331,7 +332,8 @@ func interceptStages(rows map[string]statRow) []stage {
 		return plain(names...)
 	}
 	return []stage{
-		{"capture", take(rows, i("captured_total", "bad_total", "kernel_dropped_total", "interface_dropped_total"))},
+		{"capture", take(rows, i("kernel_received_total", "captured_total", "bad_total", "kernel_dropped_total",
+			"interface_dropped_total", "non_ip_total"))},
 		{"relay", take(rows, i("relayed_total", "no_owner_total", "parked_total", "parked_delivered_total",
 			"parked_expired_total", "dropped_queue_total", "dropped_peer_total", "flows", "flows_rejected_total",
 			"batches_total"))},

@@ -78,7 +78,7 @@ func stageOf(role string, s metrics.Sample) string {
 		return "dump"
 	case role == "intercept":
 		switch strings.TrimSuffix(strings.TrimPrefix(n, "tcpshadow_intercept_"), "_total") {
-		case "captured", "bad", "kernel_dropped", "interface_dropped":
+		case "kernel_received", "captured", "bad", "kernel_dropped", "interface_dropped", "non_ip":
 			return "capture"
 		case "peers", "peers_refused", "peer_errors":
 			return "peers"

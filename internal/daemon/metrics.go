@@ -43,11 +43,13 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src capture.Sou
 		metrics.Sample{Name: "tcpshadow_capture_non_ip_total", Help: "Captured frames that were not IP.", Value: float64(capst.NonIP)},
 		metrics.Sample{Name: "tcpshadow_agent_connected", Help: "1 when the control channel to the agent is up.", Kind: metrics.Gauge, Value: connected},
 		metrics.Sample{Name: "tcpshadow_agent_connects_total", Help: "Control channel connections made.", Value: float64(cs.Connects)},
+		metrics.Sample{Name: "tcpshadow_agent_disconnects_total", Help: "Control channel connections lost.", Value: float64(cs.Disconnects)},
 		metrics.Sample{Name: "tcpshadow_agent_connect_failures_total", Help: "Failed attempts to reach the agent.", Value: float64(cs.ConnectFailures)},
 		metrics.Sample{Name: "tcpshadow_agent_registrations_total", Help: "Flow registrations sent.", Value: float64(cs.Registered)},
 		metrics.Sample{Name: "tcpshadow_agent_deregistrations_total", Help: "Flow de-registrations sent.", Value: float64(cs.Deregistered)},
 		metrics.Sample{Name: "tcpshadow_agent_queue_full_total", Help: "Registrations dropped: queue full.", Value: float64(cs.QueueFull)},
 		metrics.Sample{Name: "tcpshadow_agent_flows", Help: "Flows registered with the agent.", Kind: metrics.Gauge, Value: float64(cs.Flows)},
+		metrics.Sample{Name: "tcpshadow_agent_reply_frames_total", Help: "Reply frames received from the agent.", Value: float64(cs.ReplyFrames)},
 		metrics.Sample{Name: "tcpshadow_agent_replies_total", Help: "Reply headers received from the agent.", Value: float64(cs.Replies)},
 	)
 	return out
@@ -80,8 +82,10 @@ func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 		c("batches", "Reply frames written.", st.Batches),
 		g("flows", "Registered flows.", st.Flows),
 		g("peers", "Connected copy daemons.", st.Peers),
+		c("kernel_received", "Packets the kernel passed the filter (pcap_stats).", cs.KernelRecv),
 		c("kernel_dropped", "Packets the kernel dropped for lack of capture buffer.", cs.KernelDropped),
 		c("interface_dropped", "Packets dropped by the interface.", cs.IfDropped),
+		c("non_ip", "Captured frames that were not IP.", cs.NonIP),
 	}
 }
 
