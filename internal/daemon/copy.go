@@ -136,9 +136,10 @@ func (c *CopyConfig) Validate() error {
 // Stop order, once ctx is done or the capture fails: systemd is told it
 // is stopping; the capture is closed, so nothing enters the engine; the
 // engine ends every session, resetting it on the shadow, and deregisters
-// its flows; the client is stopped, writing what it holds and closing the
-// control channel; then the raw sockets close, and the dump last, after
-// the engine's final resets.
+// its flows; once the client has taken those deregistrations (it holds no
+// flow), it is stopped, writing what it holds and closing the control
+// channel; then the raw sockets close, and the dump last, after the
+// engine's final resets.
 func RunCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *logfile.File) error {
 	return runCopy(ctx, cfg, log, logFile, liveHost())
 }
@@ -211,12 +212,47 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	src.Close()
 	stopEngine()
 	<-engDone
-	// TODO(layout-merge): wait for the client to write what it holds.
-	time.Sleep(50 * time.Millisecond)
+	awaitDeregistered(client, deregisterBound)
 	stopClient()
 	wg.Wait()
 	log.Info("stopped", "summary", metrics.Summary(samples(), metricPrefix))
 	return err
+}
+
+// deregisterBound bounds how long a stopping copy daemon waits for its
+// client to take the engine's deregistrations. The bound is reached only
+// if a flow is never deregistered (its deregistration lost to a full
+// queue, counted as agent_queue_full): the agent drops a copy daemon's
+// flows when its connection closes anyway.
+const deregisterBound = time.Second
+
+// awaitDeregistered waits, at most d, until the client holds no flow, or
+// its control channel is down and there is nothing to tell the agent. The
+// engine, stopped, has deregistered every flow it registered, and the
+// client empties its flow set only as it takes the last of those off its
+// queue: what it then holds is one batch, which stopping writes.
+//
+// TODO(layout-merge): intercept.Client has no "what is queued is
+// written" signal, so this polls its flow gauge and waits d out when a
+// flow is left registered. With
+//
+//	// Flush returns once every Register and Deregister queued before the
+//	// call is taken off the queue and, while connected, written to the
+//	// agent; ctx.Err() if ctx ends first, nil at once if Run is not running.
+//	func (c *Client) Flush(ctx context.Context) error
+//
+// this becomes Flush under a deadline of d, exact in every case.
+func awaitDeregistered(c *intercept.Client, d time.Duration) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(d)
+	for {
+		st := c.Stats()
+		if !st.Connected || st.Flows == 0 || time.Now().After(deadline) {
+			return
+		}
+		<-t.C
+	}
 }
 
 // readyWait bounds how long readiness waits for the control channel.
