@@ -357,3 +357,17 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestFormatSize checks sizes print as parseSize reads them back, so the
+// --max-memory default shows as "1GiB".
+func TestFormatSize(t *testing.T) {
+	for n, want := range map[int64]string{1 << 30: "1GiB", 3 << 20: "3MiB", 1536: "1536", 1<<20 + 1: "1048577", 2 << 40: "2TiB", 0: "0"} {
+		got := formatSize(n)
+		if got != want {
+			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		}
+		if back, err := parseSize(got); err != nil || back != n {
+			t.Errorf("parseSize(formatSize(%d)) = %d, %v", n, back, err)
+		}
+	}
+}
