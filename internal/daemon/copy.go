@@ -131,7 +131,8 @@ func (c *CopyConfig) Validate() error {
 // the process budgets; one raw socket per worker; the control channel's
 // client and the engine; the capture; the metrics endpoint. A step that
 // fails closes what the ones before it opened. The daemon is ready for
-// systemd once the capture is open and the control channel up.
+// systemd once the capture is open and the control channel up, or
+// readyWait later without it.
 //
 // Stop order, once ctx is done or the capture fails: systemd is told it
 // is stopping; the capture is closed, so nothing enters the engine; the
