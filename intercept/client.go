@@ -93,11 +93,13 @@ type Client struct {
 	registered, deregistered, queueFull, frames atomic.Uint64
 	replies                                     atomic.Uint64
 	flows                                       atomic.Int64
+	running                                     atomic.Bool // Run is serving ops
 }
 
 type clientOp struct {
 	flow rewrite.Tuple
 	add  bool
+	done chan struct{} // a Flush marker: closed once what was queued before it is written
 }
 
 // NewClient returns a client that calls onReply, from one goroutine at a
@@ -121,6 +123,29 @@ func (c *Client) queue(op clientOp) {
 	}
 }
 
+// Flush returns once every Register and Deregister queued before it has
+// been taken off the queue and, while the channel is up, written to the
+// agent: a stopping copy daemon calls it so that the agent hears of every
+// flow it ended. It returns ctx.Err() if ctx ends first, and nil at once
+// if Run is not running.
+func (c *Client) Flush(ctx context.Context) error {
+	if !c.running.Load() {
+		return nil
+	}
+	done := make(chan struct{})
+	select {
+	case c.ops <- clientOp{done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Connected reports whether the control channel is up.
 func (c *Client) Connected() bool { return c.connected.Load() }
 
@@ -138,6 +163,8 @@ func (c *Client) Stats() ClientStats {
 // in its loop, so every reconnect replays what is registered.
 func (c *Client) Run(ctx context.Context) error {
 	l := newClientLoop(c)
+	c.running.Store(true)
+	defer c.running.Store(false)
 	connc := make(chan *clientConn)
 	l.dialNow <- struct{}{} // connect at once
 	go c.dialLoop(ctx, l.dialNow, connc)
@@ -146,7 +173,9 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			c.running.Store(false)
 			l.stop()
+			l.releaseFlushes()
 			return nil
 		case cc := <-connc:
 			l.onConnected(cc)
@@ -323,6 +352,13 @@ func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 // onOp applies a Register or Deregister to the flow set and, when
 // connected, sends it.
 func (l *clientLoop) onOp(op clientOp) {
+	if op.done != nil {
+		if l.pending != nil {
+			l.write(l.pending)
+		}
+		close(op.done)
+		return
+	}
 	if op.add {
 		l.set[op.flow] = struct{}{}
 	} else {
@@ -410,6 +446,21 @@ func (l *clientLoop) drop(cc *clientConn, why error) {
 	select {
 	case l.dialNow <- struct{}{}:
 	default:
+	}
+}
+
+// releaseFlushes lets go every Flush still waiting in the queue: Run
+// has stopped.
+func (l *clientLoop) releaseFlushes() {
+	for {
+		select {
+		case op := <-l.c.ops:
+			if op.done != nil {
+				close(op.done)
+			}
+		default:
+			return
+		}
 	}
 }
 

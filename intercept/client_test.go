@@ -67,3 +67,28 @@ func TestClientStopAfterFailedLastWrite(t *testing.T) {
 		t.Fatalf("after a failed last write: %+v", st)
 	}
 }
+
+// TestClientFlush: Flush returns only once what was queued before it is
+// written, so the agent holds it; without Run it returns at once.
+func TestClientFlush(t *testing.T) {
+	r := newRig(t, AgentConfig{}, ClientConfig{})
+	r.waitFor("connection", r.client.Connected)
+	for i := range uint16(100) {
+		r.client.Register(flow(i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.client.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.client.Stats(); st.Registered != 100 {
+		t.Fatalf("after Flush, %d registrations written, want 100", st.Registered)
+	}
+	r.waitFor("the agent holding the 100 flows", func() bool { return r.agent.Stats().Flows == 100 })
+
+	idle := NewClient(ClientConfig{Addr: "agent"}, func([]byte) {}, slog.New(slog.DiscardHandler))
+	idle.Register(flow(1))
+	if err := idle.Flush(ctx); err != nil {
+		t.Fatalf("Flush without Run: %v", err)
+	}
+}

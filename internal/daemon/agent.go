@@ -36,10 +36,8 @@ const agentSnapLen = 256
 // or in the package whose config it is. It names no interface.
 func DefaultAgentConfig() AgentConfig {
 	c := AgentConfig{
-		Capture: capture.DefaultConfig(),
-		// TODO(layout-merge): intercept.DefaultAgentConfig(), which holds
-		// these two and the agent's other defaults.
-		Agent:         intercept.AgentConfig{FlushDelay: 200 * time.Microsecond, MaxFlows: 1 << 20},
+		Capture:       capture.DefaultConfig(),
+		Agent:         intercept.DefaultAgentConfig(),
 		Listen:        ":" + strconv.Itoa(wire.DefaultPort),
 		MaxCPU:        DefaultMaxCPU(),
 		StatsInterval: 30 * time.Second,

@@ -47,11 +47,9 @@ const minMemory = 16 << 20
 // or agent.
 func DefaultCopyConfig() CopyConfig {
 	c := CopyConfig{
-		Capture: capture.DefaultConfig(),
-		Engine:  tcpstate.DefaultConfig(),
-		// TODO(layout-merge): intercept.DefaultClientConfig() once it
-		// exists; today the client defaults its zero fields itself.
-		Client:        intercept.ClientConfig{},
+		Capture:       capture.DefaultConfig(),
+		Engine:        tcpstate.DefaultConfig(),
+		Client:        intercept.DefaultClientConfig(),
 		MaxCPU:        DefaultMaxCPU(),
 		MaxMemory:     1 << 30,
 		StatsInterval: 30 * time.Second,
@@ -175,7 +173,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.Client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
-	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
+	eng, err = tcpstate.NewEngine(ecfg, senders, client)
 	if err != nil {
 		return inField("Engine", err)
 	}
@@ -201,7 +199,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	wg.Add(3)
 	go func() { defer wg.Done(); _ = client.Run(clientCtx) }()
 	engDone := make(chan struct{})
-	go func() { defer wg.Done(); defer close(engDone); _ = eng.Run(engCtx) }()
+	go func() { defer wg.Done(); defer close(engDone); eng.Run(engCtx) }()
 	go func() { defer wg.Done(); metrics.LogEvery(ctx, cfg.StatsInterval, samples, metricPrefix, log) }()
 
 	readyCtx, readyCancel := context.WithCancel(ctx)
@@ -213,7 +211,9 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	src.Close()
 	stopEngine()
 	<-engDone
-	awaitDeregistered(client, deregisterBound)
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), deregisterBound)
+	_ = client.Flush(flushCtx) // the engine's deregistrations reach the agent
+	cancelFlush()
 	stopClient()
 	wg.Wait()
 	log.Info("stopped", "summary", metrics.Summary(samples(), metricPrefix))
@@ -221,40 +221,9 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 }
 
 // deregisterBound bounds how long a stopping copy daemon waits for its
-// client to take the engine's deregistrations. The bound is reached only
-// if a flow is never deregistered (its deregistration lost to a full
-// queue, counted as agent_queue_full): the agent drops a copy daemon's
-// flows when its connection closes anyway.
+// client to write the engine's deregistrations: the agent drops a copy
+// daemon's flows when its connection closes anyway.
 const deregisterBound = time.Second
-
-// awaitDeregistered waits, at most d, until the client holds no flow, or
-// its control channel is down and there is nothing to tell the agent. The
-// engine, stopped, has deregistered every flow it registered, and the
-// client empties its flow set only as it takes the last of those off its
-// queue: what it then holds is one batch, which stopping writes.
-//
-// TODO(layout-merge): intercept.Client has no "what is queued is
-// written" signal, so this polls its flow gauge and waits d out when a
-// flow is left registered. With
-//
-//	// Flush returns once every Register and Deregister queued before the
-//	// call is taken off the queue and, while connected, written to the
-//	// agent; ctx.Err() if ctx ends first, nil at once if Run is not running.
-//	func (c *Client) Flush(ctx context.Context) error
-//
-// this becomes Flush under a deadline of d, exact in every case.
-func awaitDeregistered(c *intercept.Client, d time.Duration) {
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	deadline := time.Now().Add(d)
-	for {
-		st := c.Stats()
-		if !st.Connected || st.Flows == 0 || time.Now().After(deadline) {
-			return
-		}
-		<-t.C
-	}
-}
 
 // readyWait bounds how long readiness waits for the control channel.
 const readyWait = 5 * time.Second

@@ -24,7 +24,7 @@ func TestSampleNames(t *testing.T) {
 	src := capturetest.New(1)
 	client := intercept.NewClient(intercept.ClientConfig{Addr: "198.18.1.3:36524"}, func([]byte) {}, log)
 	c := validCopy()
-	eng, err := tcpstate.NewEngine(c.EngineConfig(), []tcpstate.Sender{nopSender{}}, client, log)
+	eng, err := tcpstate.NewEngine(c.EngineConfig(), []tcpstate.Sender{nopSender{}}, client)
 	if err != nil {
 		t.Fatal(err)
 	}
