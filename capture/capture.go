@@ -70,6 +70,9 @@ type Config struct {
 	// InboundOnly asks the kernel for received packets only, so the
 	// copier never sees what it sends itself, whatever the filter.
 	InboundOnly bool
+	// OutboundOnly asks for the packets the host sends only: the copier
+	// reads prod's side of each conversation so.
+	OutboundOnly bool
 }
 
 // MaxSnapLen is the largest snap length libpcap takes.
@@ -120,10 +123,19 @@ func OpenLive(cfg Config) (Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("activate capture on %s: %w", cfg.Interface, err)
 	}
-	if cfg.InboundOnly {
+	switch {
+	case cfg.InboundOnly && cfg.OutboundOnly:
+		h.Close()
+		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
+	case cfg.InboundOnly:
 		if err := h.SetDirection(pcap.DirectionIn); err != nil {
 			h.Close()
 			return nil, fmt.Errorf("capture inbound only on %s: %w", cfg.Interface, err)
+		}
+	case cfg.OutboundOnly:
+		if err := h.SetDirection(pcap.DirectionOut); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("capture outbound only on %s: %w", cfg.Interface, err)
 		}
 	}
 	src, err := newSource(h, cfg.Filter, true)

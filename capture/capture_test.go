@@ -154,6 +154,34 @@ func TestFilterForSelectsOnlyMappedTrafficAndNeverOwnOutput(t *testing.T) {
 	}
 }
 
+func TestFilterFromSelectsOnlyProdsAnswers(t *testing.T) {
+	filter := FilterFrom(
+		[]netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80"), netip.MustParseAddrPort("[2001:2::1]:8080")},
+		[]netip.AddrPort{netip.MustParseAddrPort("198.18.1.2:80")},
+	)
+	bpf, err := pcap.NewBPF(linkTypeRawAlt, 65535, filter)
+	if err != nil {
+		t.Fatalf("filter %q does not compile: %v", filter, err)
+	}
+	cases := []struct {
+		src, dst string
+		want     bool
+	}{
+		{"198.18.0.1:80", "198.18.0.2:40000", true},      // prod answers
+		{"[2001:2::1]:8080", "[2001:2::2]:40000", true},  // on IPv6
+		{"[2001:2::9]:8080", "[2001:2::2]:40000", false}, // another address
+		{"198.18.0.2:40000", "198.18.0.1:80", false},     // the client's packets
+		{"198.18.0.2:80", "198.18.1.2:80", false},        // the copier's own output
+	}
+	for _, c := range cases {
+		pkt := tcpPacket(t, c.src, c.dst, "x")
+		ci := gopacket.CaptureInfo{CaptureLength: len(pkt), Length: len(pkt)}
+		if got := bpf.Matches(ci, pkt); got != c.want {
+			t.Errorf("%s -> %s: match %v, want %v (filter %q)", c.src, c.dst, got, c.want, filter)
+		}
+	}
+}
+
 func TestOpenFileErrors(t *testing.T) {
 	if _, err := OpenFile(filepath.Join(t.TempDir(), "missing.pcap"), ""); err == nil {
 		t.Fatal("missing file opened")

@@ -21,33 +21,49 @@ const initialRTO = time.Second
 const joinWindowScale = 7
 
 // clientSYN handles a captured SYN: a new session, a retransmission
-// (scenario 2) or port reuse with a new ISN (scenario 3). It reports
-// whether a session kept pb.
+// (scenario 2) or port reuse with a new ISN (scenario 3). The session
+// waits for prod to accept the connection before anything reaches the
+// shadow (33). It reports whether a session kept pb.
 func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Packet, capAt, now int64) bool {
 	isn := Seq(p.TCP().Seq())
 	var reuse rewrite.Tuple
+	reuseRegistered := false
 	if s != nil {
-		if s.isn == isn && s.opener == openedBySYN {
+		switch {
+		case s.isn == isn && s.opener == openedBySYN:
 			w.ctr.inc(CtrSynRetransmit)
 			return false
-		}
-		if !s.state.ended() && s.sndUna != s.clientNxt {
+		case s.state == stateProdOpening:
+			// The old attempt never reached the shadow: forget it.
+			w.removeSession(s)
+		case !s.state.ended() && s.sndUna != s.clientNxt:
 			// Scenario 3 while the copy of the old connection is still
 			// under way (the shadow lags prod): let it finish on its own
 			// forged tuple; the new connection gets another.
 			delete(w.sessions, key)
 			w.ctr.inc(CtrPortReuseLagging)
-		} else {
-			reuse = s.forged
+		default:
+			reuse, reuseRegistered = s.forged, s.registered
 			if !s.state.ended() {
 				w.endSession(s, EndPortReuse, now)
 			}
-			w.removeSession(s, false)
+			s.registered = false // the new session takes the registration over
+			w.removeSession(s)
 		}
 	}
 	s = w.newSession(key, isn, capAt, now, reuse)
 	if s == nil {
+		if reuseRegistered {
+			w.reg.Deregister(reuse)
+		}
 		return false
+	}
+	if reuseRegistered {
+		if s.forged == reuse {
+			s.registered = true
+		} else {
+			w.reg.Deregister(reuse)
+		}
 	}
 	var o rewrite.Options
 	rewrite.ParseOptions(p.TCP(), &o)
@@ -62,13 +78,17 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 	s.tsSent = o.TSVal
 	s.clientWnd = p.TCP().Window()
 	w.hold(s, pb)
-	w.startHandshake(s, now)
+	if w.cfg.TrustInbound {
+		w.openShadow(s, now)
+	} else {
+		w.applyEarly(s, now)
+	}
 	return true
 }
 
 // newSession creates a session for key with a collision-free forged tuple
-// (reusing prefer when it is free) and registers its flow with the agent.
-// It returns nil, counted, when a limit sheds the flow.
+// (reusing prefer when it is free), waiting for prod to accept the
+// connection. It returns nil, counted, when a limit sheds the flow.
 func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer rewrite.Tuple) *session {
 	if !w.admit(key) {
 		return nil
@@ -79,9 +99,6 @@ func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer re
 		w.ctr.inc(CtrShedPorts)
 		return nil
 	}
-	if prefer != (rewrite.Tuple{}) && prefer != forged {
-		w.reg.Deregister(prefer)
-	}
 	s := &session{
 		key: key, forged: forged,
 		src: forged.SrcAddrPort(), dst: forged.DstAddrPort(),
@@ -89,14 +106,44 @@ func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer re
 		sndUna: isn + 1, sndNxt: isn + 1, clientNxt: isn + 1,
 		mss: w.cfg.MSS, rto: w.clampRTO(initialRTO),
 		startAt: now, lastSeen: now, synCapAt: capAt, heapIdx: -1,
+		lingerFor: int64(w.cfg.Linger),
 	}
-	w.setState(s, stateSynSent)
+	w.setState(s, stateProdOpening)
 	w.sessions[key] = s
 	w.byForged[forged] = s
 	w.ctr.active.Add(1)
-	w.ctr.inc(CtrSessionsStarted)
-	w.reg.Register(forged) // before the SYN leaves (scenario 1)
+	w.markDirty(s) // its handshake deadline
 	return s
+}
+
+// prodAccepted opens on the shadow a session prod has accepted: prod
+// answered the client's SYN and the client acknowledged that answer, or,
+// for a connection older than the capture, prod acknowledged its data.
+func (w *Worker) prodAccepted(s *session, now int64) {
+	switch s.opener {
+	case openedByJoin:
+		var o rewrite.Options
+		if q := s.q(); len(q) > 0 {
+			o = q[0].opts
+		}
+		w.synthesizeSYN(s, openedByJoin, o.HasTimestamps(), o.TSVal, now)
+		w.ctr.inc(CtrJoinedMidstream)
+	default:
+		w.openShadow(s, now)
+	}
+}
+
+// openShadow registers the session's forged flow with the agent, then
+// sends its SYN (scenario 1).
+func (w *Worker) openShadow(s *session, now int64) {
+	if !s.registered {
+		w.reg.Register(s.forged)
+		s.registered = true
+	}
+	w.ctr.inc(CtrSessionsStarted)
+	w.setState(s, stateSynSent)
+	s.startAt = now
+	w.startHandshake(s, now)
 }
 
 // shedFrom is the load (buffered bytes or sessions over their budget) at
@@ -172,23 +219,31 @@ func (w *Worker) startHandshake(s *session, now int64) {
 }
 
 // joinMidstream starts a session for a flow first seen carrying data: the
-// connection was open before capture started (scenario 5). A synthetic SYN
-// opens it on the shadow one byte before the data.
+// connection was open before capture started (scenario 5). Once prod
+// acknowledges the data, a synthetic SYN opens it on the shadow one byte
+// before it.
 func (w *Worker) joinMidstream(key sessionKey, p *rewrite.Packet, capAt, now int64) *session {
 	tcp := p.TCP()
 	s := w.newSession(key, Seq(tcp.Seq())-1, capAt, now, rewrite.Tuple{})
 	if s == nil {
 		return nil
 	}
-	var o rewrite.Options
-	rewrite.ParseOptions(tcp, &o)
-	// The data's ACK is the baseline: what prod sent before is not a
-	// response to anything we will send.
-	s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true
-	if !w.synthesizeSYN(s, openedByJoin, o.HasTimestamps(), o.TSVal, now) {
-		return nil
+	s.opener = openedByJoin
+	// The data's ACK is the baseline: what prod sent before is not an
+	// answer to anything the shadow will be sent.
+	s.prodBase, s.baseOK = Seq(tcp.Ack()), true
+	s.releasedAck = s.prodBase
+	if !w.cfg.TrustInbound {
+		w.applyEarly(s, now) // the data is queued next; a Flush looks at prod's ACK
 	}
-	w.ctr.inc(CtrJoinedMidstream)
+	if w.cfg.TrustInbound {
+		var o rewrite.Options
+		rewrite.ParseOptions(tcp, &o)
+		if !w.synthesizeSYN(s, openedByJoin, o.HasTimestamps(), o.TSVal, now) {
+			return nil
+		}
+		w.ctr.inc(CtrJoinedMidstream)
+	}
 	return s
 }
 
@@ -220,6 +275,6 @@ func (w *Worker) synthesizeSYN(s *session, by opener, withTS bool, tsVal uint32,
 	s.syn = pb
 	s.tsSent = tsVal
 	w.hold(s, pb)
-	w.startHandshake(s, now)
+	w.openShadow(s, now)
 	return true
 }

@@ -15,7 +15,14 @@ func TestScenario1RegisterBeforeSYNAndHandshake(t *testing.T) {
 	synOpts := rewrite.AppendMSS(nil, 1460)
 	synOpts = append(synOpts, rewrite.OptSACKPermitted, 2)
 	synOpts = rewrite.AppendWindowScale(synOpts, 7)
+	// Nothing reaches the agent or the shadow before prod accepted the
+	// connection and the client acknowledged that (scenario 33).
 	h.clientSeg(fSYN, tISN, 0, "", synOpts)
+	h.prodSeg(fSYN|fACK, tProdISN, tISN+1, 0)
+	if len(h.rec.events) != 0 {
+		t.Fatalf("the copier acted before prod's connection was complete: %+v", h.rec.events)
+	}
+	h.clientSeg(fACK, tISN+1, tProdISN+1, "", nil)
 
 	ev := h.rec.events
 	if len(ev) != 2 || ev[0].kind != "register" || ev[1].kind != "send" {
@@ -51,7 +58,7 @@ func TestScenario1RegisterBeforeSYNAndHandshake(t *testing.T) {
 
 func TestScenario2SynRetransmitIsNotANewSession(t *testing.T) {
 	h := newHarness(t, nil)
-	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.open(nil)
 	h.sent()
 	h.clientSeg(fSYN, tISN, 0, "", nil)
 	if got := h.sent(); len(got) != 0 {
@@ -66,6 +73,7 @@ func TestScenario3PortReuseStartsNewSession(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(nil, nil)
 	h.clientSeg(fSYN, tISN+100000, 0, "", nil)
+	h.accept(tISN + 100000)
 	got := h.sent()
 	if len(got) != 2 || got[0].flags&fRST == 0 || got[1].flags != fSYN || got[1].seq != tISN+100000 {
 		t.Fatalf("want RST for the old session then the new SYN, got %+v", got)
@@ -84,6 +92,7 @@ func TestScenario3PortReuseWhileTheOldCopyLags(t *testing.T) {
 	// before the shadow acknowledged request 1.
 	h.clientSeg(fACK|fFIN, tISN+5, tProdISN+100, "", nil)
 	h.clientSeg(fSYN, tISN+100000, 0, "", nil)
+	h.accept(tISN + 100000)
 	got := h.sent()
 	if len(got) != 1 || got[0].flags != fSYN || got[0].src == old {
 		t.Fatalf("want only the new SYN, from another forged port, got %+v (old %v)", got, old)
@@ -100,7 +109,7 @@ func TestScenario3PortReuseWhileTheOldCopyLags(t *testing.T) {
 
 func TestScenario4HandshakeTimeout(t *testing.T) {
 	h := newHarness(t, nil)
-	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.open(nil)
 	h.sent()
 	h.advance(1001 * time.Millisecond)
 	if got := h.sent(); len(got) != 1 || got[0].flags != fSYN {
@@ -126,7 +135,12 @@ func TestScenario4HandshakeTimeout(t *testing.T) {
 
 func TestScenario5JoinMidstream(t *testing.T) {
 	h := newHarness(t, nil)
+	h.prodAcks = false
 	h.clientSeg(fACK|fPSH, 777777, tProdISN+900, "GET /late", nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("joined before prod acknowledged the data (scenario 33): %+v", got)
+	}
+	h.prodSeg(fACK, tProdISN+900, 777777+9, 0)
 	syn := expectOne(t, h.sent(), "synthetic SYN")
 	if syn.flags != fSYN || syn.seq != 777776 || syn.opts.MSS != h.cfg.SynMSS {
 		t.Fatalf("synthetic SYN = %+v", syn)
@@ -194,9 +208,9 @@ func TestForgedTuplesCollisionFree(t *testing.T) {
 		pool, _ := rewrite.NewPool([]netipPrefix{netipMustPrefix("198.19.0.7/32")}, 0)
 		c.Pool = pool
 	})
-	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.open(nil)
 	h.client = netipAddrPort("198.18.0.3:40000")
-	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.open(nil)
 	got := h.sent()
 	if len(got) != 2 || got[0].src == got[1].src {
 		t.Fatalf("forged tuples collide: %+v", got)

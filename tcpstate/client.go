@@ -43,26 +43,30 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 	switch s.state {
 	case stateShadowGone:
 		// The shadow closed a connection the client keeps using
-		// (scenario 19): its next data opens a fresh one. If the client
+		// (scenario 19): its data goes on a fresh one. If the client
 		// finishes instead, the flow's place need not be kept.
-		if flags&(rewrite.FlagFIN|rewrite.FlagRST) != 0 {
+		if flags&(rewrite.FlagFIN|rewrite.FlagRST) != 0 && len(s.q()) == 0 {
 			w.setState(s, stateClosed)
 			s.lingerEnd = min(s.lingerEnd, now+int64(w.cfg.Linger))
 			w.markDirty(s)
-		}
-		if s.state != stateShadowGone || p.PayloadLen() == 0 {
 			w.ctr.inc(CtrIgnoredNoSession)
 			return false
 		}
-		if s = w.reconnect(s, capAt, now); s == nil {
-			return false
-		}
 	case stateClosed:
+		// A flow given up keeps its place while the client goes on, so
+		// that it is not joined again (scenario 32).
+		s.lingerEnd = max(s.lingerEnd, now+s.lingerFor)
+		w.markDirty(s)
 		w.ctr.inc(CtrIgnoredNoSession)
 		return false
 	}
 	s.lastSeen = now
-	return w.clientPacket(s, pb, p, capAt, now)
+	kept := w.clientPacket(s, pb, p, capAt, now)
+	w.checkAccepted(s, now)
+	if s.state == stateShadowGone && len(s.q()) > 0 && now >= s.reconnectAt {
+		w.reconnect(s, now)
+	}
+	return kept
 }
 
 // clientPacket handles a non-SYN client packet of a live session. It
@@ -70,7 +74,7 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 func (w *Worker) clientPacket(s *session, pb *pktBuf, p *rewrite.Packet, capAt, now int64) bool {
 	tcp := p.TCP()
 	flags := tcp.Flags()
-	seq := Seq(tcp.Seq())
+	seq, ack := Seq(tcp.Seq()), Seq(tcp.Ack())
 	plen := p.PayloadLen()
 	var o rewrite.Options
 	rewrite.ParseOptions(tcp, &o)
@@ -85,27 +89,43 @@ func (w *Worker) clientPacket(s *session, pb *pktBuf, p *rewrite.Packet, capAt, 
 			s.needAck = true
 		}
 		s.clientWnd = tcp.Window()
-		if !s.prodAckOK {
-			s.prodAck, s.prodAckOK = Seq(tcp.Ack()), true // handshake ACK
-		}
+		w.clientAck(s, ack, now)
 	}
 	if flags&rewrite.FlagRST != 0 {
-		w.endSession(s, EndClientReset, now) // scenario 18
+		w.drain(s, EndClientReset, now) // scenarios 18 and 30
 		return false
 	}
 	if flags&rewrite.FlagFIN != 0 && !s.clientFin {
 		// Scenario 17: data first; the FIN goes once the shadow has
-		// acknowledged everything before it.
+		// acknowledged everything before it, within DrainTimeout (30).
 		s.clientFin, s.finSeq = true, seq.Add(plen)
+		s.drainUntil = now + int64(w.cfg.DrainTimeout)
 	}
 	w.markDirty(s)
-	if plen == 0 {
+	if plen == 0 || s.state.ended() && s.state != stateShadowGone {
 		return false
 	}
 	if flags&rewrite.FlagFIN != 0 {
 		p.SetFlags(flags &^ rewrite.FlagFIN)
 	}
 	return w.enqueue(s, pb, p, &o, capAt, now)
+}
+
+// clientAck takes the ACK of a client packet: while prod's handshake is
+// under way, the client acknowledging prod's SYN-ACK completes prod's
+// acceptance (scenario 33); later, the first ACK sets the pacing's
+// baseline when prod's own packets do not.
+func (w *Worker) clientAck(s *session, ack Seq, now int64) {
+	if s.state == stateProdOpening && s.opener == openedBySYN {
+		if !s.clientAckOK {
+			s.clientAcked, s.clientAckOK = ack, true
+		}
+		return // checkAccepted decides
+	}
+	if !s.baseOK {
+		s.prodBase, s.baseOK = ack, true // the handshake ACK: prod's ISN + 1
+		s.releasedAck = ack
+	}
 }
 
 // enqueue rewrites a captured data segment toward the shadow and queues it
@@ -123,12 +143,6 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		w.ctr.inc(CtrClientDupData)
 		return false
 	}
-	// Bounds first, so that they hold exactly (scenario 27).
-	if s.qBytes+pb.size() > w.cfg.MaxSessionBytes || w.buffered+int64(pb.size()) > w.budget {
-		w.ctr.inc(CtrShedMemory)
-		w.endSession(s, EndBufferLimit, now)
-		return false
-	}
 	if o.SACK {
 		p.ClearOptions(rewrite.OptSACK) // blocks in prod's sequence space
 	}
@@ -136,19 +150,26 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		p.ClearOptions(rewrite.OptTimestamps)
 		rewrite.ParseOptions(p.TCP(), o)
 	}
-	p.Retarget(s.src, s.dst) // full checksums: captured ones may be partial (offload)
 	g.pkt, g.opts = *p, *o
-	// Only data that extends the stream moves the request boundary.
-	if at == len(s.q()) {
-		if s.prodAckOK && g.ack.After(s.prodAck) {
-			g.expect = g.ack.Sub(s.prodAck)
-		}
-		if !s.prodAckOK || g.ack.After(s.prodAck) {
-			s.prodAck, s.prodAckOK = g.ack, true
-		}
+	// Bounds first, counting the pieces a split will take, so that they
+	// hold exactly (scenarios 27, 34).
+	cost := pb.size()
+	if lo != g.seq || hi != g.end || g.len() > s.payloadRoom(&g) {
+		cost = s.splitCost(&g, lo, hi)
+	}
+	if !w.fits(s, cost) {
+		w.ctr.inc(CtrShedMemory)
+		w.endSession(s, EndBufferLimit, now)
+		return false
+	}
+	p.Retarget(s.src, s.dst) // full checksums: captured ones may be partial (offload)
+	g.pkt = *p
+	if g.seq == s.isn+1 && s.baseOK && g.ack.After(s.prodBase) {
+		w.ctr.inc(CtrGreetingWaits) // scenario 10: the client's first data follows a greeting
 	}
 	if hi.After(s.clientNxt) {
 		s.clientNxt = hi
+		s.prodWaitFrom = capAt // prod's next data answers this
 	}
 	if lo == g.seq && hi == g.end && g.len() <= s.payloadRoom(&g) {
 		s.insertSeg(at, g) // the common case: queued as captured
@@ -168,6 +189,26 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 	}
 	w.insertSplit(s, at, &g)
 	return false
+}
+
+// fits reports whether cost more bytes of buffers stay within the
+// session's and the worker's budgets.
+func (w *Worker) fits(s *session, cost int) bool {
+	return s.qBytes+cost <= w.cfg.MaxSessionBytes && w.buffered+int64(cost) <= w.budget
+}
+
+// splitCost is what bytes [lo, hi) of g cost once queued in MSS-sized
+// pieces: the buffers are counted before they are taken.
+func (s *session) splitCost(g *segment, lo, hi Seq) int {
+	room := max(s.payloadRoom(g), 1)
+	hdr := g.pkt.IPHeaderLen() + g.pkt.TCP().HeaderLen()
+	n := hi.Sub(lo)
+	full, rest := n/room, n%room
+	cost := full * bufClassSize(hdr+room)
+	if rest > 0 {
+		cost += bufClassSize(hdr + rest)
+	}
+	return cost
 }
 
 // queueSeg queues g at index at, split into MSS-sized pieces if it is
@@ -260,9 +301,6 @@ func (w *Worker) insertSplit(s *session, at int, g *segment) {
 		ng, ok := w.reslice(s, g, lo, hi)
 		if !ok {
 			break
-		}
-		if lo == g.seq {
-			ng.expect = g.expect
 		}
 		s.insertSeg(at, ng)
 		w.hold(s, ng.pb)

@@ -77,7 +77,7 @@ func TestScenario25OddPacketsIgnoredAndCounted(t *testing.T) {
 		t.Fatal("odd SYNs not ignored and counted")
 	}
 
-	e, err := NewEngine(Config{Maps: []Map{{Local: tProd, Target: tShadow}}}, []Sender{&discard{}}, &recorder{t: t})
+	e, err := NewEngine(Config{Maps: []Map{{Local: tProd, Target: tShadow}}}, []Sender{&discard{}}, &recorder{t: t}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +113,11 @@ func TestScenario25OddPacketsIgnoredAndCounted(t *testing.T) {
 }
 
 func TestScenario27BufferLimitCutsSession(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.MaxSessionBytes = 3 * smallBufSize })
-	h.clientSeg(fSYN, tISN, 0, "", nil) // no SYN-ACK: data piles up
+	h := newHarness(t, func(c *Config) { c.MaxSessionBytes = 3 * mtuBufSize })
+	h.open(nil)                              // no SYN-ACK from the shadow: data piles up
+	body := strings.Repeat("0123456789", 30) // an MTU-class buffer each
 	for i := 0; i < 4; i++ {
-		h.request(tISN+1+uint32(i*10), 0, "0123456789")
+		h.request(tISN+1+uint32(i*len(body)), 0, body)
 	}
 	if h.ended(EndBufferLimit) != 1 {
 		t.Fatal("buffer limit not enforced")

@@ -1,6 +1,8 @@
 package tcpstate
 
 import (
+	"time"
+
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -37,9 +39,8 @@ func (w *Worker) endSession(s *session, reason EndReason, now int64) {
 // closeSession ends s for reason: its buffers are released at once
 // (scenario 27) and it lingers to absorb late replies.
 func (w *Worker) closeSession(s *session, reason EndReason, now int64) {
-	if w.end(s, reason, now) {
-		w.freeQueue(s)
-	}
+	w.end(s, reason, now)
+	w.freeQueue(s)
 }
 
 // end moves s to closed, counting reason, unless it ended already; it
@@ -49,8 +50,10 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 	if s.state.ended() {
 		return false
 	}
+	if s.state != stateProdOpening {
+		w.ctr.ended[reason].Add(1) // a session is counted as ended once it started
+	}
 	w.setState(s, stateClosed)
-	w.ctr.ended[reason].Add(1)
 	if s.syn != nil {
 		w.release(s, s.syn)
 		s.syn = nil
@@ -61,63 +64,135 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 	return true
 }
 
-// shadowEnded handles the shadow closing or resetting a connection. If the
-// client has not finished, its remaining data goes on a fresh connection at
-// once, or when it next sends (scenario 19).
-func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
-	// Client data the shadow has not acknowledged, sent or not: it goes
-	// again on a fresh connection, the client's FIN (if any) after it.
-	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
-	w.end(s, reason, now)
-	switch {
-	case pending:
-		w.reconnect(s, s.q()[0].capAt, now)
-	case !s.clientFin:
-		// Keep the flow's place while the client may still use its
-		// connection to prod: its next data opens a fresh one.
-		w.setState(s, stateShadowGone)
-		s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
+// drain ends s for reason once what prod accepted has reached the shadow
+// and been acknowledged, then resets the shadow's connection; it is
+// bounded by DrainTimeout (scenario 30). What prod never acknowledged is
+// dropped first, counted.
+func (w *Worker) drain(s *session, reason EndReason, now int64) {
+	if s.state == stateProdOpening {
+		w.notAccepted(s)
+		return
 	}
-	w.freeQueue(s)
+	w.dropUnvouched(s)
+	switch {
+	case s.state == stateClosed:
+		return
+	case len(s.q()) == 0 && s.state == stateShadowGone:
+		w.setState(s, stateClosed) // nothing owed: the flow's place need not be kept
+		s.lingerEnd = min(s.lingerEnd, now+int64(w.cfg.Linger))
+		w.markDirty(s)
+		return
+	case len(s.q()) == 0 || s.state == stateFinWait || s.state == stateLastAck:
+		w.endSession(s, reason, now)
+		return
+	}
+	s.resetAfter, s.resetReason = true, reason
+	if s.drainUntil == 0 {
+		s.drainUntil = now + int64(w.cfg.DrainTimeout)
+	}
+	w.markDirty(s)
 }
 
-// maxReconnects bounds fresh shadow connections for one client flow in a
-// row without the shadow acknowledging anything, so a shadow that resets
-// every request cannot make the copier loop.
+// dropUnvouched drops the queued data prod never acknowledged: it will
+// not be, the client or prod having reset.
+func (w *Worker) dropUnvouched(s *session) {
+	if w.cfg.TrustInbound {
+		return
+	}
+	for q := s.q(); len(q) > s.nsent && !w.vouched(s, q[len(q)-1].end); q = s.q() {
+		g := &q[len(q)-1]
+		w.ctr.add(CtrNotAcceptedBytes, g.len())
+		pb := g.pb
+		s.removeSegAt(len(q) - 1)
+		w.release(s, pb)
+	}
+	s.clientNxt = MaxSeq(s.sndNxt, s.sndUna)
+	if q := s.q(); len(q) > 0 {
+		s.clientNxt = MaxSeq(s.clientNxt, q[len(q)-1].end)
+	}
+}
+
+// shadowEnded handles the shadow closing or resetting a connection. If the
+// client has not finished, what the shadow did not acknowledge, and what
+// the client sends next, goes on a fresh connection (scenario 19); after
+// shadow rejections, only after a backoff, and not for ever (32).
+func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
+	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
+	w.end(s, reason, now)
+	if s.clientFin && !pending {
+		w.freeQueue(s) // an ordinary close, the shadow's FIN first
+		return
+	}
+	w.setState(s, stateShadowGone)
+	s.nsent = 0 // nothing queued is on the wire of a fresh connection
+	s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
+	s.reconnectAt = now + backoff(s.reconnects)
+	if pending && now >= s.reconnectAt {
+		w.reconnect(s, now)
+	}
+}
+
+// maxReconnects bounds the fresh connections opened in a row for one client
+// flow while the shadow never answers as prod did: a shadow that rejects
+// every copied session (a login it cannot accept) ends the flow's copy
+// instead of making the copier loop (scenario 32).
 const maxReconnects = 3
 
+// reconnectBackoff is the wait before the second fresh connection in a
+// row; it doubles for each one after.
+const reconnectBackoff = 100 * time.Millisecond
+
+// backoff is how long to wait before opening a fresh connection after
+// reconnects of them in a row: none after a connection the shadow served.
+func backoff(reconnects int) int64 {
+	if reconnects == 0 {
+		return 0
+	}
+	return int64(reconnectBackoff) << (reconnects - 1)
+}
+
 // reconnect opens a fresh connection to the shadow for the client flow of
-// old, which the shadow closed or reset while the client kept going, and
-// moves old's unacknowledged and unsent data to it (scenario 19). The new
-// connection uses another forged port: the old tuple may still be in
-// TIME_WAIT on the shadow. old ends up closed, lingering; if no fresh
-// connection can be opened, it stays as it is.
-//
-// capAt is the capture time of the data that opens it: the baseline for
-// prod's think time on the new connection.
-func (w *Worker) reconnect(old *session, capAt, now int64) *session {
+// old, in stateShadowGone, and moves old's queued data to it (scenario
+// 19). The new connection uses another forged port: the old tuple may
+// still be in TIME_WAIT on the shadow. old ends up closed, lingering; if
+// no fresh connection can be opened now (the reconnect rate), it stays as
+// it is and tries again later; after maxReconnects in a row the flow is
+// given up.
+func (w *Worker) reconnect(old *session, now int64) *session {
+	q := old.q()
+	if len(q) > 0 && answeredAsProd(old, &q[0]) {
+		old.reconnects = 0 // the shadow had answered as prod did: a keep-alive close
+	}
 	if old.reconnects >= maxReconnects {
+		w.giveUp(old, now)
 		return nil
 	}
-	s := w.newSession(old.key, old.sndUna-1, capAt, now, rewrite.Tuple{})
+	if !w.reconnectTokens.take(now, w.cfg.ReconnectRate/float64(w.n)) {
+		w.ctr.inc(CtrReconnectsDeferred)
+		old.reconnectAt = now + int64(time.Second/10)
+		w.markDirty(old)
+		return nil
+	}
+	s := w.newSession(old.key, old.sndUna-1, q[0].capAt, now, rewrite.Tuple{})
 	if s == nil {
+		old.reconnectAt = now + int64(time.Second/10) // shed: try again later
+		w.markDirty(old)
 		return nil
 	}
 	w.setState(old, stateClosed)
 	s.reconnects = old.reconnects + 1
-	s.prodAck, s.prodAckOK = old.prodAck, old.prodAckOK
 	s.clientNxt, s.clientWnd = old.clientNxt, old.clientWnd
-	s.clientFin, s.finSeq = old.clientFin, old.finSeq
-	first := true
-	for _, g := range old.q() {
-		if g.end.BeforeEq(old.sndUna) {
-			continue
-		}
+	s.clientFin, s.finSeq, s.drainUntil = old.clientFin, old.finSeq, old.drainUntil
+	s.prodAcked, s.prodAckOK, s.prodFin = old.prodAcked, old.prodAckOK, old.prodFin
+	s.prodData, s.prodDataIdx = old.prodData, old.prodDataIdx
+	s.resetAfter, s.resetReason = old.resetAfter, old.resetReason
+	// The first data opens the new connection: nothing to wait for before
+	// it, and later rounds count from it.
+	s.prodBase, s.baseOK = q[0].ack, true
+	s.releasedAck = q[0].ack
+	for _, g := range q {
 		g.pkt.SetSrc(s.src.Addr(), s.src.Port())
 		g.sentAt, g.resent = 0, false
-		if first {
-			g.expect, first = 0, false // opens the new connection: nothing to wait for
-		}
 		s.pushSeg(g)
 		w.hold(s, g.pb)
 	}
@@ -126,16 +201,37 @@ func (w *Worker) reconnect(old *session, capAt, now int64) *session {
 		w.account(old, -old.q()[0].pb.size())
 		old.popSeg()
 	}
-	if first {
-		// Nothing moved: the client's next data opens the connection
-		// and sets the baseline of the request boundaries.
-		s.prodAckOK = false
-	}
 	w.ctr.inc(CtrReconnects)
 	if !w.synthesizeSYN(s, openedByReconnect, old.tsOK, old.tsSent, now) {
 		return nil
 	}
 	return s
+}
+
+// answeredAsProd reports whether the shadow had answered, on old's
+// connection, about as much of prod's stream as the client had before g:
+// then the shadow served the flow, and closed for its own reasons (a
+// shorter keep-alive). "About": within an eighth, for headers that differ
+// (Connection: close).
+func answeredAsProd(old *session, g *segment) bool {
+	need := old.need(g)
+	return need > 0 && old.got() >= need-need/8
+}
+
+// giveUp ends the copy of a client flow the shadow keeps rejecting
+// (scenario 32): its data is dropped, and the session lingers as long as
+// the client goes on, so that the flow is not joined again.
+func (w *Worker) giveUp(s *session, now int64) {
+	w.setState(s, stateClosed)
+	w.freeQueue(s)
+	s.lingerFor = int64(w.cfg.IdleTimeout)
+	s.lingerEnd = now + s.lingerFor
+	w.ctr.inc(CtrShadowRejected)
+	mc := &w.mapCtr[s.key.mapIdx]
+	if n := mc.shadowRejected.Add(1); n == 1 {
+		w.sh.hintRejections(s.key.mapIdx, &w.cfg.Maps[s.key.mapIdx])
+	}
+	w.markDirty(s)
 }
 
 // freeQueue releases every queued segment.
@@ -146,8 +242,9 @@ func (w *Worker) freeQueue(s *session) {
 	s.qbuf, s.qhead, s.nsent = nil, 0, 0
 }
 
-// removeSession forgets a session; deregister tells the agent too.
-func (w *Worker) removeSession(s *session, deregister bool) {
+// removeSession forgets a session, deregistering its flow if it was
+// registered.
+func (w *Worker) removeSession(s *session) {
 	w.timers.remove(s)
 	s.heapIdx = heapRemoved
 	if w.sessions[s.key] == s {
@@ -158,7 +255,8 @@ func (w *Worker) removeSession(s *session, deregister bool) {
 	}
 	w.ctr.states[s.state].Add(-1)
 	w.ctr.active.Add(-1)
-	if deregister {
+	if s.registered {
 		w.reg.Deregister(s.forged)
+		s.registered = false
 	}
 }

@@ -50,7 +50,13 @@ func TestScenario18ClientReset(t *testing.T) {
 	h.handshake(nil, nil)
 	h.request(tISN+1, 0, "abc")
 	h.sent()
+	// Scenario 30: the shadow has not acknowledged "abc" yet, which prod
+	// accepted: the RST waits for it.
 	h.clientSeg(fRST, tISN+4, 0, "", nil)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("RST sent before what prod accepted reached the shadow: %+v", got)
+	}
+	h.reply(fACK, tShadowISN+1, tISN+4, 65535, 0, nil)
 	rst := expectOne(t, h.sent(), "RST")
 	if rst.flags&fRST == 0 || rst.seq != tISN+4 {
 		t.Fatalf("RST = %+v, want seq %d", rst, tISN+4)
@@ -115,24 +121,48 @@ func TestScenario19ShadowResetMovesQueuedRequests(t *testing.T) {
 	}
 }
 
+// TestScenario19ReconnectsAreBounded: a shadow that resets every fresh
+// connection before answering gets maxReconnects of them, each after a
+// longer backoff, then the client flow is given up, counted (scenario 32).
 func TestScenario19ReconnectsAreBounded(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(nil, nil)
 	to := h.forged
 	h.request(tISN+1, 0, "req1")
 	h.sent()
+	var waits []time.Duration
 	for i := 0; i < 10; i++ {
 		h.replyTo(to, fRST, 1, 0, 0, 0, nil) // the shadow resets every attempt
-		got := h.sent()
+		at := h.now
+		var got []sentPkt
+		for j := 0; j < 100 && len(got) == 0; j++ {
+			got = h.sent()
+			if len(got) == 0 {
+				h.advance(10 * time.Millisecond)
+			}
+		}
 		if len(got) == 0 {
 			break
 		}
+		waits = append(waits, time.Duration(h.now-at))
 		to = got[0].src
 		h.replyTo(to, fSYN|fACK, 1000, tISN+1, 65535, 0, nil)
 		h.sent()
 	}
 	if n := h.ctr.c[CtrReconnects].Load(); n != maxReconnects {
 		t.Fatalf("reconnects = %d, want %d", n, maxReconnects)
+	}
+	if len(waits) != maxReconnects || waits[0] != 0 || waits[1] < reconnectBackoff || waits[2] < 2*reconnectBackoff {
+		t.Fatalf("waits before the fresh connections %v: want none, then backoff doubling from %v", waits, reconnectBackoff)
+	}
+	if h.ctr.c[CtrShadowRejected].Load() != 1 || h.w.mapCtr[0].shadowRejected.Load() != 1 {
+		t.Fatal("the flow given up was not counted as shadow_rejected")
+	}
+	// The client goes on: nothing more is copied, nothing is joined again.
+	h.request(tISN+5, 100, "req2")
+	h.advance(time.Second)
+	if got := h.sent(); len(got) != 0 {
+		t.Fatalf("a rejected flow was copied again: %+v", got)
 	}
 }
 

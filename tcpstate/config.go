@@ -43,6 +43,11 @@ type Config struct {
 	// NoPacing sends client data as soon as it is captured instead of
 	// holding each request until the shadow answered the previous one.
 	NoPacing bool
+	// TrustInbound copies client data without waiting for prod to
+	// acknowledge it, for hosts where prod's packets to the clients
+	// cannot be captured. Then spoofed, firewalled or refused packets
+	// reach the shadow too, and the pacing knows less (scenario 33).
+	TrustInbound bool
 	// QuietPeriod is how long the shadow must stay silent before a
 	// response shorter than prod's counts as complete (scenario 8).
 	QuietPeriod time.Duration
@@ -52,13 +57,23 @@ type Config struct {
 	// once.
 	AckDelay time.Duration
 
-	HandshakeTimeout time.Duration // SYN to SYN-ACK (scenario 4)
-	ResponseTimeout  time.Duration // request to first answer (scenario 9)
-	IdleTimeout      time.Duration // no packet either way (scenario 26)
-	Linger           time.Duration // ended sessions absorb late replies (20)
-	GapTimeout       time.Duration // missing client data (scenario 11)
-	RTOMin, RTOMax   time.Duration // retransmission timeout bounds (13)
-	MaxRetransmits   int
+	HandshakeTimeout time.Duration // SYN to SYN-ACK, on prod and on the shadow (scenarios 4, 33)
+	// ResponseTimeout bounds how long a request waits for any answer
+	// from the shadow before the next goes anyway; the wait is derived
+	// from prod's own response times, within this (scenario 9).
+	ResponseTimeout time.Duration
+	// DrainTimeout bounds how long what prod accepted before the
+	// client's FIN or RST may go without reaching the shadow: the
+	// deadline moves with each ACK of the shadow (scenario 30).
+	DrainTimeout time.Duration
+	// ReconnectRate bounds the fresh connections opened per second after
+	// the shadow closed early, over all workers (scenarios 19, 32).
+	ReconnectRate  float64
+	IdleTimeout    time.Duration // no packet either way (scenario 26)
+	Linger         time.Duration // ended sessions absorb late replies (20)
+	GapTimeout     time.Duration // missing client data (scenario 11)
+	RTOMin, RTOMax time.Duration // retransmission timeout bounds (13)
+	MaxRetransmits int
 
 	MSS             int // largest segment sent to the shadow (24)
 	SynMSS          uint16
@@ -71,8 +86,8 @@ type Config struct {
 // MSS bounds: 536 is the segment size every IPv4 host must accept (RFC
 // 9293 §3.7.1); 65495 fills the largest IPv4 packet, as loopback's does.
 const (
-	MinMSS = 536
-	MaxMSS = 65495
+	MinMSS = rewrite.DefaultMSS4
+	MaxMSS = rewrite.MaxMSS
 )
 
 // DefaultConfig returns the defaults, the only place they are written:
@@ -84,7 +99,9 @@ func DefaultConfig() Config {
 		QuietPeriod:      20 * time.Millisecond,
 		AckDelay:         40 * time.Millisecond,
 		HandshakeTimeout: 5 * time.Second,
-		ResponseTimeout:  30 * time.Second,
+		ResponseTimeout:  5 * time.Second,
+		DrainTimeout:     10 * time.Second,
+		ReconnectRate:    200,
 		IdleTimeout:      120 * time.Second,
 		Linger:           2 * time.Second,
 		GapTimeout:       2 * time.Second,
@@ -108,6 +125,8 @@ func (c *Config) Defaults() {
 	orDefault(&c.AckDelay, d.AckDelay)
 	orDefault(&c.HandshakeTimeout, d.HandshakeTimeout)
 	orDefault(&c.ResponseTimeout, d.ResponseTimeout)
+	orDefault(&c.DrainTimeout, d.DrainTimeout)
+	orDefault(&c.ReconnectRate, d.ReconnectRate)
 	orDefault(&c.IdleTimeout, d.IdleTimeout)
 	orDefault(&c.Linger, d.Linger)
 	orDefault(&c.GapTimeout, d.GapTimeout)
@@ -191,7 +210,7 @@ func (c *Config) Validate() error {
 		field string
 		v     time.Duration
 	}{
-		{"HandshakeTimeout", c.HandshakeTimeout}, {"ResponseTimeout", c.ResponseTimeout},
+		{"HandshakeTimeout", c.HandshakeTimeout}, {"ResponseTimeout", c.ResponseTimeout}, {"DrainTimeout", c.DrainTimeout},
 		{"IdleTimeout", c.IdleTimeout}, {"Linger", c.Linger}, {"QuietPeriod", c.QuietPeriod},
 		{"AckDelay", c.AckDelay}, {"GapTimeout", c.GapTimeout}, {"RTOMin", c.RTOMin}, {"RTOMax", c.RTOMax},
 	} {
@@ -201,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RTOMin > c.RTOMax {
 		return fieldErr("RTOMin", c.RTOMin, fmt.Sprintf("above RTOMax %v", c.RTOMax))
+	}
+	if c.ReconnectRate <= 0 {
+		return fieldErr("ReconnectRate", c.ReconnectRate, "must be positive")
 	}
 	if c.MaxRetransmits < 0 {
 		return fieldErr("MaxRetransmits", c.MaxRetransmits, "must not be negative")

@@ -70,7 +70,7 @@ func benchDatapath(b *testing.B, workers int) {
 		shadows[i] = &fakeShadow{}
 		senders[i] = shadows[i]
 	}
-	e, err := NewEngine(cfg, senders, nopRegistrar{})
+	e, err := NewEngine(cfg, senders, nopRegistrar{}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

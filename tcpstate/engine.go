@@ -3,9 +3,11 @@ package tcpstate
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/rewrite"
@@ -19,20 +21,25 @@ import (
 // are shed and counted.
 type Engine struct {
 	cfg    Config
+	log    *slog.Logger
 	start  time.Time
 	loops  []*loop
-	capCtr counters // written by the capture goroutine only
+	input  *Input   // HandleCaptured's
 	repCtr counters // written by the reply goroutine only
+
+	inMu   sync.Mutex  // guards inputs
+	inputs []*counters // every Input's, for Stats
 }
 
 // capPkt is a captured packet on its way to a worker: a copy of its bytes
 // and where the engine found its headers, so the worker need not decode
 // it again.
 type capPkt struct {
-	pb     *pktBuf
-	capAt  int64
-	lay    rewrite.Layout
-	mapIdx uint8
+	pb       *pktBuf
+	capAt    int64
+	lay      rewrite.Layout
+	mapIdx   uint8
+	fromProd bool // prod's packet to the client, cut after ProdPrefix bytes of payload
 }
 
 // replyMsg is a relayed reply header on its way to a worker, copied by
@@ -53,7 +60,7 @@ type loop struct {
 
 // NewEngine builds an engine with one worker per sender. cfg is defaulted
 // and validated here.
-func NewEngine(cfg Config, senders []Sender, reg Registrar) (*Engine, error) {
+func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*Engine, error) {
 	cfg.Workers = len(senders)
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -67,13 +74,18 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar) (*Engine, error) {
 	if reg == nil {
 		return nil, errors.New("no registrar")
 	}
-	e := &Engine{cfg: cfg, start: time.Now()}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{cfg: cfg, log: log, start: time.Now()}
+	e.input = e.NewInput()
+	sh := &shared{log: log, hinted: make([]atomic.Bool, len(cfg.Maps))}
 	for i, s := range senders {
 		l := &loop{
 			pkts:    make(chan capPkt, cfg.QueueLen),
 			replies: make(chan replyMsg, cfg.QueueLen),
 		}
-		l.w = newWorker(&e.cfg, i, len(senders), s, reg, &l.ctr)
+		l.w = newWorker(&e.cfg, i, len(senders), s, reg, &l.ctr, sh)
 		e.loops = append(e.loops, l)
 	}
 	return e, nil
@@ -105,7 +117,7 @@ func (l *loop) run(ctx context.Context, e *Engine) {
 			l.w.Shutdown(e.now())
 			return
 		case cp := <-l.pkts:
-			l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), e.now())
+			l.captured(cp, e.now())
 			l.drain(e)
 		case l.reply = <-l.replies:
 			l.w.handleReply(l.reply.hdr[:l.reply.n], l.reply.lay, e.now())
@@ -123,12 +135,20 @@ func (l *loop) run(ctx context.Context, e *Engine) {
 	}
 }
 
+func (l *loop) captured(cp capPkt, now int64) {
+	if cp.fromProd {
+		l.w.handleProd(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), now)
+		return
+	}
+	l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), now)
+}
+
 // drain handles what else is queued, up to a batch, before flushing.
 func (l *loop) drain(e *Engine) {
 	for i := 0; i < 64; i++ {
 		select {
 		case cp := <-l.pkts:
-			l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), e.now())
+			l.captured(cp, e.now())
 		case l.reply = <-l.replies:
 			l.w.handleReply(l.reply.hdr[:l.reply.n], l.reply.lay, e.now())
 		default:
@@ -137,18 +157,50 @@ func (l *loop) drain(e *Engine) {
 	}
 }
 
-// HandleCaptured takes one captured IP packet, valid only during the call,
-// and queues a copy to the worker owning its flow. Call it from one
-// goroutine only.
-func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) {
-	c := &e.capCtr
+// ProdPrefix is how much of the payload of prod's packets reaches the
+// worker: enough to tell what kind of answer prod gave, never the whole.
+const ProdPrefix = 64
+
+// Input is one capture goroutine's way into the engine. It decodes each
+// packet once, tells a client's packet (to a map's local endpoint) from
+// prod's (from it), and queues a copy, with its Layout, to the worker
+// owning the flow. Queues never block: what does not fit is shed and
+// counted. Each Input has counters of its own, so several capture
+// goroutines (one per direction, fanned-out rings) feed one engine without
+// sharing a cache line; an Input's methods must be called from one
+// goroutine.
+type Input struct {
+	e   *Engine
+	ctr *counters
+}
+
+// NewInput returns an Input for one more capture goroutine.
+func (e *Engine) NewInput() *Input {
+	c := new(counters)
+	e.inMu.Lock()
+	e.inputs = append(e.inputs, c)
+	e.inMu.Unlock()
+	return &Input{e: e, ctr: c}
+}
+
+// HandleCaptured is the engine's own Input's Handle, for a single capture
+// goroutine.
+func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) { e.input.Handle(pkt, ts) }
+
+// Handle takes one captured IP packet, valid only during the call. A
+// client's packet must be whole; one of prod's may be cut short after its
+// headers (a small snap length): only ProdPrefix bytes of its payload are
+// kept.
+func (in *Input) Handle(pkt []byte, ts time.Time) {
+	c, e := in.ctr, in.e
 	c.inc(CtrCaptured)
 	var p rewrite.Packet
-	if err := p.Decode(pkt); err != nil {
+	if err := p.DecodeHeader(pkt); err != nil {
 		c.inc(decodeCounter(err))
 		return
 	}
-	dst, dport := p.DstAddr(), p.TCP().DstPort()
+	tcp := p.TCP()
+	dst, dport := p.DstAddr(), tcp.DstPort()
 	matched := false
 	for i := range e.cfg.Maps {
 		m := &e.cfg.Maps[i]
@@ -160,34 +212,61 @@ func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) {
 			c.inc(CtrIgnoredFamily)
 			continue
 		}
-		src := p.SrcAddr()
-		forged := e.cfg.Pool.Map(src).As16()
-		l := e.loops[workerFor(forged, p.TCP().SrcPort(), e.cfg.Seed, len(e.loops))]
-		pb := getBuf(len(p.Bytes()))
-		if pb == nil {
-			c.inc(CtrIgnoredBadHeader)
+		if len(p.Payload()) < p.PayloadLen() {
+			c.inc(CtrIgnoredTruncated) // the client's bytes are what is copied
 			return
 		}
-		copy(pb.b, p.Bytes())
-		cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(i)}
-		select {
-		case l.pkts <- cp:
-		default:
-			// Full: most often because the capture has had the CPU for a
-			// whole ring's burst while the workers waited for it (one P).
-			// Yield once so they drain, then shed if still full: never
-			// block on a slow shadow.
-			runtime.Gosched()
-			select {
-			case l.pkts <- cp:
-			default:
-				pb.free()
-				c.inc(CtrShedQueue)
-			}
+		forged := e.cfg.Pool.Map(p.SrcAddr()).As16()
+		in.queue(&p, len(p.Bytes()), forged, tcp.SrcPort(), ts, i, false)
+	}
+	if matched {
+		return
+	}
+	src, sport := p.SrcAddr(), tcp.SrcPort()
+	for i := range e.cfg.Maps {
+		m := &e.cfg.Maps[i]
+		if !m.Matches(src, sport) || m.Target.Addr().Is4() == p.IsV6() {
+			continue
 		}
+		if !matched {
+			matched = true
+			c.inc(CtrFromProd)
+		}
+		n := len(p.Headers()) + min(len(p.Payload()), ProdPrefix)
+		forged := e.cfg.Pool.Map(dst).As16()
+		in.queue(&p, n, forged, dport, ts, i, true)
 	}
 	if !matched {
 		c.inc(CtrIgnoredNoMap)
+	}
+}
+
+// queue copies the first n bytes of p to the worker owning the forged
+// client endpoint forged:port.
+func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, ts time.Time, mapIdx int, fromProd bool) {
+	e, c := in.e, in.ctr
+	l := e.loops[workerFor(forged, port, e.cfg.Seed, len(e.loops))]
+	pb := getBuf(n)
+	if pb == nil {
+		c.inc(CtrIgnoredBadHeader)
+		return
+	}
+	copy(pb.b, p.Bytes()[:n])
+	cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(mapIdx), fromProd: fromProd}
+	select {
+	case l.pkts <- cp:
+	default:
+		// Full: most often because the capture has had the CPU for a
+		// whole ring's burst while the workers waited for it (one P).
+		// Yield once so they drain, then shed if still full: never block
+		// on a slow shadow.
+		runtime.Gosched()
+		select {
+		case l.pkts <- cp:
+		default:
+			pb.free()
+			c.inc(CtrShedQueue)
+		}
 	}
 }
 
@@ -232,12 +311,44 @@ func (e *Engine) HandleReply(hdr []byte) {
 // Stats returns a snapshot of every counter.
 func (e *Engine) Stats() Snapshot {
 	var s Snapshot
-	s.addFrom(&e.capCtr)
+	e.inMu.Lock()
+	for _, c := range e.inputs {
+		s.addFrom(c)
+	}
+	e.inMu.Unlock()
 	s.addFrom(&e.repCtr)
+	s.Maps = make([]MapSnapshot, len(e.cfg.Maps))
+	for i, m := range e.cfg.Maps {
+		s.Maps[i].Map = m
+	}
 	for _, l := range e.loops {
 		s.addFrom(&l.ctr)
+		for i := range l.w.mapCtr {
+			s.Maps[i].ShadowRejected += l.w.mapCtr[i].shadowRejected.Load()
+		}
 	}
 	return s
+}
+
+// shared is what an engine's workers share: the logger, for the few
+// lines that are not per packet, and which hints were logged. Atomics
+// only.
+type shared struct {
+	log    *slog.Logger
+	hinted []atomic.Bool // per map: the shadow-rejection hint was logged
+}
+
+// hintRejections logs, once per map, that the shadow rejects copied
+// sessions, and the usual reason.
+func (sh *shared) hintRejections(mapIdx uint8, m *Map) {
+	if sh.hinted[mapIdx].Swap(true) {
+		return
+	}
+	sh.log.Warn("the shadow keeps closing fresh connections before answering as prod did; "+
+		"such client connections are no longer copied (counted in shadow_rejected): "+
+		"a login with server nonces (SCRAM, MySQL's native password) cannot be replayed as is "+
+		"unless the shadow accepts the same credentials",
+		"map", m.String(), "after_reconnects", maxReconnects)
 }
 
 func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {

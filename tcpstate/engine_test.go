@@ -18,7 +18,7 @@ func TestEngineRunsConcurrently(t *testing.T) {
 	pool, _ := rewrite.NewPool([]netip.Prefix{tPool}, 0)
 	shadows := []*fakeShadow{{}, {}}
 	e, err := NewEngine(Config{Maps: []Map{{Local: tProd, Target: tShadow}}, Pool: pool},
-		[]Sender{shadows[0], shadows[1]}, nopRegistrar{})
+		[]Sender{shadows[0], shadows[1]}, nopRegistrar{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +44,26 @@ func TestEngineRunsConcurrently(t *testing.T) {
 
 	const flows, rounds = 64, 20
 	ts := time.Unix(1700000000, 0)
+	// One capture goroutine per direction, as the copy daemon runs them.
+	fromProd := e.NewInput()
+	feed := func(in *Input, seg rewrite.Segment) {
+		b := make([]byte, seg.Len())
+		seg.Put(b)
+		in.Handle(b, ts)
+	}
+	clientOf := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i)}), uint16(30000+i))
+	}
 	for i := 0; i < flows; i++ {
-		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i)}), uint16(30000+i))
-		syn := rewrite.Segment{Src: client, Dst: tProd, Seq: tISN, Flags: rewrite.FlagSYN, Window: 65535}
-		b := make([]byte, syn.Len())
-		syn.Put(b)
-		e.HandleCaptured(b, ts)
+		client := clientOf(i)
+		feed(e.input, rewrite.Segment{Src: client, Dst: tProd, Seq: tISN, Flags: rewrite.FlagSYN, Window: 65535})
+		feed(fromProd, rewrite.Segment{Src: tProd, Dst: client, Seq: tProdISN, Ack: tISN + 1, Flags: rewrite.FlagSYN | rewrite.FlagACK, Window: 65535})
+	}
+	// The clients acknowledge prod's SYN-ACKs once the workers have seen
+	// them (the two goroutines' order is the kernel's in a real capture).
+	waitEngine(t, e, "prod's SYN-ACKs", func(s Snapshot) bool { return s.Get(CtrFromProd) >= flows && s.States[stateProdOpening] == flows })
+	for i := 0; i < flows; i++ {
+		feed(e.input, rewrite.Segment{Src: clientOf(i), Dst: tProd, Seq: tISN + 1, Ack: tProdISN + 1, Flags: rewrite.FlagACK, Window: 502})
 	}
 	waitEngine(t, e, "handshakes", func(s Snapshot) bool { return s.Get(CtrReplies) >= flows })
 	for r := 0; r < rounds; r++ {
@@ -61,6 +75,9 @@ func TestEngineRunsConcurrently(t *testing.T) {
 			binary.BigEndian.PutUint32(b[24:], tISN+1+uint32(r*50))
 			binary.BigEndian.PutUint32(b[28:], tProdISN+1+uint32(r*100))
 			e.HandleCaptured(b, ts)
+			// Prod acknowledges it, answering with 100 bytes.
+			feed(fromProd, rewrite.Segment{Src: tProd, Dst: client, Seq: tProdISN + 1 + uint32(r*100),
+				Ack: tISN + 1 + uint32((r+1)*50), Flags: rewrite.FlagACK | rewrite.FlagPSH, Window: 1000, Payload: make([]byte, 100)})
 		}
 		// Each round waits for the previous one's answers, as a client
 		// waits for prod's: pacing then lets every request through.

@@ -2,7 +2,9 @@ package tcpstate
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,6 +100,10 @@ type harness struct {
 	client  netip.AddrPort
 	forged  netip.AddrPort
 	tsClock uint32
+	// prodAcks makes prod acknowledge every client segment as soon as it
+	// is captured, as a healthy prod does: tests of what prod accepts
+	// turn it off.
+	prodAcks bool
 }
 
 func newHarness(t testing.TB, mutate func(*Config)) *harness {
@@ -106,7 +112,7 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, rec: &recorder{t: t}, client: tClient, now: 1e9, wall: 1_700_000_000e9}
+	h := &harness{t: t, rec: &recorder{t: t}, client: tClient, now: 1e9, wall: 1_700_000_000e9, prodAcks: true}
 	h.cfg = Config{
 		Maps: []Map{{Local: tProd, Target: tShadow}},
 		Pool: pool,
@@ -118,7 +124,7 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	if err := h.cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h.w = newWorker(&h.cfg, 0, 1, h.rec, h.rec, &h.ctr)
+	h.w = newWorker(&h.cfg, 0, 1, h.rec, h.rec, &h.ctr, &shared{log: slog.New(slog.DiscardHandler), hinted: make([]atomic.Bool, len(h.cfg.Maps))})
 	h.forged = netip.AddrPortFrom(pool.Map(tClient.Addr()), tClient.Port())
 	return h
 }
@@ -152,6 +158,13 @@ func (h *harness) clientSeg(flags uint8, seq, ack uint32, payload string, opts [
 	}
 	h.w.handleCaptured(pb, p.Layout(), h.wall, 0, h.now)
 	h.w.Flush(h.now)
+	if h.prodAcks && flags&(rewrite.FlagSYN|rewrite.FlagRST) == 0 && (len(payload) > 0 || flags&rewrite.FlagFIN != 0) {
+		end := seq + uint32(len(payload))
+		if flags&rewrite.FlagFIN != 0 {
+			end++
+		}
+		h.prodSeg(rewrite.FlagACK, ack, end, 0) // prod accepts what the client sent
+	}
 }
 
 // reply feeds a relayed shadow reply (shadow → forged client) carrying
@@ -196,14 +209,58 @@ func (h *harness) sent() []sentPkt {
 	return out
 }
 
+// prodSeg feeds one of prod's packets to the client (prod → client), as
+// the outbound capture sees it, with plen bytes of payload.
+func (h *harness) prodSeg(flags uint8, seq, ack uint32, plen int) {
+	h.t.Helper()
+	seg := rewrite.Segment{
+		Src: tProd, Dst: h.client, Seq: seq, Ack: ack, Flags: flags,
+		Window: 1000, Payload: make([]byte, plen),
+	}
+	pb := getBuf(seg.Len())
+	n, err := seg.Put(pb.b)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	pb.b = pb.b[:n]
+	var p rewrite.Packet
+	if err := p.Decode(pb.b); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleProd(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.Flush(h.now)
+}
+
+// open plays a connection prod accepts: the client's SYN with options
+// opts, prod's SYN-ACK, the client's ACK. Then the copier sends its SYN.
+func (h *harness) open(opts []byte) {
+	h.t.Helper()
+	h.clientSeg(rewrite.FlagSYN, tISN, 0, "", opts)
+	h.accept(tISN)
+}
+
+// accept plays prod's SYN-ACK to the client's SYN with isn, and the
+// client's ACK of it.
+func (h *harness) accept(isn uint32) {
+	h.t.Helper()
+	h.prodSeg(rewrite.FlagSYN|rewrite.FlagACK, tProdISN, isn+1, 0)
+	h.clientSeg(rewrite.FlagACK, isn+1, tProdISN+1, "", nil)
+}
+
 // handshake opens a session and completes it with the shadow, with the
 // client's SYN options opts and the SYN-ACK's options synAckOpts.
 func (h *harness) handshake(opts, synAckOpts []byte) {
 	h.t.Helper()
-	h.clientSeg(rewrite.FlagSYN, tISN, 0, "", opts)
+	h.open(opts)
 	h.reply(rewrite.FlagSYN|rewrite.FlagACK, tShadowISN, tISN+1, 65535, 0, synAckOpts)
-	h.clientSeg(rewrite.FlagACK, tISN+1, tProdISN+1, "", nil) // client's handshake ACK
 	h.rec.events = h.rec.events[:0]
+}
+
+// request sends a client request whose ACK says prod had sent
+// prodAnswered bytes by then.
+func (h *harness) request(seq uint32, prodAnswered uint32, body string) {
+	h.t.Helper()
+	h.clientSeg(fACK|fPSH, seq, tProdISN+1+prodAnswered, body, nil)
 }
 
 func (h *harness) ended(r EndReason) uint64 { return h.ctr.ended[r].Load() }

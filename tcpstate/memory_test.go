@@ -16,7 +16,7 @@ func TestIdleSessionMemory(t *testing.T) {
 	h.rec.events = nil
 	open := func(i int) {
 		h.client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), uint16(1024+i/65536))
-		h.clientSeg(fSYN, tISN, 0, "", nil)
+		h.open(nil)
 		syn := h.sent() // the forged endpoint may differ from the pool's first choice
 		if len(syn) != 1 {
 			t.Fatalf("session %d: sent %d packets for its SYN", i, len(syn))

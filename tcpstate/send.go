@@ -1,15 +1,18 @@
 package tcpstate
 
 import (
+	"time"
+
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
 // The send side, in the order a queued segment meets it at Flush:
 //
 //  1. trySend walks the queue from the first unsent segment: a hole in the
-//     captured data stops it (scenario 11), a request start waits for
-//     mayStartRequest (pacing, scenarios 7-10), the shadow's window bounds
-//     what is in flight (15).
+//     captured data stops it (scenario 11), so does data prod has not
+//     acknowledged (33); a new round waits for mayRelease (pacing,
+//     scenarios 7-10, 28-29); the shadow's window bounds what is in
+//     flight (15).
 //  2. sendSeg stamps the segment with the ACK of what the shadow sent and,
 //     when negotiated, the timestamps it expects (21), then send hands it
 //     to the Sender.
@@ -19,8 +22,9 @@ import (
 // retransmit re-sends from the queue on an RTO or duplicate ACKs (13);
 // sendCtl builds the copier's own segments (ACKs, FINs, RSTs).
 
-// trySend sends queued segments as far as order, pacing and the shadow's
-// window allow, then the FIN once everything before it is acknowledged.
+// trySend sends queued segments as far as order, prod's acceptance,
+// pacing and the shadow's window allow; then the FIN once everything
+// before it is acknowledged, or the RST that ends a drain.
 func (w *Worker) trySend(s *session, now int64) {
 	q := s.q()
 	for s.nsent < len(q) {
@@ -32,7 +36,11 @@ func (w *Worker) trySend(s *session, now int64) {
 			return
 		}
 		s.gapSince = 0
-		if g.expect > 0 && !w.cfg.NoPacing && !w.mayStartRequest(s, g, now) {
+		if !w.vouched(s, g.end) {
+			return // prod has not acknowledged it yet (scenario 33): its ACK wakes us
+		}
+		round := s.baseOK && g.ack.After(s.releasedAck)
+		if round && !w.cfg.NoPacing && !w.mayRelease(s, g, now) {
 			return
 		}
 		// Scenario 15: stay inside the shadow's window, but always keep
@@ -40,14 +48,14 @@ func (w *Worker) trySend(s *session, now int64) {
 		if s.sndNxt != s.sndUna && g.seq.Sub(s.sndUna) >= s.sndWnd {
 			return
 		}
-		if g.expect > 0 {
+		if round {
 			// Scenario 8: how much later than on prod, relative to the
-			// previous request, this request reaches the shadow.
+			// previous round, this one reaches the shadow.
 			if drift := (now - s.reqSentAt) - (g.capAt - s.reqCapAt); drift > 0 {
 				w.ctr.add(CtrDriftMicros, int(drift/1000))
 			}
 			w.ctr.inc(CtrRequests)
-			s.reqSentAt, s.reqCapAt, s.respBytes = now, g.capAt, 0
+			s.reqSentAt, s.reqCapAt, s.releasedAck, s.releasedRcv = now, g.capAt, g.ack, s.rcvNxt
 		}
 		w.sendSeg(s, g, now)
 		s.nsent++
@@ -60,41 +68,122 @@ func (w *Worker) trySend(s *session, now int64) {
 		s.needAck = false
 	}
 	s.gapSince = 0
-	if s.state == stateEstablished && s.clientFin && s.sndNxt == s.finSeq && s.sndUna == s.finSeq {
+	switch {
+	case s.resetAfter && len(s.q()) == 0:
+		w.endSession(s, s.resetReason, now) // drained (scenario 30)
+	case s.state == stateEstablished && s.clientFin && s.sndNxt == s.finSeq && s.sndUna == s.finSeq &&
+		w.vouched(s, s.finSeq+1):
 		w.sendFin(s, now)
 		w.setState(s, stateFinWait)
 	}
 }
 
-// mayStartRequest decides whether the request starting at g may go: the
-// shadow has acknowledged the previous one and answered it (scenarios 7-9)
-// and prod's think time has passed. Otherwise it sets paceAt.
-func (w *Worker) mayStartRequest(s *session, g *segment, now int64) bool {
-	if s.sndUna != s.sndNxt {
-		return false // an ACK wakes us
+// Pacing (scenarios 7-10, 28, 29, 35). Client data carries in its ACK
+// how much of prod's stream the client had when it sent it: need bytes
+// past the base. It may reach the shadow once the shadow has sent as much
+// of its own stream: got bytes past its base. Counting cumulatively this
+// way, a longer answer in one round is credited to the next, and client
+// bytes that prod never answered (HTTP/2 control frames, pipelined
+// requests, uploads) wait for nothing; data with an ACK no later than
+// what was released before goes with it. When the shadow is quiet with
+// less than prod sent, or sends nothing for longer than prod's answers
+// take, the pacing goes on from there: both bases move to now, and the
+// shortfall is counted.
+
+// need is how much of prod's stream the client had received before g.
+func (s *session) need(g *segment) int {
+	if !s.baseOK || !g.ack.After(s.prodBase) {
+		return 0
 	}
+	return g.ack.Sub(s.prodBase)
+}
+
+// got is how much of its stream the shadow has sent past its base.
+func (s *session) got() int {
+	if !s.rcvNxt.After(s.shadowBase) {
+		return 0
+	}
+	return s.rcvNxt.Sub(s.shadowBase)
+}
+
+// rebase makes g's round the new origin of both counts: the shadow's
+// answers so far are taken as the answers to everything before g.
+func (s *session) rebase(g *segment) {
+	s.prodBase, s.shadowBase, s.baseOK = g.ack, s.rcvNxt, true
+}
+
+// mayRelease decides whether g, the first segment of a new round, may
+// go. Otherwise it sets paceAt, or waits for the shadow's next packet.
+func (w *Worker) mayRelease(s *session, g *segment, now int64) bool {
+	need, got := s.need(g), s.got()
 	quiet := int64(w.cfg.QuietPeriod)
-	answered := s.respBytes >= g.expect || (s.respBytes > 0 && now-s.lastReplyAt >= quiet)
-	if !answered {
-		if s.respBytes > 0 {
-			s.paceAt = s.lastReplyAt + quiet
-		} else {
-			if s.sndNxt == s.isn+1 && !s.greetWait {
-				s.greetWait = true // scenario 10: a server greeting first
-				w.ctr.inc(CtrGreetingWaits)
-			}
-			s.paceAt = s.reqSentAt + int64(w.cfg.ResponseTimeout)
-			if now >= s.paceAt {
-				w.endSession(s, EndResponseTimeout, now)
-			}
+	switch {
+	case got >= need:
+		// Answered. Keep the client's think time (scenario 8).
+		if at := w.thinkUntil(s, g); now < at {
+			s.paceAt = at
+			return false
 		}
-		return false
+		if need > 0 {
+			s.reconnects = 0 // the shadow answers this flow as prod did (32)
+		}
+		if now-s.lastReplyAt >= quiet {
+			s.rebase(g) // the shadow is done: no credit carried further
+		}
+		return true
+	case s.sndUna != s.sndNxt:
+		return false // what was sent is not acknowledged: the shadow's ACK wakes us
+	case s.rcvNxt.After(s.releasedRcv):
+		// The shadow answered, less than prod did: complete once it has
+		// been quiet for QuietPeriod (scenario 8).
+		if at := s.lastReplyAt + quiet; now < at {
+			s.paceAt = at
+			return false
+		}
+		w.ctr.inc(CtrPacingShort)
+	default:
+		// No answer at all since the previous round: wait as long as
+		// prod's answers take, with a margin, then go on (scenario 9).
+		if at := s.reqSentAt + w.noAnswerWait(s); now < at {
+			s.paceAt = at
+			return false
+		}
+		w.ctr.inc(CtrPacingNoAnswer)
 	}
-	if think := g.capAt - s.reqCapAt; think > 0 && now < s.reqSentAt+think {
-		s.paceAt = s.reqSentAt + think // scenario 8: prod's think time
-		return false
-	}
+	s.rebase(g)
 	return true
+}
+
+// thinkUntil is when g may follow the shadow's answer, keeping the time
+// the client took between having prod's answer and sending g. Without
+// prod's packets (TrustInbound) it keeps prod's spacing of rounds instead.
+func (w *Worker) thinkUntil(s *session, g *segment) int64 {
+	if at, ok := s.prodDataAt(g.ack); ok {
+		if think := g.capAt - at; think > 0 {
+			return max(s.lastReplyAt, s.reqSentAt) + think
+		}
+		return 0
+	}
+	if think := g.capAt - s.reqCapAt; think > 0 {
+		return s.reqSentAt + think
+	}
+	return 0
+}
+
+// noAnswerMin bounds from below how long a round waits for an answer the
+// shadow does not give: shorter than a scheduler's hiccup is noise.
+const noAnswerMin = 250 * time.Millisecond
+
+// noAnswerWait is how long a round waits for any answer: eight times
+// prod's smoothed response time on the map (with its deviation), within
+// noAnswerMin and ResponseTimeout; ResponseTimeout until prod's answers
+// have been seen.
+func (w *Worker) noAnswerWait(s *session) int64 {
+	r := &w.prodResp[s.key.mapIdx]
+	if r.n == 0 {
+		return int64(w.cfg.ResponseTimeout)
+	}
+	return int64(min(max(8*(r.avg+2*r.dev), noAnswerMin), w.cfg.ResponseTimeout))
 }
 
 func (w *Worker) sendSeg(s *session, g *segment, now int64) {
@@ -124,6 +213,7 @@ func (w *Worker) sendFin(s *session, now int64) {
 	s.sndNxt = s.finSeq + 1
 	s.rtoAt = now + int64(s.rto)
 	s.needAck = false
+	s.drainUntil = 0 // the close is under way
 }
 
 // retransmit re-sends the first unacknowledged segment, or the FIN.

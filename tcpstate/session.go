@@ -34,16 +34,18 @@ import (
 type state uint8
 
 const (
-	stateSynSent     state = iota + 1
-	stateEstablished       // data both ways
-	stateFinWait           // our FIN (the client's) sent; the shadow's not yet received
-	stateLastAck           // both FINs out; ours not yet acknowledged
-	stateShadowGone        // the shadow ended; the client's next data reconnects (19)
+	stateProdOpening state = iota + 1 // prod has not accepted the connection yet: nothing sent (33)
+	stateSynSent
+	stateEstablished // data both ways
+	stateFinWait     // our FIN (the client's) sent; the shadow's not yet received
+	stateLastAck     // both FINs out; ours not yet acknowledged
+	stateShadowGone  // the shadow ended; the client's data goes on a fresh connection (19)
 	stateClosed
 	numStates
 )
 
 var stateNames = [numStates]string{
+	stateProdOpening: "prod_opening",
 	stateSynSent:     "syn_sent",
 	stateEstablished: "established",
 	stateFinWait:     "fin_wait",
@@ -65,7 +67,7 @@ func (s state) connected() bool {
 	return s == stateEstablished || s == stateFinWait || s == stateLastAck
 }
 
-// ended reports whether the session only lingers.
+// ended reports whether the session's connection to the shadow is over.
 func (s state) ended() bool { return s == stateShadowGone || s == stateClosed }
 
 // opener says how a session's connection to the shadow was opened.
@@ -93,9 +95,8 @@ type segment struct {
 	opts   rewrite.Options
 	seq    Seq
 	end    Seq
-	ack    Seq   // the client's ACK as captured, in prod's sequence space
+	ack    Seq   // the client's ACK as captured, in prod's sequence space: what it had received
 	capAt  int64 // capture time, wall clock ns
-	expect int   // >0: a request start; bytes prod answered before it
 	sentAt int64 // 0 until sent
 	resent bool
 }
@@ -112,8 +113,9 @@ type session struct {
 	state  state
 	opener opener
 	// reconnects counts fresh connections in a row for this client flow
-	// without the shadow acknowledging anything (scenario 19).
+	// on which the shadow never answered as prod did (scenarios 19, 32).
 	reconnects int
+	registered bool // the forged flow is registered with the agent
 
 	// handshake
 	isn       Seq
@@ -150,14 +152,41 @@ type session struct {
 	ackAt     int64 // a delayed ACK is due then (0: none pending)
 	unacked   int   // shadow bytes received since our last ACK
 
-	// pacing (scenarios 7-10)
-	prodAck     Seq
+	// prod's side, from the packets prod sends the client (scenarios
+	// 28-35); with TrustInbound none arrive and the client's own packets
+	// vouch for themselves.
+	prodISN     Seq  // from prod's SYN-ACK
+	prodISNOK   bool // prod's SYN-ACK was seen
+	clientAcked Seq  // what the client's handshake ACK acknowledged, if it came first
+	clientAckOK bool
+	prodAcked   Seq // prod's cumulative ACK of the client's stream: what prod accepted
 	prodAckOK   bool
-	respBytes   int
-	lastReplyAt int64
-	reqSentAt   int64
-	reqCapAt    int64
-	greetWait   bool
+	prodFin     bool // prod closed its side
+	prodData    [prodMarks]prodMark
+	prodDataIdx uint8
+	// prodWaitFrom is when client data prod has not answered yet was
+	// captured: prod's next data gives a response-time sample.
+	prodWaitFrom int64
+
+	// pacing (scenarios 7-10, 28-29, 35): client data with an ACK of N
+	// bytes of prod's stream may go once the shadow sent N bytes of its
+	// own; both counts start at their base, which moves when the pacing
+	// gives up waiting (the shadow's answer was shorter, or none came).
+	prodBase    Seq   // prod's stream origin: need(g) = g.ack - prodBase
+	shadowBase  Seq   // the shadow's: got = rcvNxt - shadowBase
+	baseOK      bool  // prodBase is set
+	releasedAck Seq   // the ACK of the last data released: a later one starts a round
+	releasedRcv Seq   // how far the shadow's stream was then
+	lastReplyAt int64 // the shadow's latest data
+	reqSentAt   int64 // the latest round's release
+	reqCapAt    int64 // and its capture on prod
+
+	// ending
+	drainUntil  int64     // the client closed or reset: what prod accepted must reach the shadow by then
+	resetAfter  bool      // the client or prod reset: reset the shadow once drained (30)
+	resetReason EndReason // and end for this reason
+	reconnectAt int64     // shadowGone: a fresh connection may open then (backoff); 0 on the client's next data
+	lingerFor   int64     // how long an ended session outlives its client's last packet
 
 	// timers
 	srtt, rttvar time.Duration
@@ -172,6 +201,17 @@ type session struct {
 	heapIdx      int // position in the timer heap; -1 absent, -2 removed
 	dirty        bool
 }
+
+// prodMark is where one of prod's data segments ended and when it was
+// captured: the client's think time starts when it has the data.
+type prodMark struct {
+	end Seq
+	at  int64
+}
+
+// prodMarks is how many of prod's latest data segments a session
+// remembers: the client acknowledges one of the last few.
+const prodMarks = 4
 
 // heapRemoved marks a session removed from its worker: events still
 // listed for it are skipped.

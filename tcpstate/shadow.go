@@ -132,26 +132,49 @@ func (w *Worker) establish(s *session, p *rewrite.Packet, o *rewrite.Options, no
 	}
 	s.tsOK = s.synOpts.HasTimestamps() && o.HasTimestamps()
 	s.tsRecent = o.TSVal
-	mss := rewrite.DefaultMSS4 // RFC 9293 §3.7.1: no option, the default
-	if o.HasMSS() {
-		mss = int(o.MSS)
+	// RFC 9293 §3.7.1: no option, the default. A smaller MSS than the
+	// family's default is floored: it would only multiply packets and
+	// buffers (scenario 34).
+	floor := rewrite.DefaultMSS4
+	if !s.src.Addr().Is4() {
+		floor = rewrite.DefaultMSS6
 	}
-	s.mss = max(64, min(w.cfg.MSS, mss))
+	mss := floor
+	if o.HasMSS() {
+		mss = max(int(o.MSS), floor)
+	}
+	s.mss = min(w.cfg.MSS, mss)
 	rtt := time.Duration(now - s.synSentAt)
 	s.srtt, s.rttvar = rtt, rtt/2
 	s.rto = w.clampRTO(s.srtt + 4*s.rttvar)
 	s.rtoAt, s.retries = 0, 0
 	w.release(s, s.syn)
 	s.syn = nil
-	s.reqSentAt, s.reqCapAt, s.respBytes = s.synSentAt, s.synCapAt, 0
+	s.shadowBase, s.releasedRcv = s.rcvNxt, s.rcvNxt
+	s.reqSentAt, s.reqCapAt = s.synSentAt, s.synCapAt
 	w.sendCtl(s, rewrite.FlagACK, s.sndNxt, s.rcvNxt) // third packet of the handshake
-	w.normalizeQueue(s)
+	if !w.normalizeQueue(s) {
+		w.ctr.inc(CtrShedMemory)
+		w.endSession(s, EndBufferLimit, now)
+		return
+	}
 	w.markDirty(s)
 }
 
 // normalizeQueue adapts data queued during the handshake to what the
 // shadow negotiated: no timestamps if it refused them, MSS-sized pieces.
-func (w *Worker) normalizeQueue(s *session) {
+// The pieces are counted against the budgets before they are taken; it
+// reports false, changing nothing, if they do not fit (scenario 34).
+func (w *Worker) normalizeQueue(s *session) bool {
+	extra := 0
+	for i := range s.q() {
+		if g := &s.q()[i]; g.len() > s.payloadRoom(g) {
+			extra += s.splitCost(g, g.seq, g.end) - g.pb.size()
+		}
+	}
+	if extra > 0 && !w.fits(s, extra) {
+		return false
+	}
 	for i := 0; i < len(s.q()); i++ {
 		g := &s.q()[i]
 		if !s.tsOK && g.opts.HasTimestamps() {
@@ -167,6 +190,7 @@ func (w *Worker) normalizeQueue(s *session) {
 			i += len(s.q()) - before - 1
 		}
 	}
+	return true
 }
 
 func (w *Worker) clampRTO(d time.Duration) time.Duration {
@@ -196,7 +220,10 @@ func (w *Worker) onAck(s *session, ack Seq, wnd int, pure bool, now int64) {
 			w.release(s, s.popSeg())
 		}
 		s.sndUna = ack
-		s.retries, s.dupAcks, s.reconnects = 0, 0, 0
+		s.retries, s.dupAcks = 0, 0
+		if s.drainUntil != 0 {
+			s.drainUntil = now + int64(w.cfg.DrainTimeout) // a drain is cut when it stops moving, not when it is slow
+		}
 		if s.sndUna == s.sndNxt {
 			s.rtoAt = 0
 		} else {
@@ -225,8 +252,8 @@ func (w *Worker) rttSample(s *session, r time.Duration) {
 }
 
 // shadowData takes plen bytes of the shadow's data at seq, and its FIN:
-// they are acknowledged as a client's stack would, and counted as the
-// answer the pacing waits for. It reports whether the session is still
+// they are acknowledged as a client's stack would, and move the count of
+// the shadow's stream the pacing compares with prod's. It reports whether the session is still
 // connected.
 func (w *Worker) shadowData(s *session, seq Seq, plen int, fin bool, now int64) bool {
 	end := seq.Add(plen)
@@ -245,7 +272,6 @@ func (w *Worker) shadowData(s *session, seq Seq, plen int, fin bool, now int64) 
 		n = min(plen, end.Sub(s.rcvNxt))
 	}
 	if plen > 0 {
-		s.respBytes += n
 		s.lastReplyAt = now
 	}
 	// Delayed ACK, as a real client's stack does (RFC 1122 §4.2.3.2, RFC

@@ -12,7 +12,7 @@ import (
 
 func TestScenario6StaleReplyResetsAndRestarts(t *testing.T) {
 	h := newHarness(t, nil)
-	h.clientSeg(fSYN, tISN, 0, "", nil)
+	h.open(nil)
 	h.sent()
 	h.reply(fACK, 42, 99999, 65535, 0, nil) // from an earlier incarnation
 	got := h.sent()
@@ -208,7 +208,7 @@ func TestScenario23MSSKeptAndSACKNotOffered(t *testing.T) {
 	h := newHarness(t, nil)
 	opts := rewrite.AppendMSS(nil, 1220)
 	opts = append(opts, rewrite.OptSACKPermitted, 2, rewrite.OptNOP, rewrite.OptNOP)
-	h.clientSeg(fSYN, tISN, 0, "", opts)
+	h.open(opts)
 	syn := expectOne(t, h.sent(), "SYN")
 	if syn.opts.MSS != 1220 || syn.opts.SACKPermitted {
 		t.Fatalf("SYN options %+v: want the client's MSS and no SACK-permitted", syn.opts)

@@ -46,46 +46,64 @@ const (
 	CtrOddPackets       // other odd packets ignored (scenario 25)
 	CtrRequests         // request starts sent after pacing (scenarios 7-8)
 	CtrDriftMicros      // sum of how much later than on prod requests reached the shadow
+	CtrFromProd         // packets prod sent on a copied flow
+	CtrProdNoSession    // of those, of flows without a session
+	CtrNotAccepted      // flows prod never accepted: nothing of them reached the shadow (scenario 33)
+	CtrNotAcceptedBytes // client bytes prod never acknowledged, not copied (33)
+	CtrPacingShort      // rounds released after the shadow answered less than prod (8)
+	CtrPacingNoAnswer   // rounds released after no answer from the shadow (9)
+	CtrShadowRejected   // client flows given up: the shadow kept closing fresh connections (32)
+	CtrReconnectsDeferred
+	CtrDrainCut // data prod accepted before the client's FIN or RST, cut by DrainTimeout (30)
 	numCounters
 )
 
 var counterNames = [numCounters]string{
-	CtrCaptured:         "captured",
-	CtrIgnoredTruncated: "ignored_truncated",
-	CtrIgnoredBadHeader: "ignored_bad_header",
-	CtrIgnoredFragment:  "ignored_fragment",
-	CtrIgnoredNotTCP:    "ignored_not_tcp",
-	CtrIgnoredNoMap:     "ignored_no_map",
-	CtrIgnoredFamily:    "ignored_family",
-	CtrIgnoredNoSession: "ignored_no_session",
-	CtrShedQueue:        "shed_queue_full",
-	CtrShedSessions:     "shed_session_limit",
-	CtrShedMemory:       "shed_memory",
-	CtrShedPorts:        "shed_no_forged_port",
-	CtrSessionsStarted:  "sessions_started",
-	CtrJoinedMidstream:  "sessions_joined_midstream",
-	CtrSynRetransmit:    "client_syn_retransmits",
-	CtrClientDupData:    "client_duplicate_segments",
-	CtrClientTrimmed:    "client_trimmed_segments",
-	CtrSplit:            "oversized_split",
-	CtrPacketsSent:      "packets_sent",
-	CtrBytesSent:        "bytes_sent",
-	CtrSendErrors:       "send_errors",
-	CtrRetransmits:      "retransmits",
-	CtrFastRetransmits:  "fast_retransmits",
-	CtrReplies:          "replies",
-	CtrRepliesBad:       "replies_bad",
-	CtrRepliesNoSession: "replies_no_session",
-	CtrRepliesQueueFull: "replies_queue_full",
-	CtrRepliesStale:     "replies_stale",
-	CtrLateReplyRST:     "late_replies_reset",
-	CtrShadowDupData:    "shadow_duplicate_data",
-	CtrGreetingWaits:    "greeting_waits",
-	CtrReconnects:       "shadow_reconnects",
-	CtrPortReuseLagging: "port_reuse_lagging",
-	CtrOddPackets:       "odd_packets",
-	CtrRequests:         "paced_requests",
-	CtrDriftMicros:      "pacing_drift_microseconds",
+	CtrCaptured:           "captured",
+	CtrIgnoredTruncated:   "ignored_truncated",
+	CtrIgnoredBadHeader:   "ignored_bad_header",
+	CtrIgnoredFragment:    "ignored_fragment",
+	CtrIgnoredNotTCP:      "ignored_not_tcp",
+	CtrIgnoredNoMap:       "ignored_no_map",
+	CtrIgnoredFamily:      "ignored_family",
+	CtrIgnoredNoSession:   "ignored_no_session",
+	CtrShedQueue:          "shed_queue_full",
+	CtrShedSessions:       "shed_session_limit",
+	CtrShedMemory:         "shed_memory",
+	CtrShedPorts:          "shed_no_forged_port",
+	CtrSessionsStarted:    "sessions_started",
+	CtrJoinedMidstream:    "sessions_joined_midstream",
+	CtrSynRetransmit:      "client_syn_retransmits",
+	CtrClientDupData:      "client_duplicate_segments",
+	CtrClientTrimmed:      "client_trimmed_segments",
+	CtrSplit:              "oversized_split",
+	CtrPacketsSent:        "packets_sent",
+	CtrBytesSent:          "bytes_sent",
+	CtrSendErrors:         "send_errors",
+	CtrRetransmits:        "retransmits",
+	CtrFastRetransmits:    "fast_retransmits",
+	CtrReplies:            "replies",
+	CtrRepliesBad:         "replies_bad",
+	CtrRepliesNoSession:   "replies_no_session",
+	CtrRepliesQueueFull:   "replies_queue_full",
+	CtrRepliesStale:       "replies_stale",
+	CtrLateReplyRST:       "late_replies_reset",
+	CtrShadowDupData:      "shadow_duplicate_data",
+	CtrGreetingWaits:      "greeting_waits",
+	CtrReconnects:         "shadow_reconnects",
+	CtrPortReuseLagging:   "port_reuse_lagging",
+	CtrOddPackets:         "odd_packets",
+	CtrRequests:           "paced_requests",
+	CtrDriftMicros:        "pacing_drift_microseconds",
+	CtrFromProd:           "from_prod",
+	CtrProdNoSession:      "prod_no_session",
+	CtrNotAccepted:        "not_accepted",
+	CtrNotAcceptedBytes:   "not_accepted_bytes",
+	CtrPacingShort:        "pacing_short_answers",
+	CtrPacingNoAnswer:     "pacing_no_answer",
+	CtrShadowRejected:     "shadow_rejected",
+	CtrReconnectsDeferred: "reconnects_deferred",
+	CtrDrainCut:           "drain_cut",
 }
 
 func (c Counter) String() string { return counterNames[c] }
@@ -99,13 +117,14 @@ const (
 	EndShadowReset                       // shadow RST
 	EndShadowClosed                      // shadow FIN first while the client went on (scenario 19)
 	EndHandshakeTimeout                  // no SYN-ACK in time (scenario 4)
-	EndResponseTimeout                   // shadow did not answer (scenario 9)
 	EndIdle                              // keep-alive idle (scenario 26)
 	EndRetransmitLimit                   // shadow never acknowledged (scenario 13)
 	EndBufferLimit                       // per-session buffer bound (scenario 27)
 	EndCaptureGap                        // missing client data never came (scenario 11)
 	EndPortReuse                         // new SYN with a new ISN (scenario 3)
 	EndShutdown                          // daemon stopping
+	EndProdReset                         // prod reset the client's connection (scenario 30)
+	EndDrainTimeout                      // what prod accepted did not reach the shadow in time (30)
 	numEndReasons
 )
 
@@ -115,13 +134,14 @@ var endReasonNames = [numEndReasons]string{
 	EndShadowReset:      "shadow_reset",
 	EndShadowClosed:     "shadow_closed",
 	EndHandshakeTimeout: "handshake_timeout",
-	EndResponseTimeout:  "response_timeout",
 	EndIdle:             "idle",
 	EndRetransmitLimit:  "retransmit_limit",
 	EndBufferLimit:      "buffer_limit",
 	EndCaptureGap:       "capture_gap",
 	EndPortReuse:        "port_reuse",
 	EndShutdown:         "shutdown",
+	EndProdReset:        "prod_reset",
+	EndDrainTimeout:     "drain_timeout",
 }
 
 func (r EndReason) String() string { return endReasonNames[r] }
@@ -141,6 +161,18 @@ type counters struct {
 func (c *counters) inc(k Counter)        { c.c[k].Add(1) }
 func (c *counters) add(k Counter, n int) { c.c[k].Add(uint64(n)) }
 
+// mapCounters are one worker's counters of one map, for the metrics that
+// operators read per map.
+type mapCounters struct {
+	shadowRejected atomic.Uint64
+}
+
+// MapSnapshot is a map's counters, summed over the workers.
+type MapSnapshot struct {
+	Map            Map
+	ShadowRejected uint64 // client flows given up: the shadow kept rejecting them (32)
+}
+
 // Snapshot is a point-in-time copy of the engine's counters.
 type Snapshot struct {
 	Counters [numCounters]uint64
@@ -148,6 +180,7 @@ type Snapshot struct {
 	States   [numStates]int64 // sessions held, by state
 	Active   int64
 	Buffered int64
+	Maps     []MapSnapshot
 }
 
 func (s *Snapshot) addFrom(c *counters) {
@@ -183,13 +216,16 @@ func (s *Snapshot) EachEnded(fn func(reason string, v uint64)) {
 
 // EachState calls fn for every session state with the sessions in it.
 func (s *Snapshot) EachState(fn func(state string, n int64)) {
-	for st := stateSynSent; st < numStates; st++ {
+	for st := stateProdOpening; st < numStates; st++ {
 		fn(stateNames[st], s.States[st])
 	}
 }
 
 // CounterNames lists every counter name, for exporters.
 func CounterNames() []string { return counterNames[:] }
+
+// StateNames lists every session state, for exporters.
+func StateNames() []string { return stateNames[stateProdOpening:] }
 
 // EndReasonNames lists every end reason, for exporters.
 func EndReasonNames() []string { return endReasonNames[:] }

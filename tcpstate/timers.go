@@ -17,16 +17,26 @@ func (w *Worker) reschedule(s *session, now int64) {
 		}
 	}
 	switch {
-	case s.state.ended():
+	case s.state == stateClosed:
 		at(s.lingerEnd)
+	case s.state == stateShadowGone:
+		at(s.lingerEnd)
+		at(s.drainUntil)
+		if len(s.q()) > 0 {
+			at(s.reconnectAt)
+		}
+	case s.state == stateProdOpening:
+		at(s.startAt + int64(w.cfg.HandshakeTimeout))
 	case s.state == stateSynSent:
 		at(s.startAt + int64(w.cfg.HandshakeTimeout))
 		at(s.rtoAt)
+		at(s.drainUntil)
 	default:
 		at(s.lastSeen + int64(w.cfg.IdleTimeout))
 		at(s.rtoAt)
 		at(s.paceAt)
 		at(s.ackAt)
+		at(s.drainUntil)
 		if s.gapSince != 0 {
 			at(s.gapSince + int64(w.cfg.GapTimeout))
 		}
@@ -50,21 +60,41 @@ func (w *Worker) Tick(now int64) {
 
 func (w *Worker) onTimer(s *session, now int64) {
 	switch {
-	case s.state.ended():
+	case s.state == stateClosed:
 		if now >= s.lingerEnd {
 			w.expiredLinger(s)
 			return
 		}
-	case s.state == stateSynSent:
+	case s.state == stateShadowGone:
+		switch {
+		case now >= s.lingerEnd:
+			w.expiredLinger(s)
+			return
+		case s.drainUntil != 0 && now >= s.drainUntil:
+			w.expiredDrain(s, now)
+		case len(s.q()) > 0 && now >= s.reconnectAt:
+			w.expiredReconnect(s, now)
+		}
+	case s.state == stateProdOpening:
 		if now-s.startAt >= int64(w.cfg.HandshakeTimeout) {
+			w.expiredProdHandshake(s)
+			return
+		}
+	case s.state == stateSynSent:
+		switch {
+		case now-s.startAt >= int64(w.cfg.HandshakeTimeout):
 			w.expiredHandshake(s, now)
-		} else if s.rtoAt != 0 && now >= s.rtoAt {
+		case s.drainUntil != 0 && now >= s.drainUntil:
+			w.expiredDrain(s, now)
+		case s.rtoAt != 0 && now >= s.rtoAt:
 			w.expiredSynRetransmit(s, now)
 		}
 	default:
 		switch {
 		case now-s.lastSeen >= int64(w.cfg.IdleTimeout):
 			w.expiredIdle(s, now)
+		case s.drainUntil != 0 && now >= s.drainUntil:
+			w.expiredDrain(s, now)
 		case s.gapSince != 0 && now-s.gapSince >= int64(w.cfg.GapTimeout):
 			w.expiredCaptureGap(s, now)
 		case s.rtoAt != 0 && now >= s.rtoAt:
@@ -82,7 +112,29 @@ func (w *Worker) onTimer(s *session, now int64) {
 
 // expiredLinger removes an ended session: late replies have had their
 // time (scenario 20).
-func (w *Worker) expiredLinger(s *session) { w.removeSession(s, true) }
+func (w *Worker) expiredLinger(s *session) { w.removeSession(s) }
+
+// expiredProdHandshake forgets a connection prod never accepted within
+// HandshakeTimeout (a spoofed or firewalled SYN, scenario 33): it cost no
+// shadow connection.
+func (w *Worker) expiredProdHandshake(s *session) { w.notAccepted(s) }
+
+// expiredDrain cuts what prod accepted before the client's FIN or RST
+// but the shadow did not take within DrainTimeout (scenario 30).
+func (w *Worker) expiredDrain(s *session, now int64) {
+	w.ctr.inc(CtrDrainCut)
+	if s.state == stateShadowGone {
+		w.setState(s, stateClosed)
+		w.freeQueue(s)
+		s.lingerEnd = min(s.lingerEnd, now+int64(w.cfg.Linger))
+		return
+	}
+	w.endSession(s, EndDrainTimeout, now)
+}
+
+// expiredReconnect opens the fresh connection a backoff or the reconnect
+// rate held back (scenarios 19 and 32).
+func (w *Worker) expiredReconnect(s *session, now int64) { w.reconnect(s, now) }
 
 // expiredHandshake gives up a SYN the shadow never answered (scenario 4).
 func (w *Worker) expiredHandshake(s *session, now int64) {

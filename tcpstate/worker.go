@@ -47,17 +47,46 @@ type Worker struct {
 	budget   int64
 	maxSess  int
 	ctl      [rewrite.IPv6HeaderLen + rewrite.TCPMaxHeaderLen]byte // the copier's own segments are built here
+
+	sh              *shared
+	mapCtr          []mapCounters // per map, this worker's share
+	prodResp        []respTime    // per map: prod's response times, as this worker saw them
+	reconnectTokens tokenBucket   // fresh connections after the shadow closed (19, 32)
+	early           earlyProds    // prod's packets that came before their session
 }
 
-func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters) *Worker {
+func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters, sh *shared) *Worker {
 	f, _ := out.(Flusher)
 	return &Worker{
-		cfg: cfg, id: id, n: n, out: out, flusher: f, reg: reg, ctr: ctr,
+		cfg: cfg, id: id, n: n, out: out, flusher: f, reg: reg, ctr: ctr, sh: sh,
 		sessions: make(map[sessionKey]*session),
 		byForged: make(map[rewrite.Tuple]*session),
 		budget:   cfg.MaxBufferBytes / int64(n),
 		maxSess:  max(1, cfg.MaxSessions/n),
+		mapCtr:   make([]mapCounters, len(cfg.Maps)),
+		prodResp: make([]respTime, len(cfg.Maps)),
 	}
+}
+
+// tokenBucket is a rate limit in a worker's clock: take spends one token
+// of a bucket refilled at rate per second, holding a second's worth.
+type tokenBucket struct {
+	tokens float64
+	at     int64
+}
+
+func (b *tokenBucket) take(now int64, rate float64) bool {
+	if b.at != 0 {
+		b.tokens = min(rate, b.tokens+rate*float64(now-b.at)/1e9)
+	} else {
+		b.tokens = rate
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // workerFor picks the worker owning a forged client endpoint. Captured
@@ -90,16 +119,17 @@ func (w *Worker) hold(s *session, pb *pktBuf) { w.account(s, pb.size()) }
 // release frees pb, kept by s until now, and returns its cost to the
 // budgets.
 func (w *Worker) release(s *session, pb *pktBuf) {
-	w.account(s, -pb.size())
+	n := pb.size()
+	s.qBytes -= n
+	w.buffered -= int64(n)
 	pb.free()
 }
 
 // account adds n bytes (negative to release) to the session's and the
-// worker's buffered totals.
+// worker's buffered totals. The exported gauge follows at each Flush.
 func (w *Worker) account(s *session, n int) {
 	s.qBytes += n
 	w.buffered += int64(n)
-	w.ctr.buffered.Add(int64(n))
 }
 
 // Flush sends what the events since the last Flush made possible: queued
@@ -121,6 +151,7 @@ func (w *Worker) Flush(now int64) {
 		w.reschedule(s, now)
 	}
 	w.dirty = w.dirty[:0]
+	w.ctr.buffered.Store(w.buffered)
 	w.flushOut()
 }
 
@@ -138,14 +169,18 @@ func (w *Worker) flushOut() {
 // and deregisters every flow.
 func (w *Worker) Shutdown(now int64) {
 	for _, s := range w.byForged {
-		if !s.state.ended() {
+		switch {
+		case s.state == stateProdOpening:
+		case !s.state.ended():
 			w.endSession(s, EndShutdown, now)
 		}
-		w.removeSession(s, true)
+		w.freeQueue(s)
+		w.removeSession(s)
 	}
 	for i := range w.dirty {
 		w.dirty[i] = nil
 	}
 	w.dirty = w.dirty[:0]
+	w.ctr.buffered.Store(w.buffered)
 	w.flushOut()
 }

@@ -27,9 +27,11 @@ type copyOptions struct {
 	filter       string
 	workers      int
 	noPacing     bool
+	trustInbound bool
 	mss          int
 	handshake    time.Duration
 	response     time.Duration
+	drain        time.Duration
 	idle         time.Duration
 	linger       time.Duration
 	quiet        time.Duration
@@ -92,9 +94,11 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.IntVar(&o.maxCPU, "max-cpu", def.MaxCPU, "CPUs the daemon may use at once (GOMAXPROCS); default half the host's, to leave production alone")
 	f.StringVar(&o.maxMemory, "max-memory", formatSize(def.MaxMemory), "memory budget: Go heap soft limit; half of it may hold buffered client data, and sessions are shed gradually past half of either budget")
 	f.BoolVar(&o.noPacing, "no-pacing", def.Engine.NoPacing, "send requests as captured instead of after the shadow answered the previous one")
+	f.BoolVar(&o.trustInbound, "trust-inbound", def.Engine.TrustInbound, "copy what clients send without waiting for prod to acknowledge it, for hosts where prod's outbound packets cannot be captured (spoofed and firewalled packets then reach the shadow too)")
 	f.IntVar(&o.mss, "mss", def.Engine.MSS, "largest segment sent to the shadow; larger captured packets are split")
 	f.DurationVar(&o.handshake, "handshake-timeout", def.Engine.HandshakeTimeout, "give up a session whose SYN the shadow does not answer")
-	f.DurationVar(&o.response, "response-timeout", def.Engine.ResponseTimeout, "give up a session whose request the shadow does not answer")
+	f.DurationVar(&o.response, "response-timeout", def.Engine.ResponseTimeout, "longest a request waits for the shadow's answer before the next goes anyway (the wait follows prod's response times, up to this)")
+	f.DurationVar(&o.drain, "drain-timeout", def.Engine.DrainTimeout, "longest what prod accepted before a client's FIN or RST may go without reaching the shadow (each ACK of the shadow restarts it)")
 	f.DurationVar(&o.idle, "idle-timeout", def.Engine.IdleTimeout, "end sessions idle this long")
 	f.DurationVar(&o.linger, "linger", def.Engine.Linger, "keep ended sessions this long to reset late replies")
 	f.DurationVar(&o.quiet, "quiet-period", def.Engine.QuietPeriod, "shadow silence that completes an answer shorter than prod's")
@@ -124,6 +128,7 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 		"Engine.MSS":              {flag: "mss"},
 		"Engine.HandshakeTimeout": {flag: "handshake-timeout"},
 		"Engine.ResponseTimeout":  {flag: "response-timeout"},
+		"Engine.DrainTimeout":     {flag: "drain-timeout"},
 		"Engine.IdleTimeout":      {flag: "idle-timeout"},
 		"Engine.Linger":           {flag: "linger"},
 		"Engine.QuietPeriod":      {flag: "quiet-period"},
@@ -196,6 +201,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	o.daemon.setCapture(c)
 	e.Maps, e.Pool, e.Workers, e.NoPacing = maps, pool, o.workers, o.noPacing
 	e.MSS, e.QuietPeriod, e.HandshakeTimeout, e.ResponseTimeout = o.mss, o.quiet, o.handshake, o.response
+	e.TrustInbound, e.DrainTimeout = o.trustInbound, o.drain
 	e.IdleTimeout, e.Linger, e.MaxSessionBytes, e.MaxSessions = o.idle, o.linger, o.maxSessBytes, o.maxSessions
 	e.Seed = o.poolSeed ^ 0x5eed
 	cfg.Client.Addr, cfg.Client.Name, cfg.Client.Secret, cfg.Client.TLS = agent, shared.name, shared.secret, tlsCfg

@@ -144,7 +144,7 @@ func TestCopyConfigDefaults(t *testing.T) {
 		t.Error("a pool without --client-pool")
 	}
 	if e.Workers < 1 || e.MSS != 1460 || e.NoPacing || e.HandshakeTimeout != 5*time.Second ||
-		e.ResponseTimeout != 30*time.Second || e.IdleTimeout != 120*time.Second || e.Linger != 2*time.Second ||
+		e.ResponseTimeout != 5*time.Second || e.DrainTimeout != 10*time.Second || e.TrustInbound || e.IdleTimeout != 120*time.Second || e.Linger != 2*time.Second ||
 		e.QuietPeriod != 20*time.Millisecond || e.MaxSessionBytes != 64<<20 ||
 		e.MaxBufferBytes != 512<<20 || e.MaxSessions != 1<<30/4/1024 || e.Workers != cfg.MaxCPU {
 		t.Errorf("engine config %+v", e)

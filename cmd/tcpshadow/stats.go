@@ -314,7 +314,9 @@ func copyStages(rows map[string]statRow) []stage {
 	eng := take(rows, labelled(events, engine))
 	sess := take(rows, plain("tcpshadow_copy_sessions_active", "tcpshadow_copy_buffered_bytes"))
 	sess = append(sess, take(rows, labelled(events, sessions))...)
+	sess = append(sess, take(rows, labelled("tcpshadow_copy_sessions", tcpstate.StateNames()))...)
 	sess = append(sess, take(rows, labelled("tcpshadow_copy_sessions_ended_total", tcpstate.EndReasonNames()))...)
+	sess = append(sess, take(rows, prefixed(rows, "tcpshadow_copy_shadow_rejected_total"))...)
 	agent := take(rows, plain("tcpshadow_agent_connected", "tcpshadow_agent_connects_total",
 		"tcpshadow_agent_disconnects_total", "tcpshadow_agent_connect_failures_total",
 		"tcpshadow_agent_registrations_total", "tcpshadow_agent_deregistrations_total",

@@ -59,11 +59,11 @@ func daemonSamples(t testing.TB, role string) []metrics.Sample {
 	case "copy":
 		client := intercept.NewClient(intercept.ClientConfig{Addr: "198.18.1.3:36524"}, func([]byte) {}, log)
 		eng, err := tcpstate.NewEngine(tcpstate.Config{Maps: []tcpstate.Map{{Local: anyPort(80), Target: ap("198.18.1.2:80")}}},
-			[]tcpstate.Sender{nopSender{}}, client)
+			[]tcpstate.Sender{nopSender{}}, client, log)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = daemon.CopySamples(eng, client, src)
+		out = daemon.CopySamples(eng, client, src, src)
 	case "intercept":
 		out = daemon.AgentSamples(intercept.NewAgent(intercept.AgentConfig{}, src, nil, log), src)
 	}

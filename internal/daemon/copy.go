@@ -84,7 +84,36 @@ func (c *CopyConfig) CaptureConfig() capture.Config {
 	if cc.Filter != "" {
 		return cc
 	}
-	var dsts, targets []netip.AddrPort
+	cc.Filter = capture.FilterFor(c.endpoints())
+	return cc
+}
+
+// prodSnapLen is what the copier captures of prod's packets: a link
+// header, IP and TCP headers with options, and the payload prefix the
+// engine keeps (tcpstate.ProdPrefix).
+const prodSnapLen = 256
+
+// ProdCaptureConfig returns the capture of prod's side of the copied
+// conversations (scenario 33): the packets prod sends from the maps'
+// local endpoints, on Capture's interface, cut after their headers and a
+// short prefix, in a ring a quarter of Capture's (at least 1 MiB). ok is
+// false with Engine.TrustInbound: then nothing of prod's is read.
+func (c *CopyConfig) ProdCaptureConfig() (cc capture.Config, ok bool) {
+	if c.Engine.TrustInbound {
+		return capture.Config{}, false
+	}
+	cc = c.Capture
+	cc.InboundOnly, cc.OutboundOnly = false, true
+	cc.SnapLen = prodSnapLen
+	cc.BufferSize = max(c.Capture.BufferSize/4, 1<<20)
+	locals, targets := c.endpoints()
+	cc.Filter = capture.FilterFrom(locals, targets)
+	return cc, true
+}
+
+// endpoints returns the maps' local endpoints, an unspecified address
+// standing for any address of the target's family, and their targets.
+func (c *CopyConfig) endpoints() (locals, targets []netip.AddrPort) {
 	for _, m := range c.Engine.Maps {
 		local := m.Local
 		if !local.Addr().IsValid() {
@@ -95,11 +124,10 @@ func (c *CopyConfig) CaptureConfig() capture.Config {
 			}
 			local = netip.AddrPortFrom(any, local.Port())
 		}
-		dsts = append(dsts, local)
+		locals = append(locals, local)
 		targets = append(targets, m.Target)
 	}
-	cc.Filter = capture.FilterFor(dsts, targets)
-	return cc
+	return locals, targets
 }
 
 // Validate checks the configuration; errors are *FieldError.
@@ -173,7 +201,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.Client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
-	eng, err = tcpstate.NewEngine(ecfg, senders, client)
+	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
 	if err != nil {
 		return inField("Engine", err)
 	}
@@ -181,15 +209,34 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err != nil {
 		return err
 	}
-	samples := func() []metrics.Sample { return append(CopySamples(eng, client, src), DumpSamples(dump)...) }
+	var prodSrc capture.Source // nil with TrustInbound
+	pcfg, prodSide := cfg.ProdCaptureConfig()
+	if prodSide {
+		if prodSrc, err = h.openCapture(pcfg); err != nil {
+			src.Close()
+			return fmt.Errorf("capture prod's side: %w", err)
+		}
+	}
+	closeCaptures := func() {
+		src.Close()
+		if prodSrc != nil {
+			prodSrc.Close()
+		}
+	}
+	samples := func() []metrics.Sample {
+		return append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+	}
 	if cfg.MetricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
-			src.Close()
+			closeCaptures()
 			return inField("MetricsAddr", err)
 		}
 	}
-	log.Info("copying", "iface", ccfg.Interface, "filter", ccfg.Filter,
+	log.Info("copying", "iface", ccfg.Interface, "filter", ccfg.Filter, "prod_filter", pcfg.Filter,
 		"maps", fmt.Sprint(ecfg.Maps), "agent", cfg.Client.Addr, "workers", ecfg.Workers)
+	if !prodSide {
+		log.Warn("trusting inbound packets: prod's side is not captured, so spoofed or firewalled packets reach the shadow too")
+	}
 
 	clientCtx, stopClient := context.WithCancel(context.Background())
 	defer stopClient()
@@ -205,10 +252,28 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	readyCtx, readyCancel := context.WithCancel(ctx)
 	defer readyCancel()
 	go notifyCopyReady(readyCtx, client, log)
-	err = captureLoop(ctx, src, eng)
+	// Prod's side on a goroutine of its own, with an engine Input of its
+	// own; the first capture to fail stops both.
+	capCtx, stopCapture := context.WithCancel(ctx)
+	defer stopCapture()
+	prodErr := make(chan error, 1)
+	if prodSrc != nil {
+		go func() {
+			err := captureLoop(capCtx, prodSrc, eng.NewInput())
+			stopCapture()
+			prodErr <- err
+		}()
+	} else {
+		prodErr <- nil
+	}
+	err = captureLoop(capCtx, src, eng.NewInput())
+	stopCapture()
+	if perr := <-prodErr; err == nil && perr != nil {
+		err = fmt.Errorf("capture prod's side: %w", perr)
+	}
 	readyCancel()
 	_ = sdnotify.Stopping()
-	src.Close()
+	closeCaptures()
 	stopEngine()
 	<-engDone
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), deregisterBound)
@@ -266,9 +331,9 @@ func waitConnected(ctx context.Context, c *intercept.Client, d time.Duration) bo
 	return true
 }
 
-// captureLoop feeds captured packets to the engine until ctx is done or
-// the capture ends.
-func captureLoop(ctx context.Context, src capture.Source, eng *tcpstate.Engine) error {
+// captureLoop feeds captured packets to the engine through in until ctx
+// is done or the capture ends.
+func captureLoop(ctx context.Context, src capture.Source, in *tcpstate.Input) error {
 	go func() {
 		<-ctx.Done()
 		src.Close()
@@ -277,7 +342,7 @@ func captureLoop(ctx context.Context, src capture.Source, eng *tcpstate.Engine) 
 		pkt, ts, err := src.Read()
 		switch {
 		case err == nil:
-			eng.HandleCaptured(pkt, ts)
+			in.Handle(pkt, ts)
 		case errors.Is(err, capture.ErrTimeout):
 		case errors.Is(err, io.EOF):
 			return nil

@@ -12,8 +12,9 @@ import (
 const metricPrefix = "tcpshadow_"
 
 // CopySamples renders the copy daemon's counters as metric samples: the
-// engine's, the control channel's and the capture's.
-func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src capture.Source) []metrics.Sample {
+// engine's, the control channel's and the captures' (prodSrc, prod's
+// side, may be nil).
+func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc capture.Source) []metrics.Sample {
 	st := eng.Stats()
 	out := make([]metrics.Sample, 0, 64)
 	st.EachCounter(func(name string, v uint64) {
@@ -28,6 +29,25 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src capture.Sou
 			Labels: []string{"reason", reason}, Value: float64(v),
 		})
 	})
+	st.EachState(func(state string, n int64) {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_sessions", Help: "Sessions held, by state.", Kind: metrics.Gauge,
+			Labels: []string{"state", state}, Value: float64(n),
+		})
+	})
+	for _, m := range st.Maps {
+		out = append(out, metrics.Sample{
+			Name: "tcpshadow_copy_shadow_rejected_total", Help: "Client connections no longer copied: the shadow kept closing fresh connections before answering as prod did.",
+			Labels: []string{"map", m.Map.String()}, Value: float64(m.ShadowRejected),
+		})
+	}
+	if prodSrc != nil {
+		ps := prodSrc.Stats()
+		out = append(out,
+			metrics.Sample{Name: "tcpshadow_capture_prod_kernel_received_total", Help: "Packets of prod's side the kernel passed the filter.", Value: float64(ps.KernelRecv)},
+			metrics.Sample{Name: "tcpshadow_capture_prod_kernel_dropped_total", Help: "Packets of prod's side dropped by the kernel for lack of buffer.", Value: float64(ps.KernelDropped)},
+		)
+	}
 	cs := client.Stats()
 	connected := 0.0
 	if cs.Connected {

@@ -24,7 +24,7 @@ func TestSampleNames(t *testing.T) {
 	src := capturetest.New(1)
 	client := intercept.NewClient(intercept.ClientConfig{Addr: "198.18.1.3:36524"}, func([]byte) {}, log)
 	c := validCopy()
-	eng, err := tcpstate.NewEngine(c.EngineConfig(), []tcpstate.Sender{nopSender{}}, client)
+	eng, err := tcpstate.NewEngine(c.EngineConfig(), []tcpstate.Sender{nopSender{}}, client, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestSampleNames(t *testing.T) {
 		samples []metrics.Sample
 		want    []string
 	}{
-		{CopySamples(eng, client, src), []string{
+		{CopySamples(eng, client, src, src), []string{
 			"tcpshadow_agent_disconnects_total", "tcpshadow_agent_reply_frames_total",
 			"tcpshadow_capture_kernel_received_total", "tcpshadow_capture_non_ip_total",
 		}},

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,12 +48,21 @@ func (s *recordingSender) sent(t testing.TB) []rewrite.Packet {
 	return out
 }
 
-// testHost is a host in memory: captures fed by the test, senders that
-// record, listeners on loopback, limits left alone.
-func testHost(src capture.Source, out *recordingSender, listening chan<- string) host {
+// testHost is a host in memory: captures fed by the test (prodSrc for an
+// outbound capture: prod's side), senders that record, listeners on
+// loopback, limits left alone.
+func testHost(src, prodSrc capture.Source, out *recordingSender, listening chan<- string) host {
 	return host{
-		openCapture: func(capture.Config) (capture.Source, error) { return src, nil },
-		openSender:  func() (tcpstate.Sender, io.Closer, error) { return out, out, nil },
+		openCapture: func(c capture.Config) (capture.Source, error) {
+			if c.OutboundOnly {
+				if prodSrc == nil {
+					return nil, errors.New("no outbound capture in this test")
+				}
+				return prodSrc, nil
+			}
+			return src, nil
+		},
+		openSender: func() (tcpstate.Sender, io.Closer, error) { return out, out, nil },
 		listen: func(string) (net.Listener, error) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err == nil {
@@ -87,7 +97,7 @@ func TestRunCopyAndAgent(t *testing.T) {
 	defer stopAgent()
 	agentErr := make(chan error, 1)
 	go func() {
-		agentErr <- runAgent(agentCtx, acfg, slog.New(slog.NewTextHandler(&agentLog, nil)), nil, testHost(agentSrc, agentOut, listening))
+		agentErr <- runAgent(agentCtx, acfg, slog.New(slog.NewTextHandler(&agentLog, nil)), nil, testHost(agentSrc, nil, agentOut, listening))
 	}()
 	var addr string
 	select {
@@ -96,7 +106,7 @@ func TestRunCopyAndAgent(t *testing.T) {
 		t.Fatalf("agent: %v\n%s", err, agentLog.String())
 	}
 
-	copySrc, sent := capturetest.New(16), &recordingSender{}
+	copySrc, prodSrc, sent := capturetest.New(16), capturetest.New(16), &recordingSender{}
 	ccfg := validCopy()
 	ccfg.Client.Addr, ccfg.MaxCPU = addr, 1
 	ccfg.Dump.Path = filepath.Join(dir, "copy.pcap")
@@ -104,13 +114,22 @@ func TestRunCopyAndAgent(t *testing.T) {
 	defer stopCopy()
 	copyErr := make(chan error, 1)
 	go func() {
-		copyErr <- runCopy(copyCtx, ccfg, slog.New(slog.NewTextHandler(&copyLog, nil)), nil, testHost(copySrc, sent, nil))
+		copyErr <- runCopy(copyCtx, ccfg, slog.New(slog.NewTextHandler(&copyLog, nil)), nil, testHost(copySrc, prodSrc, sent, nil))
 	}()
 	waitFor(t, "control channel", 10*time.Second, func() bool { return logHas(&copyLog, "intercept agent connected") })
 
-	copySrc.Push(segment(t, rewrite.Segment{
-		Src: client, Dst: netip.MustParseAddrPort("198.18.0.1:80"), Seq: 1000, Flags: rewrite.FlagSYN, Window: 64240,
-	}), time.Now())
+	// The client's SYN, prod's SYN-ACK (its own capture), the client's
+	// ACK: prod accepted the connection, the copier opens it.
+	prodAddr := netip.MustParseAddrPort("198.18.0.1:80")
+	open := func(c netip.AddrPort) {
+		copySrc.Push(segment(t, rewrite.Segment{Src: c, Dst: prodAddr, Seq: 1000, Flags: rewrite.FlagSYN, Window: 64240}), time.Now())
+		prodSrc.Push(segment(t, rewrite.Segment{Src: prodAddr, Dst: c, Seq: 7000, Ack: 1001, Flags: rewrite.FlagSYN | rewrite.FlagACK, Window: 64240}), time.Now())
+	}
+	accept := func(c netip.AddrPort) {
+		copySrc.Push(segment(t, rewrite.Segment{Src: c, Dst: prodAddr, Seq: 1001, Ack: 7001, Flags: rewrite.FlagACK, Window: 64240}), time.Now())
+	}
+	open(client) // the two captures run apart: the worker takes them in either order
+	accept(client)
 	waitFor(t, "SYN sent to the shadow", 5*time.Second, func() bool { return len(sent.sent(t)) == 1 })
 	syn := sent.sent(t)[0]
 	src, dst := netip.AddrPortFrom(syn.SrcAddr(), syn.TCP().SrcPort()), netip.AddrPortFrom(syn.DstAddr(), syn.TCP().DstPort())
@@ -129,10 +148,10 @@ func TestRunCopyAndAgent(t *testing.T) {
 	// shutdown: each must still reach the agent.
 	const sessions = 200
 	for i := 1; i < sessions; i++ {
-		copySrc.Push(segment(t, rewrite.Segment{
-			Src: netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)), Dst: netip.MustParseAddrPort("198.18.0.1:80"),
-			Seq: 1000, Flags: rewrite.FlagSYN, Window: 64240,
-		}), time.Now())
+		open(netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)))
+	}
+	for i := 1; i < sessions; i++ {
+		accept(netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)))
 	}
 	waitFor(t, "every SYN sent", 5*time.Second, func() bool { return len(sent.sent(t)) == sessions+1 })
 
