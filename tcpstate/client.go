@@ -92,7 +92,7 @@ func (w *Worker) clientPacket(s *session, pb *pktBuf, p *rewrite.Packet, capAt, 
 		w.clientAck(s, ack, now)
 	}
 	if flags&rewrite.FlagRST != 0 {
-		w.drain(s, EndClientReset, now) // scenarios 18 and 30
+		w.drain(s, EndClientReset, capAt, now) // scenarios 18 and 30
 		return false
 	}
 	if flags&rewrite.FlagFIN != 0 && !s.clientFin {

@@ -64,16 +64,25 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 	return true
 }
 
-// drain ends s for reason once what prod accepted has reached the shadow
-// and been acknowledged, then resets the shadow's connection; it is
-// bounded by DrainTimeout (scenario 30). What prod never acknowledged is
-// dropped first, counted.
-func (w *Worker) drain(s *session, reason EndReason, now int64) {
+// drain ends s for reason once what prod accepted has reached the shadow,
+// and the shadow has answered as much as prod had when the reset came (as
+// pacing releases a round: the reset is the client's last one), then
+// resets the shadow's connection; it is bounded by DrainTimeout (scenario
+// 30). What prod never acknowledged is dropped, counted.
+func (w *Worker) drain(s *session, reason EndReason, capAt, now int64) {
 	if s.state == stateProdOpening {
 		w.notAccepted(s)
 		return
 	}
-	w.dropUnvouched(s)
+	switch {
+	case s.state == stateClosed:
+		return
+	case s.state.ended() && !w.cfg.TrustInbound:
+		// No connection to deliver on within the grace below: what prod
+		// accepted goes on a fresh one only if the client goes on, and
+		// it has reset.
+		w.dropUnvouched(s)
+	}
 	switch {
 	case s.state == stateClosed:
 		return
@@ -87,13 +96,26 @@ func (w *Worker) drain(s *session, reason EndReason, now int64) {
 		return
 	}
 	s.resetAfter, s.resetReason = true, reason
+	s.vouchBy = now + int64(vouchGrace)
+	s.resetAt = capAt
+	if m := &s.prodData[s.prodDataIdx]; m.at != 0 {
+		s.resetAck = m.end // how much prod had answered: the shadow may answer as much first
+	} else {
+		s.resetAck = s.releasedAck
+	}
 	if s.drainUntil == 0 {
 		s.drainUntil = now + int64(w.cfg.DrainTimeout)
 	}
 	w.markDirty(s)
 }
 
-// dropUnvouched drops the queued data prod never acknowledged: it will
+// vouchGrace is how long after a reset prod's ACKs may still arrive for
+// data the client sent before it: the two directions are captured apart,
+// and the reset can overtake them. What prod has not acknowledged by then
+// is dropped.
+const vouchGrace = 200 * time.Millisecond
+
+// dropUnvouched drops the queued data prod has not acknowledged: it will
 // not be, the client or prod having reset.
 func (w *Worker) dropUnvouched(s *session) {
 	if w.cfg.TrustInbound {
@@ -185,7 +207,7 @@ func (w *Worker) reconnect(old *session, now int64) *session {
 	s.clientFin, s.finSeq, s.drainUntil = old.clientFin, old.finSeq, old.drainUntil
 	s.prodAcked, s.prodAckOK, s.prodFin = old.prodAcked, old.prodAckOK, old.prodFin
 	s.prodData, s.prodDataIdx = old.prodData, old.prodDataIdx
-	s.resetAfter, s.resetReason = old.resetAfter, old.resetReason
+	s.resetAfter, s.resetReason, s.resetAck, s.resetAt = old.resetAfter, old.resetReason, old.resetAck, old.resetAt
 	// The first data opens the new connection: nothing to wait for before
 	// it, and later rounds count from it.
 	s.prodBase, s.baseOK = q[0].ack, true

@@ -36,7 +36,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 		return
 	}
 	if flags&rewrite.FlagRST != 0 {
-		w.prodReset(s, now)
+		w.prodReset(s, capAt, now)
 		return
 	}
 	if flags&rewrite.FlagSYN != 0 {
@@ -190,14 +190,14 @@ func (s *session) prodDataAt(ack Seq) (int64, bool) {
 // prodReset handles prod resetting the client's connection. What prod
 // acknowledged before still reaches the shadow (scenario 30); the rest is
 // dropped, counted, and the shadow's connection reset after it.
-func (w *Worker) prodReset(s *session, now int64) {
+func (w *Worker) prodReset(s *session, capAt, now int64) {
 	if s.state == stateProdOpening {
 		// Prod refused the connection, or data of a connection it does
 		// not know: nothing of it may reach the shadow.
 		w.notAccepted(s)
 		return
 	}
-	w.drain(s, EndProdReset, now)
+	w.drain(s, EndProdReset, capAt, now)
 }
 
 // notAccepted forgets a session prod never accepted: nothing of it

@@ -26,6 +26,9 @@ import (
 // pacing and the shadow's window allow; then the FIN once everything
 // before it is acknowledged, or the RST that ends a drain.
 func (w *Worker) trySend(s *session, now int64) {
+	if s.resetAfter && s.vouchBy == 0 {
+		w.dropUnvouched(s) // the grace for prod's late ACKs after a reset is over
+	}
 	q := s.q()
 	for s.nsent < len(q) {
 		g := &q[s.nsent]
@@ -70,7 +73,11 @@ func (w *Worker) trySend(s *session, now int64) {
 	s.gapSince = 0
 	switch {
 	case s.resetAfter && len(s.q()) == 0:
-		w.endSession(s, s.resetReason, now) // drained (scenario 30)
+		// Drained: the reset is the client's last round, paced as one.
+		last := segment{ack: s.resetAck, capAt: s.resetAt}
+		if w.cfg.NoPacing || !s.resetAck.After(s.releasedAck) || w.mayRelease(s, &last, now) {
+			w.endSession(s, s.resetReason, now) // scenario 30
+		}
 	case s.state == stateEstablished && s.clientFin && s.sndNxt == s.finSeq && s.sndUna == s.finSeq &&
 		w.vouched(s, s.finSeq+1):
 		w.sendFin(s, now)
@@ -135,8 +142,10 @@ func (w *Worker) mayRelease(s *session, g *segment, now int64) bool {
 		return false // what was sent is not acknowledged: the shadow's ACK wakes us
 	case s.rcvNxt.After(s.releasedRcv):
 		// The shadow answered, less than prod did: complete once it has
-		// been quiet for QuietPeriod (scenario 8).
-		if at := s.lastReplyAt + quiet; now < at {
+		// been quiet for QuietPeriod (scenario 8), or, should it never be
+		// (a stream it pushes, 35), once the round has waited as long as
+		// for no answer.
+		if at := min(s.lastReplyAt+quiet, s.reqSentAt+w.noAnswerWait(s)); now < at {
 			s.paceAt = at
 			return false
 		}

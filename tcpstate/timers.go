@@ -37,6 +37,7 @@ func (w *Worker) reschedule(s *session, now int64) {
 		at(s.paceAt)
 		at(s.ackAt)
 		at(s.drainUntil)
+		at(s.vouchBy)
 		if s.gapSince != 0 {
 			at(s.gapSince + int64(w.cfg.GapTimeout))
 		}
@@ -106,6 +107,9 @@ func (w *Worker) onTimer(s *session, now int64) {
 		if s.state.connected() && s.ackAt != 0 && now >= s.ackAt {
 			w.expiredDelayedAck(s)
 		}
+		if s.state.connected() && s.vouchBy != 0 && now >= s.vouchBy {
+			w.expiredVouch(s)
+		}
 	}
 	w.reschedule(s, now)
 }
@@ -130,6 +134,13 @@ func (w *Worker) expiredDrain(s *session, now int64) {
 		return
 	}
 	w.endSession(s, EndDrainTimeout, now)
+}
+
+// expiredVouch ends the grace for prod's ACKs after a reset: the next
+// Flush drops what prod has not acknowledged (scenario 30).
+func (w *Worker) expiredVouch(s *session) {
+	s.vouchBy = 0
+	w.markDirty(s)
 }
 
 // expiredReconnect opens the fresh connection a backoff or the reconnect

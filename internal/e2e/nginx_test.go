@@ -27,11 +27,29 @@ type nginx struct {
 // short body, closing keep-alive connections after keepalive idle.
 func startNginx(t *testing.T, ns *lab.NS, addr netip.AddrPort, keepalive time.Duration) *nginx {
 	t.Helper()
+	return startNginxWith(t, ns, addr, nginxOptions{keepalive: keepalive})
+}
+
+// nginxOptions shape the generated configuration.
+type nginxOptions struct {
+	keepalive time.Duration // idle keep-alive connections are closed after this
+	http2     bool          // HTTP/2 on the cleartext listener (prior knowledge, h2c)
+	// locations are extra server-block lines, e.g. a location that
+	// answers 500; the default location answers "ok".
+	locations string
+}
+
+func startNginxWith(t *testing.T, ns *lab.NS, addr netip.AddrPort, o nginxOptions) *nginx {
+	t.Helper()
 	if _, err := os.Stat(nginxBin); err != nil {
 		t.Skipf("nginx not installed: %v", err)
 	}
 	dir := t.TempDir()
 	tmp := func(name string) string { return filepath.Join(dir, name) }
+	h2 := ""
+	if o.http2 {
+		h2 = " http2"
+	}
 	// One process, in the foreground: the lab stops it by PID.
 	conf := fmt.Sprintf(`daemon off;
 master_process off;
@@ -49,13 +67,15 @@ http {
 	scgi_temp_path %s;
 	keepalive_timeout %dms;
 	keepalive_requests 100000;
+	http2_max_concurrent_streams 256;
 	server {
-		listen %s;
+		listen %s%s;
 		location / { return 200 "ok\n"; }
+		%s
 	}
 }
 `, tmp("nginx.pid"), tmp("error.log"), tmp("access.log"), tmp("body"), tmp("proxy"),
-		tmp("fastcgi"), tmp("uwsgi"), tmp("scgi"), keepalive.Milliseconds(), addr)
+		tmp("fastcgi"), tmp("uwsgi"), tmp("scgi"), o.keepalive.Milliseconds(), addr, h2, o.locations)
 	path := tmp("nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,431 @@
+package e2e
+
+// Tests of what the copier learns from prod's side of each conversation
+// (scenarios 28-35): multiplexed, pipelined, bulk and server-pushing
+// protocols copied whole, with real clients and servers.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
+)
+
+// TestHTTP2Multiplexed: nginx speaking HTTP/2 over cleartext on prod and
+// shadow, h2load with 10 connections of 10 concurrent streams each at
+// 400 requests/s, three runs: every request prod served reaches the
+// shadow, every run (scenario 28). Without prod's side the pacing waited
+// for answers to control frames prod never gave, and whole sessions
+// stalled.
+func TestHTTP2Multiplexed(t *testing.T) {
+	if _, err := exec.LookPath("h2load"); err != nil {
+		t.Skipf("h2load (nghttp2-client) not installed: %v", err)
+	}
+	const runs, conns, streams, rpsPerConn = 3, 10, 10, 40
+	const runFor = 5 * time.Second
+	e := newEnv(t, envOptions{noProdHTTP: true, noShadowHTTP: true})
+	e.explainFailures(t)
+	prodNgx := startNginxWith(t, e.lab.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), nginxOptions{keepalive: time.Minute, http2: true})
+	shadowNgx := startNginxWith(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), nginxOptions{keepalive: time.Minute, http2: true})
+	for r := 0; r < runs; r++ {
+		prefix := fmt.Sprintf("/h2run%d/", r)
+		var uris []string
+		for i := 0; i < 8; i++ {
+			uris = append(uris, fmt.Sprintf("http://%s%s%d", prodV4HTTP, prefix, i))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), runFor+20*time.Second)
+		args := []string{"-c", fmt.Sprint(conns), "-m", fmt.Sprint(streams), "--rps", fmt.Sprint(rpsPerConn),
+			"-D", fmt.Sprint(int(runFor.Seconds())), "--warm-up-time", "0"}
+		out, err := e.lab.Client.Run(ctx, "h2load", append(args, uris...)...)
+		cancel()
+		if err != nil {
+			t.Fatalf("run %d: h2load: %v\n%s", r, err, out)
+		}
+		if !strings.Contains(string(out), "h2") {
+			t.Fatalf("run %d: h2load did not speak HTTP/2:\n%s", r, out)
+		}
+		served := len(prodNgx.accessed(t, prefix))
+		if served < runs*conns { // h2load's -D stops mid-second: at least some requests per stream
+			t.Fatalf("run %d: prod served %d requests only:\n%s", r, served, out)
+		}
+		if !waitFor(t, fmt.Sprintf("run %d's %d requests on the shadow", r, served), 20*time.Second, func() bool {
+			return len(shadowNgx.accessed(t, prefix)) >= served
+		}) {
+			t.Errorf("run %d: prod served %d requests, the shadow %d", r, served, len(shadowNgx.accessed(t, prefix)))
+		} else {
+			t.Logf("run %d: %d requests, all on the shadow", r, served)
+		}
+	}
+	e.drained(t, 30*time.Second)
+	e.dumpMetrics(t)
+}
+
+// TestHTTP1PipelinedThenReset: 20 connections, each writing 16 requests
+// at once and reading the 16 answers, 25 times as fast as it can, then
+// writing 16 more and resetting the connection after the first answer:
+// every request prod served reaches the shadow, in order per connection,
+// each once, though the copy still held requests when the client reset
+// (scenarios 29 and 30).
+func TestHTTP1PipelinedThenReset(t *testing.T) {
+	const conns, rounds, depth = 20, 25, 16
+	e := newEnv(t, envOptions{})
+	e.explainFailures(t)
+	var wg sync.WaitGroup
+	for c := 0; c < conns; c++ {
+		wg.Go(func() {
+			if err := pipelined(e.lab.Client, c, rounds, depth); err != nil {
+				t.Errorf("connection %d: %v", c, err)
+			}
+		})
+	}
+	wg.Wait()
+	prod := e.prod.requests("/pipe/")
+	if len(prod) < conns*(rounds*depth+1) {
+		t.Fatalf("prod served %d requests, want at least the %d answered", len(prod), conns*(rounds*depth+1))
+	}
+	// The copier resets the shadow's connection once the shadow has
+	// answered as much as prod had: the shadow serves the last batch up
+	// to where prod had answered it, give or take the request each was
+	// in the middle of when the reset came.
+	last := func(rs []request) (earlier []request, final map[string]int) {
+		final = map[string]int{}
+		for _, r := range rs {
+			var c, round, i int
+			fmt.Sscanf(r.path, "/pipe/%d/%d/%d", &c, &round, &i)
+			if round == rounds {
+				final[fmt.Sprint(c)] = max(final[fmt.Sprint(c)], i+1)
+			} else {
+				earlier = append(earlier, r)
+			}
+		}
+		return earlier, final
+	}
+	prodEarlier, prodFinal := last(prod)
+	e.drained(t, 60*time.Second)
+	shadowEarlier, shadowFinal := last(e.shadow.requests("/pipe/"))
+	checkSameRequests(t, prodEarlier, shadowEarlier)
+	for c, n := range prodFinal {
+		if got := shadowFinal[c]; got < n-1 {
+			t.Errorf("connection %s: prod served %d requests of the batch before the reset, the shadow %d", c, n, got)
+		}
+	}
+	t.Logf("last batch, requests served before the reset by prod %v, by the shadow %v", prodFinal, shadowFinal)
+	e.dumpMetrics(t)
+}
+
+// pipelined runs one connection of TestHTTP1PipelinedThenReset.
+func pipelined(ns *lab.NS, c, rounds, depth int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := ns.DialContext(ctx, "tcp", prodV4HTTP)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	r := bufio.NewReader(conn)
+	batch := func(round int) []byte {
+		var b []byte
+		for i := 0; i < depth; i++ {
+			b = fmt.Appendf(b, "GET /pipe/%d/%d/%d HTTP/1.1\r\nHost: prod\r\n\r\n", c, round, i)
+		}
+		return b
+	}
+	for round := 0; round < rounds; round++ {
+		if _, err := conn.Write(batch(round)); err != nil {
+			return err
+		}
+		for i := 0; i < depth; i++ {
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				return fmt.Errorf("round %d, answer %d: %w", round, i, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	// The last batch, and once prod has answered its first request (so
+	// it has received, and acknowledged, the batch) a reset: prod serves
+	// what it read by then, while the copy may still hold the batch.
+	if _, err := conn.Write(batch(rounds)); err != nil {
+		return err
+	}
+	if resp, err := http.ReadResponse(r, nil); err == nil {
+		resp.Body.Close()
+	}
+	if tc, ok := conn.(interface{ SetLinger(int) error }); ok {
+		_ = tc.SetLinger(0)
+	}
+	return conn.Close()
+}
+
+// checkSameRequests checks that shadow saw exactly prod's requests, by
+// path, in prod's order per client connection (paths name it).
+func checkSameRequests(t testing.TB, prod, shadow []request) {
+	t.Helper()
+	count := map[string]int{}
+	for _, r := range prod {
+		count[r.path]++
+	}
+	for _, r := range shadow {
+		count[r.path]--
+	}
+	bad := 0
+	for path, n := range count {
+		if n != 0 {
+			if bad++; bad <= 10 {
+				t.Errorf("%s: prod served it %d more times than the shadow", path, n)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d paths differ between prod (%d requests) and shadow (%d)", bad, len(prod), len(shadow))
+	}
+	order := func(rs []request) map[string][]string {
+		m := map[string][]string{}
+		for _, r := range rs {
+			conn := r.path[:strings.LastIndexByte(r.path[:strings.LastIndexByte(r.path, '/')], '/')]
+			m[conn] = append(m[conn], r.path)
+		}
+		return m
+	}
+	po, so := order(prod), order(shadow)
+	for conn, ps := range po {
+		if !slices.Equal(ps, so[conn]) {
+			t.Errorf("connection %s: the shadow's order differs from prod's", conn)
+		}
+	}
+}
+
+// TestBulkUpload: one connection uploads at 1 Gbit/s for 10 s; the shadow
+// receives every byte, identical to prod's (scenario 31). The copy must
+// keep the shadow's scaled window full across the relay's round trip, and
+// its buffers stay within --max-session-bytes.
+func TestBulkUpload(t *testing.T) {
+	t.Run("OffloadsOn", func(t *testing.T) { bulkUpload(t, lab.Config{}) })
+	t.Run("OffloadsOff", func(t *testing.T) { bulkUpload(t, lab.Config{DisableOffloads: true}) })
+}
+
+func bulkUpload(t *testing.T, lc lab.Config) {
+	const rate, dur = 125 << 20, 10 * time.Second // bytes/s: 1 Gbit/s
+	e := newEnv(t, envOptions{lab: lc})
+	e.explainFailures(t)
+	body := &pacedBody{rate: rate, total: int64(rate * dur.Seconds()), seed: 31}
+	client := e.lab.Client.HTTPClient(1)
+	client.Timeout = 3 * dur
+	start := time.Now()
+	req, err := http.NewRequest(http.MethodPost, "http://"+prodV4HTTP+"/bulk/0", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = body.total
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	took := time.Since(start)
+	t.Logf("uploaded %d MiB in %v: %.2f Gbit/s", body.total>>20, took.Round(time.Millisecond), float64(body.total)*8/took.Seconds()/1e9)
+	if !waitFor(t, "the shadow to receive the upload", 60*time.Second, func() bool {
+		return len(e.shadow.requests("/bulk/")) == 1
+	}) {
+		e.dumpMetrics(t)
+		t.FailNow()
+	}
+	t.Logf("the shadow had it %v after the client's start", time.Since(start).Round(time.Millisecond))
+	if p, s := e.prod.requests("/bulk/")[0].bodySum, e.shadow.requests("/bulk/")[0].bodySum; p != s {
+		t.Errorf("the shadow's upload differs from prod's")
+	}
+	e.drained(t, 30*time.Second)
+	e.dumpMetrics(t)
+}
+
+// pacedBody is a request body of pseudo-random bytes, read at most at rate
+// bytes per second.
+type pacedBody struct {
+	rate, total, done int64
+	seed              uint64
+	start             time.Time
+	x                 uint64
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	if b.done == b.total {
+		return 0, io.EOF
+	}
+	if b.start.IsZero() {
+		b.start, b.x = time.Now(), b.seed
+	}
+	p = p[:min(int64(len(p)), b.total-b.done, 256<<10)]
+	if ahead := time.Duration(float64(b.done+int64(len(p)))/float64(b.rate)*1e9) - time.Since(b.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	for i := range p {
+		b.x = b.x*6364136223846793005 + 1442695040888963407
+		p[i] = byte(b.x >> 56)
+	}
+	b.done += int64(len(p))
+	return len(p), nil
+}
+
+// TestServerPushStream: a long-lived connection on which the server pushes
+// a line every 10 ms of its own accord while the client sends 150
+// messages at irregular times and reads the server's echoes: the shadow
+// receives every message, in order (scenario 35). The shadow's pushes
+// are not answers to anything, nor are prod's: both sides' streams go on
+// regardless of the client's.
+func TestServerPushStream(t *testing.T) {
+	const port, conns, msgs = 7000, 4, 150
+	prodAddr := netip.AddrPortFrom(lab.ProdClientSideV4, port)
+	e := newEnv(t, envOptions{
+		noProdHTTP: true, noShadowHTTP: true,
+		maps:        []string{fmt.Sprintf("%d-%s", port, netip.AddrPortFrom(lab.ShadowV4, port))},
+		agentFilter: fmt.Sprintf("tcp and src port %d", port),
+	})
+	e.explainFailures(t)
+	prod := startPushServer(t, e.lab.Prod, prodAddr)
+	shadow := startPushServer(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, port))
+	var wg sync.WaitGroup
+	for c := 0; c < conns; c++ {
+		wg.Go(func() {
+			if err := pushClient(e.lab.Client, prodAddr, c, msgs); err != nil {
+				t.Errorf("connection %d: %v", c, err)
+			}
+		})
+	}
+	wg.Wait()
+	for c := 0; c < conns; c++ {
+		want := prod.received(c)
+		if len(want) != msgs {
+			t.Fatalf("connection %d: prod received %d messages, want %d", c, len(want), msgs)
+		}
+		if !waitFor(t, fmt.Sprintf("connection %d's messages on the shadow", c), 30*time.Second, func() bool {
+			return len(shadow.received(c)) >= msgs
+		}) || !slices.Equal(shadow.received(c), want) {
+			t.Errorf("connection %d: the shadow received %d messages, not prod's %d in order", c, len(shadow.received(c)), msgs)
+		}
+	}
+	e.drained(t, 30*time.Second)
+	e.dumpMetrics(t)
+}
+
+// pushServer pushes "tick N" lines every 10 ms on each connection and
+// echoes each "msg C K" line it reads, recording them by connection C.
+type pushServer struct {
+	mu   sync.Mutex
+	msgs map[int][]string
+}
+
+func startPushServer(t *testing.T, ns *lab.NS, addr netip.AddrPort) *pushServer {
+	t.Helper()
+	ln, err := ns.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &pushServer{msgs: map[int][]string{}}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.serve(conn, done)
+		}
+	}()
+	return s
+}
+
+func (s *pushServer) serve(conn net.Conn, done <-chan struct{}) {
+	defer conn.Close()
+	var wmu sync.Mutex
+	write := func(line string) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.WriteString(conn, line)
+		return err
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for n := 0; ; n++ {
+			select {
+			case <-done:
+				return
+			case <-stop:
+				return
+			case <-tick.C:
+				if write(fmt.Sprintf("tick %d\n", n)) != nil {
+					return
+				}
+			}
+		}
+	}()
+	r := bufio.NewScanner(conn)
+	for r.Scan() {
+		var c, k int
+		if _, err := fmt.Sscanf(r.Text(), "msg %d %d", &c, &k); err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.msgs[c] = append(s.msgs[c], r.Text())
+		s.mu.Unlock()
+		if write(fmt.Sprintf("echo %d\n", k)) != nil {
+			return
+		}
+	}
+}
+
+func (s *pushServer) received(c int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.msgs[c])
+}
+
+// pushClient sends msgs messages at 5-45 ms intervals, reading everything
+// the server sends meanwhile, and waits for the last echo.
+func pushClient(ns *lab.NS, addr netip.AddrPort, c, msgs int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := ns.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	lastEcho := make(chan error, 1)
+	go func() {
+		r := bufio.NewScanner(conn)
+		for r.Scan() {
+			if r.Text() == fmt.Sprintf("echo %d", msgs-1) {
+				lastEcho <- nil
+				return
+			}
+		}
+		lastEcho <- fmt.Errorf("no echo of the last message: %v", r.Err())
+	}()
+	rng := rand.New(rand.NewPCG(uint64(c), 35))
+	for k := 0; k < msgs; k++ {
+		time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+		if _, err := fmt.Fprintf(conn, "msg %d %d\n", c, k); err != nil {
+			return err
+		}
+	}
+	return <-lastEcho
+}
