@@ -13,7 +13,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"slices"
 	"strings"
 	"sync"
@@ -428,4 +431,77 @@ func pushClient(ns *lab.NS, addr netip.AddrPort, c, msgs int) error {
 		}
 	}
 	return <-lastEcho
+}
+
+// TestShadowRejectsLogin: PostgreSQL with SCRAM-SHA-256 on prod and
+// shadow, another password on the shadow, pgbench with 4 connections for
+// 8 s on prod. The copied login cannot succeed (the shadow's nonce
+// differs from prod's), so the shadow closes each copied connection, and
+// each fresh one the copier opens after it: the copier gives each client
+// connection up after a bounded number of them, counts shadow_rejected,
+// and the shadow sees a bounded number of connections (scenario 32).
+func TestShadowRejectsLogin(t *testing.T) {
+	const port, clients = 5432, 4
+	prodAddr := netip.AddrPortFrom(lab.ProdClientSideV4, port)
+	shadowAddr := netip.AddrPortFrom(lab.ShadowV4, port)
+	mapping := prodAddr.String() + "-" + shadowAddr.String()
+	e := newEnv(t, envOptions{
+		noProdHTTP: true, noShadowHTTP: true,
+		maps:        []string{mapping},
+		agentFilter: fmt.Sprintf("tcp and src port %d", port),
+	})
+	e.explainFailures(t)
+	prod := startPostgres(t, e.lab.Prod, prodAddr, "prod-password")
+	shadow := startPostgres(t, e.lab.Shadow, shadowAddr, "shadow-password")
+	for _, p := range []*postgres{prod, shadow} {
+		// The same tables on both: only the login differs.
+		out, err := exec.Command("setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--",
+			filepath.Join(pgBin, "pgbench"), "-i", "-s", "1", "-q", "-h", p.dir, "-U", "postgres", "postgres").CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgbench -i: %v\n%s", err, out)
+		}
+	}
+	cpu0 := procCPU(t, e.copier.PID())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := e.lab.Client.Run(ctx, "env", "PGPASSWORD=prod-password", filepath.Join(pgBin, "pgbench"),
+		"-h", prodAddr.Addr().String(), "-p", fmt.Sprint(port), "-U", "postgres", "-c", fmt.Sprint(clients),
+		"-T", "8", "-S", "-n", "postgres")
+	if err != nil {
+		t.Fatalf("pgbench on prod: %v\n%s", err, out)
+	}
+	t.Logf("pgbench on prod:\n%s", out)
+	e.drained(t, 30*time.Second)
+	m, err := e.copyMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected := m[fmt.Sprintf(`tcpshadow_copy_shadow_rejected_total{map=%q}`, mapping)]
+	conns, prodConns := shadow.tcpConnections(), prod.tcpConnections() // pgbench opens one more to set up
+	t.Logf("prod saw %d connections, the shadow %d; shadow_rejected %v; the copier used %v of CPU",
+		prodConns, conns, rejected, procCPU(t, e.copier.PID())-cpu0)
+	if rejected < clients || rejected > float64(prodConns) {
+		t.Errorf("shadow_rejected = %v, want %d..%d (one per client connection at most)", rejected, clients, prodConns)
+	}
+	// Each client connection: its own copy and at most 3 fresh ones.
+	if limit := prodConns * 4; conns > limit || conns < prodConns {
+		t.Errorf("the shadow saw %d connections, want %d..%d", conns, prodConns, limit)
+	}
+	if !strings.Contains(e.copier.Output(), "the shadow keeps closing fresh connections") {
+		t.Errorf("the copy daemon logged no hint about the rejections:\n%s", e.copier.Output())
+	}
+	e.dumpMetrics(t)
+}
+
+// procCPU returns the user and system CPU time process pid has used.
+func procCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.Atoi(fs[11])
+	stime, _ := strconv.Atoi(fs[12])
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
