@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/lab"
+	"github.com/tcpshadow/tcpshadow/internal/rawsock"
+	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
 // TestHTTP2Multiplexed: nginx speaking HTTP/2 over cleartext on prod and
@@ -504,4 +506,127 @@ func procCPU(t testing.TB, pid int) time.Duration {
 	utime, _ := strconv.Atoi(fs[11])
 	stime, _ := strconv.Atoi(fs[12])
 	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// TestOnlyWhatProdAccepted: prod's firewall drops a source range; from
+// the client's namespace, raw sockets send 3 s of SYNs at 1000/s spoofed
+// from that range and one spoofed data segment carrying a request, and
+// SYNs spoofed from addresses that do not exist; meanwhile 100 real
+// connections run. Nothing spoofed reaches the shadow: no request, no
+// connection; every real connection is copied (scenario 33).
+//
+// TrustInbound is the control: the same traffic with --trust-inbound
+// does open shadow connections for the spoofed SYNs, so the test sees the
+// harm it guards against.
+func TestOnlyWhatProdAccepted(t *testing.T) {
+	t.Run("Default", func(t *testing.T) { onlyWhatProdAccepted(t, false) })
+	t.Run("TrustInbound", func(t *testing.T) { onlyWhatProdAccepted(t, true) })
+}
+
+func onlyWhatProdAccepted(t *testing.T, trust bool) {
+	const spoofPerSec, spoofFor = 1000, 3 * time.Second
+	var args []string
+	if trust {
+		args = []string{"--trust-inbound"}
+	}
+	e := newEnv(t, envOptions{copyArgs: args})
+	e.explainFailures(t)
+	firewalled := netip.MustParsePrefix("198.18.0.192/26")
+	nft := fmt.Sprintf("add table inet tshtest\nadd chain inet tshtest in { type filter hook input priority 0; }\n"+
+		"add rule inet tshtest in ip saddr %s counter drop\n", firewalled)
+	cmd := e.lab.Prod.Command(context.Background(), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(nft)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	base, err := e.copyMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shadowConns := e.shadow.conns.Load()
+
+	spoofDone := make(chan error, 1)
+	go func() { spoofDone <- spoof(e.lab.Client, firewalled, spoofPerSec, spoofFor) }()
+	newConns(t, e.lab.Client, prodV4, "/legit", 100)
+	if err := <-spoofDone; err != nil {
+		t.Fatal(err)
+	}
+	e.checkCopied(t, "/legit/", 100)
+	if trust {
+		// The spoofed SYNs were copied: the shadow answered them.
+		m, err := e.copyMetrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := m[`tcpshadow_copy_events_total{event="sessions_started"}`] - base[`tcpshadow_copy_events_total{event="sessions_started"}`]
+		t.Logf("with --trust-inbound: sessions_started %v", started)
+		if started < spoofPerSec*spoofFor.Seconds()/2 {
+			t.Errorf("with --trust-inbound, sessions_started %v: the spoofed SYNs should have been copied", started)
+		}
+		return
+	}
+	e.drained(t, 30*time.Second)
+	if got := e.shadow.requests("/injected"); len(got) != 0 {
+		t.Errorf("the shadow served %d spoofed requests", len(got))
+	}
+	if n := e.shadow.conns.Load() - shadowConns; n != 100 {
+		t.Errorf("the shadow accepted %d connections, want the 100 real ones", n)
+	}
+	m, err := e.copyMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAccepted := m[`tcpshadow_copy_events_total{event="not_accepted"}`] - base[`tcpshadow_copy_events_total{event="not_accepted"}`]
+	started := m[`tcpshadow_copy_events_total{event="sessions_started"}`] - base[`tcpshadow_copy_events_total{event="sessions_started"}`]
+	t.Logf("not_accepted %v, sessions_started %v", notAccepted, started)
+	if started != 100 || notAccepted < spoofPerSec*spoofFor.Seconds()/2 {
+		t.Errorf("sessions_started %v (want 100), not_accepted %v (want the spoofed SYNs)", started, notAccepted)
+	}
+	e.dumpMetrics(t)
+}
+
+// spoof sends, from ns over a raw socket, SYNs to prod's port 80 at rate
+// per second for d, their sources alternating between the firewalled
+// prefix and addresses nobody holds, then one data segment spoofed from
+// the firewalled prefix that carries a whole request.
+func spoof(ns *lab.NS, firewalled netip.Prefix, rate int, d time.Duration) error {
+	var s *rawsock.Sender
+	if err := ns.Do(func() (err error) { s, err = rawsock.Open(); return err }); err != nil {
+		return err
+	}
+	defer s.Close()
+	dst := netip.AddrPortFrom(lab.ProdClientSideV4, 80)
+	buf := make([]byte, 1500)
+	send := func(seg rewrite.Segment) error {
+		n, err := seg.Put(buf)
+		if err != nil {
+			return err
+		}
+		return s.Send(buf[:n])
+	}
+	nobody := netip.MustParsePrefix("198.18.0.128/26") // on the client's link, unused
+	start := time.Now()
+	for i := 0; time.Since(start) < d; i++ {
+		pfx := firewalled
+		if i%2 == 1 {
+			pfx = nobody
+		}
+		a := pfx.Addr().As4()
+		a[3] += byte(1 + i%60)
+		src := netip.AddrPortFrom(netip.AddrFrom4(a), uint16(10000+i%50000))
+		if err := send(rewrite.Segment{Src: src, Dst: dst, Seq: uint32(i) * 7919, Flags: rewrite.FlagSYN, Window: 64240,
+			Options: rewrite.AppendMSS(nil, 1460)}); err != nil {
+			return err
+		}
+		if wait := time.Duration(i+1)*time.Second/time.Duration(rate) - time.Since(start); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+	a := firewalled.Addr().As4()
+	a[3] += 7
+	return send(rewrite.Segment{
+		Src: netip.AddrPortFrom(netip.AddrFrom4(a), 31337), Dst: dst, Seq: 123456, Ack: 654321,
+		Flags: rewrite.FlagPSH | rewrite.FlagACK, Window: 502,
+		Payload: []byte("GET /injected HTTP/1.1\r\nHost: prod\r\n\r\n"),
+	})
 }

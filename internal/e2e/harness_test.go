@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,9 +71,10 @@ type request struct {
 // server is an HTTP/1.1 server recording every request it serves. Its
 // response is a function of the path only, so prod and shadow answer alike.
 type server struct {
-	mu   sync.Mutex
-	reqs []request
-	srv  *http.Server
+	mu    sync.Mutex
+	reqs  []request
+	srv   *http.Server
+	conns atomic.Int64 // connections accepted
 }
 
 func startServer(t *testing.T, ns *lab.NS, addrs ...string) *server {
@@ -90,6 +92,11 @@ func startServerWrapped(t *testing.T, ns *lab.NS, wrap func(http.Handler) http.H
 		h = wrap(h)
 	}
 	s.srv = &http.Server{
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				s.conns.Add(1)
+			}
+		},
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
