@@ -63,8 +63,15 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 	s.lastSeen = now
 	kept := w.clientPacket(s, pb, p, capAt, now)
 	w.checkAccepted(s, now)
-	if s.state == stateShadowGone && len(s.q()) > 0 && now >= s.reconnectAt {
-		w.reconnect(s, now)
+	if s.state == stateShadowGone && len(s.q()) > 0 {
+		if answeredAsProd(s, &s.q()[0]) {
+			// The shadow had served the flow in full, and closed for its
+			// own reasons (a shorter keep-alive): no backoff.
+			s.reconnects, s.reconnectAt = 0, 0
+		}
+		if now >= s.reconnectAt {
+			w.reconnect(s, now)
+		}
 	}
 	return kept
 }

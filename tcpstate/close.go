@@ -148,6 +148,9 @@ func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
 	w.setState(s, stateShadowGone)
 	s.nsent = 0 // nothing queued is on the wire of a fresh connection
 	s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
+	if pending && answeredAsProd(s, &s.q()[0]) {
+		s.reconnects = 0 // served in full: closed for its own reasons
+	}
 	s.reconnectAt = now + backoff(s.reconnects)
 	if pending && now >= s.reconnectAt {
 		w.reconnect(s, now)
@@ -182,7 +185,7 @@ func backoff(reconnects int) int64 {
 // given up.
 func (w *Worker) reconnect(old *session, now int64) *session {
 	q := old.q()
-	if len(q) > 0 && answeredAsProd(old, &q[0]) {
+	if answeredAsProd(old, &q[0]) {
 		old.reconnects = 0 // the shadow had answered as prod did: a keep-alive close
 	}
 	if old.reconnects >= maxReconnects {
