@@ -19,7 +19,7 @@ import (
 func TestScenario28MultiplexedCountsCumulatively(t *testing.T) {
 	h := newHarness(t, nil)
 	h.handshake(nil, nil)
-	h.request(tISN+1, 0, "PREFACE+SETTINGS")   // prod had sent nothing: goes at once
+	h.request(tISN+1, 0, "PREFACE+SETTINGS")      // prod had sent nothing: goes at once
 	h.prodSeg(fACK|fPSH, tProdISN+1, tISN+17, 30) // prod's SETTINGS
 	h.request(tISN+17, 30, "SETTINGS-ACK+HEADERS1")
 	if got := dataOf(h.sent()); len(got) != 1 {
@@ -187,7 +187,7 @@ func TestScenario33OnlyWhatProdAccepted(t *testing.T) {
 	h.prodSeg(fSYN|fACK, tProdISN, tISN+1, 0) // a SYN cookie; no ACK follows
 	h.client = netipAddrPort("198.18.0.8:1234")
 	h.clientSeg(fACK|fPSH, 777, 888, "GET /injected", nil) // spoofed data
-	h.prodSeg(fRST, 888, 0, 0)                               // prod knows no such connection
+	h.prodSeg(fRST, 888, 0, 0)                             // prod knows no such connection
 	if len(h.rec.events) != 0 {
 		t.Fatalf("the copier acted on what prod never accepted: %+v", h.rec.events)
 	}

@@ -37,6 +37,7 @@ type benchOptions struct {
 	stepSet            bool // --step given: --smoke has its own default
 	smoke              bool
 	kaRates, connRates string
+	bulkRates, h2Rates string
 	addrs              string
 	idleSessions       int
 	baseline           bool
@@ -74,6 +75,8 @@ type benchConfig struct {
 	baseline     bool // measure prod alone first
 	series       []series
 	idleSessions int      // 0: skip the idle-session memory measurement
+	bulkRates    []int64  // bits/s of the bulk steps (0: max)
+	h2Rates      []int    // requests/s of the HTTP/2 steps (0: max)
 	copyArgs     []string // extra copy flags, appended
 	agentArgs    []string // extra intercept flags, appended
 	verbose      bool
@@ -116,6 +119,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.BoolVar(&o.smoke, "smoke", false, "one short step per shape at 500 req/s, no baseline")
 	f.StringVar(&o.kaRates, "keepalive-rates", "1000,5000,10000,20000,max", "offered request rates of the keep-alive steps")
 	f.StringVar(&o.connRates, "conn-rates", "1000,3000,5000,7000,max", "offered connection rates of the one-connection-per-request steps")
+	f.StringVar(&o.bulkRates, "bulk-rates", "500M,1G,2G,max", "offered bit rates of the single-stream upload steps")
+	f.StringVar(&o.h2Rates, "h2-rates", "1000,4000,max", "offered request rates of the HTTP/2 steps")
 	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
@@ -152,7 +157,14 @@ func (o *benchOptions) config() (*benchConfig, error) {
 			cfg.step = 2 * time.Second
 		}
 		cfg.series = smokeSeries()
+		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
 	} else {
+		if cfg.bulkRates, err = parseBitRates(o.bulkRates); err != nil {
+			return nil, fmt.Errorf("--bulk-rates: %w", err)
+		}
+		if cfg.h2Rates, err = parseRates(o.h2Rates); err != nil {
+			return nil, fmt.Errorf("--h2-rates: %w", err)
+		}
 		ka, err := parseRates(o.kaRates)
 		if err != nil {
 			return nil, fmt.Errorf("--keepalive-rates: %w", err)
@@ -273,6 +285,8 @@ type benchResult struct {
 	machine  machine
 	cfg      *benchConfig
 	series   []seriesResult
+	bulk     []*bulkResult
+	h2       []*h2Result
 	idle     *idleResult
 	idleCPU  idleCPU
 	took     time.Duration
@@ -379,6 +393,20 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			}
 			sr.copied = append(sr.copied, r)
 		}
+	}
+	for _, rate := range cfg.bulkRates {
+		r, err := b.bulkStep(ctx, rate)
+		if err != nil {
+			return nil, err
+		}
+		res.bulk = append(res.bulk, r)
+	}
+	for _, rate := range cfg.h2Rates {
+		r, err := b.h2Step(ctx, rate)
+		if err != nil {
+			return nil, err
+		}
+		res.h2 = append(res.h2, r)
 	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))

@@ -81,6 +81,8 @@ func renderReport(r *benchResult) string {
 	for i := range r.series {
 		renderSeries(&b, &r.series[i], r.cfg.baseline)
 	}
+	renderBulk(&b, r.bulk)
+	renderH2(&b, r.h2)
 	if r.idle != nil {
 		in := r.idle
 		fmt.Fprintf(&b, "## Idle sessions\n\n")

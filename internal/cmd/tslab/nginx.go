@@ -107,6 +107,8 @@ func startNginx(ctx context.Context, bin string, ns *lab.NS, name string, addrs 
 	var listen strings.Builder
 	for _, a := range addrs {
 		fmt.Fprintf(&listen, "\t\tlisten %s;\n", a)
+		// The same server over HTTP/2 (cleartext, prior knowledge).
+		fmt.Fprintf(&listen, "\t\tlisten %s http2;\n", netip.AddrPortFrom(a.Addr(), h2Port))
 	}
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, name, dir, listen.String()), 0o644); err != nil {

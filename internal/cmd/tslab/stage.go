@@ -29,10 +29,11 @@ const (
 // internal/e2e/harness_test.go newEnv: what the demo (and a benchmark)
 // drive traffic through.
 type stage struct {
-	lab            *lab.Lab
-	prod, shadow   *nginx
-	agent, copier  *lab.Process
-	prodV4, prodV6 netip.AddrPort // where clients connect
+	lab                  *lab.Lab
+	prod, shadow         *nginx
+	prodSink, shadowSink *sink // byte counters on bulkPort
+	agent, copier        *lab.Process
+	prodV4, prodV6       netip.AddrPort // where clients connect
 }
 
 type stageConfig struct {
@@ -82,6 +83,12 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 	if err != nil {
 		return s, err
 	}
+	if s.prodSink, err = startSink(l.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, bulkPort)); err != nil {
+		return s, err
+	}
+	if s.shadowSink, err = startSink(l.Shadow, netip.AddrPortFrom(lab.ShadowV4, bulkPort)); err != nil {
+		return s, err
+	}
 	fmt.Fprintf(cfg.progress, "nginx up in prod (%s, %s) and shadow (%s, %s) (%v)\n",
 		s.prodV4, s.prodV6, netip.AddrPortFrom(lab.ShadowV4, httpPort), netip.AddrPortFrom(lab.ShadowV6, httpPort), since())
 
@@ -100,7 +107,7 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	var err error
 	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, append([]string{"intercept", "--iface", lab.HostLink,
-		"--filter", "tcp and src port 80", "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
+		"--filter", fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d)", h2Port, bulkPort), "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
 		"--stats-interval", "0", "--metrics", s.agentMetricsAddr(), "--debug-pprof"}, cfg.agentArgs...)...)
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
@@ -113,6 +120,8 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	args := []string{"copy", "--iface", lab.ProdClientLink,
 		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
 		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
+		"--map", fmt.Sprintf("%s:%d-%s:%d", lab.ProdClientSideV4, h2Port, lab.ShadowV4, h2Port),
+		"--map", fmt.Sprintf("%s:%d-%s:%d", lab.ProdClientSideV4, bulkPort, lab.ShadowV4, bulkPort),
 		"--intercept", lab.AssistV4.String(),
 		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
 		"--metrics", s.copyMetricsAddr(),
@@ -151,6 +160,11 @@ func (s *stage) waitDaemon(ctx context.Context, what string, p *lab.Process,
 // close stops every process through the lab (by PID), deletes the
 // namespaces, then removes the nginx directories.
 func (s *stage) close() error {
+	for _, k := range []*sink{s.prodSink, s.shadowSink} {
+		if k != nil {
+			k.close()
+		}
+	}
 	errs := []error{s.lab.Close()}
 	for _, n := range []*nginx{s.prod, s.shadow} {
 		if n != nil {
