@@ -64,10 +64,10 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 	kept := w.clientPacket(s, pb, p, capAt, now)
 	w.checkAccepted(s, now)
 	if s.state == stateShadowGone && len(s.q()) > 0 {
-		if answeredAsProd(s, &s.q()[0]) {
+		if s.rejections > 0 && answeredAsProd(s, &s.q()[0]) {
 			// The shadow had served the flow in full, and closed for its
-			// own reasons (a shorter keep-alive): no backoff.
-			s.reconnects, s.reconnectAt = 0, 0
+			// own reasons (Connection: close): not a rejection.
+			s.rejections, s.reconnectAt = 0, 0
 		}
 		if now >= s.reconnectAt {
 			w.reconnect(s, now)

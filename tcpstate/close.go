@@ -148,32 +148,63 @@ func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
 	w.setState(s, stateShadowGone)
 	s.nsent = 0 // nothing queued is on the wire of a fresh connection
 	s.lingerEnd = now + int64(max(w.cfg.Linger, w.cfg.IdleTimeout))
-	if pending && answeredAsProd(s, &s.q()[0]) {
-		s.reconnects = 0 // served in full: closed for its own reasons
+	if w.rejected(s, reason, pending, now) {
+		s.rejections++
+	} else {
+		s.rejections = 0
 	}
-	s.reconnectAt = now + backoff(s.reconnects)
+	s.reconnectAt = now + backoff(s.rejections)
 	if pending && now >= s.reconnectAt {
 		w.reconnect(s, now)
 	}
 }
 
-// maxReconnects bounds the fresh connections opened in a row for one client
-// flow while the shadow never answers as prod did: a shadow that rejects
-// every copied session (a login it cannot accept) ends the flow's copy
-// instead of making the copier loop (scenario 32).
+// rejected reports whether the shadow ended s in answer to copied data
+// (scenario 32): soon after the copier's last data, by a reset, or by a
+// close that acknowledges that data (the shadow read it, then closed)
+// unless it had answered as much as prod. A close of an idle connection
+// (a shorter keep-alive), or one racing the client's next request (it
+// does not acknowledge it), is not.
+func (w *Worker) rejected(s *session, reason EndReason, pending bool, now int64) bool {
+	window := min(max(w.noAnswerWait(s)/2, int64(rejectWindowMin)), int64(rejectWindowMax))
+	if s.lastSendAt == 0 || now-s.lastSendAt > window {
+		return false
+	}
+	if reason == EndShadowReset {
+		return true
+	}
+	if s.sndUna != s.sndNxt {
+		// The close does not acknowledge what was sent last: it left
+		// before that data came (an idle close racing the client).
+		return false
+	}
+	return !pending || !answeredAsProd(s, &s.q()[0])
+}
+
+// rejectWindowMin and rejectWindowMax bound how soon after the copier's
+// last data the shadow's close counts as its answer to it.
+const (
+	rejectWindowMin = 100 * time.Millisecond
+	rejectWindowMax = 500 * time.Millisecond
+)
+
+// maxReconnects bounds the fresh connections opened after rejections in
+// a row for one client flow: a shadow that rejects every copied session
+// (a login it cannot accept) ends the flow's copy instead of making the
+// copier loop (scenario 32).
 const maxReconnects = 3
 
-// reconnectBackoff is the wait before the second fresh connection in a
-// row; it doubles for each one after.
+// reconnectBackoff is the wait before the second fresh connection after
+// rejections in a row; it doubles for each one after.
 const reconnectBackoff = 100 * time.Millisecond
 
 // backoff is how long to wait before opening a fresh connection after
-// reconnects of them in a row: none after a connection the shadow served.
-func backoff(reconnects int) int64 {
-	if reconnects == 0 {
+// rejections of them in a row: none for the first.
+func backoff(rejections uint8) int64 {
+	if rejections <= 1 {
 		return 0
 	}
-	return int64(reconnectBackoff) << (reconnects - 1)
+	return int64(reconnectBackoff) << (rejections - 2)
 }
 
 // reconnect opens a fresh connection to the shadow for the client flow of
@@ -181,14 +212,11 @@ func backoff(reconnects int) int64 {
 // 19). The new connection uses another forged port: the old tuple may
 // still be in TIME_WAIT on the shadow. old ends up closed, lingering; if
 // no fresh connection can be opened now (the reconnect rate), it stays as
-// it is and tries again later; after maxReconnects in a row the flow is
-// given up.
+// it is and tries again later; after maxReconnects rejections in a row
+// the flow is given up.
 func (w *Worker) reconnect(old *session, now int64) *session {
 	q := old.q()
-	if answeredAsProd(old, &q[0]) {
-		old.reconnects = 0 // the shadow had answered as prod did: a keep-alive close
-	}
-	if old.reconnects >= maxReconnects {
+	if old.rejections > maxReconnects {
 		w.giveUp(old, now)
 		return nil
 	}
@@ -205,7 +233,7 @@ func (w *Worker) reconnect(old *session, now int64) *session {
 		return nil
 	}
 	w.setState(old, stateClosed)
-	s.reconnects = old.reconnects + 1
+	s.rejections = old.rejections
 	s.clientNxt, s.clientWnd = old.clientNxt, old.clientWnd
 	s.clientFin, s.finSeq, s.drainUntil = old.clientFin, old.finSeq, old.drainUntil
 	s.prodAcked, s.prodAckOK, s.prodFin = old.prodAcked, old.prodAckOK, old.prodFin

@@ -132,7 +132,7 @@ func (w *Worker) mayRelease(s *session, g *segment, now int64) bool {
 			return false
 		}
 		if need > 0 {
-			s.reconnects = 0 // the shadow answers this flow as prod did (32)
+			s.rejections = 0 // the shadow answers this flow as prod did (32)
 		}
 		if now-s.lastReplyAt >= quiet {
 			s.rebase(g) // the shadow is done: no credit carried further
@@ -210,7 +210,7 @@ func (w *Worker) sendSeg(s *session, g *segment, now int64) {
 		g.resent = true
 		w.ctr.inc(CtrRetransmits)
 	}
-	g.sentAt = now
+	g.sentAt, s.lastSendAt = now, now
 	s.ackSent()
 	w.send(p.Bytes())
 }

@@ -112,9 +112,9 @@ type session struct {
 	dst    netip.AddrPort // shadow endpoint
 	state  state
 	opener opener
-	// reconnects counts fresh connections in a row for this client flow
-	// on which the shadow never answered as prod did (scenarios 19, 32).
-	reconnects int
+	// rejections counts the shadow's closes in a row, for this client
+	// flow, in answer to copied data (scenario 32).
+	rejections uint8
 	registered bool // the forged flow is registered with the agent
 
 	// handshake
@@ -140,7 +140,7 @@ type session struct {
 	finSeq         Seq
 	finSent        bool // we sent a FIN at ourFin: the shadow acking it is no late reply
 	ourFin         Seq
-	dupAcks        int
+	dupAcks        uint8
 
 	// from the shadow
 	rcvNxt    Seq
@@ -178,6 +178,7 @@ type session struct {
 	releasedAck Seq   // the ACK of the last data released: a later one starts a round
 	releasedRcv Seq   // how far the shadow's stream was then
 	lastReplyAt int64 // the shadow's latest data
+	lastSendAt  int64 // the copier's latest data to the shadow
 	reqSentAt   int64 // the latest round's release
 	reqCapAt    int64 // and its capture on prod
 

@@ -109,7 +109,7 @@ var counterNames = [numCounters]string{
 func (c Counter) String() string { return counterNames[c] }
 
 // EndReason says why a session ended; each has its own counter.
-type EndReason int
+type EndReason uint8
 
 const (
 	EndClosed           EndReason = iota // FIN exchanged both ways
