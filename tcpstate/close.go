@@ -98,11 +98,6 @@ func (w *Worker) drain(s *session, reason EndReason, capAt, now int64) {
 	s.resetAfter, s.resetReason = true, reason
 	s.vouchBy = now + int64(vouchGrace)
 	s.resetAt = capAt
-	if m := &s.prodData[s.prodDataIdx]; m.at != 0 {
-		s.resetAck = m.end // how much prod had answered: the shadow may answer as much first
-	} else {
-		s.resetAck = s.releasedAck
-	}
 	if s.drainUntil == 0 {
 		s.drainUntil = now + int64(w.cfg.DrainTimeout)
 	}
@@ -238,7 +233,7 @@ func (w *Worker) reconnect(old *session, now int64) *session {
 	s.clientFin, s.finSeq, s.drainUntil = old.clientFin, old.finSeq, old.drainUntil
 	s.prodAcked, s.prodAckOK, s.prodFin = old.prodAcked, old.prodAckOK, old.prodFin
 	s.prodData, s.prodDataIdx = old.prodData, old.prodDataIdx
-	s.resetAfter, s.resetReason, s.resetAck, s.resetAt = old.resetAfter, old.resetReason, old.resetAck, old.resetAt
+	s.resetAfter, s.resetReason, s.resetAt, s.vouchBy = old.resetAfter, old.resetReason, old.resetAt, old.vouchBy
 	// The first data opens the new connection: nothing to wait for before
 	// it, and later rounds count from it.
 	s.prodBase, s.baseOK = q[0].ack, true

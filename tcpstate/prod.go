@@ -187,6 +187,23 @@ func (s *session) prodDataAt(ack Seq) (int64, bool) {
 	return at, found
 }
 
+// prodEndBy returns where prod's stream stood at capture time at: the end
+// of its latest data segment captured by then, of those remembered, or
+// what was released if none is.
+func (s *session) prodEndBy(at int64) Seq {
+	end, found := s.releasedAck, false
+	for i := range prodMarks {
+		m := &s.prodData[(int(s.prodDataIdx)+prodMarks-i)%prodMarks] // newest first
+		if m.at == 0 {
+			break
+		}
+		if m.at <= at && (!found || m.end.After(end)) {
+			end, found = m.end, true
+		}
+	}
+	return end
+}
+
 // prodReset handles prod resetting the client's connection. What prod
 // acknowledged before still reaches the shadow (scenario 30); the rest is
 // dropped, counted, and the shadow's connection reset after it.

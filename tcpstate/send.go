@@ -72,10 +72,12 @@ func (w *Worker) trySend(s *session, now int64) {
 	}
 	s.gapSince = 0
 	switch {
-	case s.resetAfter && len(s.q()) == 0:
-		// Drained: the reset is the client's last round, paced as one.
-		last := segment{ack: s.resetAck, capAt: s.resetAt}
-		if w.cfg.NoPacing || !s.resetAck.After(s.releasedAck) || w.mayRelease(s, &last, now) {
+	case s.resetAfter && len(s.q()) == 0 && s.vouchBy == 0:
+		// Drained: the reset is the client's last round, paced as one:
+		// the shadow may answer as much as prod had when the reset came
+		// (prod's answers are captured apart, hence after the grace).
+		last := segment{ack: s.prodEndBy(s.resetAt + int64(vouchGrace)), capAt: s.resetAt}
+		if w.cfg.NoPacing || !last.ack.After(s.releasedAck) || w.mayRelease(s, &last, now) {
 			w.endSession(s, s.resetReason, now) // scenario 30
 		}
 	case s.state == stateEstablished && s.clientFin && s.sndNxt == s.finSeq && s.sndUna == s.finSeq &&

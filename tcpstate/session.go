@@ -187,7 +187,6 @@ type session struct {
 	resetAfter  bool      // the client or prod reset: reset the shadow once drained (30)
 	resetReason EndReason // and end for this reason
 	vouchBy     int64     // then: what prod has not acknowledged is dropped
-	resetAck    Seq       // prod's stream when the reset came: the shadow may answer that much first
 	resetAt     int64     // the reset's capture time
 	reconnectAt int64     // shadowGone: a fresh connection may open then (backoff); 0 on the client's next data
 	lingerFor   int64     // how long an ended session outlives its client's last packet
