@@ -109,13 +109,13 @@ func TestZeroAllocs(t *testing.T) {
 	})
 
 	buf := make([]byte, 0, 4096)
-	h := Hello{Version: Version, Role: RoleAgent, Name: "agent-1"}
+	h := Hello{Version: Version, Role: RoleCopier, Name: "prod-1", Pools: []Pool{pool4, pool6}}
 	fs := []rewrite.Tuple{flow4, flow6}
 	mac := nonce(1)
 	zeroAllocs(t, "AppendPing", func() { buf = AppendPing(buf[:0], 7) })
 	zeroAllocs(t, "AppendPong", func() { buf = AppendPong(buf[:0], 7) })
 	zeroAllocs(t, "AppendHello", func() { buf = AppendHello(buf[:0], &h) })
-	zeroAllocs(t, "AppendAuth", func() { buf = AppendAuth(buf[:0], mac) })
+	zeroAllocs(t, "AppendAuth", func() { buf = AppendAuth(buf[:0], mac, "agent-1") })
 	zeroAllocs(t, "AppendError", func() { buf = AppendError(buf[:0], CodeOverload, "busy") })
 	zeroAllocs(t, "AppendFlows", func() { buf = AppendFlows(buf[:0], TypeDeregister, fs) })
 }

@@ -1,6 +1,10 @@
 package wire
 
-import "github.com/tcpshadow/tcpshadow/rewrite"
+import (
+	"slices"
+
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
 
 const (
 	replyBatchInitCap = 8 << 10
@@ -42,7 +46,7 @@ func (b *ReplyBatch) Add(ts int64, hdr []byte) bool {
 	if len(hdr) < MinReplyHeader || len(hdr) > MaxReplyHeader {
 		return false
 	}
-	if b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+len(hdr) > lenPrefix+MaxFrameLen {
+	if b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+len(hdr)+TagLen > lenPrefix+MaxFrameLen {
 		return false
 	}
 	if len(b.buf) == 0 {
@@ -56,10 +60,10 @@ func (b *ReplyBatch) Add(ts int64, hdr []byte) bool {
 }
 
 // Full reports whether a record with a header of MaxReplyHeader bytes would
-// not fit, by count or by MaxFrameLen. After Add returns false, Full tells
-// a full batch from an unacceptable header.
+// not fit, by count or by MaxFrameLen (a tag included). After Add returns
+// false, Full tells a full batch from an unacceptable header.
 func (b *ReplyBatch) Full() bool {
-	return b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+MaxReplyHeader > lenPrefix+MaxFrameLen
+	return b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+MaxReplyHeader+TagLen > lenPrefix+MaxFrameLen
 }
 
 // Len returns the number of records.
@@ -76,14 +80,24 @@ func (b *ReplyBatch) Size() int {
 
 // Frame returns the complete Replies frame, or nil if the batch is empty
 // (a frame with no records is malformed). It is valid until the next Add
-// or Reset.
+// or Reset, and has room for a tag: Sealer.Seal does not allocate.
 func (b *ReplyBatch) Frame() []byte {
 	if b.n == 0 {
 		return nil
 	}
+	b.buf = tagRoom(b.buf)
 	be.PutUint32(b.buf, uint32(len(b.buf)-lenPrefix))
 	be.PutUint16(b.buf[frameHeader:], uint16(b.n))
 	return b.buf
+}
+
+// tagRoom makes sure frame has TagLen bytes of spare capacity; a reused
+// batch grows it once.
+func tagRoom(frame []byte) []byte {
+	if cap(frame)-len(frame) < TagLen {
+		return slices.Grow(frame, TagLen)
+	}
+	return frame
 }
 
 // FlowBatch assembles one Register or Deregister frame on the copier side.
@@ -141,11 +155,12 @@ func (b *FlowBatch) Len() int { return b.n }
 func (b *FlowBatch) Size() int { return frameHeader + countLen + b.n*FlowLen }
 
 // Frame returns the complete frame, or nil if the batch is empty. It is
-// valid until the next Add or Reset.
+// valid until the next Add or Reset, and has room for a tag.
 func (b *FlowBatch) Frame() []byte {
 	if b.n == 0 {
 		return nil
 	}
+	b.buf = tagRoom(b.buf)
 	be.PutUint32(b.buf, uint32(len(b.buf)-lenPrefix))
 	be.PutUint16(b.buf[frameHeader:], uint16(b.n))
 	return b.buf

@@ -57,3 +57,55 @@ func BenchmarkFlowBatch(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReplyBatchSealed is BenchmarkReplyBatch plus the tag a plain-TCP
+// session adds to every frame.
+func BenchmarkReplyBatchSealed(b *testing.B) {
+	seal, _ := sealedPair(b)
+	var rb ReplyBatch
+	hdr := testHeader(52, 1)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(replyFrame(64, 52))))
+	for i := 0; b.Loop(); i++ {
+		rb.Reset()
+		for j := range 64 {
+			rb.Add(int64(i+j), hdr)
+		}
+		if seal.Seal(rb.Frame()) == nil {
+			b.Fatal("empty")
+		}
+	}
+}
+
+// BenchmarkReaderRepliesSealed is BenchmarkReaderReplies on a sealed
+// stream: each frame's tag is checked.
+func BenchmarkReaderRepliesSealed(b *testing.B) {
+	seal, open := sealedPair(b)
+	fr := replyFrame(64, 52)
+	// Sealed frames cannot be replayed: seal as many as the loop reads.
+	var stream []byte
+	for range 1 << 14 {
+		stream = append(stream, seal.Seal(bytes.Clone(fr))...)
+	}
+	var sum int64
+	fn := func(ts int64, hdr []byte) { sum += ts + int64(hdr[0]) }
+	b.ReportAllocs()
+	b.SetBytes(int64(len(fr)))
+	var r *Reader
+	n := 0
+	for b.Loop() {
+		if n%(1<<14) == 0 {
+			_, open = sealedPair(b)
+			r = NewReader(bytes.NewReader(stream))
+			r.SetOpener(open)
+		}
+		n++
+		typ, p, err := r.Next()
+		if err != nil || typ != TypeReplies {
+			b.Fatal(typ, err)
+		}
+		if n, err := ForEachReply(p, fn); n != 64 || err != nil {
+			b.Fatal(n, err)
+		}
+	}
+}

@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
+	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/tcpshadow/tcpshadow/rewrite"
@@ -36,106 +39,280 @@ type Hello struct {
 	Version uint16
 	Role    Role
 	Caps    uint32   // capability bits (CapAuth)
-	Nonce   [32]byte // fresh random challenge; the peer's Auth covers it
+	Nonce   [32]byte // fresh random challenge; the transcript covers it
 	Name    string   // for logs; at most MaxNameLen bytes
+	// FlowIdle is, from a copier, the longest one of its flows goes
+	// without a reply while it lives: the agent forgets flows idle for
+	// longer (twice as long). Encoded in milliseconds; 0: not announced.
+	FlowIdle time.Duration
+	// Pools are, from a copier, the client pools it forges addresses
+	// from: the agent refuses registrations outside them.
+	Pools []Pool
 }
 
+// Pool is one announced client pool: Prefix, of which the copier uses only
+// the host offsets congruent to Slot modulo Slots (rewrite.Pool's slots).
+type Pool struct {
+	Prefix      netip.Prefix // masked
+	Slot, Slots uint16       // 0 ≤ Slot < Slots
+}
+
+// Contains reports whether a lies in the pool's prefix.
+func (p Pool) Contains(a netip.Addr) bool { return p.Prefix.Contains(a.Unmap()) }
+
+func (p Pool) String() string {
+	if p.Slots <= 1 {
+		return p.Prefix.String()
+	}
+	return p.Prefix.String() + " slot " + strconv.Itoa(int(p.Slot)) + "/" + strconv.Itoa(int(p.Slots))
+}
+
+// maxFlowIdleMs is the largest FlowIdle a Hello carries.
+const maxFlowIdleMs = 1<<32 - 1
+
 // AppendHello appends a Hello frame to dst. A name longer than MaxNameLen
-// bytes is truncated (at a rune boundary).
+// bytes is truncated (at a rune boundary), FlowIdle saturates at 2^32-1
+// ms, and pools beyond MaxPools, or not valid (an invalid prefix, Slot ≥
+// Slots), are left out. An empty Slots is sent as 1.
 func AppendHello(dst []byte, h *Hello) []byte {
 	name := truncate(h.Name, MaxNameLen)
-	dst = appendFrameHeader(dst, TypeHello, helloFixed+len(name))
+	pools := 0
+	for _, p := range h.Pools {
+		if poolOK(p) && pools < MaxPools {
+			pools++
+		}
+	}
+	dst = appendFrameHeader(dst, TypeHello, helloFixed+len(name)+helloTail+pools*poolLen)
 	dst = append(dst, magic...)
 	dst = be.AppendUint16(dst, h.Version)
 	dst = append(dst, byte(h.Role))
 	dst = be.AppendUint32(dst, h.Caps)
 	dst = append(dst, h.Nonce[:]...)
 	dst = append(dst, byte(len(name)))
-	return append(dst, name...)
+	dst = append(dst, name...)
+	ms := min(max(h.FlowIdle.Milliseconds(), 0), maxFlowIdleMs)
+	dst = be.AppendUint32(dst, uint32(ms))
+	dst = append(dst, byte(pools))
+	for _, p := range h.Pools {
+		if pools == 0 {
+			break
+		}
+		if !poolOK(p) {
+			continue
+		}
+		pools--
+		dst = appendPool(dst, p)
+	}
+	return dst
+}
+
+func poolOK(p Pool) bool {
+	slots := max(p.Slots, 1)
+	return p.Prefix.IsValid() && !p.Prefix.Addr().Is4In6() && p.Slot < slots
+}
+
+func appendPool(dst []byte, p Pool) []byte {
+	pfx := p.Prefix.Masked()
+	var addr [16]byte
+	fam := byte(6)
+	if pfx.Addr().Is4() {
+		fam = 4
+		a4 := pfx.Addr().As4()
+		copy(addr[:], a4[:])
+	} else {
+		addr = pfx.Addr().As16()
+	}
+	dst = append(dst, fam, byte(pfx.Bits()))
+	dst = append(dst, addr[:]...)
+	dst = be.AppendUint16(dst, p.Slot)
+	return be.AppendUint16(dst, max(p.Slots, 1))
+}
+
+// readPool decodes one pool record; ok is false if it is not canonical
+// (family, prefix length, bytes past an IPv4 address, host bits set, slot).
+func readPool(b []byte) (Pool, bool) {
+	fam, bits := b[0], int(b[1])
+	var a netip.Addr
+	switch fam {
+	case 4:
+		if bits > 32 || string(b[6:18]) != "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" {
+			return Pool{}, false
+		}
+		a = netip.AddrFrom4([4]byte(b[2:6]))
+	case 6:
+		if bits > 128 {
+			return Pool{}, false
+		}
+		a = netip.AddrFrom16([16]byte(b[2:18]))
+	default:
+		return Pool{}, false
+	}
+	pfx := netip.PrefixFrom(a, bits)
+	slot, slots := be.Uint16(b[18:]), be.Uint16(b[20:])
+	if pfx.Masked().Addr() != a || slots == 0 || slot >= slots {
+		return Pool{}, false
+	}
+	return Pool{Prefix: pfx, Slot: slot, Slots: slots}, true
 }
 
 // ParseHello decodes a Hello payload. The magic and the version lead the
 // hello in every version: a wrong magic gives ErrBadMagic. A hello of
 // Version must match the layout above exactly, else ErrMalformed. A hello
 // of any other version is accepted so that the caller can report the
-// mismatch (and answer with CodeVersion): its remaining fields are filled
-// in if they fit the layout above (trailing bytes ignored), else left zero.
-// Role and Caps are not checked; that is the caller's policy.
+// mismatch (and answer with CodeVersion): its fields up to the name are
+// filled in if they fit the layout above (the rest ignored), else left
+// zero. Role, Caps and Pools are not checked against anything; that is
+// the caller's policy.
 func ParseHello(p []byte) (Hello, error) {
-	h, name, err := parseHello(p)
-	h.Name = string(name)
-	return h, err
+	n, err := checkHello(p)
+	if err != nil || n < 0 {
+		h := Hello{}
+		if len(p) >= len(magic)+2 && err == nil {
+			h.Version = be.Uint16(p[4:])
+		}
+		return h, err
+	}
+	h := Hello{Version: be.Uint16(p[4:]), Role: Role(p[6]), Caps: be.Uint32(p[7:])}
+	copy(h.Nonce[:], p[11:43])
+	h.Name = string(p[helloFixed : helloFixed+n])
+	if h.Version != Version {
+		return h, nil
+	}
+	off := helloFixed + n
+	h.FlowIdle = time.Duration(be.Uint32(p[off:])) * time.Millisecond
+	count := int(p[off+4])
+	if count > 0 {
+		h.Pools = make([]Pool, 0, count)
+	}
+	for off += helloTail; off < len(p); off += poolLen {
+		pl, _ := readPool(p[off : off+poolLen])
+		h.Pools = append(h.Pools, pl)
+	}
+	return h, nil
 }
 
-func parseHello(p []byte) (Hello, []byte, error) {
+// checkHello validates a Hello payload without allocating and returns the
+// length of its name, or -1 for a hello of another version whose fields do
+// not fit the common prefix.
+func checkHello(p []byte) (int, error) {
 	if len(p) >= len(magic) && string(p[:len(magic)]) != magic {
-		return Hello{}, nil, fmt.Errorf("hello: %w", ErrBadMagic)
+		return 0, fmt.Errorf("hello: %w", ErrBadMagic)
 	}
 	if len(p) < len(magic)+2 {
-		return Hello{}, nil, fmt.Errorf("hello: length %d: %w", len(p), ErrMalformed)
+		return 0, fmt.Errorf("hello: length %d: %w", len(p), ErrMalformed)
 	}
-	h := Hello{Version: be.Uint16(p[4:])}
+	version := be.Uint16(p[4:])
 	n := -1
 	if len(p) >= helloFixed {
 		n = int(p[helloFixed-1])
 	}
 	fits := n >= 0 && n <= MaxNameLen && helloFixed+n <= len(p)
-	if h.Version == Version && !(fits && helloFixed+n == len(p)) {
-		return Hello{}, nil, fmt.Errorf("hello: length %d, name length %d: %w", len(p), n, ErrMalformed)
+	if version != Version {
+		if !fits {
+			return -1, nil
+		}
+		return n, nil
 	}
-	if !fits {
-		return h, nil, nil
+	if !fits || len(p) < helloFixed+n+helloTail {
+		return 0, fmt.Errorf("hello: length %d, name length %d: %w", len(p), n, ErrMalformed)
 	}
-	h.Role = Role(p[6])
-	h.Caps = be.Uint32(p[7:])
-	copy(h.Nonce[:], p[11:43])
-	return h, p[helloFixed : helloFixed+n], nil
+	off := helloFixed + n
+	count := int(p[off+4])
+	if count > MaxPools || len(p) != off+helloTail+count*poolLen {
+		return 0, fmt.Errorf("hello: length %d, %d pools: %w", len(p), count, ErrMalformed)
+	}
+	for i, o := 0, off+helloTail; i < count; i, o = i+1, o+poolLen {
+		if _, ok := readPool(p[o : o+poolLen]); !ok {
+			return 0, fmt.Errorf("hello: pool %d: %w", i, ErrMalformed)
+		}
+	}
+	return n, nil
 }
 
-// AppendAuth appends an Auth frame carrying mac (see ComputeMAC).
-func AppendAuth(dst []byte, mac [32]byte) []byte {
-	dst = appendFrameHeader(dst, TypeAuth, len(mac))
-	return append(dst, mac[:]...)
+// AppendAuth appends an Auth frame carrying mac (see ComputeMAC) and the
+// sender's name (truncated to MaxNameLen bytes, at a rune boundary; the
+// agent sends its name here rather than in its Hello).
+func AppendAuth(dst []byte, mac [32]byte, name string) []byte {
+	name = truncate(name, MaxNameLen)
+	dst = appendFrameHeader(dst, TypeAuth, len(mac)+1+len(name))
+	dst = append(dst, mac[:]...)
+	dst = append(dst, byte(len(name)))
+	return append(dst, name...)
+}
+
+// Auth is a decoded Auth payload.
+type Auth struct {
+	MAC  [32]byte
+	Name string
 }
 
 // ParseAuth decodes an Auth payload.
-func ParseAuth(p []byte) ([32]byte, error) {
-	var mac [32]byte
-	if len(p) != len(mac) {
-		return mac, fmt.Errorf("auth: length %d: %w", len(p), ErrMalformed)
-	}
-	copy(mac[:], p)
-	return mac, nil
+func ParseAuth(p []byte) (Auth, error) {
+	mac, name, err := parseAuth(p)
+	return Auth{MAC: mac, Name: string(name)}, err
 }
 
-const macLabel = "tcpshadow-auth-v1"
+func parseAuth(p []byte) ([32]byte, []byte, error) {
+	var mac [32]byte
+	if len(p) < len(mac)+1 || int(p[len(mac)]) > MaxNameLen || len(p) != len(mac)+1+int(p[len(mac)]) {
+		return mac, nil, fmt.Errorf("auth: length %d: %w", len(p), ErrMalformed)
+	}
+	copy(mac[:], p)
+	return mac, p[len(mac)+1:], nil
+}
+
+const (
+	macLabel        = "tcpshadow-auth-v2"
+	transcriptLabel = "tcpshadow-transcript-v2"
+)
+
+// Transcript returns what binds a handshake's Auths and session keys to
+// its connection:
+//
+//	SHA-256("tcpshadow-transcript-v2" || u16 len || copier's Hello payload
+//	        || u16 len || agent's Hello payload || u8 len || channel)
+//
+// where channel is the TLS connection's exported keying material (empty on
+// plain TCP): both nonces, names, pools and capabilities are covered, and
+// under TLS an Auth cannot be relayed from one TLS session into another.
+func Transcript(copierHello, agentHello, channel []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(transcriptLabel))
+	for _, b := range [][]byte{copierHello, agentHello} {
+		h.Write(be.AppendUint16(nil, uint16(len(b))))
+		h.Write(b)
+	}
+	h.Write([]byte{byte(len(channel))})
+	h.Write(channel)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
 
 // ComputeMAC returns the MAC a side sends in its Auth:
 //
-//	HMAC-SHA256(secret, "tcpshadow-auth-v1" || role || peerNonce || ownNonce)
+//	HMAC-SHA256(secret, "tcpshadow-auth-v2" || role || transcript || u8 len || name)
 //
-// where role is the sender's own role, peerNonce the nonce from the other
-// side's Hello and ownNonce the one from the sender's Hello. Binding the
-// role and the order of the nonces means a MAC cannot be reflected back to
-// the side that sent it.
-func ComputeMAC(secret []byte, role Role, peerNonce, ownNonce [32]byte) [32]byte {
+// where role is the sender's own role and name the one its Auth carries.
+// Binding the role means a MAC cannot be reflected back to the side that
+// sent it; binding the transcript, that it cannot be replayed on another
+// connection.
+func ComputeMAC(secret []byte, role Role, transcript [32]byte, name string) [32]byte {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte(macLabel))
 	m.Write([]byte{byte(role)})
-	m.Write(peerNonce[:])
-	m.Write(ownNonce[:])
+	m.Write(transcript[:])
+	m.Write([]byte{byte(len(name))})
+	m.Write([]byte(name))
 	var out [32]byte
 	m.Sum(out[:0])
 	return out
 }
 
 // VerifyMAC reports, in constant time, whether mac equals
-// ComputeMAC(secret, role, peerNonce, ownNonce). The arguments are the
-// sender's view: the copier checking the agent's Auth calls
-//
-//	VerifyMAC(secret, RoleAgent, copierNonce, agentNonce, mac)
-func VerifyMAC(secret []byte, role Role, peerNonce, ownNonce, mac [32]byte) bool {
-	want := ComputeMAC(secret, role, peerNonce, ownNonce)
+// ComputeMAC(secret, role, transcript, name), role being the sender's.
+func VerifyMAC(secret []byte, role Role, transcript [32]byte, name string, mac [32]byte) bool {
+	want := ComputeMAC(secret, role, transcript, name)
 	return hmac.Equal(want[:], mac[:])
 }
 

@@ -1,28 +1,47 @@
 // Package wire owns the byte format of the control channel between the copy
-// daemon and the intercept agent: frames, messages and their limits. It
-// encodes and decodes, and nothing else: no sockets, no goroutines, no
-// policy (which versions, roles, capabilities or peers to accept is decided
-// by the caller).
+// daemon and the intercept agent: frames, messages, their limits, and the
+// per-frame authentication of a session. It encodes, decodes, seals and
+// opens, and nothing else: no sockets, no goroutines, no policy (which
+// versions, roles, capabilities, pools or peers to accept is decided by the
+// caller).
 //
 // Every frame is
 //
-//	u32 L          length of what follows (type byte + payload), 1 ≤ L ≤ MaxFrameLen
+//	u32 L          length of what follows (type byte + payload [+ tag]), 1 ≤ L ≤ the reader's limit
 //	u8  type       MsgType
-//	[L-1] payload
+//	[..] payload
+//	[16] tag       sealed sessions only (Sealer, Opener)
 //
-// with all integers big-endian. The payloads are
+// with all integers big-endian. The payloads are (version 2)
 //
 //	Hello       "TSHD" | version u16 | role u8 | caps u32 | nonce [32] | name len u8 (≤ 64) | name
-//	Auth        mac [32]  (ComputeMAC)
+//	            | flow idle ms u32 | pool count u8 (≤ MaxPools) | count × pool
+//	  pool      family u8 (4 or 6) | bits u8 | addr [16] (IPv4 in the first 4, zeros after) | slot u16 | slots u16
+//	Auth        mac [32] (ComputeMAC) | name len u8 (≤ 64) | name
 //	Error       code u16 | msg len u16 (≤ 1024) | msg
 //	Register,
 //	Deregister  count u16 (1..MaxFlowsPerFrame) | count × (src addr [16] | src port u16 | dst addr [16] | dst port u16)
 //	Replies     count u16 (1..MaxRepliesPerFrame) | count × (ts i64 | hlen u16 (MinReplyHeader..MaxReplyHeader) | header [hlen])
 //	Ping, Pong  token u64
 //
-// A connection opens with a Hello from each side. When either side sets
-// CapAuth, each side then sends an Auth computed over the other side's
-// nonce, so the shared secret never crosses the wire.
+// A connection opens with a Hello from each side; the magic and the version
+// lead the Hello in every version, so a peer of another version is told so
+// (CodeVersion) by both sides. While the handshake runs a reader takes
+// frames of at most MaxHandshakeFrameLen bytes (NewHandshakeReader); only
+// then does it grow to MaxFrameLen (Reader.Resize).
+//
+// When either side sets CapAuth, the copier sends an Auth over the
+// transcript of both hellos (Transcript, which also binds a TLS channel's
+// exported keying material), the agent checks it and only then answers
+// with its own, carrying its name: the shared secret never crosses the
+// wire, and the agent tells nothing about itself to a peer that has not
+// proved the secret. On plain TCP every later frame, in both directions, is
+// then sealed: SessionKeys derives one AES-256-GCM key per direction from
+// the secret and the transcript, the nonce is the frame's index in its
+// direction (never on the wire), and the tag covers the type byte and the
+// payload. A frame that fails to open is reported (ErrBadMAC) and skipped:
+// an injected frame costs the receiver nothing but a count. Under TLS the
+// record layer already authenticates every byte, so frames are not sealed.
 //
 // Reader splits a stream into frames without allocating; the Parse and
 // ForEach functions decode one payload; the Append functions and the
@@ -40,8 +59,10 @@ import (
 )
 
 const (
-	// Version is the protocol version sent in Hello.
-	Version = 1
+	// Version is the protocol version sent in Hello. Version 2 added the
+	// announced pools and flow idle time to Hello, the name to Auth, the
+	// transcript binding and per-frame sealing.
+	Version = 2
 	// DefaultPort is the agent's default listening port (the old tool's).
 	DefaultPort = 36524
 	// MaxFrameLen bounds L, the length of type byte plus payload.
@@ -64,22 +85,34 @@ const (
 	// MaxErrorMsgLen bounds an Error message; longer ones are truncated on
 	// encoding.
 	MaxErrorMsgLen = 1024
+	// MaxPools bounds the pools a Hello announces.
+	MaxPools = 8
+	// TagLen is the length of a sealed frame's tag.
+	TagLen = 16
+	// MaxHandshakeFrameLen bounds L while the handshake runs: the largest
+	// Hello, Auth or Error.
+	MaxHandshakeFrameLen = 1 + max(helloMax, authMax, errorMax)
 )
 
 const (
-	lenPrefix   = 4             // u32 L
-	frameHeader = lenPrefix + 1 // L and type
-	countLen    = 2             // u16 count of Register, Deregister, Replies
-	replyRecHdr = 8 + 2         // ts and hlen before each reply header
-	helloFixed  = 4 + 2 + 1 + 4 + 32 + 1
+	lenPrefix   = 4                      // u32 L
+	frameHeader = lenPrefix + 1          // L and type
+	countLen    = 2                      // u16 count of Register, Deregister, Replies
+	replyRecHdr = 8 + 2                  // ts and hlen before each reply header
+	helloFixed  = 4 + 2 + 1 + 4 + 32 + 1 // magic to name length: every version's prefix
+	helloTail   = 4 + 1                  // flow idle ms and pool count
+	poolLen     = 1 + 1 + 16 + 2 + 2
+	helloMax    = helloFixed + MaxNameLen + helloTail + MaxPools*poolLen
+	authMax     = 32 + 1 + MaxNameLen
+	errorMax    = 4 + MaxErrorMsgLen
 	magic       = "TSHD"
 )
 
 // Both batch kinds fit a frame at their maximum count, so the count is the
 // only limit a sender meets in practice (these fail to compile otherwise).
 const (
-	_ = uint(MaxFrameLen - 1 - countLen - MaxFlowsPerFrame*FlowLen)
-	_ = uint(MaxFrameLen - 1 - countLen - MaxRepliesPerFrame*(replyRecHdr+MaxReplyHeader))
+	_ = uint(MaxFrameLen - 1 - countLen - MaxFlowsPerFrame*FlowLen - TagLen)
+	_ = uint(MaxFrameLen - 1 - countLen - MaxRepliesPerFrame*(replyRecHdr+MaxReplyHeader) - TagLen)
 )
 
 // Errors returned by Reader and the parsers, wrapped with context; test
@@ -89,6 +122,10 @@ var (
 	ErrMalformed     = errors.New("malformed message")
 	ErrBadMagic      = errors.New("bad hello magic")
 	ErrUnknownType   = errors.New("unknown message type")
+	// ErrBadMAC is returned by a sealed Reader for a frame whose tag does
+	// not verify. Unlike the others it is not sticky: the frame is
+	// skipped and the next one can be read.
+	ErrBadMAC = errors.New("frame authentication failed")
 )
 
 // MsgType is the type byte of a frame.
@@ -195,9 +232,9 @@ func Validate(typ MsgType, p []byte) error {
 	var err error
 	switch typ {
 	case TypeHello:
-		_, _, err = parseHello(p)
+		_, err = checkHello(p)
 	case TypeAuth:
-		_, err = ParseAuth(p)
+		_, _, err = parseAuth(p)
 	case TypeError:
 		_, _, err = parseError(p)
 	case TypeRegister, TypeDeregister:

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
@@ -22,6 +24,20 @@ var (
 	flow6b = rewrite.TupleOf(netip.MustParseAddrPort("[::1.2.3.4]:1"), netip.MustParseAddrPort("[::ffff:0:0:1]:2"))
 	mixed  = rewrite.TupleOf(netip.MustParseAddrPort("10.1.2.3:40000"), netip.MustParseAddrPort("[2001:db8::7]:80"))
 )
+
+// Test pools.
+var (
+	pool4 = Pool{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slot: 1, Slots: 2}
+	pool6 = Pool{Prefix: netip.MustParsePrefix("2001:2:0:ff::/64"), Slots: 1}
+)
+
+func maxPools() []Pool {
+	var ps []Pool
+	for i := range MaxPools {
+		ps = append(ps, Pool{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16), Slot: uint16(i), Slots: 0xffff})
+	}
+	return ps
+}
 
 // testHeader returns n deterministic bytes standing in for a reply header.
 func testHeader(n int, seed byte) []byte {
@@ -90,7 +106,8 @@ func encode(tb testing.TB, typ MsgType, v any) []byte {
 		h := v.(Hello)
 		return AppendHello(nil, &h)
 	case TypeAuth:
-		return AppendAuth(nil, v.([32]byte))
+		a := v.(Auth)
+		return AppendAuth(nil, a.MAC, a.Name)
 	case TypeError:
 		e := v.(*PeerError)
 		return AppendError(nil, e.Code, e.Msg)
@@ -150,11 +167,14 @@ func samples() []sample {
 		maxFlows = append(maxFlows, t)
 	}
 	return []sample{
-		{"hello copier", TypeHello, Hello{Version: Version, Role: RoleCopier, Caps: CapAuth, Nonce: nonce(1), Name: "prod-1"}},
+		{"hello copier", TypeHello, Hello{Version: Version, Role: RoleCopier, Caps: CapAuth, Nonce: nonce(1), Name: "prod-1",
+			FlowIdle: 150 * time.Second, Pools: []Pool{pool4, pool6}}},
 		{"hello agent empty name", TypeHello, Hello{Version: Version, Role: RoleAgent, Nonce: nonce(100)}},
 		{"hello max name", TypeHello, Hello{Version: Version, Role: RoleAgent, Caps: 0xffffffff, Name: strings.Repeat("n", MaxNameLen)}},
+		{"hello max pools", TypeHello, Hello{Version: Version, Role: RoleCopier, FlowIdle: maxFlowIdleMs * time.Millisecond, Pools: maxPools()}},
 		{"hello other version", TypeHello, Hello{Version: 7, Role: RoleCopier, Name: "future"}},
-		{"auth", TypeAuth, nonce(9)},
+		{"auth", TypeAuth, Auth{MAC: nonce(9)}},
+		{"auth with name", TypeAuth, Auth{MAC: nonce(3), Name: strings.Repeat("a", MaxNameLen)}},
 		{"error", TypeError, &PeerError{Code: CodeNotAllowed, Msg: "flow 10.1.2.3:4->192.0.2.7:80 not in port map"}},
 		{"error empty", TypeError, &PeerError{Code: CodeOverload}},
 		{"error max", TypeError, &PeerError{Code: CodeProtocol, Msg: strings.Repeat("x", MaxErrorMsgLen)}},
@@ -199,7 +219,8 @@ func TestRoundTrip(t *testing.T) {
 // a round trip through a symmetric bug would not catch.
 func TestGolden(t *testing.T) {
 	aa := strings.Repeat("aa", 32)
-	hello := Hello{Version: 1, Role: RoleAgent, Caps: CapAuth, Name: "ag"}
+	hello := Hello{Version: 2, Role: RoleCopier, Caps: CapAuth, Name: "ag", FlowIdle: 2*time.Second + 7*time.Microsecond,
+		Pools: []Pool{{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slot: 1, Slots: 3}, {Prefix: netip.MustParsePrefix("2001:2:0:ff::/64")}}}
 	for i := range hello.Nonce {
 		hello.Nonce[i] = 0xaa
 	}
@@ -215,9 +236,11 @@ func TestGolden(t *testing.T) {
 	}{
 		{"ping", AppendPing(nil, 0x0102030405060708), "00000009 07 0102030405060708"},
 		{"pong", AppendPong(nil, 1), "00000009 08 0000000000000001"},
-		{"auth", AppendAuth(nil, nonce(0)), "00000021 02 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"},
+		{"auth", AppendAuth(nil, nonce(0), "ab"), "00000024 02 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 02 6162"},
 		{"error", AppendError(nil, CodeNotAllowed, "no"), "00000007 03 0003 0002 6e6f"},
-		{"hello", AppendHello(nil, &hello), "0000002f 01 54534844 0001 02 00000001" + aa + "02 6167"},
+		{"hello", AppendHello(nil, &hello), "00000060 01 54534844 0002 01 00000001" + aa + "02 6167 000007d0 02" +
+			" 04 10 c6130000000000000000000000000000 0001 0003" +
+			" 06 40 20010002000000ff0000000000000000 0000 0001"},
 		{"register", AppendFlows(nil, TypeRegister, []rewrite.Tuple{rewrite.TupleOf(
 			netip.MustParseAddrPort("10.0.0.1:1000"), netip.MustParseAddrPort("192.0.2.7:80"))}),
 			"00000027 04 0001 00000000000000000000ffff0a000001 03e8 00000000000000000000ffffc0000207 0050"},
@@ -237,34 +260,86 @@ func TestGolden(t *testing.T) {
 }
 
 func TestHelloVersions(t *testing.T) {
-	// A version-1 layout with another version number parses fully.
-	h := Hello{Version: 2, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
+	// A hello of another version in this version's layout gives the
+	// fields up to the name; the rest is not read.
+	h := Hello{Version: 3, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x", FlowIdle: time.Second, Pools: []Pool{pool4}}
 	frame := AppendHello(nil, &h)
+	want := Hello{Version: 3, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
 	got, err := ParseHello(frame[frameHeader:])
-	if err != nil || got != h {
-		t.Fatalf("version 2: %+v, %v", got, err)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("version 3: %+v, %v", got, err)
 	}
-	// Another version may extend the hello: trailing bytes are ignored...
-	ext := append(bytes.Clone(frame[frameHeader:]), 1, 2, 3)
-	if got, err := ParseHello(ext); err != nil || got != h {
-		t.Fatalf("version 2 extended: %+v, %v", got, err)
+	// Version 1's hello (no flow idle, no pools) is read as far as it goes,
+	// so that the version mismatch can be reported.
+	v1 := helloBytes(1, 2, "v1")
+	if got, err := ParseHello(v1); err != nil || got.Version != 1 || got.Name != "v1" || got.Role != RoleAgent {
+		t.Fatalf("version 1: %+v, %v", got, err)
 	}
-	// ...or change it entirely: magic and version are still reported.
+	// Another version may change it entirely: magic and version are still reported.
 	for _, p := range [][]byte{[]byte("TSHD\x00\x03"), []byte("TSHD\xff\xff\x01\x02")} {
 		got, err := ParseHello(p)
-		if err != nil || got != (Hello{Version: be.Uint16(p[4:])}) {
+		if err != nil || !reflect.DeepEqual(got, Hello{Version: be.Uint16(p[4:])}) {
 			t.Fatalf("%q: %+v, %v", p, got, err)
 		}
 	}
-	// Version 1 must be exact.
+	// This version must be exact.
 	h.Version = Version
 	frame = AppendHello(nil, &h)
 	if _, err := ParseHello(append(bytes.Clone(frame[frameHeader:]), 0)); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("version 1 with a trailing byte: %v", err)
+		t.Fatalf("version %d with a trailing byte: %v", Version, err)
 	}
 	// Bad magic wins over anything else.
 	if _, err := ParseHello([]byte("TSHX")); !errors.Is(err, ErrBadMagic) {
 		t.Fatalf("short bad magic: %v", err)
+	}
+}
+
+// TestHelloPools: what AppendHello leaves out, and the pool records a
+// parser refuses.
+func TestHelloPools(t *testing.T) {
+	invalid := []Pool{
+		{}, // invalid prefix
+		{Prefix: netip.MustParsePrefix("10.8.0.0/16"), Slot: 2, Slots: 2}, // bad slot
+		{Prefix: netip.MustParsePrefix("::ffff:10.0.0.0/104")},            // IPv4-mapped IPv6
+	}
+	beyond := Pool{Prefix: netip.MustParsePrefix("10.9.0.0/16")}
+	h := Hello{Version: Version, Pools: slices.Concat(invalid, maxPools(), []Pool{beyond})}
+	got, err := ParseHello(AppendHello(nil, &h)[frameHeader:])
+	if err != nil || !reflect.DeepEqual(got.Pools, maxPools()) {
+		t.Fatalf("pools %v, %v; want the %d valid ones", got.Pools, err, MaxPools)
+	}
+	// Slots 0 is sent as 1; host bits are masked.
+	h = Hello{Version: Version, Pools: []Pool{{Prefix: netip.MustParsePrefix("198.19.7.9/16")}}}
+	got, err = ParseHello(AppendHello(nil, &h)[frameHeader:])
+	if err != nil || !reflect.DeepEqual(got.Pools, []Pool{{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slots: 1}}) {
+		t.Fatalf("pools %v, %v", got.Pools, err)
+	}
+	good := AppendHello(nil, &Hello{Version: Version, Pools: []Pool{pool4}})[frameHeader:]
+	rec := len(good) - poolLen
+	for name, mutate := range map[string]func(p []byte){
+		"family 5":       func(p []byte) { p[rec] = 5 },
+		"bits 33":        func(p []byte) { p[rec+1] = 33 },
+		"v4 tail":        func(p []byte) { p[rec+2+15] = 1 },
+		"host bits":      func(p []byte) { p[rec+2+3] = 1 },
+		"slots 0":        func(p []byte) { p[rec+20], p[rec+21] = 0, 0 },
+		"slot ≥ slots":   func(p []byte) { p[rec+19] = 9 },
+		"count too high": func(p []byte) { p[rec-1] = 2 },
+		"count too many": func(p []byte) { p[rec-1] = MaxPools + 1 },
+	} {
+		p := bytes.Clone(good)
+		mutate(p)
+		if _, err := ParseHello(p); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+		if err := Validate(TypeHello, p); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Validate %v, want ErrMalformed", name, err)
+		}
+	}
+	if !pool4.Contains(netip.MustParseAddr("::ffff:198.19.3.4")) || pool4.Contains(netip.MustParseAddr("198.18.0.1")) {
+		t.Error("Pool.Contains")
+	}
+	if pool4.String() != "198.19.0.0/16 slot 1/2" || pool6.String() != "2001:2:0:ff::/64" {
+		t.Errorf("Pool.String: %q, %q", pool4, pool6)
 	}
 }
 
@@ -379,19 +454,23 @@ func TestBadValues(t *testing.T) {
 		{"replies count above data", TypeReplies, replyBytes(2, 40), ErrMalformed},
 		{"replies count below data", TypeReplies, replyBytes(1, 40, 40), ErrMalformed},
 		{"replies hlen beyond end", TypeReplies, replyBytes(1, 60)[:2+10+50], ErrMalformed},
-		{"hello bad magic", TypeHello, append([]byte("tshd"), helloBytes(1, 0, "")[4:]...), ErrBadMagic},
+		{"hello bad magic", TypeHello, append([]byte("tshd"), helloBytes(Version, 0, "")[4:]...), ErrBadMagic},
 		{"hello bad magic other version", TypeHello, append([]byte("XSHD"), helloBytes(9, 0, "")[4:]...), ErrBadMagic},
-		{"hello name length beyond end", TypeHello, helloBytes(1, 5, "abcd"), ErrMalformed},
-		{"hello name length 255", TypeHello, helloBytes(1, 255, "abc"), ErrMalformed},
-		{"hello name length 65", TypeHello, helloBytes(1, 65, strings.Repeat("a", 65)), ErrMalformed},
-		{"hello name shorter than length byte", TypeHello, helloBytes(1, 1, "ab"), ErrMalformed},
+		{"hello name length beyond end", TypeHello, helloBytes(Version, 5, "abcd"), ErrMalformed},
+		{"hello name length 255", TypeHello, helloBytes(Version, 255, "abc"), ErrMalformed},
+		{"hello name length 65", TypeHello, helloBytes(Version, 65, strings.Repeat("a", 65)), ErrMalformed},
+		{"hello without its tail", TypeHello, helloBytes(Version, 2, "ab"), ErrMalformed},
+		{"hello tail short", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0), ErrMalformed},
+		{"hello pool missing", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0, 1), ErrMalformed},
 		{"hello 5 bytes", TypeHello, []byte("TSHD\x00"), ErrMalformed},
 		{"error message too long", TypeError, errorBytes(MaxErrorMsgLen+1, strings.Repeat("e", MaxErrorMsgLen+1)), ErrMalformed},
 		{"error message length 0xffff", TypeError, errorBytes(0xffff, "e"), ErrMalformed},
 		{"error message length beyond end", TypeError, errorBytes(10, "short"), ErrMalformed},
 		{"error message length short", TypeError, errorBytes(2, "long"), ErrMalformed},
-		{"auth 31", TypeAuth, make([]byte, 31), ErrMalformed},
-		{"auth 33", TypeAuth, make([]byte, 33), ErrMalformed},
+		{"auth 32", TypeAuth, make([]byte, 32), ErrMalformed},
+		{"auth name beyond end", TypeAuth, append(make([]byte, 32), 2, 'a'), ErrMalformed},
+		{"auth name short", TypeAuth, append(make([]byte, 32), 0, 'a'), ErrMalformed},
+		{"auth name 65", TypeAuth, append(append(make([]byte, 32), 65), strings.Repeat("a", 65)...), ErrMalformed},
 		{"ping 9", TypePing, make([]byte, 9), ErrMalformed},
 		{"pong 7", TypePong, make([]byte, 7), ErrMalformed},
 		{"type 0", 0, nil, ErrUnknownType},
@@ -437,62 +516,60 @@ func TestReplyHeaderAliasing(t *testing.T) {
 
 func TestMAC(t *testing.T) {
 	secret := []byte("s3cret")
-	a, b := nonce(0), nonce(32)
-	mac := ComputeMAC(secret, RoleCopier, a, b)
-	// Known answer, from Python's hmac module.
-	if got := hex.EncodeToString(mac[:]); got != "3206d3ecae9d8be95650faae27a59fe07a808b334c7b5c09b08ed9d4e61455bb" {
+	tr := Transcript([]byte("copier hello"), []byte("agent hello"), nil)
+	// Known answers, from Python's hashlib and hmac modules.
+	if got := hex.EncodeToString(tr[:]); got != "d76ee25f6ddba16aa6b248badc76044efb7919c038e22bd26c9e1601d6aad046" {
+		t.Fatalf("Transcript = %s", got)
+	}
+	mac := ComputeMAC(secret, RoleCopier, tr, "prod-1")
+	if got := hex.EncodeToString(mac[:]); got != "bb4dbfb69a165cfc3cbbae48fc9fc8ed27f205ba6ffee1742fc81512421be500" {
 		t.Fatalf("ComputeMAC = %s", got)
 	}
-	if ComputeMAC(secret, RoleCopier, a, b) != mac {
+	if ComputeMAC(secret, RoleCopier, tr, "prod-1") != mac {
 		t.Fatal("same inputs, different MAC")
 	}
 	for name, other := range map[string][32]byte{
-		"secret":     ComputeMAC([]byte("s3creT"), RoleCopier, a, b),
-		"empty":      ComputeMAC(nil, RoleCopier, a, b),
-		"role":       ComputeMAC(secret, RoleAgent, a, b),
-		"peer nonce": ComputeMAC(secret, RoleCopier, nonce(1), b),
-		"own nonce":  ComputeMAC(secret, RoleCopier, a, nonce(33)),
-		"swapped":    ComputeMAC(secret, RoleCopier, b, a),
+		"secret":     ComputeMAC([]byte("s3creT"), RoleCopier, tr, "prod-1"),
+		"empty":      ComputeMAC(nil, RoleCopier, tr, "prod-1"),
+		"role":       ComputeMAC(secret, RoleAgent, tr, "prod-1"),
+		"name":       ComputeMAC(secret, RoleCopier, tr, "prod-2"),
+		"transcript": ComputeMAC(secret, RoleCopier, Transcript([]byte("copier hello"), []byte("agent hellO"), nil), "prod-1"),
+		"swapped":    ComputeMAC(secret, RoleCopier, Transcript([]byte("agent hello"), []byte("copier hello"), nil), "prod-1"),
+		"channel":    ComputeMAC(secret, RoleCopier, Transcript([]byte("copier hello"), []byte("agent hello"), []byte{1}), "prod-1"),
+		// Lengths are prefixed: moving a byte from one hello to the other changes it.
+		"boundary": ComputeMAC(secret, RoleCopier, Transcript([]byte("copier hell"), []byte("oagent hello"), nil), "prod-1"),
 	} {
 		if other == mac {
 			t.Errorf("another %s gives the same MAC", name)
 		}
 	}
-	if !VerifyMAC(secret, RoleCopier, a, b, mac) {
+	if !VerifyMAC(secret, RoleCopier, tr, "prod-1", mac) {
 		t.Fatal("VerifyMAC rejects a good MAC")
 	}
 	for i := range len(mac) * 8 {
 		bad := mac
 		bad[i/8] ^= 1 << (i % 8)
-		if VerifyMAC(secret, RoleCopier, a, b, bad) {
+		if VerifyMAC(secret, RoleCopier, tr, "prod-1", bad) {
 			t.Fatalf("VerifyMAC accepts bit %d flipped", i)
 		}
 	}
-	if VerifyMAC([]byte("other"), RoleCopier, a, b, mac) || VerifyMAC(secret, RoleAgent, a, b, mac) {
+	if VerifyMAC([]byte("other"), RoleCopier, tr, "prod-1", mac) || VerifyMAC(secret, RoleAgent, tr, "prod-1", mac) {
 		t.Fatal("VerifyMAC accepts a MAC for another secret or role")
 	}
 }
 
 // TestHandshakeMAC plays the mutual challenge–response as the doc comments
-// describe it.
+// describe it: an Auth reflected back is refused.
 func TestHandshakeMAC(t *testing.T) {
 	secret := []byte("shared")
-	copierNonce, agentNonce := nonce(7), nonce(200)
-	fromCopier := ComputeMAC(secret, RoleCopier, agentNonce, copierNonce)
-	fromAgent := ComputeMAC(secret, RoleAgent, copierNonce, agentNonce)
-	if !VerifyMAC(secret, RoleCopier, agentNonce, copierNonce, fromCopier) {
-		t.Fatal("agent rejects the copier")
+	tr := Transcript([]byte("c"), []byte("a"), nil)
+	fromCopier := ComputeMAC(secret, RoleCopier, tr, "")
+	fromAgent := ComputeMAC(secret, RoleAgent, tr, "assist")
+	if !VerifyMAC(secret, RoleCopier, tr, "", fromCopier) || !VerifyMAC(secret, RoleAgent, tr, "assist", fromAgent) {
+		t.Fatal("a good Auth is refused")
 	}
-	if !VerifyMAC(secret, RoleAgent, copierNonce, agentNonce, fromAgent) {
-		t.Fatal("copier rejects the agent")
-	}
-	// An agent that echoes the copier's own Auth back is not accepted.
-	if VerifyMAC(secret, RoleAgent, copierNonce, agentNonce, fromCopier) {
+	if VerifyMAC(secret, RoleAgent, tr, "", fromCopier) {
 		t.Fatal("copier accepts its own MAC reflected")
-	}
-	// Even with both nonces equal, the role keeps the MACs apart.
-	if ComputeMAC(secret, RoleCopier, copierNonce, copierNonce) == ComputeMAC(secret, RoleAgent, copierNonce, copierNonce) {
-		t.Fatal("role does not separate MACs")
 	}
 }
 
