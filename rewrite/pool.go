@@ -12,21 +12,29 @@ import (
 // and a client keeps its forged address across restarts. Distinct clients
 // may share a forged address; the session layer keeps forged tuples unique
 // by choosing another source port when two would collide.
+//
+// Copy daemons that share a pool (several prod hosts copying to one
+// shadow) each take a slot of it (WithSlot): slot i of n forges only the
+// host offsets congruent to i modulo n, so no two daemons ever forge the
+// same address, and their forged flows cannot collide on the shadow or at
+// the agent whatever their clients and ports.
 type Pool struct {
-	v4, v6 poolRange
-	seed   uint64
+	v4, v6      poolRange
+	seed        uint64
+	slot, slots uint64 // this pool's share: offsets ≡ slot (mod slots); slots ≥ 1
 }
 
 type poolRange struct {
-	base  [16]byte
-	bits  int    // prefix length in the 16-byte form
-	count uint64 // usable host offsets, 1..count
-	ok    bool
+	base   [16]byte
+	bits   int    // prefix length in the 16-byte form
+	count  uint64 // usable host offsets, 1..count
+	ok     bool
+	prefix netip.Prefix
 }
 
 // NewPool builds a pool from at most one IPv4 and one IPv6 prefix.
 func NewPool(prefixes []netip.Prefix, seed uint64) (*Pool, error) {
-	p := &Pool{seed: seed}
+	p := &Pool{seed: seed, slots: 1}
 	for _, pfx := range prefixes {
 		if !pfx.IsValid() {
 			return nil, fmt.Errorf("invalid client pool prefix %v", pfx)
@@ -43,6 +51,7 @@ func NewPool(prefixes []netip.Prefix, seed uint64) (*Pool, error) {
 		r.base = pfx.Addr().As16()
 		r.bits = 128 - hostBits
 		r.ok = true
+		r.prefix = pfx
 		switch {
 		case hostBits == 0:
 			r.count = 0 // a single address
@@ -58,6 +67,49 @@ func NewPool(prefixes []netip.Prefix, seed uint64) (*Pool, error) {
 	}
 	return p, nil
 }
+
+// MaxSlots bounds the slots a pool is split into (they are announced to
+// the agent as 16-bit numbers).
+const MaxSlots = 1<<16 - 1
+
+// WithSlot returns a copy of p that forges only from slot of slots: the
+// host offsets congruent to slot modulo slots. Every prefix must hold at
+// least slots offsets.
+func (p *Pool) WithSlot(slot, slots int) (*Pool, error) {
+	if slots < 1 || slots > MaxSlots || slot < 0 || slot >= slots {
+		return nil, fmt.Errorf("pool slot %d/%d: want 0 ≤ slot < slots ≤ %d", slot, slots, MaxSlots)
+	}
+	for _, r := range []*poolRange{&p.v4, &p.v6} {
+		if r.ok && slots > 1 && hostOffsets(r) < uint64(slots) {
+			return nil, fmt.Errorf("pool slot %d/%d: %v holds only %d addresses", slot, slots, r.prefix, hostOffsets(r))
+		}
+	}
+	q := *p
+	q.slot, q.slots = uint64(slot), uint64(slots)
+	return &q, nil
+}
+
+// hostOffsets is how many addresses a range forges from.
+func hostOffsets(r *poolRange) uint64 {
+	if r.count == 0 {
+		return 1
+	}
+	return r.count
+}
+
+// Prefixes returns the pool's prefixes, IPv4 first.
+func (p *Pool) Prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range []*poolRange{&p.v4, &p.v6} {
+		if r.ok {
+			out = append(out, r.prefix)
+		}
+	}
+	return out
+}
+
+// Slot returns the pool's slot and how many the pool is split into.
+func (p *Pool) Slot() (slot, slots int) { return int(p.slot), int(p.slots) }
 
 // Has reports whether the pool forges addresses of a's family.
 func (p *Pool) Has(a netip.Addr) bool {
@@ -86,7 +138,10 @@ func (p *Pool) Map(a netip.Addr) netip.Addr {
 	}
 	out := r.base
 	if r.count > 0 {
-		off := mix(a.As16(), p.seed)%r.count + 1
+		// The slot's offsets are slot+1, slot+1+slots, ...: as many as
+		// fit in 1..count.
+		n := (r.count-p.slot-1)/p.slots + 1
+		off := (mix(a.As16(), p.seed)%n)*p.slots + p.slot + 1
 		if r.bits == 127 {
 			off-- // a /31 or /127 uses both addresses
 		}

@@ -317,3 +317,70 @@ func TestHashAddrPort(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolSlots: the slots of one pool forge disjoint addresses, each
+// inside the prefix and off its all-zeros and all-ones hosts; slot 0 of 1
+// is the pool itself; a slot the prefix cannot hold is refused.
+func TestPoolSlots(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	base := mustPool(t, 7, "198.19.0.0/16", "2001:2:0:ff::/64")
+	whole, err := base.WithSlot(0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const slots = 3
+	var parts []*Pool
+	for i := range slots {
+		q, err := base.WithSlot(i, slots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, n := q.Slot(); s != i || n != slots {
+			t.Fatalf("Slot() = %d/%d", s, n)
+		}
+		parts = append(parts, q)
+	}
+	v4 := netip.MustParsePrefix("198.19.0.0/16")
+	for i := range 3000 {
+		a := randAddr(r, i%2 == 1)
+		if whole.Map(a) != base.Map(a) {
+			t.Fatalf("slot 0/1 maps %v to %v, the pool to %v", a, whole.Map(a), base.Map(a))
+		}
+		seen := map[netip.Addr]int{}
+		for k, q := range parts {
+			m := q.Map(a)
+			if j, dup := seen[m]; dup {
+				t.Fatalf("slots %d and %d both forge %v for %v", j, k, m, a)
+			}
+			seen[m] = k
+			if m.Is4() {
+				first, last := hostRange(v4)
+				if !v4.Contains(m) || m == first || m == last {
+					t.Fatalf("slot %d forges %v", k, m)
+				}
+				off := int(m.As4()[2])<<8 | int(m.As4()[3])
+				if (off-1)%slots != k {
+					t.Fatalf("slot %d forges offset %d", k, off)
+				}
+			}
+		}
+	}
+	if got := base.Prefixes(); !slices.Equal(got, []netip.Prefix{v4, netip.MustParsePrefix("2001:2:0:ff::/64")}) {
+		t.Fatalf("Prefixes() = %v", got)
+	}
+	for _, tt := range []struct {
+		pool        string
+		slot, slots int
+	}{{"198.19.0.0/16", 3, 3}, {"198.19.0.0/16", -1, 3}, {"198.19.0.0/16", 0, 0}, {"198.19.0.0/16", 0, MaxSlots + 1},
+		{"198.19.0.0/30", 0, 3}, {"198.19.0.1/32", 0, 2}} {
+		if _, err := mustPool(t, 1, tt.pool).WithSlot(tt.slot, tt.slots); err == nil {
+			t.Errorf("%s slot %d/%d accepted", tt.pool, tt.slot, tt.slots)
+		}
+	}
+	// A /30's two usable hosts make two slots of one address each.
+	q0, err0 := mustPool(t, 1, "198.19.0.0/30").WithSlot(0, 2)
+	q1, err1 := mustPool(t, 1, "198.19.0.0/30").WithSlot(1, 2)
+	if err0 != nil || err1 != nil || q0.Map(netip.MustParseAddr("10.0.0.1")) == q1.Map(netip.MustParseAddr("10.0.0.1")) {
+		t.Fatalf("/30 in two slots: %v %v", err0, err1)
+	}
+}
