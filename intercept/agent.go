@@ -21,16 +21,42 @@ import (
 // AgentConfig configures an Agent. Zero fields take DefaultAgentConfig's
 // values.
 type AgentConfig struct {
-	Name       string
-	Secret     []byte         // shared secret; empty: no authentication
-	TLS        *tls.Config    // nil: plain TCP (the secret still authenticates)
-	Allow      []netip.Prefix // copy daemons allowed to connect; empty: any
-	FlushDelay time.Duration  // longest a relayed header waits for its batch under load
-	MaxFlows   int            // flow table bound
-	ParkTime   time.Duration  // how long a SYN-ACK or RST may wait for its registration
-	MaxParked  int            // parked replies bound
-	QueueLen   int            // captured headers waiting for the relay
-	PeerQueue  int            // batches waiting to be written to one daemon
+	Name string // announced to a copy daemon once it proved the secret
+	// Secret is the shared secret every copy daemon must prove; Secrets
+	// instead holds one per copy daemon, by the name it announces, so that
+	// no copy daemon's secret lets it pass for the agent to the others.
+	// With neither, Run refuses to start unless InsecureNoAuth is set.
+	Secret  []byte
+	Secrets map[string][]byte
+	// InsecureNoAuth runs the agent without authentication: anyone who
+	// can connect may register flows within the pools it announces and
+	// receive their replies' sequence numbers.
+	InsecureNoAuth bool
+	TLS            *tls.Config    // nil: plain TCP (frames are then sealed with the secret's session keys)
+	Allow          []netip.Prefix // copy daemons allowed to connect; empty: any
+	FlushDelay     time.Duration  // longest a relayed header waits for its batch under load
+	MaxFlows       int            // flow table bound, every copy daemon's together
+	MaxPeerFlows   int            // flows one copy daemon may hold
+	// PeerFlowRate bounds the flows one copy daemon registers and
+	// deregisters per second, beyond a burst of PeerFlowBurst: a faster
+	// daemon is read more slowly, which slows nobody else.
+	PeerFlowRate  int
+	PeerFlowBurst int
+	// FlowExpiry is how long a flow lives without a registration or a
+	// reply when its copy daemon announced no idle time; otherwise twice
+	// what it announced.
+	FlowExpiry time.Duration
+	ParkTime   time.Duration // how long a SYN-ACK or RST may wait for its registration
+	MaxParked  int           // parked replies bound
+	QueueLen   int           // captured headers waiting for the relay
+	PeerQueue  int           // batches waiting to be written to one daemon
+	// MaxHandshakes bounds the connections in their handshake at once,
+	// MaxConnsPerAddr the connections from one address (in their handshake
+	// or copy daemons), MaxPeers the copy daemons connected at once. A
+	// connection beyond any of them is closed at once (ConnsShed).
+	MaxHandshakes   int
+	MaxConnsPerAddr int
+	MaxPeers        int
 }
 
 // DefaultAgentConfig returns the configuration with every default filled
@@ -38,59 +64,82 @@ type AgentConfig struct {
 // as its flags' defaults. The defaults are written here and nowhere else.
 func DefaultAgentConfig() AgentConfig {
 	return AgentConfig{
-		FlushDelay: 200 * time.Microsecond,
-		MaxFlows:   1 << 20,
-		ParkTime:   time.Second,
-		MaxParked:  4096,
-		QueueLen:   16384,
-		PeerQueue:  256,
+		FlushDelay:      200 * time.Microsecond,
+		MaxFlows:        1 << 20,
+		MaxPeerFlows:    1 << 18,
+		PeerFlowRate:    200000,
+		PeerFlowBurst:   1 << 18,
+		FlowExpiry:      10 * time.Minute,
+		ParkTime:        time.Second,
+		MaxParked:       4096,
+		QueueLen:        16384,
+		PeerQueue:       256,
+		MaxHandshakes:   64,
+		MaxConnsPerAddr: 16,
+		MaxPeers:        256,
 	}
 }
 
 // defaults fills c's zero fields from DefaultAgentConfig.
 func (c *AgentConfig) defaults() {
 	d := DefaultAgentConfig()
-	if c.FlushDelay == 0 {
-		c.FlushDelay = d.FlushDelay
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.MaxFlows, d.MaxFlows}, {&c.MaxPeerFlows, d.MaxPeerFlows}, {&c.PeerFlowRate, d.PeerFlowRate},
+		{&c.PeerFlowBurst, d.PeerFlowBurst}, {&c.MaxParked, d.MaxParked}, {&c.QueueLen, d.QueueLen},
+		{&c.PeerQueue, d.PeerQueue}, {&c.MaxHandshakes, d.MaxHandshakes}, {&c.MaxConnsPerAddr, d.MaxConnsPerAddr},
+		{&c.MaxPeers, d.MaxPeers},
+	} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
 	}
-	if c.MaxFlows == 0 {
-		c.MaxFlows = d.MaxFlows
-	}
-	if c.ParkTime == 0 {
-		c.ParkTime = d.ParkTime
-	}
-	if c.MaxParked == 0 {
-		c.MaxParked = d.MaxParked
-	}
-	if c.QueueLen == 0 {
-		c.QueueLen = d.QueueLen
-	}
-	if c.PeerQueue == 0 {
-		c.PeerQueue = d.PeerQueue
+	for _, f := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&c.FlushDelay, d.FlushDelay}, {&c.FlowExpiry, d.FlowExpiry}, {&c.ParkTime, d.ParkTime}} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
 	}
 }
 
+// ErrNoSecret is Run's refusal to serve copy daemons without
+// authentication when InsecureNoAuth is not set.
+var ErrNoSecret = errors.New("no secret: copy daemons would not be authenticated (set one, or run insecure on purpose)")
+
 // AgentStats counts what the agent did. Every captured packet is counted
-// once in Bad, DroppedQueue, NoOwner, Parked or Relayed; a parked one once
-// more when it leaves the park, in ParkedDelivered (and then Relayed) or
-// ParkedExpired. DroppedPeer counts relayed headers that a daemon's full
-// write queue then lost.
+// once in Bad, DroppedQueue, OutsidePools, NoOwner, Parked or Relayed; a
+// parked one once more when it leaves the park, in ParkedDelivered (and
+// then Relayed) or ParkedExpired. DroppedPeer counts relayed headers that
+// a daemon's full write queue then lost. Every flow registered is counted
+// once in Flows (while it lives) or in one of the Flows* refusals.
 type AgentStats struct {
-	Captured        uint64 // IP packets read from the capture
-	Bad             uint64 // not decodable as TCP, or a header a batch cannot take
-	Relayed         uint64 // headers added to a copy daemon's batch
-	NoOwner         uint64 // no registered flow and not parkable
-	Parked          uint64 // SYN-ACK/RST parked awaiting registration
-	ParkedDelivered uint64 // parked, then claimed in time by a registration
-	ParkedExpired   uint64 // parked and never claimed in time (or evicted)
-	DroppedQueue    uint64 // relay queue full: capture never waits
-	DroppedPeer     uint64 // a daemon's write queue full
-	Flows           int64  // registered flows (gauge)
-	FlowsRejected   uint64 // flow table full
-	Peers           int64  // connected daemons (gauge)
-	PeersRefused    uint64 // failed handshake, authentication or allowlist
-	PeerErrors      uint64 // connections closed on a protocol error
-	Batches         uint64 // reply frames written
+	Captured         uint64 // IP packets read from the capture
+	Bad              uint64 // not decodable as TCP, or a header a batch cannot take
+	Relayed          uint64 // headers added to a copy daemon's batch
+	OutsidePools     uint64 // no registered flow, and to an address no copy daemon's pool holds
+	NoOwner          uint64 // no registered flow and not parkable
+	Parked           uint64 // SYN-ACK/RST to a pool, parked awaiting registration
+	ParkedDelivered  uint64 // parked, then claimed in time by a registration
+	ParkedExpired    uint64 // parked and never claimed in time (or evicted)
+	DroppedQueue     uint64 // relay queue full: capture never waits
+	DroppedPeer      uint64 // a daemon's write queue full
+	Flows            int64  // registered flows (gauge)
+	FlowsRejected    uint64 // registrations refused: flow table or the daemon's quota full
+	FlowsConflict    uint64 // registrations refused: another copy daemon holds the flow
+	FlowsOutsidePool uint64 // registrations refused: outside the pools the daemon announced
+	FlowsExpired     uint64 // flows dropped after going without a reply or registration too long
+	Peers            int64  // connected daemons (gauge)
+	PeersRefused     uint64 // failed handshake, authentication or allowlist
+	PeerErrors       uint64 // connections closed on a protocol error
+	ConnsShed        uint64 // connections closed at once: too many handshakes, from one address, or daemons
+	AcceptErrors     uint64 // failed accepts (such as EMFILE), retried after a pause
+	BadFrames        uint64 // frames from a daemon that failed authentication, skipped
+	PeerThrottled    uint64 // times a daemon's reads waited for its flow rate
+	Batches          uint64 // reply frames written
 }
 
 // Agent relays the shadow's reply headers to the copy daemons that
@@ -101,19 +150,21 @@ type Agent struct {
 	ln  net.Listener
 	log *slog.Logger
 
-	hdrs chan capturedHdr // capture → relay; full: dropped, counted
-	ops  chan flowOp      // peers → relay; a peer waits here, the capture never does
+	hdrs      chan capturedHdr // capture → relay; full: dropped, counted
+	ops       chan flowOp      // peers → relay; a peer waits here, the capture never does
+	relayDone chan struct{}    // closed when the relay has returned: nobody takes ops any more
 
 	// st holds the counters: atomics, so the per-packet path takes no lock.
 	st struct {
-		captured, bad, relayed, noOwner, parked, parkedDelivered, parkedExpired atomic.Uint64
-		droppedQueue, droppedPeer, flowsRejected, peersRefused, peerErrors      atomic.Uint64
-		batches                                                                 atomic.Uint64
-		flows, peers                                                            atomic.Int64
+		captured, bad, relayed, outsidePools, noOwner, parked, parkedDelivered, parkedExpired   atomic.Uint64
+		droppedQueue, droppedPeer, flowsRejected, flowsConflict, flowsOutsidePool, flowsExpired atomic.Uint64
+		peersRefused, peerErrors, connsShed, acceptErrors, badFrames, peerThrottled, batches    atomic.Uint64
+		flows, peers                                                                            atomic.Int64
 	}
 
-	refusedMu sync.Mutex          // guards refused; taken per refused connection, never per packet
-	refused   map[netip.Addr]bool // peers already logged as refused: log once
+	conns   connLimits
+	refused *refusalLog
+	logs    struct{ accept, shed rateLimit } // per-event log lines that a flood would repeat
 }
 
 // opsQueue bounds the peers' flow operations waiting for the relay.
@@ -123,12 +174,16 @@ const opsQueue = 1024
 // daemons on ln. Run starts it.
 func NewAgent(cfg AgentConfig, src capture.Source, ln net.Listener, log *slog.Logger) *Agent {
 	cfg.defaults()
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, src: src, ln: ln, log: log,
-		hdrs:    make(chan capturedHdr, cfg.QueueLen),
-		ops:     make(chan flowOp, opsQueue),
-		refused: make(map[netip.Addr]bool),
+		hdrs:      make(chan capturedHdr, cfg.QueueLen),
+		ops:       make(chan flowOp, opsQueue),
+		relayDone: make(chan struct{}),
+		refused:   newRefusalLog(maxRefusedLogged, refusedLogTTL),
 	}
+	a.conns.perAddr = make(map[netip.Addr]int)
+	a.logs.accept.every, a.logs.shed.every = 10*time.Second, 10*time.Second
+	return a
 }
 
 // Stats returns a snapshot of the counters.
@@ -136,25 +191,39 @@ func (a *Agent) Stats() AgentStats {
 	s := &a.st
 	return AgentStats{
 		Captured: s.captured.Load(), Bad: s.bad.Load(), Relayed: s.relayed.Load(),
-		NoOwner: s.noOwner.Load(), Parked: s.parked.Load(), ParkedDelivered: s.parkedDelivered.Load(),
-		ParkedExpired: s.parkedExpired.Load(), DroppedQueue: s.droppedQueue.Load(),
-		DroppedPeer: s.droppedPeer.Load(), Flows: s.flows.Load(), FlowsRejected: s.flowsRejected.Load(),
+		OutsidePools: s.outsidePools.Load(), NoOwner: s.noOwner.Load(), Parked: s.parked.Load(),
+		ParkedDelivered: s.parkedDelivered.Load(), ParkedExpired: s.parkedExpired.Load(),
+		DroppedQueue: s.droppedQueue.Load(), DroppedPeer: s.droppedPeer.Load(), Flows: s.flows.Load(),
+		FlowsRejected: s.flowsRejected.Load(), FlowsConflict: s.flowsConflict.Load(),
+		FlowsOutsidePool: s.flowsOutsidePool.Load(), FlowsExpired: s.flowsExpired.Load(),
 		Peers: s.peers.Load(), PeersRefused: s.peersRefused.Load(), PeerErrors: s.peerErrors.Load(),
-		Batches: s.batches.Load(),
+		ConnsShed: s.connsShed.Load(), AcceptErrors: s.acceptErrors.Load(), BadFrames: s.badFrames.Load(),
+		PeerThrottled: s.peerThrottled.Load(), Batches: s.batches.Load(),
 	}
 }
 
 // Addr returns the listening address.
 func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 
-// Run serves until ctx is done or the capture or the listener fails.
+// Run serves until ctx is done or the capture fails. A failing listener
+// does not stop it: accepts are retried after a pause, and the copy
+// daemons already connected keep being served. Without a secret it
+// returns ErrNoSecret at once unless the config says InsecureNoAuth.
+//
 // Shutdown: cancelling closes the listener and the source, which ends
-// Accept and Read; the relay closes every peer as it returns.
+// Accept and Read; the relay closes every peer as it returns, and a peer
+// ending after that does not wait for it.
 func (a *Agent) Run(ctx context.Context) error {
+	if len(a.cfg.Secret) == 0 && len(a.cfg.Secrets) == 0 && !a.cfg.InsecureNoAuth {
+		a.ln.Close()
+		a.src.Close()
+		close(a.relayDone)
+		return ErrNoSecret
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 1)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
@@ -163,34 +232,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
+		defer close(a.relayDone)
 		a.relayLoop(ctx)
 	}()
 	go func() {
 		defer wg.Done()
-		errc <- a.acceptLoop(ctx)
-		cancel()
+		a.acceptLoop(ctx)
 	}()
 	<-ctx.Done()
 	a.ln.Close()
 	a.src.Close()
 	wg.Wait()
-	close(errc)
-	for err := range errc {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return <-errc
 }
 
 // capturedHdr is one captured reply as the relay needs it: its headers,
 // copied out of the capture's buffer, and its flow key.
 type capturedHdr struct {
-	ts  int64
-	n   uint8
-	hdr [wire.MaxReplyHeader]byte
-	key rewrite.Tuple // reply direction: shadow → forged client
-	syn bool          // SYN or RST: may beat its registration
+	ts   int64
+	n    uint8
+	hdr  [wire.MaxReplyHeader]byte
+	key  rewrite.Tuple // reply direction: shadow → forged client
+	park bool          // SYN-ACK or RST: may beat its registration
 }
 
 // captureLoop reads replies and hands their headers to the relay; it
@@ -230,6 +293,10 @@ func (a *Agent) captureLoop(ctx context.Context) error {
 // the IP header (IPv6 extension headers dropped) and the TCP header. It
 // reports false when pkt is not TCP or its headers do not fit h. It is
 // on the per-packet path: no allocation.
+//
+// Only a SYN-ACK or a RST may be parked: the answers the shadow gives a
+// SYN the copier sent right after registering. A bare SYN, or anything
+// else, is a scan or another conversation, and is never held.
 func relayHeader(pkt []byte, h *capturedHdr) bool {
 	var p rewrite.Packet
 	if p.DecodeHeader(pkt) != nil {
@@ -237,7 +304,8 @@ func relayHeader(pkt []byte, h *capturedHdr) bool {
 	}
 	tcp := p.TCP()
 	h.key = p.Tuple()
-	h.syn = tcp.Flags()&(rewrite.FlagSYN|rewrite.FlagRST) != 0
+	flags := tcp.Flags()
+	h.park = flags&(rewrite.FlagSYN|rewrite.FlagACK) == rewrite.FlagSYN|rewrite.FlagACK || flags&rewrite.FlagRST != 0
 	if !p.IsV6() {
 		hdrs := p.Headers()
 		if len(hdrs) > len(h.hdr) {
@@ -247,6 +315,9 @@ func relayHeader(pkt []byte, h *capturedHdr) bool {
 		return true
 	}
 	// IPv6: the fixed header, rewritten as if TCP followed it directly.
+	if rewrite.IPv6HeaderLen+len(tcp) > len(h.hdr) {
+		return false
+	}
 	n := copy(h.hdr[:rewrite.IPv6HeaderLen], pkt[:rewrite.IPv6HeaderLen])
 	n += copy(h.hdr[n:], tcp)
 	ip := rewrite.IPv6(h.hdr[:])

@@ -10,7 +10,7 @@ import (
 
 func TestIPv6ExtensionHeadersStripped(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	sh := netip.MustParseAddrPort("[2001:2:0:1::2]:80")
 	fg := netip.MustParseAddrPort("[2001:2:0:ff::9]:5000")
 	r.register(rewrite.TupleOf(fg, sh))

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,52 +17,60 @@ import (
 )
 
 // ClientConfig configures the copy daemon's side of the control channel.
-// Zero durations and lengths take DefaultClientConfig's values.
+// Zero durations take DefaultClientConfig's values.
 type ClientConfig struct {
-	Addr         string // agent host:port
-	Name         string
-	Secret       []byte
-	TLS          *tls.Config   // nil: plain TCP
+	Addr   string // agent host:port
+	Name   string
+	Secret []byte
+	TLS    *tls.Config // nil: plain TCP (frames are then sealed with the secret's session keys)
+	// Pools are the client pools the copier forges from, announced in its
+	// hello: the agent refuses registrations outside them. A copier that
+	// forges nothing announces the whole address space of each family.
+	Pools []wire.Pool
+	// FlowIdle is the longest one of the copier's flows goes without a
+	// reply while it lives (announced: the agent forgets flows idle for
+	// twice as long); 0 leaves it to the agent.
+	FlowIdle     time.Duration
 	DialTimeout  time.Duration // bounds one connect
 	RetryMin     time.Duration // first reconnect delay
 	RetryMax     time.Duration // longest reconnect delay
+	StableAfter  time.Duration // a connection that lived this long resets the reconnect delay
 	PingInterval time.Duration // keepalive; silence for silentPings intervals drops the link
-	QueueLen     int           // registrations waiting to be sent
+	// ResyncInterval is how often every live registration is sent again,
+	// so that one the agent refused or expired comes back.
+	ResyncInterval time.Duration
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // DefaultClientConfig returns the configuration with every default filled
-// in (there is none for Addr, Name, Secret, TLS or Dial): what NewClient
-// uses for a zero field, and what a command line offers as its flags'
-// defaults. The defaults are written here and nowhere else.
+// in (there is none for Addr, Name, Secret, TLS, Pools, FlowIdle or Dial):
+// what NewClient uses for a zero field, and what a command line offers as
+// its flags' defaults. The defaults are written here and nowhere else.
 func DefaultClientConfig() ClientConfig {
 	return ClientConfig{
-		DialTimeout:  3 * time.Second,
-		RetryMin:     100 * time.Millisecond,
-		RetryMax:     2 * time.Second,
-		PingInterval: 5 * time.Second,
-		QueueLen:     65536,
+		DialTimeout:    3 * time.Second,
+		RetryMin:       100 * time.Millisecond,
+		RetryMax:       5 * time.Second,
+		StableAfter:    10 * time.Second,
+		PingInterval:   5 * time.Second,
+		ResyncInterval: time.Minute,
 	}
 }
 
 // defaults fills c's zero fields from DefaultClientConfig.
 func (c *ClientConfig) defaults() {
 	d := DefaultClientConfig()
-	if c.DialTimeout == 0 {
-		c.DialTimeout = d.DialTimeout
-	}
-	if c.RetryMin == 0 {
-		c.RetryMin = d.RetryMin
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = d.RetryMax
-	}
-	if c.PingInterval == 0 {
-		c.PingInterval = d.PingInterval
-	}
-	if c.QueueLen == 0 {
-		c.QueueLen = d.QueueLen
+	for _, f := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&c.DialTimeout, d.DialTimeout}, {&c.RetryMin, d.RetryMin}, {&c.RetryMax, d.RetryMax},
+		{&c.StableAfter, d.StableAfter}, {&c.PingInterval, d.PingInterval}, {&c.ResyncInterval, d.ResyncInterval},
+	} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
 	}
 }
 
@@ -71,73 +81,119 @@ type ClientStats struct {
 	Connects        uint64
 	Disconnects     uint64
 	ConnectFailures uint64
-	Registered      uint64 // flow registrations written
+	Registered      uint64 // flow registrations written (resyncs included)
 	Deregistered    uint64
-	QueueFull       uint64 // registrations dropped: queue full
-	Flows           int64  // flows currently registered (gauge)
+	Resyncs         uint64 // times every live registration was sent again
+	Flows           int64  // flows the copier wants registered (gauge)
 	ReplyFrames     uint64
 	Replies         uint64
+	BadFrames       uint64 // frames from the agent that failed authentication, skipped
 }
 
 // Client registers flows with the agent and receives their replies. It
 // reconnects by itself, replaying every live registration, and never
-// blocks its callers: Register and Deregister only queue.
+// blocks its callers on the connection: Register and Deregister change
+// the set of flows wanted, under a lock held for a map update, and the
+// writer sends what changed.
 type Client struct {
 	cfg     ClientConfig
 	log     *slog.Logger
 	onReply func(hdr []byte)
-	ops     chan clientOp
+	kick    chan struct{} // 1-buffered: the set changed, or a Flush waits
 
-	connected                                   atomic.Bool
-	connects, disconnects, connectFails         atomic.Uint64
-	registered, deregistered, queueFull, frames atomic.Uint64
-	replies                                     atomic.Uint64
-	flows                                       atomic.Int64
-	running                                     atomic.Bool // Run is serving ops
+	mu      sync.Mutex                 // guards the fields below
+	want    map[rewrite.Tuple]int      // flows wanted → index in list
+	list    []rewrite.Tuple            // the flows wanted, in no order
+	dirty   map[rewrite.Tuple]struct{} // flows added or removed since the writer last looked
+	gen     uint64                     // changes to the set so far
+	flushes []flushWaiter              // Flush calls waiting for the writer
+
+	connected                                          atomic.Bool
+	connects, disconnects, connectFails                atomic.Uint64
+	registered, deregistered, resyncs, frames, replies atomic.Uint64
+	badFrames                                          atomic.Uint64
+	flows                                              atomic.Int64
+	running                                            atomic.Bool // Run is serving
+
+	// wait is how the dial loop pauses; tests record the pauses.
+	wait func(time.Duration) <-chan time.Time
 }
 
-type clientOp struct {
-	flow rewrite.Tuple
-	add  bool
-	done chan struct{} // a Flush marker: closed once what was queued before it is written
+type flushWaiter struct {
+	gen  uint64 // the change the Flush waits to see written
+	done chan struct{}
 }
 
 // NewClient returns a client that calls onReply, from one goroutine at a
 // time, with each relayed reply header (valid during the call only).
 func NewClient(cfg ClientConfig, onReply func(hdr []byte), log *slog.Logger) *Client {
 	cfg.defaults()
-	return &Client{cfg: cfg, log: log, onReply: onReply, ops: make(chan clientOp, cfg.QueueLen)}
-}
-
-// Register queues a flow registration (copier → shadow direction).
-func (c *Client) Register(flow rewrite.Tuple) { c.queue(clientOp{flow: flow, add: true}) }
-
-// Deregister queues a flow de-registration.
-func (c *Client) Deregister(flow rewrite.Tuple) { c.queue(clientOp{flow: flow}) }
-
-func (c *Client) queue(op clientOp) {
-	select {
-	case c.ops <- op:
-	default:
-		c.queueFull.Add(1)
+	return &Client{
+		cfg: cfg, log: log, onReply: onReply, kick: make(chan struct{}, 1),
+		want: make(map[rewrite.Tuple]int), dirty: make(map[rewrite.Tuple]struct{}),
+		wait: time.After,
 	}
 }
 
-// Flush returns once every Register and Deregister queued before it has
-// been taken off the queue and, while the channel is up, written to the
+// Register adds a flow (copier → shadow direction) to the set registered
+// with the agent.
+func (c *Client) Register(flow rewrite.Tuple) {
+	c.mu.Lock()
+	if _, ok := c.want[flow]; !ok {
+		c.want[flow] = len(c.list)
+		c.list = append(c.list, flow)
+		c.changed(flow)
+	}
+	c.mu.Unlock()
+	c.nudge()
+}
+
+// Deregister removes a flow from the set.
+func (c *Client) Deregister(flow rewrite.Tuple) {
+	c.mu.Lock()
+	if i, ok := c.want[flow]; ok {
+		last := len(c.list) - 1
+		c.list[i] = c.list[last]
+		c.want[c.list[i]] = i
+		c.list = c.list[:last]
+		delete(c.want, flow)
+		c.changed(flow)
+	}
+	c.mu.Unlock()
+	c.nudge()
+}
+
+// changed records a change of flow; c.mu is held.
+func (c *Client) changed(flow rewrite.Tuple) {
+	c.dirty[flow] = struct{}{}
+	c.gen++
+	c.flows.Store(int64(len(c.list)))
+}
+
+func (c *Client) nudge() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Flush returns once every Register and Deregister made before it has
+// been taken by the writer and, while the channel is up, written to the
 // agent: a stopping copy daemon calls it so that the agent hears of every
 // flow it ended. It returns ctx.Err() if ctx ends first, and nil at once
 // if Run is not running.
 func (c *Client) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	c.mu.Lock()
+	// Checked under mu: a stopping Run clears running before it releases
+	// the waiters under mu, so this one is either released or never added.
 	if !c.running.Load() {
+		c.mu.Unlock()
 		return nil
 	}
-	done := make(chan struct{})
-	select {
-	case c.ops <- clientOp{done: done}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	c.flushes = append(c.flushes, flushWaiter{gen: c.gen, done: done})
+	c.mu.Unlock()
+	c.nudge()
 	select {
 	case <-done:
 		return nil
@@ -154,35 +210,38 @@ func (c *Client) Stats() ClientStats {
 	return ClientStats{
 		Connected: c.connected.Load(), Connects: c.connects.Load(), Disconnects: c.disconnects.Load(),
 		ConnectFailures: c.connectFails.Load(), Registered: c.registered.Load(),
-		Deregistered: c.deregistered.Load(), QueueFull: c.queueFull.Load(), Flows: c.flows.Load(),
-		ReplyFrames: c.frames.Load(), Replies: c.replies.Load(),
+		Deregistered: c.deregistered.Load(), Resyncs: c.resyncs.Load(), Flows: c.flows.Load(),
+		ReplyFrames: c.frames.Load(), Replies: c.replies.Load(), BadFrames: c.badFrames.Load(),
 	}
 }
 
-// Run keeps the control channel up until ctx is done. The flow set lives
-// in its loop, so every reconnect replays what is registered.
+// Run keeps the control channel up until ctx is done. Each connect
+// replays every wanted flow.
 func (c *Client) Run(ctx context.Context) error {
 	l := newClientLoop(c)
 	c.running.Store(true)
 	defer c.running.Store(false)
 	connc := make(chan *clientConn)
-	l.dialNow <- struct{}{} // connect at once
-	go c.dialLoop(ctx, l.dialNow, connc)
+	go c.dialLoop(ctx, l.redial, connc)
+	l.redial <- -1 // connect at once
 	ping := time.NewTicker(c.cfg.PingInterval)
 	defer ping.Stop()
+	resync := time.NewTicker(c.cfg.ResyncInterval)
+	defer resync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			c.running.Store(false)
 			l.stop()
-			l.releaseFlushes()
 			return nil
 		case cc := <-connc:
 			l.onConnected(cc)
-		case op := <-c.ops:
-			l.onOp(op)
+		case <-c.kick:
+			l.sync()
 		case <-ping.C:
 			l.ping()
+		case <-resync.C:
+			l.resync()
 		case cc := <-l.lost:
 			l.drop(cc, errors.New("read failed or agent silent"))
 		}
@@ -196,24 +255,37 @@ const (
 	// silentPings is how many ping intervals without a frame from the
 	// agent drop the connection.
 	silentPings = 3
+	// clientReadBuf is the agent's frames' read buffer once authenticated.
+	clientReadBuf = 64 << 10
+	// replayChunk is how many wanted flows a replay or resync copies per
+	// hold of the lock.
+	replayChunk = wire.MaxFlowsPerFrame
+	// connLogEvery bounds how often the connect and disconnect lines are
+	// logged while the link flaps.
+	connLogEvery = 10 * time.Second
 )
 
 // clientLoop is Run's state; only Run's goroutine touches it.
 type clientLoop struct {
-	c          *Client
-	set        map[rewrite.Tuple]struct{} // every live registration: replayed on each connect
-	cur        *clientConn                // nil while disconnected
-	reg, dereg wire.FlowBatch
-	pending    *wire.FlowBatch  // the batch being filled; order across kinds is kept by flushing on a switch
-	dialNow    chan struct{}    // to dialLoop: connect (again)
-	lost       chan *clientConn // from readLoop: its connection failed
+	c           *Client
+	cur         *clientConn                // nil while disconnected
+	sent        map[rewrite.Tuple]struct{} // what cur's agent was told is registered
+	spare       map[rewrite.Tuple]struct{} // the dirty map the writer hands back, emptied
+	adds, dels  []rewrite.Tuple            // scratch
+	reg, dereg  wire.FlowBatch
+	pingBuf     []byte
+	connectedAt time.Time
+	redial      chan time.Duration // to dialLoop: connect again; how long the last connection lived (-1: none)
+	lost        chan *clientConn   // from readLoop: its connection failed
+	logs        struct{ up, down, fail rateLimit }
 }
 
 func newClientLoop(c *Client) *clientLoop {
 	l := &clientLoop{
-		c: c, set: make(map[rewrite.Tuple]struct{}),
-		dialNow: make(chan struct{}, 1), lost: make(chan *clientConn, 1),
+		c: c, sent: make(map[rewrite.Tuple]struct{}), spare: make(map[rewrite.Tuple]struct{}),
+		redial: make(chan time.Duration, 1), lost: make(chan *clientConn, 1),
 	}
+	l.logs.up.every, l.logs.down.every, l.logs.fail.every = connLogEvery, connLogEvery, connLogEvery
 	l.reg.Reset(wire.TypeRegister)
 	l.dereg.Reset(wire.TypeDeregister)
 	return l
@@ -223,25 +295,46 @@ func newClientLoop(c *Client) *clientLoop {
 type clientConn struct {
 	conn     net.Conn
 	r        *wire.Reader
+	seal     *wire.Sealer // nil: frames are not sealed
+	agent    string       // the agent's name
 	lastRecv atomic.Int64 // unix ns of the last frame read; written by readLoop, read by ping
 }
 
-// dialLoop connects whenever asked, with exponential backoff, forever:
-// the channel never gives up for good.
-func (c *Client) dialLoop(ctx context.Context, dialNow <-chan struct{}, connc chan<- *clientConn) {
+// dialLoop connects whenever asked, forever: the channel never gives up
+// for good. The delay before a dial doubles with every failure and every
+// connection that did not live StableAfter, up to RetryMax, and is
+// jittered, so that a flapping agent or network is not hammered in step by
+// every copier; only a connection that lived resets it.
+func (c *Client) dialLoop(ctx context.Context, redial <-chan time.Duration, connc chan<- *clientConn) {
 	delay := c.cfg.RetryMin
+	var failLog rateLimit
+	failLog.every = connLogEvery
 	for {
+		var lived time.Duration
 		select {
 		case <-ctx.Done():
 			return
-		case <-dialNow:
+		case lived = <-redial:
+		}
+		var pause time.Duration // the first connect is at once
+		if lived >= 0 {
+			if lived >= c.cfg.StableAfter {
+				delay = c.cfg.RetryMin
+			}
+			pause, delay = jitter(delay), min(2*delay, c.cfg.RetryMax)
 		}
 		for {
+			if pause > 0 {
+				select {
+				case <-c.wait(pause):
+				case <-ctx.Done():
+					return
+				}
+			}
 			cc, err := c.dial(ctx)
 			if err == nil {
 				select {
 				case connc <- cc:
-					delay = c.cfg.RetryMin
 				case <-ctx.Done():
 					cc.conn.Close()
 					return
@@ -251,17 +344,19 @@ func (c *Client) dialLoop(ctx context.Context, dialNow <-chan struct{}, connc ch
 			if ctx.Err() != nil {
 				return
 			}
-			if c.connectFails.Add(1) == 1 || delay == c.cfg.RetryMax {
-				c.log.Warn("cannot reach intercept agent; retrying", "agent", c.cfg.Addr, "err", err, "retry_in", delay)
+			c.connectFails.Add(1)
+			pause, delay = jitter(delay), min(2*delay, c.cfg.RetryMax)
+			if ok, suppressed := failLog.allow(time.Now()); ok {
+				c.log.Warn("cannot reach intercept agent; retrying", "agent", c.cfg.Addr, "err", err,
+					"retry_in", pause.Round(time.Millisecond), "suppressed", suppressed)
 			}
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-				return
-			}
-			delay = min(2*delay, c.cfg.RetryMax)
 		}
 	}
+}
+
+// jitter spreads d over [d/2, 3d/2).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d+1)
 }
 
 func (c *Client) dial(ctx context.Context) (*clientConn, error) {
@@ -279,37 +374,128 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	if conn, err = tlsClient(ctx, conn, c.cfg.TLS); err != nil {
+	deadline := time.Now().Add(handshakeTimeout)
+	if conn, err = tlsClient(ctx, conn, c.cfg.TLS, deadline); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.cfg.Addr, err)
 	}
-	cc := &clientConn{conn: conn}
-	r := wire.NewReader(conn)
-	if _, err := handshake(conn, r, wire.RoleCopier, c.cfg.Name, c.cfg.Secret); err != nil {
+	r := wire.NewHandshakeReader(conn)
+	s, err := handshake(conn, r, handshakeConfig{
+		role: wire.RoleCopier, name: c.cfg.Name, secret: c.cfg.Secret,
+		flowIdle: c.cfg.FlowIdle, pools: c.cfg.Pools, deadline: deadline,
+	})
+	if err != nil {
 		err = refusalBehind(conn, err)
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", c.cfg.Addr, err)
 	}
+	r.Resize(clientReadBuf, wire.MaxFrameLen)
+	cc := &clientConn{conn: conn, r: r, seal: s.seal, agent: s.name}
 	cc.lastRecv.Store(time.Now().UnixNano())
-	cc.r = r
 	return cc, nil
 }
 
-// onConnected takes a new connection: it replays every registration and
+// onConnected takes a new connection: it replays every wanted flow and
 // starts reading.
 func (l *clientLoop) onConnected(cc *clientConn) {
 	c := l.c
 	l.cur = cc
+	l.connectedAt = time.Now()
+	clear(l.sent)
 	c.connected.Store(true)
 	c.connects.Add(1)
-	c.log.Info("intercept agent connected", "agent", c.cfg.Addr, "flows", len(l.set))
-	l.pending = nil
-	for f := range l.set {
-		l.add(&l.reg, f)
-	}
-	if l.pending != nil {
-		l.write(l.pending)
+	if ok, suppressed := l.logs.up.allow(time.Now()); ok {
+		c.log.Info("intercept agent connected", "agent", c.cfg.Addr, "name", cc.agent, "flows", c.flows.Load(),
+			"suppressed", suppressed)
 	}
 	go c.readLoop(cc, l.lost)
+	l.sendAll()
+	l.sync()
+}
+
+// sendAll registers every wanted flow again, a chunk at a time so that
+// Register never waits long; a change made meanwhile is in dirty, for the
+// sync that follows.
+func (l *clientLoop) sendAll() {
+	c := l.c
+	for i := 0; l.cur != nil; i += replayChunk {
+		c.mu.Lock()
+		if i >= len(c.list) {
+			c.mu.Unlock()
+			break
+		}
+		l.adds = append(l.adds[:0], c.list[i:min(i+replayChunk, len(c.list))]...)
+		c.mu.Unlock()
+		for _, f := range l.adds {
+			l.sent[f] = struct{}{}
+			l.add(&l.reg, f)
+		}
+	}
+	l.write(&l.reg)
+}
+
+// sync sends what changed in the set since it last looked: the
+// deregistrations first (they free room in the agent's quota), then the
+// registrations; and releases the Flush calls that waited for it.
+func (l *clientLoop) sync() {
+	c := l.c
+	c.mu.Lock()
+	dirty := c.dirty
+	c.dirty = l.spare
+	gen := c.gen
+	l.adds, l.dels = l.adds[:0], l.dels[:0]
+	for f := range dirty {
+		if _, ok := c.want[f]; ok {
+			l.adds = append(l.adds, f)
+		} else {
+			l.dels = append(l.dels, f)
+		}
+	}
+	c.mu.Unlock()
+	clear(dirty)
+	l.spare = dirty
+	if l.cur != nil {
+		for _, f := range l.dels {
+			if _, ok := l.sent[f]; ok {
+				delete(l.sent, f)
+				l.add(&l.dereg, f)
+			}
+		}
+		l.write(&l.dereg)
+		for _, f := range l.adds {
+			if _, ok := l.sent[f]; !ok {
+				l.sent[f] = struct{}{}
+				l.add(&l.reg, f)
+			}
+		}
+		l.write(&l.reg)
+	}
+	l.releaseFlushes(gen)
+}
+
+// resync registers every wanted flow again: one the agent refused (its
+// table was full, or another daemon held the flow) or expired comes back.
+func (l *clientLoop) resync() {
+	if l.cur == nil {
+		return
+	}
+	l.c.resyncs.Add(1)
+	l.sendAll()
+}
+
+// releaseFlushes lets go every Flush waiting for a change up to gen.
+func (l *clientLoop) releaseFlushes(gen uint64) {
+	c := l.c
+	c.mu.Lock()
+	keep := c.flushes[:0]
+	for _, w := range c.flushes {
+		if w.gen <= gen {
+			close(w.done)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	c.flushes = keep
+	c.mu.Unlock()
 }
 
 // readLoop reads cc until it fails, handing relayed headers to onReply,
@@ -325,6 +511,10 @@ func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 	onReply := func(_ int64, hdr []byte) { c.onReply(hdr) }
 	for {
 		typ, p, err := cc.r.Next()
+		if errors.Is(err, wire.ErrBadMAC) {
+			c.badFrames.Add(1) // injected or corrupted: skipped, the session goes on
+			continue
+		}
 		if err != nil {
 			return
 		}
@@ -349,45 +539,12 @@ func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 	}
 }
 
-// onOp applies a Register or Deregister to the flow set and, when
-// connected, sends it.
-func (l *clientLoop) onOp(op clientOp) {
-	if op.done != nil {
-		if l.pending != nil {
-			l.write(l.pending)
-		}
-		close(op.done)
-		return
-	}
-	if op.add {
-		l.set[op.flow] = struct{}{}
-	} else {
-		delete(l.set, op.flow)
-	}
-	l.c.flows.Store(int64(len(l.set)))
-	if l.cur == nil {
-		return // the next connect replays the set
-	}
-	if op.add {
-		l.add(&l.reg, op.flow)
-	} else {
-		l.add(&l.dereg, op.flow)
-	}
-	// Registrations race the SYN they precede: send as soon as nothing
-	// else is queued.
-	if len(l.c.ops) == 0 && l.pending != nil {
-		l.write(l.pending)
-	}
-}
-
-// add appends f to b, first writing the other kind's batch if that is the
-// one being filled, and b itself if it is full.
+// add appends f to b, writing b first if it is full.
 func (l *clientLoop) add(b *wire.FlowBatch, f rewrite.Tuple) {
-	if l.pending != nil && l.pending != b {
-		l.write(l.pending)
-	}
-	l.pending = b
 	if !b.Add(f) {
+		if !b.Full() {
+			return // mixed families: no agent would take it
+		}
 		l.write(b)
 		b.Add(f)
 	}
@@ -395,13 +552,13 @@ func (l *clientLoop) add(b *wire.FlowBatch, f rewrite.Tuple) {
 
 // write sends b, if connected and not empty, and empties it.
 func (l *clientLoop) write(b *wire.FlowBatch) {
-	if b.Len() == 0 || l.cur == nil {
+	n := b.Len()
+	if n == 0 || l.cur == nil {
+		b.Reset(b.Type())
 		return
 	}
-	_ = l.cur.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
-	n := b.Len()
-	if _, err := l.cur.conn.Write(b.Frame()); err != nil {
-		l.drop(l.cur, fmt.Errorf("write: %w", err))
+	if !l.send(b.Frame()) {
+		b.Reset(b.Type())
 		return
 	}
 	if b.Type() == wire.TypeRegister {
@@ -410,6 +567,21 @@ func (l *clientLoop) write(b *wire.FlowBatch) {
 		l.c.deregistered.Add(uint64(n))
 	}
 	b.Reset(b.Type())
+}
+
+// send writes one frame to cur, sealed if the session is; a failure drops
+// cur.
+func (l *clientLoop) send(frame []byte) bool {
+	cc := l.cur
+	if cc.seal != nil {
+		frame = cc.seal.Seal(frame)
+	}
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
+	if _, err := cc.conn.Write(frame); err != nil {
+		l.drop(cc, fmt.Errorf("write: %w", err))
+		return false
+	}
+	return true
 }
 
 // ping keeps the connection alive, and drops it when the agent has been
@@ -422,14 +594,13 @@ func (l *clientLoop) ping() {
 		l.drop(l.cur, errors.New("agent silent"))
 		return
 	}
-	_ = l.cur.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
-	if _, err := l.cur.conn.Write(wire.AppendPing(nil, uint64(time.Now().UnixNano()))); err != nil {
-		l.drop(l.cur, fmt.Errorf("ping: %w", err))
-	}
+	l.pingBuf = wire.AppendPing(l.pingBuf[:0], uint64(time.Now().UnixNano()))
+	l.send(l.pingBuf)
 }
 
 // drop ends cc, if it is still the current connection, and asks dialLoop
-// for a new one. Unsent batches go: the next connect replays the set.
+// for a new one, saying how long this one lived. Unsent batches go: the
+// next connect replays the set.
 func (l *clientLoop) drop(cc *clientConn, why error) {
 	if cc != l.cur || l.cur == nil {
 		return
@@ -439,39 +610,27 @@ func (l *clientLoop) drop(cc *clientConn, why error) {
 	l.cur = nil
 	c.connected.Store(false)
 	c.disconnects.Add(1)
-	c.log.Warn("intercept agent connection lost", "agent", c.cfg.Addr, "err", why)
+	lived := time.Since(l.connectedAt)
+	if ok, suppressed := l.logs.down.allow(time.Now()); ok {
+		c.log.Warn("intercept agent connection lost", "agent", c.cfg.Addr, "err", why,
+			"lived", lived.Round(time.Millisecond), "suppressed", suppressed)
+	}
 	l.reg.Reset(wire.TypeRegister)
 	l.dereg.Reset(wire.TypeDeregister)
-	l.pending = nil
 	select {
-	case l.dialNow <- struct{}{}:
+	case l.redial <- lived:
 	default:
 	}
 }
 
-// releaseFlushes lets go every Flush still waiting in the queue: Run
-// has stopped.
-func (l *clientLoop) releaseFlushes() {
-	for {
-		select {
-		case op := <-l.c.ops:
-			if op.done != nil {
-				close(op.done)
-			}
-		default:
-			return
-		}
-	}
-}
-
-// stop ends the loop: it sends what is pending and closes the connection,
-// telling the agent at once rather than leaving it to notice.
+// stop ends the loop: it sends what changed and closes the connection,
+// telling the agent at once rather than leaving it to notice; every
+// Flush still waiting is released.
 func (l *clientLoop) stop() {
-	if l.cur != nil && l.pending != nil {
-		l.write(l.pending) // a failed write drops cur
-	}
+	l.sync() // a failed write drops cur
 	if l.cur != nil {
 		l.cur.conn.Close()
 	}
 	l.c.connected.Store(false)
+	l.releaseFlushes(^uint64(0))
 }

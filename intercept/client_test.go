@@ -14,7 +14,7 @@ import (
 
 func TestClientReconnectsAndReplaysRegistrations(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	r.register(flow(5))
 	// The agent goes away: a new one takes its place on the same address.
 	newLn := newPipeListener()
@@ -25,7 +25,7 @@ func TestClientReconnectsAndReplaysRegistrations(t *testing.T) {
 	old.Close()
 	r.agent.src.Close()
 	src2 := capturetest.New(64)
-	agent2 := NewAgent(AgentConfig{}, src2, newLn, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	agent2 := NewAgent(AgentConfig{Secret: testSecret}, src2, newLn, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = agent2.Run(ctx) }()
@@ -44,11 +44,11 @@ func TestClientReconnectsAndReplaysRegistrations(t *testing.T) {
 func TestDefaultClientConfig(t *testing.T) {
 	var zero ClientConfig
 	zero.defaults()
-	custom := ClientConfig{Addr: "agent:1", RetryMax: time.Minute, QueueLen: 3}
+	custom := ClientConfig{Addr: "agent:1", RetryMax: time.Minute, ResyncInterval: 3 * time.Second}
 	custom.defaults()
 	want := DefaultClientConfig()
-	want.Addr, want.RetryMax, want.QueueLen = "agent:1", time.Minute, 3
-	checkDefaults(t, DefaultClientConfig(), zero, custom, want)
+	want.Addr, want.RetryMax, want.ResyncInterval = "agent:1", time.Minute, 3*time.Second
+	checkDefaults(t, DefaultClientConfig(), zero, custom, want, "FlowIdle") // announced by the copier, none by default
 }
 
 // TestClientStopAfterFailedLastWrite: on shutdown the client sends its
@@ -61,7 +61,7 @@ func TestClientStopAfterFailedLastWrite(t *testing.T) {
 	other.Close()
 	l.cur = &clientConn{conn: conn}
 	c.connected.Store(true)
-	l.add(&l.reg, flow(1))
+	c.Register(flow(1))
 	l.stop()
 	if st := c.Stats(); st.Connected || st.Disconnects != 1 || st.Registered != 0 {
 		t.Fatalf("after a failed last write: %+v", st)
@@ -72,7 +72,7 @@ func TestClientStopAfterFailedLastWrite(t *testing.T) {
 // written, so the agent holds it; without Run it returns at once.
 func TestClientFlush(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	for i := range uint16(100) {
 		r.client.Register(flow(i))
 	}

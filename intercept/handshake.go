@@ -18,31 +18,32 @@ import (
 // speaks no TLS.
 var ErrTLS = errors.New("tls handshake")
 
-// handshakeTimeout bounds a peer's hello and authentication (and the TLS
-// handshake before them, when there is one).
+// handshakeTimeout bounds everything a connection does before it is a
+// peer: the TLS handshake, when there is one, and the hellos and
+// authentication together, under one deadline.
 const handshakeTimeout = 5 * time.Second
 
 // tlsClient wraps conn in TLS with cfg, if set, and completes the TLS
-// handshake: the control channel then runs, hello and authentication
-// included, inside it. On failure conn is closed: the caller only has the
-// nil it returned.
-func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
+// handshake by deadline: the control channel then runs, hello and
+// authentication included, inside it. On failure conn is closed: the
+// caller only has the nil it returned.
+func tlsClient(ctx context.Context, conn net.Conn, cfg *tls.Config, deadline time.Time) (net.Conn, error) {
 	if cfg == nil {
 		return conn, nil
 	}
-	return tlsHandshake(ctx, conn, tls.Client(conn, cfg))
+	return tlsHandshake(ctx, conn, tls.Client(conn, cfg), deadline)
 }
 
 // tlsServer is tlsClient's agent side; it too closes conn on failure.
-func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
+func tlsServer(ctx context.Context, conn net.Conn, cfg *tls.Config, deadline time.Time) (net.Conn, error) {
 	if cfg == nil {
 		return conn, nil
 	}
-	return tlsHandshake(ctx, conn, tls.Server(conn, cfg))
+	return tlsHandshake(ctx, conn, tls.Server(conn, cfg), deadline)
 }
 
-func tlsHandshake(ctx context.Context, conn net.Conn, tc *tls.Conn) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+func tlsHandshake(ctx context.Context, conn net.Conn, tc *tls.Conn, deadline time.Time) (net.Conn, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
@@ -54,89 +55,205 @@ func tlsHandshake(ctx context.Context, conn net.Conn, tc *tls.Conn) (net.Conn, e
 // ErrAuth is returned when a peer fails authentication.
 var ErrAuth = errors.New("authentication failed")
 
-// peerInfo is what the handshake learned about the other side.
-type peerInfo struct {
-	hello wire.Hello
+// channelLabel names the TLS exported keying material the transcript binds.
+const channelLabel = "EXPORTER-tcpshadow-channel-v2"
+
+// handshakeConfig is one side's part in a handshake.
+type handshakeConfig struct {
+	role wire.Role
+	name string // announced: by a copier in its hello, by an agent in its auth (or its hello, without auth)
+	// secret authenticates this side; an agent may instead hold one per
+	// copy daemon name in secrets. Neither: no authentication.
+	secret  []byte
+	secrets map[string][]byte
+	// flowIdle and pools are a copier's announcement (Hello).
+	flowIdle time.Duration
+	pools    []wire.Pool
+	deadline time.Time // for the whole handshake
 }
 
-// handshake runs the symmetric opening on conn: both sides send Hello, read
-// the other's, check the version and, when either side requires it, prove
-// knowledge of the shared secret over the other's nonce (both ways, so the
-// secret never crosses the wire). It returns a peer error frame already
-// sent to the other side as a *wire.PeerError in the error chain.
-func handshake(conn net.Conn, r *wire.Reader, role wire.Role, name string, secret []byte) (peerInfo, error) {
-	if err := conn.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
-		return peerInfo{}, err
+func (c *handshakeConfig) authenticates() bool { return len(c.secret) > 0 || len(c.secrets) > 0 }
+
+// session is what a completed handshake established.
+type session struct {
+	hello wire.Hello // the peer's
+	name  string     // the peer's name: from its hello, or an agent's auth
+	// seal seals what this side sends; nil when frames are not sealed
+	// (TLS, or no authentication). The Reader has the matching Opener.
+	seal *wire.Sealer
+}
+
+// handshake runs the opening on conn, reading with r (a handshake
+// Reader): both sides send a Hello and read the other's, which must be
+// of this version and of the counterpart's role. When either side requires
+// it, the copier then proves the secret over the transcript of both hellos
+// (bound to the TLS channel, if any); the agent checks the proof and only
+// then proves it too, with its name. On plain TCP both sides then seal
+// every frame: handshake installs the Opener on r and returns the Sealer.
+// A refusal sent to the other side is a *wire.PeerError in the error's
+// chain.
+func handshake(conn net.Conn, r *wire.Reader, c handshakeConfig) (session, error) {
+	if err := conn.SetDeadline(c.deadline); err != nil {
+		return session{}, err
 	}
 	defer conn.SetDeadline(time.Time{})
-	own := wire.Hello{Version: wire.Version, Role: role, Name: name}
-	if len(secret) > 0 {
+	own := wire.Hello{Version: wire.Version, Role: c.role}
+	if c.authenticates() {
 		own.Caps |= wire.CapAuth
 	}
-	if _, err := io.ReadFull(rand.Reader, own.Nonce[:]); err != nil {
-		return peerInfo{}, fmt.Errorf("nonce: %w", err)
+	// An agent names itself only to a peer that proved the secret.
+	if c.role == wire.RoleCopier || !c.authenticates() {
+		own.Name = c.name
 	}
-	if _, err := conn.Write(wire.AppendHello(nil, &own)); err != nil {
-		return peerInfo{}, fmt.Errorf("send hello: %w", err)
+	if c.role == wire.RoleCopier {
+		own.FlowIdle, own.Pools = c.flowIdle, c.pools
+	}
+	if _, err := io.ReadFull(rand.Reader, own.Nonce[:]); err != nil {
+		return session{}, fmt.Errorf("nonce: %w", err)
+	}
+	ownFrame := wire.AppendHello(nil, &own)
+	if _, err := conn.Write(ownFrame); err != nil {
+		return session{}, fmt.Errorf("send hello: %w", err)
 	}
 	typ, p, err := r.Next()
 	if err != nil {
 		if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, wire.ErrMalformed) {
-			return peerInfo{}, refuse(conn, wire.CodeProtocol, "not a tcpshadow hello: "+err.Error())
+			return session{}, refuse(conn, wire.CodeProtocol, "not a tcpshadow hello: "+err.Error())
 		}
-		return peerInfo{}, fmt.Errorf("read hello: %w", err)
+		return session{}, fmt.Errorf("read hello: %w", err)
 	}
 	if typ == wire.TypeError {
-		return peerInfo{}, peerErr(p)
+		return session{}, peerErr(p)
 	}
 	if typ != wire.TypeHello {
-		return peerInfo{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", typ))
+		return session{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", typ))
 	}
-	peer, err := wire.ParseHello(p)
+	peerPayload := append([]byte(nil), p...)
+	peer, err := wire.ParseHello(peerPayload)
 	if err != nil {
-		return peerInfo{}, refuse(conn, wire.CodeProtocol, "bad hello: "+err.Error())
+		return session{}, refuse(conn, wire.CodeProtocol, "bad hello: "+err.Error())
 	}
 	if peer.Version != wire.Version {
-		return peerInfo{}, refuse(conn, wire.CodeVersion,
-			fmt.Sprintf("version mismatch: we speak %d, peer %q speaks %d", wire.Version, peer.Name, peer.Version))
+		return session{}, refuse(conn, wire.CodeVersion,
+			fmt.Sprintf("version mismatch: this side speaks version %d, the peer version %d", wire.Version, peer.Version))
 	}
-	if peer.Role == role {
-		return peerInfo{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("peer is also a %v", role))
+	if want := counterpart(c.role); peer.Role != want {
+		return session{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("peer says it is a %v; want a %v", peer.Role, want))
 	}
-	info := peerInfo{hello: peer}
-	needAuth := own.Caps&wire.CapAuth != 0 || peer.Caps&wire.CapAuth != 0
-	if !needAuth {
-		return info, nil
+	s := session{hello: peer, name: peer.Name}
+	if !c.authenticates() && peer.Caps&wire.CapAuth == 0 {
+		return s, nil
 	}
-	if len(secret) == 0 {
-		return info, refuse(conn, wire.CodeAuth, "peer requires authentication and no secret is configured here")
+	if !c.authenticates() {
+		return s, refuse(conn, wire.CodeAuth, "peer requires authentication and no secret is configured here")
 	}
 	if peer.Caps&wire.CapAuth == 0 {
-		return info, refuse(conn, wire.CodeAuth, "peer does not authenticate; refusing an unauthenticated channel")
+		return s, refuse(conn, wire.CodeAuth, "peer does not authenticate; refusing an unauthenticated channel")
 	}
-	mac := wire.ComputeMAC(secret, role, peer.Nonce, own.Nonce)
-	if _, err := conn.Write(wire.AppendAuth(nil, mac)); err != nil {
-		return info, fmt.Errorf("send auth: %w", err)
+	var channel []byte
+	tc, isTLS := conn.(*tls.Conn)
+	if isTLS {
+		cs := tc.ConnectionState()
+		if channel, err = cs.ExportKeyingMaterial(channelLabel, nil, 32); err != nil {
+			return s, fmt.Errorf("tls channel binding: %w", err)
+		}
 	}
-	typ, p, err = r.Next()
+	copierHello, agentHello := ownFrame[5:], peerPayload
+	if c.role == wire.RoleAgent {
+		copierHello, agentHello = agentHello, copierHello
+	}
+	tr := wire.Transcript(copierHello, agentHello, channel)
+	var secret []byte
+	if c.role == wire.RoleCopier {
+		secret = c.secret
+		err = copierAuth(conn, r, secret, tr, &s)
+	} else {
+		secret, err = agentAuth(conn, r, c, tr, peer.Name)
+	}
 	if err != nil {
-		return info, fmt.Errorf("read auth: %w", err)
+		return s, err
+	}
+	if !isTLS {
+		seal, open, err := wire.SessionKeys(secret, tr, c.role)
+		if err != nil {
+			return s, err
+		}
+		s.seal = seal
+		r.SetOpener(open)
+	}
+	return s, nil
+}
+
+func counterpart(r wire.Role) wire.Role {
+	if r == wire.RoleCopier {
+		return wire.RoleAgent
+	}
+	return wire.RoleCopier
+}
+
+// copierAuth proves the secret first, then checks the agent's proof and
+// learns its name.
+func copierAuth(conn net.Conn, r *wire.Reader, secret []byte, tr [32]byte, s *session) error {
+	if _, err := conn.Write(wire.AppendAuth(nil, wire.ComputeMAC(secret, wire.RoleCopier, tr, ""), "")); err != nil {
+		return fmt.Errorf("send auth: %w", err)
+	}
+	auth, err := readAuth(conn, r)
+	if err != nil {
+		return err
+	}
+	if !wire.VerifyMAC(secret, wire.RoleAgent, tr, auth.Name, auth.MAC) {
+		return fmt.Errorf("%w: %w", ErrAuth, refuse(conn, wire.CodeAuth, "wrong secret"))
+	}
+	s.name = auth.Name
+	return nil
+}
+
+// agentAuth checks the copier's proof with the secret of its name (or the
+// shared one), then proves it too; it returns the secret.
+func agentAuth(conn net.Conn, r *wire.Reader, c handshakeConfig, tr [32]byte, peerName string) ([]byte, error) {
+	auth, err := readAuth(conn, r)
+	if err != nil {
+		return nil, err
+	}
+	secret := c.secret
+	if c.secrets != nil {
+		var ok bool
+		if secret, ok = c.secrets[peerName]; !ok {
+			// The peer is told what a wrong secret tells it; the log says more.
+			err := refuse(conn, wire.CodeAuth, "wrong secret")
+			return nil, fmt.Errorf("%w: no secret for copy daemon %q: %w", ErrAuth, peerName, err)
+		}
+	}
+	if !wire.VerifyMAC(secret, wire.RoleCopier, tr, auth.Name, auth.MAC) {
+		return nil, fmt.Errorf("%w: %w", ErrAuth, refuse(conn, wire.CodeAuth, "wrong secret"))
+	}
+	if _, err := conn.Write(wire.AppendAuth(nil, wire.ComputeMAC(secret, wire.RoleAgent, tr, c.name), c.name)); err != nil {
+		return nil, fmt.Errorf("send auth: %w", err)
+	}
+	return secret, nil
+}
+
+func readAuth(conn net.Conn, r *wire.Reader) (wire.Auth, error) {
+	typ, p, err := r.Next()
+	if err != nil {
+		return wire.Auth{}, fmt.Errorf("read auth: %w", err)
 	}
 	if typ == wire.TypeError {
-		return info, peerErr(p)
+		return wire.Auth{}, peerErr(p)
 	}
 	if typ != wire.TypeAuth {
-		return info, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected auth, got %v", typ))
+		return wire.Auth{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("expected auth, got %v", typ))
 	}
-	theirs, err := wire.ParseAuth(p)
-	if err != nil || !wire.VerifyMAC(secret, peer.Role, own.Nonce, peer.Nonce, theirs) {
-		err := refuse(conn, wire.CodeAuth, "wrong secret")
-		return info, fmt.Errorf("%w: %w", ErrAuth, err)
+	auth, err := wire.ParseAuth(p)
+	if err != nil {
+		return wire.Auth{}, refuse(conn, wire.CodeProtocol, "bad auth: "+err.Error())
 	}
-	return info, nil
+	return auth, nil
 }
 
 // refuse tells the peer why the connection ends and returns that reason.
+// It is for the handshake only: afterwards frames are sealed, and the
+// connection's writer sends them.
 func refuse(conn net.Conn, code wire.ErrorCode, msg string) error {
 	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = conn.Write(wire.AppendError(nil, code, msg))
@@ -152,10 +269,11 @@ func peerErr(p []byte) error {
 }
 
 // refusalBehind returns err, a copier's failed handshake, or the peer's
-// reason behind it: an agent that refuses at once (allowlist) writes an
-// Error frame and closes, which can fail our hello before we read it. It
-// reads only briefly, and with a fresh Reader: the handshake's either read
-// nothing (its write failed) or failed on a connection unusable anyway.
+// reason behind it: an agent that refuses at once (allowlist, overload)
+// writes an Error frame and closes, which can fail our hello before we
+// read it. It reads only briefly, and with a fresh Reader: the
+// handshake's either read nothing (its write failed) or failed on a
+// connection unusable anyway.
 func refusalBehind(conn net.Conn, err error) error {
 	var pe *wire.PeerError
 	if errors.As(err, &pe) {
@@ -164,7 +282,7 @@ func refusalBehind(conn net.Conn, err error) error {
 	if conn.SetReadDeadline(time.Now().Add(200*time.Millisecond)) != nil {
 		return err
 	}
-	typ, p, rerr := wire.NewReader(conn).Next()
+	typ, p, rerr := wire.NewHandshakeReader(conn).Next()
 	if rerr != nil || typ != wire.TypeError {
 		return err
 	}

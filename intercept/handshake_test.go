@@ -39,7 +39,7 @@ func TestAuthentication(t *testing.T) {
 	})
 	t.Run("AgentWithoutSecret", func(t *testing.T) {
 		// A daemon with a secret must not talk to an agent that cannot prove it.
-		r := newRig(t, AgentConfig{}, ClientConfig{Secret: secret})
+		r := newRig(t, AgentConfig{InsecureNoAuth: true}, ClientConfig{Secret: secret})
 		r.waitFor("refusal", func() bool { return r.client.Stats().ConnectFailures >= 1 })
 		if r.client.Connected() {
 			t.Fatal("daemon accepted an unauthenticated agent")
@@ -102,9 +102,9 @@ func TestTLSFailureClosesConn(t *testing.T) {
 			ctx := context.Background()
 			var err error
 			if side == "client" {
-				_, err = tlsClient(ctx, mine, &tls.Config{RootCAs: otherPool, ServerName: "agent.lab", MinVersion: tls.VersionTLS13})
+				_, err = tlsClient(ctx, mine, &tls.Config{RootCAs: otherPool, ServerName: "agent.lab", MinVersion: tls.VersionTLS13}, time.Now().Add(5*time.Second))
 			} else {
-				_, err = tlsServer(ctx, mine, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+				_, err = tlsServer(ctx, mine, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}, time.Now().Add(5*time.Second))
 			}
 			if err == nil {
 				t.Fatal("TLS handshake with a plain peer succeeded")

@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -15,24 +16,30 @@ import (
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
-// agentPeer is one connected copy daemon. conn, name, addr and out are set
-// before the relay hears of it and never change.
+// agentPeer is one connected copy daemon. Everything but flows, batch and
+// due is set before the relay hears of it and never changes.
 type agentPeer struct {
-	conn  net.Conn
-	name  string
-	addr  string
-	out   chan outFrame              // to writePeer; full: the relay drops, counted
-	flows map[rewrite.Tuple]struct{} // owned by the relay goroutine
-	batch *wire.ReplyBatch           // owned by the relay goroutine
-	due   time.Time                  // when batch must be flushed
-	done  chan struct{}              // closed by close: writePeer stops
-	once  sync.Once
+	conn   net.Conn
+	name   string
+	addr   string     // host:port, for logs
+	remote netip.Addr // for the per-address limit
+	pools  []wire.Pool
+	lease  time.Duration // a flow of this daemon idle longer is expired
+	seal   *wire.Sealer  // owned by writePeer; nil: frames are not sealed
+	out    chan outFrame // to writePeer; full: the relay drops, counted
+	done   chan struct{} // closed by close: writePeer stops
+	once   sync.Once
+
+	flows map[rewrite.Tuple]*flowEntry // owned by the relay goroutine
+	batch *wire.ReplyBatch             // owned by the relay goroutine
+	due   time.Time                    // when batch must be flushed
 }
 
 // outFrame is one frame for writePeer: a reply batch or a control frame.
 type outFrame struct {
 	batch *wire.ReplyBatch // recycled after writing
 	ctl   []byte
+	last  bool // close the connection once it is written
 }
 
 var batchPool = sync.Pool{New: func() any { b := new(wire.ReplyBatch); b.Reset(); return b }}
@@ -58,48 +65,163 @@ const (
 	// not read for that long is dropped.
 	peerWriteTimeout = 10 * time.Second
 	// maxRefusedLogged bounds the addresses remembered as already logged
-	// as refused: memory stays bounded; beyond it a new address is logged
-	// on every refusal.
+	// as refused, and refusedLogTTL how long one is remembered: a refused
+	// address is logged once an hour at most, and memory stays bounded.
 	maxRefusedLogged = 4096
+	refusedLogTTL    = time.Hour
+	// acceptBackoffMin and acceptBackoffMax bound the pause after a
+	// failed accept (EMFILE, ENFILE, ENOMEM...), doubling while accepts
+	// keep failing, as net/http's.
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+	// peerReadBuf is a copy daemon's read buffer once authenticated; its
+	// largest frame is a full Register.
+	peerReadBuf = 16 << 10
+	// maxPeerFrame bounds a copy daemon's frames: a Register or
+	// Deregister of MaxFlowsPerFrame flows, sealed.
+	maxPeerFrame = 1 + 2 + wire.MaxFlowsPerFrame*wire.FlowLen + wire.TagLen
 )
 
-func (a *Agent) acceptLoop(ctx context.Context) error {
+// acceptLoop accepts until the listener is closed. A failed accept does
+// not end it: the descriptors a flood took come back as its handshakes
+// time out, and the daemons connected meanwhile are served all along.
+func (a *Agent) acceptLoop(ctx context.Context) {
+	var delay time.Duration
 	for {
 		conn, err := a.ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
+				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			a.st.acceptErrors.Add(1)
+			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+			if ok, suppressed := a.logs.accept.allow(time.Now()); ok {
+				a.log.Warn("accept failed; retrying", "err", err, "retry_in", delay, "suppressed", suppressed)
 			}
-			return fmt.Errorf("accept: %w", err)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
 		}
-		go a.servePeer(ctx, conn)
+		delay = 0
+		a.admitConn(ctx, conn)
 	}
+}
+
+// connLimits counts the connections in their handshake, the peers and the
+// connections per address. It is taken once per connection, never per
+// packet.
+type connLimits struct {
+	mu         sync.Mutex // guards the fields below
+	handshakes int
+	peers      int
+	perAddr    map[netip.Addr]int
+}
+
+// acquire takes a handshake slot for a connection from addr, or says why
+// not.
+func (a *Agent) acquire(addr netip.Addr) string {
+	c := &a.conns
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.handshakes >= a.cfg.MaxHandshakes:
+		return "too many handshakes in progress"
+	case c.perAddr[addr] >= a.cfg.MaxConnsPerAddr:
+		return "too many connections from this address"
+	case c.peers >= a.cfg.MaxPeers:
+		return "too many copy daemons connected"
+	}
+	c.handshakes++
+	c.perAddr[addr]++
+	return ""
+}
+
+// promote turns a handshake slot into a peer's.
+func (a *Agent) promote() {
+	a.conns.mu.Lock()
+	a.conns.handshakes--
+	a.conns.peers++
+	a.conns.mu.Unlock()
+}
+
+// release gives back a connection's slot.
+func (a *Agent) release(addr netip.Addr, wasPeer bool) {
+	c := &a.conns
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if wasPeer {
+		c.peers--
+	} else {
+		c.handshakes--
+	}
+	if c.perAddr[addr]--; c.perAddr[addr] <= 0 {
+		delete(c.perAddr, addr)
+	}
+}
+
+// admitConn decides, in the accept loop and without reading a byte,
+// whether conn may start a handshake: its address is allowed and the
+// limits leave room. It then serves conn in a goroutine of its own.
+func (a *Agent) admitConn(ctx context.Context, conn net.Conn) {
+	remote := addrOf(conn.RemoteAddr())
+	if !a.allowed(remote) {
+		var err error = &wire.PeerError{Code: wire.CodeNotAllowed, Msg: "refused: not on the allowlist"}
+		if a.cfg.TLS == nil { // a TLS client would not read a plain frame
+			err = refuseNow(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
+		}
+		a.logRefusal(remote, "copy daemon not on the allowlist", err)
+		conn.Close()
+		return
+	}
+	if why := a.acquire(remote); why != "" {
+		a.st.connsShed.Add(1)
+		if a.cfg.TLS == nil {
+			_ = refuseNow(conn, wire.CodeOverload, why)
+		}
+		conn.Close()
+		if ok, suppressed := a.logs.shed.allow(time.Now()); ok {
+			a.log.Warn("connection shed", "peer", remote, "why", why, "suppressed", suppressed)
+		}
+		return
+	}
+	go a.servePeer(ctx, conn, remote)
+}
+
+// refuseNow writes a refusal to a connection just accepted, whose send
+// buffer is empty: it never waits.
+func refuseNow(conn net.Conn, code wire.ErrorCode, msg string) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = conn.Write(wire.AppendError(nil, code, msg))
+	return &wire.PeerError{Code: code, Msg: "refused: " + msg}
 }
 
 // servePeer runs one connection: admission, then the peer's life until it
 // or the agent goes away. The relay hears of the peer before its first
 // registration and of its end after its last.
-func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
-	p, r := a.admit(ctx, conn)
+func (a *Agent) servePeer(ctx context.Context, conn net.Conn, remote netip.Addr) {
+	p, r := a.admit(ctx, conn, remote)
 	if p == nil {
+		a.release(remote, false)
 		return
 	}
-	a.st.peers.Add(1)
-	a.log.Info("copy daemon connected", "peer", p.addr, "name", p.name)
-	if !a.sendOp(ctx, flowOp{kind: opPeerUp, peer: p}) {
+	a.promote()
+	defer a.release(remote, true)
+	a.log.Info("copy daemon connected", "peer", p.addr, "name", p.name, "pools", fmt.Sprint(p.pools))
+	if !a.sendOp(ctx.Done(), flowOp{kind: opPeerUp, peer: p}) {
 		p.close()
-		a.st.peers.Add(-1)
 		return
 	}
 	go a.writePeer(p)
 	err := a.readPeer(ctx, p, r)
 	p.close()
-	a.sendOp(context.Background(), flowOp{kind: opPeerDown, peer: p})
-	a.st.peers.Add(-1)
+	// The relay may have returned (the agent is stopping): then it has
+	// dropped every peer itself, and nobody would take this op.
+	a.sendOp(nil, flowOp{kind: opPeerDown, peer: p})
 	if err != nil && ctx.Err() == nil {
 		a.st.peerErrors.Add(1)
 		a.log.Warn("copy daemon disconnected", "peer", p.addr, "err", err)
@@ -108,29 +230,27 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn) {
 	a.log.Info("copy daemon disconnected", "peer", p.addr)
 }
 
-// admit runs what a connection meets before it is a peer: the allowlist,
-// TLS and the handshake. It returns the peer and the reader the handshake
-// started, or nil with conn closed and the refusal counted and logged.
-func (a *Agent) admit(ctx context.Context, conn net.Conn) (*agentPeer, *wire.Reader) {
-	remote := addrOf(conn.RemoteAddr())
-	if !a.allowed(remote) {
-		var err error = &wire.PeerError{Code: wire.CodeNotAllowed, Msg: "refused: not on the allowlist"}
-		if a.cfg.TLS == nil { // a TLS client would not read a plain frame
-			err = refuse(conn, wire.CodeNotAllowed, "address not on the agent's allowlist")
-		}
-		a.logRefusal(remote, "copy daemon not on the allowlist", err)
+// admit runs what a connection meets before it is a peer: TLS and the
+// handshake, under one deadline, reading with a small buffer. It returns
+// the peer and its reader, grown for the frames a peer sends, or nil with
+// conn closed and the refusal counted and logged.
+func (a *Agent) admit(ctx context.Context, conn net.Conn, remote netip.Addr) (*agentPeer, *wire.Reader) {
+	deadline := time.Now().Add(handshakeTimeout)
+	if err := conn.SetDeadline(deadline); err != nil {
 		conn.Close()
 		return nil, nil
 	}
-	conn, err := tlsServer(ctx, conn, a.cfg.TLS)
+	conn, err := tlsServer(ctx, conn, a.cfg.TLS, deadline)
 	if err != nil {
 		if !hungUp(err) {
 			a.logRefusal(remote, "copy daemon refused", err)
 		}
 		return nil, nil
 	}
-	r := wire.NewReader(conn)
-	info, err := handshake(conn, r, wire.RoleAgent, a.cfg.Name, a.cfg.Secret)
+	r := wire.NewHandshakeReader(conn)
+	s, err := handshake(conn, r, handshakeConfig{
+		role: wire.RoleAgent, name: a.cfg.Name, secret: a.cfg.Secret, secrets: a.cfg.Secrets, deadline: deadline,
+	})
 	if err != nil {
 		conn.Close()
 		if hungUp(err) {
@@ -139,9 +259,15 @@ func (a *Agent) admit(ctx context.Context, conn net.Conn) (*agentPeer, *wire.Rea
 		a.logRefusal(remote, "copy daemon refused", err)
 		return nil, nil
 	}
+	r.Resize(peerReadBuf, maxPeerFrame)
+	lease := a.cfg.FlowExpiry
+	if s.hello.FlowIdle > 0 {
+		lease = 2 * s.hello.FlowIdle
+	}
 	return &agentPeer{
-		conn: conn, name: info.hello.Name, addr: conn.RemoteAddr().String(),
-		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]struct{}),
+		conn: conn, name: s.name, addr: conn.RemoteAddr().String(), remote: remote,
+		pools: s.hello.Pools, lease: lease, seal: s.seal,
+		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]*flowEntry),
 		done: make(chan struct{}),
 	}, r
 }
@@ -175,50 +301,52 @@ func hungUp(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// logRefusal counts a refused peer and logs it once per address (up to
-// maxRefusedLogged addresses), so that a misconfigured client retrying
-// every backoff does not flood the log.
+// logRefusal counts a refused peer and logs it once per address and
+// refusedLogTTL, so that a misconfigured client retrying every backoff
+// does not flood the log, nor does a crowd of addresses.
 func (a *Agent) logRefusal(addr netip.Addr, msg string, err error) {
 	a.st.peersRefused.Add(1)
-	a.refusedMu.Lock()
-	seen := a.refused[addr]
-	if !seen && len(a.refused) < maxRefusedLogged {
-		a.refused[addr] = true
-	}
-	a.refusedMu.Unlock()
-	if !seen {
+	if a.refused.first(addr, time.Now()) {
 		a.log.Warn(msg, "peer", addr, "err", err)
 	}
 }
 
 // readPeer handles one daemon's frames until it goes away.
 func (a *Agent) readPeer(ctx context.Context, p *agentPeer, r *wire.Reader) error {
+	bucket := tokenBucket{rate: float64(a.cfg.PeerFlowRate), burst: float64(a.cfg.PeerFlowBurst)}
+	bucket.fill(time.Now())
 	for {
 		typ, payload, err := r.Next()
-		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
+		switch {
+		case errors.Is(err, wire.ErrBadMAC):
+			a.st.badFrames.Add(1) // injected or corrupted: skipped, the session goes on
+			continue
+		case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+			return nil
+		case err != nil:
 			return err
 		}
 		switch typ {
 		case wire.TypeRegister, wire.TypeDeregister:
 			flows := make([]rewrite.Tuple, 0, 16)
 			if _, err := wire.ForEachFlow(payload, func(t rewrite.Tuple) { flows = append(flows, t) }); err != nil {
-				_ = refuse(p.conn, wire.CodeProtocol, err.Error())
+				a.refusePeer(p, wire.CodeProtocol, err.Error())
 				return err
+			}
+			if !a.throttle(ctx, p, &bucket, len(flows)) {
+				return nil
 			}
 			kind := opRegister
 			if typ == wire.TypeDeregister {
 				kind = opDeregister
 			}
-			if !a.sendOp(ctx, flowOp{kind: kind, peer: p, flows: flows}) {
+			if !a.sendOp(ctx.Done(), flowOp{kind: kind, peer: p, flows: flows}) {
 				return nil
 			}
 		case wire.TypePing:
 			tok, err := wire.ParsePing(payload)
 			if err != nil {
-				_ = refuse(p.conn, wire.CodeProtocol, err.Error())
+				a.refusePeer(p, wire.CodeProtocol, err.Error())
 				return err
 			}
 			select {
@@ -230,25 +358,92 @@ func (a *Agent) readPeer(ctx context.Context, p *agentPeer, r *wire.Reader) erro
 			return peerErr(payload)
 		default:
 			err := fmt.Errorf("unexpected %v frame from copy daemon", typ)
-			_ = refuse(p.conn, wire.CodeProtocol, err.Error())
+			a.refusePeer(p, wire.CodeProtocol, err.Error())
 			return err
 		}
 	}
 }
 
+// refusePeer has the peer's writer send a last Error frame (sealed, as
+// every frame after the handshake), if its queue has room.
+func (a *Agent) refusePeer(p *agentPeer, code wire.ErrorCode, msg string) {
+	select {
+	case p.out <- outFrame{ctl: wire.AppendError(nil, code, msg), last: true}:
+		// Give the writer a moment to send it before the connection closes.
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case <-p.done:
+		case <-t.C:
+		}
+	default:
+	}
+}
+
+// throttle waits until p's bucket holds n flows' worth of tokens: a peer
+// over its rate is read more slowly. False means the agent or the peer
+// ended meanwhile.
+func (a *Agent) throttle(ctx context.Context, p *agentPeer, b *tokenBucket, n int) bool {
+	wait := b.take(time.Now(), float64(n))
+	if wait <= 0 {
+		return true
+	}
+	a.st.peerThrottled.Add(1)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	case <-p.done:
+	}
+	return false
+}
+
+// tokenBucket is a flow-rate limit: rate tokens a second, at most burst
+// held. Its goroutine only.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	at                  time.Time
+}
+
+func (b *tokenBucket) fill(now time.Time) {
+	if !b.at.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
+	} else {
+		b.tokens = b.burst
+	}
+	b.at = now
+}
+
+// take takes n tokens, going into debt if need be, and returns how long
+// until the debt is paid.
+func (b *tokenBucket) take(now time.Time, n float64) time.Duration {
+	b.fill(now)
+	b.tokens -= n
+	if b.tokens >= 0 || b.rate <= 0 {
+		return 0
+	}
+	return time.Duration(-b.tokens / b.rate * float64(time.Second))
+}
+
 // sendOp hands op to the relay. A peer may wait here (the relay is busy),
-// which only slows that peer; false means ctx ended first.
-func (a *Agent) sendOp(ctx context.Context, op flowOp) bool {
+// which only slows that peer; false means done was closed or the relay
+// has returned. A nil done waits for the relay alone.
+func (a *Agent) sendOp(done <-chan struct{}, op flowOp) bool {
 	select {
 	case a.ops <- op:
 		return true
-	case <-ctx.Done():
+	case <-done:
+		return false
+	case <-a.relayDone:
 		return false
 	}
 }
 
-// writePeer writes batches to one daemon. A slow daemon only fills its
-// own queue; the relay drops, counted, rather than wait.
+// writePeer writes batches to one daemon, sealing each frame when the
+// session is sealed. A slow daemon only fills its own queue; the relay
+// drops, counted, rather than wait.
 func (a *Agent) writePeer(p *agentPeer) {
 	for {
 		select {
@@ -265,17 +460,89 @@ func (a *Agent) writePeer(p *agentPeer) {
 			}
 		case f := <-p.out:
 			_ = p.conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
-			var err error
+			frame := f.ctl
 			if f.batch != nil {
-				_, err = p.conn.Write(f.batch.Frame())
+				frame = f.batch.Frame()
+			}
+			if p.seal != nil {
+				frame = p.seal.Seal(frame)
+			}
+			_, err := p.conn.Write(frame)
+			if f.batch != nil {
 				recycle(f.batch)
 				a.st.batches.Add(1)
-			} else {
-				_, err = p.conn.Write(f.ctl)
 			}
-			if err != nil {
+			if err != nil || f.last {
 				p.close()
 			}
 		}
 	}
+}
+
+// refusalLog remembers which addresses were logged as refused, and when:
+// a time-bounded LRU, so that an address is logged again only after ttl,
+// and a crowd of addresses does not grow it (the least recently refused
+// is forgotten; an address refused over and over stays remembered).
+type refusalLog struct {
+	max int
+	ttl time.Duration
+
+	mu    sync.Mutex // guards the fields below; taken per refused connection, never per packet
+	seen  map[netip.Addr]*list.Element
+	order *list.List // of refusalEntry, most recently logged first
+}
+
+type refusalEntry struct {
+	addr netip.Addr
+	at   time.Time
+}
+
+func newRefusalLog(max int, ttl time.Duration) *refusalLog {
+	return &refusalLog{max: max, ttl: ttl, seen: make(map[netip.Addr]*list.Element), order: list.New()}
+}
+
+// first reports whether addr's refusal at now is to be logged.
+func (l *refusalLog) first(addr netip.Addr, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.seen[addr]; ok {
+		ent := e.Value.(*refusalEntry)
+		l.order.MoveToFront(e) // recently refused: the last to be forgotten
+		if now.Sub(ent.at) < l.ttl {
+			return false
+		}
+		ent.at = now
+		return true
+	}
+	if l.order.Len() >= l.max {
+		old := l.order.Back()
+		delete(l.seen, old.Value.(*refusalEntry).addr)
+		l.order.Remove(old)
+	}
+	l.seen[addr] = l.order.PushFront(&refusalEntry{addr: addr, at: now})
+	return true
+}
+
+// rateLimit lets one log line through per interval and counts the ones it
+// held back, which the next line reports.
+type rateLimit struct {
+	every time.Duration
+
+	mu         sync.Mutex // guards the fields below
+	next       time.Time
+	suppressed int
+}
+
+// allow reports whether a line may be logged at now, and how many were
+// held back since the last one.
+func (l *rateLimit) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.suppressed, l.next = 0, now.Add(l.every)
+	return true, n
 }

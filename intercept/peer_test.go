@@ -12,7 +12,7 @@ import (
 
 func TestGarbageAndVersionMismatchRefusedWithoutHarm(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	r.register(flow(6))
 
 	c, rd := rawPeer(t, r)
@@ -31,15 +31,13 @@ func TestGarbageAndVersionMismatchRefusedWithoutHarm(t *testing.T) {
 }
 
 func TestPeerSendingGarbageAfterHandshakeIsDropped(t *testing.T) {
-	r := newRig(t, AgentConfig{}, ClientConfig{})
-	c, rd := rawPeer(t, r)
-	h := wire.Hello{Version: wire.Version, Role: wire.RoleCopier, Name: "bad"}
-	go func() {
-		c.Write(wire.AppendHello(nil, &h))
-		c.Write([]byte{0, 0, 0, 3, byte(wire.TypeRegister), 0, 1}) // count 1, no flow
-	}()
-	expectPeerError(t, rd, wire.CodeProtocol)
-	r.waitFor("peer error counted", func() bool { return r.agent.Stats().PeerErrors == 1 })
+	for _, secret := range [][]byte{nil, testSecret} {
+		r := newRig(t, AgentConfig{Secret: secret, InsecureNoAuth: secret == nil}, ClientConfig{})
+		c, rd, seal := rawSession(t, r.ln, "bad", secret, testPools)
+		go c.Write(sealed(seal, []byte{0, 0, 0, 3, byte(wire.TypeRegister), 0, 1})) // count 1, no flow
+		expectPeerError(t, rd, wire.CodeProtocol)
+		r.waitFor("peer error counted", func() bool { return r.agent.Stats().PeerErrors == 1 })
+	}
 }
 
 func TestAllowlist(t *testing.T) {

@@ -26,6 +26,9 @@ type ProbeConfig struct {
 	Name   string // announced in the hello
 	Secret []byte
 	TLS    *tls.Config // nil: plain TCP
+	// Pools are announced as a copier's: the agent refuses registrations
+	// outside them.
+	Pools []wire.Pool
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
@@ -39,8 +42,9 @@ type ProbeConfig struct {
 type ProbeConn struct {
 	conn    net.Conn
 	agent   string
-	token   uint64      // last ping token; the caller's goroutine only
-	replies chan []byte // relayed headers, copies; full: dropped
+	seal    *wire.Sealer // nil: frames are not sealed; under wmu
+	token   uint64       // last ping token; the caller's goroutine only
+	replies chan []byte  // relayed headers, copies; full: dropped
 	pongs   chan uint64
 	done    chan struct{} // closed when the read loop ends
 	err     error         // why it ended; read only after done is closed
@@ -66,15 +70,18 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	if conn, err = tlsClient(ctx, conn, cfg.TLS); err != nil {
+	deadline := time.Now().Add(handshakeTimeout)
+	if conn, err = tlsClient(ctx, conn, cfg.TLS, deadline); err != nil {
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, err)
 	}
 	// The handshake sets its own deadlines; closing the connection is the
 	// only way to make it honour ctx as well.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	r := wire.NewReader(conn)
-	info, err := handshake(conn, r, wire.RoleCopier, cfg.Name, cfg.Secret)
-	if !stop() {
+	r := wire.NewHandshakeReader(conn)
+	s, err := handshake(conn, r, handshakeConfig{
+		role: wire.RoleCopier, name: cfg.Name, secret: cfg.Secret, pools: cfg.Pools, deadline: deadline,
+	})
+	if !stop() || (err != nil && ctx.Err() != nil) {
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, ctx.Err())
 	}
@@ -83,8 +90,9 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.Addr, err)
 	}
+	r.Resize(clientReadBuf, wire.MaxFrameLen)
 	p := &ProbeConn{
-		conn: conn, agent: info.hello.Name,
+		conn: conn, agent: s.name, seal: s.seal,
 		replies: make(chan []byte, probeQueue), pongs: make(chan uint64, 1), done: make(chan struct{}),
 	}
 	go p.readLoop(r)
@@ -200,6 +208,9 @@ func (p *ProbeConn) write(b []byte, deadline time.Time) error {
 	if err := p.conn.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
+	if p.seal != nil {
+		b = p.seal.Seal(b)
+	}
 	_, err := p.conn.Write(b)
 	return err
 }
@@ -211,6 +222,9 @@ func (p *ProbeConn) readLoop(r *wire.Reader) {
 	defer close(p.done)
 	for {
 		typ, payload, err := r.Next()
+		if errors.Is(err, wire.ErrBadMAC) {
+			continue // not the agent's: skipped
+		}
 		if err != nil {
 			p.err = err
 			return

@@ -21,6 +21,9 @@ import (
 // probeAgent runs an agent on an in-memory listener for probe tests.
 func probeAgent(t testing.TB, cfg AgentConfig) (*Agent, *capturetest.Source, *pipeListener) {
 	t.Helper()
+	if len(cfg.Secret) == 0 && len(cfg.Secrets) == 0 {
+		cfg.InsecureNoAuth = true // the probe tests without a secret are not about it
+	}
 	src := capturetest.New(16)
 	ln := newPipeListener()
 	a := NewAgent(cfg, src, ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -35,7 +38,7 @@ func dialProbe(t testing.TB, ln *pipeListener, secret []byte) (*ProbeConn, error
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	p, err := DialProbe(ctx, ProbeConfig{Addr: "agent", Name: "doctor", Secret: secret, Dial: ln.Dial})
+	p, err := DialProbe(ctx, ProbeConfig{Addr: "agent", Name: "doctor", Secret: secret, Pools: testPools, Dial: ln.Dial})
 	if err == nil {
 		t.Cleanup(func() { p.Close() })
 	}
@@ -111,6 +114,7 @@ func TestProbeParkedSynAckDelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitAgent(t, a, "the probe's pools known", func(s AgentStats) bool { return s.Peers == 1 })
 	src.Push(reply(t, 13, rewrite.FlagSYN|rewrite.FlagACK, 0), time.Now())
 	waitAgent(t, a, "parking", func(s AgentStats) bool { return s.Parked == 1 })
 	deadline := time.Now().Add(5 * time.Second)

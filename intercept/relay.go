@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
@@ -33,29 +34,54 @@ type parkedReply struct {
 	at time.Time
 }
 
+// flowEntry is one registered flow.
+type flowEntry struct {
+	key  rewrite.Tuple // reply direction
+	peer *agentPeer
+	seen time.Duration // relay clock of its last registration or reply
+	idx  int           // its place in relay.entries
+}
+
+const (
+	// sweepEvery and sweepBatch pace the expiry of idle flows: a few
+	// thousand flows looked at every tick, so that a table of a million
+	// is swept in well under a lease without ever stalling the relay.
+	sweepEvery = 100 * time.Millisecond
+	sweepBatch = 4096
+)
+
 // relay owns the flow table, the parked replies and the peers' batches.
 // Only the relay goroutine touches it, so none of it is locked.
 type relay struct {
-	a      *Agent
-	owners map[rewrite.Tuple]*agentPeer // key: reply direction
-	peers  map[*agentPeer]struct{}
-	park   []parkedReply         // ring of MaxParked; the oldest is evicted
-	parkAt map[rewrite.Tuple]int // flow → its slot in park
-	next   int                   // the slot the next parked reply takes
-	timer  *time.Timer           // flush deadline of the earliest batch
-	armed  time.Time             // when timer fires; zero: not armed
+	a       *Agent
+	owners  map[rewrite.Tuple]*flowEntry // key: reply direction
+	entries []*flowEntry                 // every flow, for the expiry sweep
+	cursor  int                          // where the sweep goes on
+	peers   map[*agentPeer]struct{}
+	pools   []wire.Pool           // every live peer's: what may be parked
+	park    []parkedReply         // ring of MaxParked; the oldest is evicted
+	parkAt  map[rewrite.Tuple]int // flow → its slot in park
+	next    int                   // the slot the next parked reply takes
+	timer   *time.Timer           // flush deadline of the earliest batch
+	armed   time.Time             // when timer fires; zero: not armed
+	epoch   time.Time             // the relay clock's zero
 }
+
+// clock is the relay's monotonic clock.
+func (r *relay) clock(now time.Time) time.Duration { return now.Sub(r.epoch) }
 
 // relayLoop is the relay goroutine: it takes captured headers and the
 // peers' flow ops, one at a time, until ctx is done; then it closes every
 // peer.
 func (a *Agent) relayLoop(ctx context.Context) {
 	r := &relay{
-		a: a, owners: make(map[rewrite.Tuple]*agentPeer), peers: make(map[*agentPeer]struct{}),
+		a: a, owners: make(map[rewrite.Tuple]*flowEntry), peers: make(map[*agentPeer]struct{}),
 		park: make([]parkedReply, a.cfg.MaxParked), parkAt: make(map[rewrite.Tuple]int),
-		timer: time.NewTimer(time.Hour),
+		timer: time.NewTimer(time.Hour), epoch: time.Now(),
 	}
 	defer r.timer.Stop()
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -70,6 +96,8 @@ func (a *Agent) relayLoop(ctx context.Context) {
 			r.onOp(op, time.Now())
 		case <-r.timer.C:
 			r.armed = time.Time{}
+		case now := <-sweep.C:
+			r.sweep(now)
 		}
 		// Nothing more captured and queued: send what there is now. A
 		// block of replies from the capture still leaves in one batch
@@ -80,18 +108,38 @@ func (a *Agent) relayLoop(ctx context.Context) {
 }
 
 // onHeader relays a captured header to its flow's owner, or parks it if
-// it is a SYN or RST that may have beaten its registration.
+// it is a SYN-ACK or RST to a pool address that may have beaten its
+// registration. A reply to no pool is no copy daemon's business: counted
+// and forgotten.
 func (r *relay) onHeader(h *capturedHdr, now time.Time) {
-	p := r.owners[h.key]
-	if p == nil {
-		if !h.syn {
+	e := r.owners[h.key]
+	if e == nil {
+		switch {
+		case !inPools(r.pools, h.key.Dst):
+			r.a.st.outsidePools.Add(1)
+		case !h.park:
 			r.a.st.noOwner.Add(1)
-			return
+		default:
+			r.parkReply(h, now)
 		}
-		r.parkReply(h, now)
 		return
 	}
-	r.deliver(p, h, now)
+	e.seen = r.clock(now)
+	r.deliver(e.peer, h, now)
+}
+
+// inPools reports whether addr (16-byte form) lies in one of pools.
+func inPools(pools []wire.Pool, addr [16]byte) bool {
+	if len(pools) == 0 {
+		return false
+	}
+	a := netip.AddrFrom16(addr).Unmap()
+	for _, p := range pools {
+		if p.Prefix.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // parkReply keeps h in the ring, evicting the oldest parked reply.
@@ -173,7 +221,7 @@ func (r *relay) flush(p *agentPeer) {
 func (r *relay) onOp(op flowOp, now time.Time) {
 	switch op.kind {
 	case opPeerUp:
-		r.peers[op.peer] = struct{}{}
+		r.addPeer(op.peer)
 	case opPeerDown:
 		r.dropPeer(op.peer)
 	case opRegister:
@@ -183,28 +231,74 @@ func (r *relay) onOp(op flowOp, now time.Time) {
 	}
 }
 
+// addPeer takes a new peer and its pools, warning when they overlap
+// another daemon's: forged flows of the two could then collide.
+func (r *relay) addPeer(p *agentPeer) {
+	for q := range r.peers {
+		if a, b, ok := overlap(p.pools, q.pools); ok {
+			r.a.log.Warn("copy daemons announce overlapping client pools: their forged flows may collide; give them disjoint pools or distinct pool slots",
+				"peer", p.addr, "name", p.name, "pool", a.String(), "other", q.addr, "other_name", q.name, "other_pool", b.String())
+		}
+	}
+	r.peers[p] = struct{}{}
+	r.pools = append(r.pools, p.pools...)
+	r.a.st.peers.Add(1) // here, so that a daemon counted is one whose pools the relay knows
+}
+
+// overlap returns a pool of as and one of bs that may forge the same
+// address: overlapping prefixes, unless they are the same prefix split
+// into the same number of slots with different slots.
+func overlap(as, bs []wire.Pool) (wire.Pool, wire.Pool, bool) {
+	for _, a := range as {
+		for _, b := range bs {
+			if !a.Prefix.Overlaps(b.Prefix) {
+				continue
+			}
+			if a.Prefix == b.Prefix && a.Slots == b.Slots && a.Slots > 1 && a.Slot != b.Slot {
+				continue
+			}
+			return a, b, true
+		}
+	}
+	return wire.Pool{}, wire.Pool{}, false
+}
+
 // register makes p the owner of flows (copier → shadow direction, so keyed
-// reversed) and hands it any reply parked for them. The newest
-// registration of a flow wins.
+// reversed) and hands it any reply parked for them. A flow outside p's
+// pools, or held by another daemon, is refused; so is one past the
+// table's or p's bound. A daemon reconnecting (its name and address) takes
+// back its flows from a connection the agent has not yet seen die.
 func (r *relay) register(p *agentPeer, flows []rewrite.Tuple, now time.Time) {
 	if _, live := r.peers[p]; !live {
 		return
 	}
+	st := &r.a.st
 	for _, f := range flows {
 		key := f.Reverse()
-		if old, ok := r.owners[key]; ok {
-			if old == p {
+		if !inPools(p.pools, f.Src) {
+			st.flowsOutsidePool.Add(1)
+			continue
+		}
+		if e := r.owners[key]; e != nil {
+			switch {
+			case e.peer == p:
+				e.seen = r.clock(now)
+				continue
+			case e.peer.name != p.name || e.peer.remote != p.remote:
+				st.flowsConflict.Add(1)
 				continue
 			}
-			delete(old.flows, key)
-		} else if len(r.owners) >= r.a.cfg.MaxFlows {
-			r.a.st.flowsRejected.Add(1)
-			continue
-		} else {
-			r.a.st.flows.Add(1)
+			r.remove(e)
 		}
-		r.owners[key] = p
-		p.flows[key] = struct{}{}
+		if len(p.flows) >= r.a.cfg.MaxPeerFlows || len(r.owners) >= r.a.cfg.MaxFlows {
+			st.flowsRejected.Add(1)
+			continue
+		}
+		e := &flowEntry{key: key, peer: p, seen: r.clock(now), idx: len(r.entries)}
+		r.entries = append(r.entries, e)
+		r.owners[key] = e
+		p.flows[key] = e
+		st.flows.Add(1)
 		r.claimParked(p, key, now)
 	}
 }
@@ -229,28 +323,59 @@ func (r *relay) claimParked(p *agentPeer, key rewrite.Tuple, now time.Time) {
 // deregister removes those of flows that p owns.
 func (r *relay) deregister(p *agentPeer, flows []rewrite.Tuple) {
 	for _, f := range flows {
-		key := f.Reverse()
-		if r.owners[key] == p {
-			delete(r.owners, key)
-			delete(p.flows, key)
-			r.a.st.flows.Add(-1)
+		if e := r.owners[f.Reverse()]; e != nil && e.peer == p {
+			r.remove(e)
 		}
 	}
 }
 
-// dropPeer forgets a peer that went away: its flows and its unsent batch.
+// remove forgets one flow.
+func (r *relay) remove(e *flowEntry) {
+	delete(r.owners, e.key)
+	delete(e.peer.flows, e.key)
+	last := len(r.entries) - 1
+	moved := r.entries[last]
+	r.entries[e.idx] = moved
+	moved.idx = e.idx
+	r.entries[last] = nil
+	r.entries = r.entries[:last]
+	r.a.st.flows.Add(-1)
+}
+
+// sweep expires, a batch at a time, flows that went without a reply or a
+// registration for longer than their daemon's lease: a copier whose
+// deregistration never came does not leak them for good.
+func (r *relay) sweep(now time.Time) {
+	t := r.clock(now)
+	for range min(sweepBatch, len(r.entries)) {
+		if r.cursor >= len(r.entries) {
+			r.cursor = 0
+		}
+		e := r.entries[r.cursor]
+		if t-e.seen > e.peer.lease {
+			r.remove(e) // the last entry moved into the cursor's place: look at it next
+			r.a.st.flowsExpired.Add(1)
+			continue
+		}
+		r.cursor++
+	}
+}
+
+// dropPeer forgets a peer that went away: its flows, its pools and its
+// unsent batch.
 func (r *relay) dropPeer(p *agentPeer) {
 	if _, ok := r.peers[p]; !ok {
 		return
 	}
 	delete(r.peers, p)
-	for key := range p.flows {
-		if r.owners[key] == p {
-			delete(r.owners, key)
-			r.a.st.flows.Add(-1)
-		}
+	r.a.st.peers.Add(-1)
+	for _, e := range p.flows {
+		r.remove(e)
 	}
-	p.flows = nil
+	r.pools = r.pools[:0]
+	for q := range r.peers {
+		r.pools = append(r.pools, q.pools...)
+	}
 	if p.batch != nil {
 		recycle(p.batch)
 		p.batch = nil

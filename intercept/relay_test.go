@@ -9,7 +9,7 @@ import (
 
 func TestRelaysOnlyRegisteredFlows(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	r.register(flow(1))
 	mine := reply(t, 1, rewrite.FlagACK, 1000) // payload is not relayed
 	r.src.Push(reply(t, 2, rewrite.FlagACK, 0), time.Now())
@@ -30,7 +30,7 @@ func TestRelaysOnlyRegisteredFlows(t *testing.T) {
 // and a timer wake-up.
 func TestLoneReplyNotHeldForFlushDelay(t *testing.T) {
 	r := newRig(t, AgentConfig{FlushDelay: time.Hour}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	r.register(flow(1))
 	for i := range 3 {
 		mine := reply(t, 1, rewrite.FlagACK, 100*i)
@@ -41,7 +41,7 @@ func TestLoneReplyNotHeldForFlushDelay(t *testing.T) {
 
 func TestScenario1SynAckBeforeRegistrationIsParked(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	synack := reply(t, 3, rewrite.FlagSYN|rewrite.FlagACK, 0)
 	r.src.Push(synack, time.Now())
 	r.waitFor("parking", func() bool { return r.agent.Stats().Parked == 1 })
@@ -54,7 +54,7 @@ func TestScenario1SynAckBeforeRegistrationIsParked(t *testing.T) {
 
 func TestParkedReplyExpires(t *testing.T) {
 	r := newRig(t, AgentConfig{ParkTime: 20 * time.Millisecond}, ClientConfig{})
-	r.waitFor("connection", r.client.Connected)
+	r.connected()
 	r.src.Push(reply(t, 4, rewrite.FlagSYN|rewrite.FlagACK, 0), time.Now())
 	r.waitFor("parking", func() bool { return r.agent.Stats().Parked == 1 })
 	time.Sleep(50 * time.Millisecond)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -83,12 +84,17 @@ func socketPair() (net.Conn, net.Conn, error) {
 }
 
 func (l *pipeListener) Dial(ctx context.Context, _ string) (net.Conn, error) {
+	return l.DialFrom(ctx, l.remote)
+}
+
+// DialFrom is Dial with the accepted side's RemoteAddr at remote.
+func (l *pipeListener) DialFrom(ctx context.Context, remote netip.Addr) (net.Conn, error) {
 	client, server, err := socketPair()
 	if err != nil {
 		return nil, err
 	}
 	select {
-	case l.conns <- addrConn{server, &net.TCPAddr{IP: l.remote.AsSlice(), Port: 40000}}:
+	case l.conns <- addrConn{server, &net.TCPAddr{IP: remote.AsSlice(), Port: 40000}}:
 		return client, nil
 	case <-l.closed:
 		return nil, errors.New("connection refused")
@@ -133,9 +139,32 @@ type rig struct {
 	wg      sync.WaitGroup
 }
 
+// testSecret is what a rig's agent and client share unless a test says
+// otherwise: an agent without a secret refuses to run.
+var testSecret = []byte("0123456789abcdef-rig-secret")
+
+// testPools are what a rig's client announces unless a test says
+// otherwise: every address of both families.
+var testPools = []wire.Pool{
+	{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Slots: 1},
+	{Prefix: netip.MustParsePrefix("::/0"), Slots: 1},
+}
+
+// newRig runs an agent and a client. An agent config without a secret and
+// not InsecureNoAuth gets testSecret, and so does the client then, if it
+// has none; a client without pools announces testPools.
 func newRig(t testing.TB, acfg AgentConfig, ccfg ClientConfig) *rig {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if len(acfg.Secret) == 0 && len(acfg.Secrets) == 0 && !acfg.InsecureNoAuth {
+		acfg.Secret = testSecret
+		if ccfg.Secret == nil {
+			ccfg.Secret = testSecret
+		}
+	}
+	if ccfg.Pools == nil {
+		ccfg.Pools = testPools
+	}
 	r := &rig{t: t, src: capturetest.New(64), ln: newPipeListener(), replies: make(chan []byte, 64)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -169,6 +198,12 @@ func (r *rig) waitFor(what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// connected waits until the client is connected and the relay knows it.
+func (r *rig) connected() {
+	r.t.Helper()
+	r.waitFor("connection", func() bool { return r.client.Connected() && r.agent.Stats().Peers >= 1 })
 }
 
 func (r *rig) register(f rewrite.Tuple) {
@@ -218,6 +253,35 @@ func rawPeer(t testing.TB, r *rig) (net.Conn, *wire.Reader) {
 	return c, wire.NewReader(c)
 }
 
+// rawSession completes a copier's handshake with the agent on a raw
+// connection, announcing pools and proving secret, and returns the
+// connection, its reader (sealed if the session is) and its sealer.
+func rawSession(t testing.TB, ln *pipeListener, name string, secret []byte, pools []wire.Pool) (net.Conn, *wire.Reader, *wire.Sealer) {
+	t.Helper()
+	c, err := ln.Dial(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rd := wire.NewHandshakeReader(c)
+	s, err := handshake(c, rd, handshakeConfig{
+		role: wire.RoleCopier, name: name, secret: secret, pools: pools, deadline: time.Now().Add(5 * time.Second),
+	})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	rd.Resize(clientReadBuf, wire.MaxFrameLen)
+	return c, rd, s.seal
+}
+
+// sealed returns frame as a session with seal sends it.
+func sealed(seal *wire.Sealer, frame []byte) []byte {
+	if seal == nil {
+		return frame
+	}
+	return seal.Seal(frame)
+}
+
 func expectPeerError(t testing.TB, rd *wire.Reader, code wire.ErrorCode) {
 	t.Helper()
 	for {
@@ -240,11 +304,14 @@ func expectPeerError(t testing.TB, rd *wire.Reader, code wire.ErrorCode) {
 // numeric tunable (a command line takes its flag defaults from it), that
 // zero is a zero config after defaults(), equal to def, and that custom is
 // a config with some fields set, after defaults(), equal to want.
-func checkDefaults(t testing.TB, def, zero, custom, want any) {
+func checkDefaults(t testing.TB, def, zero, custom, want any, noDefault ...string) {
 	t.Helper()
 	v := reflect.ValueOf(def)
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
+		if slices.Contains(noDefault, f.Name) {
+			continue
+		}
 		switch f.Type.Kind() {
 		case reflect.Int, reflect.Int64:
 			if v.Field(i).Int() <= 0 {
