@@ -2,6 +2,12 @@
 // periodic one-line summary. Datapath packages keep plain atomic counters
 // and know nothing of Prometheus; this package reads snapshots of them
 // when scraped, so exporting costs the datapath nothing.
+//
+// Its listener must not become a way in: every connection is bounded in
+// time (headers, whole request, response, idle keep-alive) and in header
+// size, connections beyond MaxConns are closed as they come, and Go's
+// profiler is served on a loopback address only, to loopback clients only,
+// with profiles and traces of at most MaxProfileSeconds.
 package metrics
 
 import (
@@ -13,9 +19,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,23 +84,53 @@ func Handler(src Source) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
+// The listener's bounds.
+const (
+	// MaxConns bounds the connections served at once; more are closed
+	// as they are accepted.
+	MaxConns = 64
+	// MaxProfileSeconds bounds the seconds= of a CPU profile or a trace.
+	MaxProfileSeconds = 30
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = MaxProfileSeconds*time.Second + 10*time.Second
+	idleTimeout       = 30 * time.Second
+	maxHeaderBytes    = 8 << 10
+)
+
+// ErrPprofNotLoopback refuses the profiler on an address that is not
+// loopback: profiles and traces cost CPU and tell a lot.
+var ErrPprofNotLoopback = errors.New("the profiler is served on a loopback address only (such as 127.0.0.1:9464)")
+
+// IsLoopback reports whether addr, a listen address HOST:PORT, binds
+// loopback only: an IPv4 or IPv6 loopback address, or localhost. An empty
+// host (every address) is not.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
 // Serve serves /metrics on addr until ctx is done, and Go's profiler
-// under /debug/pprof/ if profile is set. It returns once the listener is
-// up, so a bad address is an error at startup.
+// under /debug/pprof/ if profile is set, which addr must then be a
+// loopback address for (ErrPprofNotLoopback). It returns once the
+// listener is up, so a bad address is an error at startup.
 func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog.Logger) error {
+	if profile && !IsLoopback(addr) {
+		return fmt.Errorf("metrics %s: %w", addr, ErrPprofNotLoopback)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", Handler(src))
-	if profile {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := newServer(src, profile)
+	lln := limitListener(ln, MaxConns)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -100,12 +138,97 @@ func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog
 		_ = srv.Shutdown(sctx)
 	}()
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(lln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()
 	log.Info("serving metrics", "addr", ln.Addr().String())
 	return nil
+}
+
+// newServer returns the HTTP server of Serve.
+func newServer(src Source, profile bool) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", Handler(src))
+	if profile {
+		mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", loopbackOnly(boundedSeconds(http.HandlerFunc(pprof.Profile))))
+		mux.Handle("/debug/pprof/symbol", loopbackOnly(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", loopbackOnly(boundedSeconds(http.HandlerFunc(pprof.Trace))))
+	}
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
+}
+
+// loopbackOnly serves h to loopback clients only.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			http.Error(w, "the profiler is for loopback clients only", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// boundedSeconds refuses a profile or trace longer than MaxProfileSeconds.
+func boundedSeconds(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := r.URL.Query().Get("seconds"); s != "" {
+			n, err := strconv.ParseFloat(s, 64)
+			if err != nil || n <= 0 || n > MaxProfileSeconds {
+				http.Error(w, fmt.Sprintf("seconds=%s: want (0, %d]", s, MaxProfileSeconds), http.StatusBadRequest)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// limitListener closes, as soon as it is accepted, every connection beyond
+// max open at once: a flood of idle connections costs one descriptor
+// each for an instant, not one for as long as it lasts.
+func limitListener(ln net.Listener, max int) net.Listener {
+	return &limitedListener{Listener: ln, sem: make(chan struct{}, max)}
+}
+
+type limitedListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func (l *limitedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.sem <- struct{}{}:
+			return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+		default:
+			c.Close()
+		}
+	}
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // Summary renders the samples as one line: name{labels}=value, zero
