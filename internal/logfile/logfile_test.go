@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -47,8 +48,8 @@ func TestReopen(t *testing.T) {
 	if got := read(t, p); got != "three\n" {
 		t.Errorf("new file %q", got)
 	}
-	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o640 {
-		t.Errorf("mode %v, want 0640", fi.Mode())
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode())
 	}
 	if _, err := l.Write([]byte("late\n")); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("write after Close: %v, want os.ErrClosed", err)
@@ -128,5 +129,47 @@ func TestConcurrentReopen(t *testing.T) {
 	got := read(t, p)
 	if len(got) != 4*200*11 || bytes.Count([]byte(got), []byte("0123456789\n")) != 800 {
 		t.Errorf("%d bytes, want 800 whole lines", len(got))
+	}
+}
+
+// TestNoSymlinkFollowed: a link at the path, planted before the start or
+// between two reopens, is never written through; neither is a FIFO.
+func TestNoSymlinkFollowed(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(target, []byte("root:x:0:0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "daemon.log")
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(p, nil); err == nil {
+		t.Fatal("Open followed a symbolic link")
+	}
+	os.Remove(p)
+	l, err := Open(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Rename(p, p+".1")
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reopen(); err == nil {
+		t.Fatal("Reopen followed a symbolic link")
+	}
+	l.Write([]byte("still the old file\n"))
+	if got := read(t, target); got != "root:x:0:0\n" {
+		t.Fatalf("the link's target was written: %q", got)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Open(fifo, nil); err == nil {
+		l.Close()
+		t.Fatal("Open took a FIFO")
 	}
 }

@@ -5,7 +5,9 @@
 //
 // It owns the dump files (creation, rotation, reopening on SIGHUP) and
 // counts its own failures; it never fails its callers. It does not decide
-// what is dumped: whoever wraps a source or a sender does.
+// what is dumped: whoever wraps a source or a sender does. It never follows
+// a symbolic link at a dump's path nor writes into an existing file: each
+// file is created anew (O_EXCL|O_NOFOLLOW, mode 0600).
 package pcapdump
 
 import (
@@ -20,6 +22,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/gopacket"
@@ -107,7 +110,7 @@ type Dump struct {
 // file that may end in a torn record.
 func Open(cfg Config, log *slog.Logger) (*Dump, error) {
 	return open(cfg, log, func(path string) (file, error) {
-		return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+		return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	})
 }
 
@@ -252,19 +255,25 @@ func (d *Dump) failLocked(what string, err error) {
 }
 
 // openLocked starts a new current file: a non-empty one already at the
-// path is rotated away first.
+// path is rotated away first, an empty one removed, so that the new file
+// is created where none is. What is at the path is looked at, not what a
+// symbolic link there points to (a link is refused).
 func (d *Dump) openLocked() error {
-	fi, err := os.Stat(d.cfg.Path)
+	fi, err := os.Lstat(d.cfg.Path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return fmt.Errorf("dump %s: %w", d.cfg.Path, err)
 	case !fi.Mode().IsRegular():
-		// Never rename or truncate a device or a directory.
+		// Never rename, remove or write through a link, a device or a directory.
 		return fmt.Errorf("dump %s: not a regular file", d.cfg.Path)
 	case fi.Size() > 0:
 		if err := d.shiftLocked(); err != nil {
 			return err
+		}
+	default:
+		if err := os.Remove(d.cfg.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("dump: %w", err)
 		}
 	}
 	f, err := d.create(d.cfg.Path)
@@ -335,7 +344,7 @@ func (d *Dump) Reopen() error {
 	}
 	if d.f != nil {
 		cur, err1 := d.f.Stat()
-		at, err2 := os.Stat(d.cfg.Path)
+		at, err2 := os.Lstat(d.cfg.Path)
 		if err1 == nil && err2 == nil && os.SameFile(cur, at) {
 			return nil
 		}

@@ -595,3 +595,49 @@ func BenchmarkDumpWriteIP(b *testing.B) {
 		})
 	}
 }
+
+// TestDumpNoSymlinkFollowed: a link at the dump's path is neither written
+// through nor rotated; an empty file there is replaced by a new one of
+// mode 0600.
+func TestDumpNoSymlinkFollowed(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(target, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "copy.pcap")
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := Open(Config{Path: p}, slog.New(slog.DiscardHandler)); err == nil {
+		d.Close()
+		t.Fatal("Open took a symbolic link")
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep" {
+		t.Fatalf("the link's target was written: %q", b)
+	}
+	os.Remove(p)
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(Config{Path: p}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if fi, err := os.Lstat(p); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("dump file %v, %v: want a new file of mode 0600", fi, err)
+	}
+	// A link planted while it runs is refused at the reopen.
+	os.Rename(p, p+".moved")
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reopen(); err == nil {
+		t.Fatal("Reopen took a symbolic link")
+	}
+	d.WriteIP(time.Now(), make([]byte, 40))
+	if b, _ := os.ReadFile(target); string(b) != "keep" {
+		t.Fatalf("the link's target was written: %q", b)
+	}
+}
