@@ -17,19 +17,24 @@
 // (copy.workers, copy.map[1]) and saying what it accepts. Durations are
 // strings with units only: a bare integer would be nanoseconds.
 //
-// The package owns parsing and type checking only. It never validates
-// ranges or meanings: the commands do, with errors naming the file's key.
+// The package owns reading the file, parsing and type checking. It never
+// validates ranges or meanings: the commands do, with errors naming the
+// file's key. It refuses a file that anyone but its owner may write, or
+// whose owner is neither root nor the user running: whoever can change
+// the configuration can point the daemon anywhere.
 package conffile
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -42,13 +47,40 @@ type File struct {
 	top  map[string]any
 }
 
-// Load reads and parses path. Syntax errors name the line.
+// Load reads and parses path, after checking nobody else may change it.
+// Syntax errors name the line.
 func Load(path string) (*File, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := checkOwnership(path, fi); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return Parse(path, b)
+}
+
+// checkOwnership refuses a config file others may write.
+func checkOwnership(path string, fi os.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("config %s: not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("config %s: writable by group or others (mode %04o): chmod go-w it", path, perm)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("config %s: owned by uid %d, neither root nor this user", path, st.Uid)
+	}
+	return nil
 }
 
 // Parse parses data read from path (used only in messages).

@@ -1,6 +1,9 @@
 package conffile
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +103,27 @@ func TestQuote(t *testing.T) {
 		if got, _ := fs.GetString("v"); got != s {
 			t.Errorf("%q came back as %q", s, got)
 		}
+	}
+}
+
+// TestLoadRefusesWritableByOthers: a config file that group or others may
+// write is refused, naming the file; the owner's own write bit is fine.
+func TestLoadRefusesWritableByOthers(t *testing.T) {
+	dir := t.TempDir()
+	for mode, ok := range map[os.FileMode]bool{0o600: true, 0o644: true, 0o400: true, 0o664: false, 0o646: false, 0o666: false} {
+		p := filepath.Join(dir, fmt.Sprintf("c%o.toml", mode))
+		if err := os.WriteFile(p, []byte("[copy]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(p)
+		if ok != (err == nil) || !ok && !strings.Contains(err.Error(), p) {
+			t.Errorf("mode %04o: %v", mode, err)
+		}
+	}
+	if _, err := Load(dir); err == nil {
+		t.Error("a directory loaded as a config")
 	}
 }
