@@ -174,7 +174,7 @@ func authDerived(secret []byte, none string) string {
 	if len(secret) == 0 {
 		return "none: " + none
 	}
-	return fmt.Sprintf("shared secret of %d bytes", len(secret))
+	return fmt.Sprintf("shared secret of %d bytes; every frame authenticated (plain TCP) or the channel bound to TLS", len(secret))
 }
 
 func copyDerived(o *copyOptions, cfg *copyConfig) [][2]string {
@@ -217,11 +217,21 @@ func interceptDerived(cfg *interceptConfig) [][2]string {
 		}
 		allow = strings.Join(ps, ", ")
 	}
+	auth := authDerived(cfg.Agent.Secret, "INSECURE: any copy daemon allowed to connect is accepted, and frames are not authenticated")
+	if len(cfg.Agent.Secrets) > 0 {
+		names := make([]string, 0, len(cfg.Agent.Secrets))
+		for n := range cfg.Agent.Secrets {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		auth = "a secret per copy daemon: " + strings.Join(names, ", ")
+	}
 	return [][2]string{
 		{"listen", cfg.Listen},
+		{"capture filter", cfg.CaptureConfig().Filter},
 		{"copy daemons allowed", allow},
-		{"announced name", cfg.Agent.Name},
-		{"authentication", authDerived(cfg.Agent.Secret, "any copy daemon allowed to connect is accepted")},
+		{"announced name", cfg.Agent.Name + " (to authenticated copy daemons only)"},
+		{"authentication", auth},
 		{"log", logDerived(cfg.logFile)},
 		{"dump", dumpDerived(cfg.Dump)},
 	}
@@ -235,6 +245,10 @@ func forgedDerived(cfg *copyConfig, a netip.Addr) string {
 		return "not forged: no client_pool"
 	case !p.Has(a):
 		return "not forged: no client_pool prefix of its family"
+	}
+	if _, slots := p.Slot(); slots > 1 {
+		slot, _ := p.Slot()
+		return fmt.Sprintf("forged as %s (pool slot %d/%d)", p.Map(a), slot, slots)
 	}
 	return "forged as " + p.Map(a).String()
 }

@@ -28,6 +28,23 @@ func writeConfig(t testing.TB, content string) string {
 	return p
 }
 
+// exampleConfig returns a copy of the shipped example whose secret_file
+// keys name a secret in a test directory: the example's own,
+// /etc/tcpshadow/secret, is the host's.
+func exampleConfig(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `secret_file = "/etc/tcpshadow/secret"`
+	if strings.Count(string(b), want) != 2 {
+		t.Fatalf("the example does not set %s in both tables", want)
+	}
+	secret := writeSecret(t, "0123456789abcdef-example\n")
+	return writeConfig(t, strings.ReplaceAll(string(b), want, `secret_file = "`+secret+`"`))
+}
+
 // fields normalises the alignment of config check's output.
 func fields(s string) string { return strings.Join(strings.Fields(s), " ") }
 
@@ -35,7 +52,7 @@ func fields(s string) string { return strings.Join(strings.Fields(s), " ") }
 // and sets every key there is, so it documents them all.
 func TestExampleConfig(t *testing.T) {
 	var out bytes.Buffer
-	if err := configCheck(examplePath, nil, &out); err != nil {
+	if err := configCheck(exampleConfig(t), nil, &out); err != nil {
 		t.Fatalf("config check %s: %v", examplePath, err)
 	}
 	f, err := conffile.Load(examplePath)
@@ -82,7 +99,7 @@ func TestEveryFlagHasAKey(t *testing.T) {
 // printed configuration is itself a valid file meaning the same, which
 // checks every value type is printed as TOML the decoder takes back.
 func TestConfigCheckRoundTrip(t *testing.T) {
-	for _, src := range []string{examplePath, writeConfig(t, "[copy]\niface = \"eth0\"\nmap = [\"80-198.18.1.2\"]\nintercept = \"198.18.1.3\"\n[intercept]\niface = \"eth1\"\n")} {
+	for _, src := range []string{exampleConfig(t), writeConfig(t, "[copy]\niface = \"eth0\"\nmap = [\"80-198.18.1.2\"]\nintercept = \"198.18.1.3\"\n[intercept]\niface = \"eth1\"\ninsecure_no_auth = true\n")} {
 		var first, second bytes.Buffer
 		if err := configCheck(src, nil, &first); err != nil {
 			t.Fatal(err)
@@ -133,6 +150,7 @@ intercept = "198.18.1.3"
 			file: `log_format = "json"
 [intercept]
 iface = "eth1"
+insecure_no_auth = true
 allow = ["198.18.0.1", "198.18.0.0/24"]
 flush_delay = "1ms"
 dump = "` + filepath.Join(os.TempDir(), "agent.pcap") + `"
@@ -161,8 +179,10 @@ no_pacing = true
 idle_timeout = "1m30s"
 quiet_period = "500us"
 pool_seed = 7
+pool_slot = "1/4"
 [intercept]
 iface = "eth0"
+secret_file = "` + writeSecret(t, "a 0123456789abcdef\nb 0123456789abcdeg\n") + `"
 `,
 			want: []string{
 				`log_level = "debug"`,
@@ -172,6 +192,9 @@ iface = "eth0"
 				`pool_seed = 7`,
 				`# agent address [2001:2:0:1::3]:4000`,
 				`# forged clients 198.19.0.0/16`,
+				`pool_slot = "1/4"`,
+				`# authentication a secret per copy daemon: a, b`,
+				`# capture filter tcp and not (dst port 36524)`,
 				`# copies 198.18.0.1:80 → 198.18.1.2:8080, [2001:2::1]:443 → [2001:2:0:1::2]:443`,
 				`[intercept]`,
 				`listen = ":36524" # default`,
@@ -273,7 +296,7 @@ func TestConfigCheckInvalid(t *testing.T) {
 // TestConfigCheckCommand runs config check through the command tree: it
 // succeeds on the example and fails, naming the key, on a bad file.
 func TestConfigCheckCommand(t *testing.T) {
-	out, _, err := execute(t, "config", "check", examplePath)
+	out, _, err := execute(t, "config", "check", exampleConfig(t))
 	if err != nil || !strings.Contains(out, "is valid") {
 		t.Fatalf("config check of the example: %v\n%s", err, out)
 	}
@@ -320,7 +343,7 @@ func daemonFromFile(t testing.TB, table, path string, args ...string) (any, erro
 // the bad value came from.
 func TestFlagsOverrideFile(t *testing.T) {
 	p := writeConfig(t, copyFile+"workers = 3\nlinger = \"7s\"\nclient_pool = [\"198.19.0.0/16\"]\n"+
-		"[intercept]\niface = \"eth1\"\nflush_delay = \"1ms\"\nallow = [\"198.18.0.1\"]\n")
+		"[intercept]\niface = \"eth1\"\ninsecure_no_auth = true\nflush_delay = \"1ms\"\nallow = [\"198.18.0.1\"]\n")
 	c, err := daemonFromFile(t, "copy", p, "--workers", "5", "--map", "81-198.18.1.2:8081")
 	if err != nil {
 		t.Fatal(err)

@@ -39,6 +39,7 @@ type copyOptions struct {
 	maxSessions  int
 	snaplen      int
 	poolSeed     uint64
+	poolSlot     string
 	maxCPU       int
 	maxMemory    string
 	daemon       daemonOptions
@@ -106,6 +107,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.IntVar(&o.maxSessions, "max-sessions", def.Engine.MaxSessions, "sessions held at once; new ones beyond are shed")
 	f.IntVar(&o.snaplen, "snaplen", def.Capture.SnapLen, "capture snap length")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
+	f.StringVar(&o.poolSlot, "pool-slot", "0/1", "SLOT/SLOTS: forge only from this share of the pool, so that copy daemons sharing it (each its own slot, the same SLOTS) never forge the same address")
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every packet sent to the shadow",
 		secret: "the control channel's shared secret",
@@ -183,14 +185,24 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", n("client-pool"), err)
 	}
+	slot, slots, err := parseSlot(o.poolSlot)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", n("pool-slot"), o.poolSlot, err)
+	}
+	if pool, err = pool.WithSlot(slot, slots); err != nil {
+		return nil, fmt.Errorf("%s %q: %w", n("pool-slot"), o.poolSlot, err)
+	}
 	if len(prefixes) == 0 {
 		pool = nil
+		if slots > 1 {
+			return nil, fmt.Errorf("%s %q needs %s", n("pool-slot"), o.poolSlot, n("client-pool"))
+		}
 	}
 	maxMemory, err := parseSize(o.maxMemory)
 	if err != nil {
 		return nil, fmt.Errorf("%s %q: want a size of at least 16MiB, such as 512MiB or 2GiB", n("max-memory"), o.maxMemory)
 	}
-	shared, err := o.daemon.read(o.from)
+	shared, err := o.daemon.read(o.from, false)
 	if err != nil {
 		return nil, err
 	}

@@ -291,6 +291,13 @@ func TestCopyConfigErrorsNameTheFlag(t *testing.T) {
 		{with("--secret-file", writeSecret(t, "0123456789abcde\n")), "--secret-file"}, // 15 bytes
 		{with("--secret-file", writeSecret(t, "")), "--secret-file"},
 		{with("--secret-file", t.TempDir()), "--secret-file"},
+		{with("--secret-file", writeSecretMode(t, "0123456789abcdef\n", 0o604)), "chmod 600"},
+		{with("--pool-slot", "1"), "--pool-slot"},
+		{with("--pool-slot", "2/2", "-c", "198.19.0.0/16"), "--pool-slot"},
+		{with("--pool-slot", "-1/2", "-c", "198.19.0.0/16"), "--pool-slot"},
+		{with("--pool-slot", "0/3", "-c", "198.19.0.0/31"), "--pool-slot"},
+		{with("--pool-slot", "0/2"), "--pool-slot"}, // no pool to split
+		{with("--debug-pprof", "--metrics", "198.18.0.1:9464"), "--debug-pprof"},
 	}
 	for _, bad := range []string{
 		"bad",                               // no dash
@@ -369,5 +376,29 @@ func TestFormatSize(t *testing.T) {
 		if back, err := parseSize(got); err != nil || back != n {
 			t.Errorf("parseSize(formatSize(%d)) = %d, %v", n, back, err)
 		}
+	}
+}
+
+// TestCopyPoolSlot: --pool-slot I/N forges only the pool's offsets ≡ I
+// (mod N); config check says which slot.
+func TestCopyPoolSlot(t *testing.T) {
+	client := netip.MustParseAddr("198.18.0.2")
+	seen := map[netip.Addr]bool{}
+	for _, slot := range []string{"0/2", "1/2"} {
+		cfg, err := copyOptionsFrom(t, "-i", "eth0", "-x", "80-198.18.1.2:80", "-s", "198.18.1.3",
+			"-c", "198.19.0.0/16", "--pool-slot", slot).config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[cfg.Engine.Pool.Map(client)] = true
+		if got := forgedDerived(cfg, client); !strings.Contains(got, "pool slot "+slot) {
+			t.Errorf("config check says %q", got)
+		}
+		if cc := cfg.ClientConfig(); len(cc.Pools) != 1 || cc.Pools[0].String() != "198.19.0.0/16 slot "+slot {
+			t.Errorf("announced pools %v", cc.Pools)
+		}
+	}
+	if len(seen) != 2 {
+		t.Fatalf("two slots forge the same address for %v: %v", client, seen)
 	}
 }

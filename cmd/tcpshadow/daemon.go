@@ -58,7 +58,7 @@ func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp, def daemonDefau
 	f.StringVar(&d.secretFile, "secret-file", "", "file holding "+h.secret)
 	f.StringVar(&d.name, "name", "", "name announced to "+h.peer+" (default: hostname)")
 	f.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
-	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address")
+	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address, which must then be loopback")
 	f.DurationVar(&d.statsInterval, "stats-interval", def.statsInterval, "log a one-line summary this often (0: never)")
 	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "kernel capture buffer in MiB")
 	f.DurationVar(&d.capTimeout, "capture-timeout", def.capture.Timeout, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
@@ -69,6 +69,7 @@ func (d *daemonOptions) addFieldFlags(m map[string]fieldFlag) {
 	m["Capture.BufferSize"] = fieldFlag{flag: "capture-buffer-mb", given: d.bufferMB}
 	m["Capture.Timeout"] = fieldFlag{flag: "capture-timeout"}
 	m["MetricsAddr"] = fieldFlag{flag: "metrics"}
+	m["Pprof"] = fieldFlag{flag: "debug-pprof"}
 	m["StatsInterval"] = fieldFlag{flag: "stats-interval"}
 	m["Dump.Path"] = fieldFlag{flag: "dump"}
 	m["Dump.MaxBytes"] = fieldFlag{flag: "dump-max-mb", given: d.dump.maxMB}
@@ -82,27 +83,35 @@ func (d *daemonOptions) setCapture(c *capture.Config) {
 
 // sharedFiles is what the shared options name on disk.
 type sharedFiles struct {
-	secret []byte
-	name   string // announced to the peer
+	secret  []byte
+	secrets map[string][]byte // the agent's, one per copy daemon
+	name    string            // announced to the peer
 }
 
-// read reads the secret file and checks the log file could be opened;
-// errors name the flag or file key.
-func (d *daemonOptions) read(from origin) (sharedFiles, error) {
+// read reads the secret file (the agent's may hold one secret per copy
+// daemon) and checks the log file could be opened; errors name the flag
+// or file key.
+func (d *daemonOptions) read(from origin, agent bool) (sharedFiles, error) {
 	if d.logFile != "" {
 		if err := checkDir(d.logFile); err != nil {
 			return sharedFiles{}, fmt.Errorf("%s %q: %w", from.name("log-file"), d.logFile, err)
 		}
 	}
-	secret, err := readSecret(d.secretFile)
+	var sf sharedFiles
+	var err error
+	if agent {
+		sf.secret, sf.secrets, err = readAgentSecrets(d.secretFile)
+	} else {
+		sf.secret, err = readSecret(d.secretFile)
+	}
 	if err != nil {
 		return sharedFiles{}, fmt.Errorf("%s: %w", from.name("secret-file"), err)
 	}
-	name := d.name
-	if name == "" {
-		name, _ = os.Hostname()
+	sf.name = d.name
+	if sf.name == "" {
+		sf.name, _ = os.Hostname()
 	}
-	return sharedFiles{secret: secret, name: name}, nil
+	return sf, nil
 }
 
 // runDaemon is what both daemons' RunE do: read the config file under the

@@ -28,7 +28,7 @@ func TestDumpOptions(t *testing.T) {
 	if cfg.Dump != want || cfg.logFile != filepath.Join(dir, "c.log") {
 		t.Errorf("dump %+v, log file %q", cfg.Dump, cfg.logFile)
 	}
-	icfg, err := interceptOptionsFrom(t, "-i", "eth0", "--dump", filepath.Join(dir, "a.pcap")).config()
+	icfg, err := interceptOptionsFrom(t, "-i", "eth0", "--insecure-no-auth", "--dump", filepath.Join(dir, "a.pcap")).config()
 	if err != nil || icfg.Dump.Path == "" || icfg.Dump.MaxBytes != 100<<20 || icfg.Dump.Files != 5 {
 		t.Errorf("intercept dump %+v, %v: want the defaults 100 MiB and 5 files", icfg.Dump, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/doctor"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
 	"github.com/tcpshadow/tcpshadow/rewrite"
@@ -284,7 +285,11 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 
 // agentProbe says how doctor connects to the agent: as the copy daemon does.
 func (cfg *doctorConfig) agentProbe() intercept.ProbeConfig {
-	return intercept.ProbeConfig{Addr: cfg.agentAddr, Name: cfg.name, Secret: cfg.secret, TLS: cfg.tls}
+	var pools []wire.Pool
+	for _, p := range cfg.pool {
+		pools = append(pools, wire.Pool{Prefix: p, Slots: 1})
+	}
+	return intercept.ProbeConfig{Addr: cfg.agentAddr, Name: cfg.name, Secret: cfg.secret, TLS: cfg.tls, Pools: pools}
 }
 
 // prefixes parses a repeatable prefix flag.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,17 +18,22 @@ import (
 )
 
 type interceptOptions struct {
-	iface      string
-	filter     string
-	listen     string
-	allow      []string
-	flushDelay time.Duration
-	maxFlows   int
-	maxCPU     int
-	tlsCert    string
-	tlsKey     string
-	daemon     daemonOptions
-	from       origin // which options the config file set
+	iface         string
+	filter        string
+	listen        string
+	allow         []string
+	insecure      bool
+	flushDelay    time.Duration
+	maxFlows      int
+	maxPeerFlows  int
+	maxHandshakes int
+	maxConnsPerIP int
+	maxCPU        int
+	maxMemory     string
+	tlsCert       string
+	tlsKey        string
+	daemon        daemonOptions
+	from          origin // which options the config file set
 }
 
 // interceptConfig is what the intercept command runs: the agent's
@@ -45,12 +51,20 @@ func newInterceptCmd(g *globalOptions) *cobra.Command {
 
 func newInterceptCmdWith(g *globalOptions, o *interceptOptions) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "intercept --iface IFACE [--filter 'tcp and src port 80'] [flags]",
+		Use:   "intercept --iface IFACE --secret-file FILE [--filter 'tcp and src port 80'] [flags]",
 		Short: "Relay the shadow's replies to copy daemons (runs on the assist host)",
 		Long: fmt.Sprintf(`intercept captures the shadow's replies, which the shadow routes to this host
 where they die (keep ip_forward off here), and relays their IP and TCP headers
-to the copy daemon that registered each flow, over an authenticated control
-channel (TCP %d by default).
+to the copy daemon that registered each flow, over the control channel (TCP
+%d by default). Copy daemons must prove the secret of --secret-file, which
+then authenticates every frame (or run the channel over TLS with --tls-cert):
+the agent refuses to start without one unless --insecure-no-auth is given.
+A copy daemon may register only flows within the client pools it announces,
+and never one another daemon holds.
+
+The secret file holds one line, the secret every copy daemon shares, or
+several lines NAME SECRET, one secret per copy daemon (by its --name), so
+that no prod host's secret lets it pass for the agent to the others.
 
 Every flag can also be set in the [intercept] table of a TOML file given
 with --config (see tcpshadow config check); flags on the command line win.
@@ -68,17 +82,22 @@ with the length on the wire in each record.`, wire.DefaultPort),
 	def := daemon.DefaultAgentConfig()
 	f := cmd.Flags()
 	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on")
-	f.StringVar(&o.filter, "filter", def.Capture.Filter, "BPF filter for the shadow's replies, e.g. 'tcp and src port 80'")
+	f.StringVar(&o.filter, "filter", def.Capture.Filter, "BPF filter for the shadow's replies, e.g. 'tcp and src port 80' (default: all TCP; the agent's own port is always left out, and replies outside the copy daemons' pools are dropped)")
 	f.StringVarP(&o.listen, "listen", "l", def.Listen, "address to serve copy daemons on")
 	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
+	f.BoolVar(&o.insecure, "insecure-no-auth", def.Agent.InsecureNoAuth, "run without --secret-file: anyone who reaches the agent may register flows and read their replies (tests only)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve the control channel over TLS with this PEM certificate (with --tls-key)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.DurationVar(&o.flushDelay, "flush-delay", def.Agent.FlushDelay, "longest a reply header waits to be batched")
-	f.IntVar(&o.maxFlows, "max-flows", def.Agent.MaxFlows, "flow table size bound")
+	f.IntVar(&o.maxFlows, "max-flows", def.Agent.MaxFlows, "flow table size bound, every copy daemon's together")
+	f.IntVar(&o.maxPeerFlows, "max-peer-flows", def.Agent.MaxPeerFlows, "flows one copy daemon may hold")
+	f.IntVar(&o.maxHandshakes, "max-handshakes", def.Agent.MaxHandshakes, "connections in their handshake at once; more are closed")
+	f.IntVar(&o.maxConnsPerIP, "max-conns-per-addr", def.Agent.MaxConnsPerAddr, "connections from one address at once; more are closed")
 	f.IntVar(&o.maxCPU, "max-cpu", def.MaxCPU, "CPUs the agent may use at once (GOMAXPROCS); default half the host's")
+	f.StringVar(&o.maxMemory, "max-memory", formatSize(def.MaxMemory), "memory budget: Go heap soft limit; a quarter of it bounds the flow table")
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every reply captured (its first 256 bytes)",
-		secret: "the shared secret copy daemons must prove",
+		secret: "the secret copy daemons must prove: one line shared by all, or lines NAME SECRET, one per copy daemon (required unless --insecure-no-auth)",
 		peer:   "copy daemons",
 	}, daemonDefaults{capture: def.Capture, statsInterval: def.StatsInterval, dump: def.Dump})
 	return cmd
@@ -93,7 +112,10 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 		"Listen":            {flag: "listen"},
 		"Agent.FlushDelay":  {flag: "flush-delay"},
 		"Agent.MaxFlows":    {flag: "max-flows"},
+		"Agent.Secret":      {flag: "secret-file"},
+		"Agent.Secrets":     {flag: "secret-file"},
 		"MaxCPU":            {flag: "max-cpu"},
+		"MaxMemory":         {flag: "max-memory", given: o.maxMemory},
 	}
 	o.daemon.addFieldFlags(m)
 	return m
@@ -105,9 +127,6 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	n := o.from.name
 	if o.iface == "" {
 		return nil, fmt.Errorf("%s is required", o.from.missing("iface"))
-	}
-	if o.filter == "" {
-		return nil, fmt.Errorf("%s must not be empty", n("filter"))
 	}
 	if _, port, err := net.SplitHostPort(o.listen); err != nil {
 		return nil, fmt.Errorf("%s %q: want [ADDR]:PORT: %w", n("listen"), o.listen, err)
@@ -140,19 +159,41 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	case o.tlsKey != "":
 		return nil, fmt.Errorf("%s needs %s", n("tls-key"), n("tls-cert"))
 	}
-	shared, err := o.daemon.read(o.from)
+	for _, c := range []struct {
+		flag string
+		v    int
+	}{{"max-peer-flows", o.maxPeerFlows}, {"max-handshakes", o.maxHandshakes}, {"max-conns-per-addr", o.maxConnsPerIP}} {
+		if c.v < 1 {
+			return nil, fmt.Errorf("%s %d: want at least 1", n(c.flag), c.v)
+		}
+	}
+	maxMemory, err := parseSize(o.maxMemory)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: want a size of at least 16MiB, such as 512MiB or 2GiB", n("max-memory"), o.maxMemory)
+	}
+	shared, err := o.daemon.read(o.from, true)
 	if err != nil {
 		return nil, err
+	}
+	if o.insecure && (shared.secret != nil || shared.secrets != nil) {
+		return nil, fmt.Errorf("%s and %s: choose one", n("insecure-no-auth"), n("secret-file"))
 	}
 
 	cfg := daemon.DefaultAgentConfig()
 	cfg.Capture.Interface, cfg.Capture.Filter = o.iface, o.filter
 	o.daemon.setCapture(&cfg.Capture)
 	a := &cfg.Agent
-	a.Name, a.Secret, a.TLS, a.Allow, a.FlushDelay, a.MaxFlows = shared.name, shared.secret, tlsCfg, allow, o.flushDelay, o.maxFlows
-	cfg.Listen, cfg.MaxCPU = o.listen, o.maxCPU
+	a.Name, a.Secret, a.Secrets, a.InsecureNoAuth = shared.name, shared.secret, shared.secrets, o.insecure
+	a.TLS, a.Allow, a.FlushDelay, a.MaxFlows = tlsCfg, allow, o.flushDelay, o.maxFlows
+	a.MaxPeerFlows, a.MaxHandshakes, a.MaxConnsPerAddr = o.maxPeerFlows, o.maxHandshakes, o.maxConnsPerIP
+	cfg.Listen, cfg.MaxCPU, cfg.MaxMemory = o.listen, o.maxCPU, maxMemory
 	cfg.MetricsAddr, cfg.Pprof, cfg.StatsInterval, cfg.Dump = o.daemon.metricsAddr, o.daemon.pprof, o.daemon.statsInterval, o.daemon.dump.config()
 	if err := cfg.Validate(); err != nil {
+		var fe *daemon.FieldError
+		if errors.As(err, &fe) && fe.Field == "Agent.Secret" {
+			return nil, fmt.Errorf("%s is required: without a secret anyone who reaches the agent could register flows and read "+
+				"their replies (%s runs it so on purpose, for tests)", o.from.missing("secret-file"), n("insecure-no-auth"))
+		}
 		return nil, o.from.explain(err, o.fieldFlags())
 	}
 	return &interceptConfig{AgentConfig: cfg, logFile: o.daemon.logFile}, nil

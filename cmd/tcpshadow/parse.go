@@ -5,12 +5,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
@@ -148,18 +151,114 @@ func clientTLS(caFile, serverName, agent string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13}, nil
 }
 
-// readSecret reads a shared secret file; empty path means no secret.
+// minSecretLen is the shortest secret taken.
+const minSecretLen = 16
+
+// readSecret reads a copier's secret file; empty path means no secret.
 func readSecret(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(path)
+	b, err := readPrivate(path)
 	if err != nil {
 		return nil, err
 	}
 	secret := []byte(strings.TrimSpace(string(b)))
-	if len(secret) < 16 {
-		return nil, fmt.Errorf("%s: secret shorter than 16 bytes", path)
+	if len(secret) < minSecretLen {
+		return nil, fmt.Errorf("%s: secret shorter than %d bytes", path, minSecretLen)
 	}
 	return secret, nil
+}
+
+// readAgentSecrets reads the agent's secret file: one line is the secret
+// every copy daemon shares; several lines (blank ones and # comments
+// aside) are NAME SECRET, a secret per copy daemon, by the name it
+// announces (--name). Empty path means no secret.
+func readAgentSecrets(path string) (shared []byte, perName map[string][]byte, err error) {
+	if path == "" {
+		return nil, nil, nil
+	}
+	b, err := readPrivate(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) <= 1 {
+		shared, err := readSecret(path)
+		return shared, nil, err
+	}
+	perName = make(map[string][]byte)
+	for i, l := range lines {
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			return nil, nil, fmt.Errorf("%s: line %d: want NAME SECRET (a file of several lines holds one secret per copy daemon)", path, i+1)
+		}
+		if len(f[1]) < minSecretLen {
+			return nil, nil, fmt.Errorf("%s: the secret of %q is shorter than %d bytes", path, f[0], minSecretLen)
+		}
+		if _, dup := perName[f[0]]; dup {
+			return nil, nil, fmt.Errorf("%s: %q given twice", path, f[0])
+		}
+		perName[f[0]] = []byte(f[1])
+	}
+	return nil, perName, nil
+}
+
+// readPrivate reads a secret file, refusing one that others than its
+// owner may read, or that belongs to someone else than this user or root:
+// the secret would not be one. A file in systemd's $CREDENTIALS_DIRECTORY
+// is systemd's to protect (it may grant the service's user access by an
+// ACL, which shows as group bits): taken as it is.
+func readPrivate(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if !inCredentials(path) {
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			return nil, fmt.Errorf("%s: readable or writable by group or others (mode %04o): chmod 600 it", path, perm)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			return nil, fmt.Errorf("%s: owned by uid %d, neither root nor this user", path, st.Uid)
+		}
+	}
+	return io.ReadAll(f)
+}
+
+// inCredentials reports whether path lies in $CREDENTIALS_DIRECTORY.
+func inCredentials(path string) bool {
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return false
+	}
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../") && rel != "."
+}
+
+// parseSlot parses a pool slot I/N.
+func parseSlot(s string) (slot, slots int, err error) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, 0, errors.New("want SLOT/SLOTS, such as 0/1 (the whole pool) or 1/3")
+	}
+	if slot, err = strconv.Atoi(a); err == nil {
+		slots, err = strconv.Atoi(b)
+	}
+	if err != nil || slots < 1 || slot < 0 || slot >= slots {
+		return 0, 0, errors.New("want SLOT/SLOTS with 0 ≤ SLOT < SLOTS, such as 0/1 (the whole pool) or 1/3")
+	}
+	return slot, slots, nil
 }

@@ -45,8 +45,17 @@ func flagValue[T any](t testing.TB, get func(string) (T, error), name string) T 
 // its path.
 func writeSecret(t testing.TB, content string) string {
 	t.Helper()
+	return writeSecretMode(t, content, 0o600)
+}
+
+// writeSecretMode is writeSecret with a file mode.
+func writeSecretMode(t testing.TB, content string, mode os.FileMode) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -320,8 +320,8 @@ func copyStages(rows map[string]statRow) []stage {
 	agent := take(rows, plain("tcpshadow_agent_connected", "tcpshadow_agent_connects_total",
 		"tcpshadow_agent_disconnects_total", "tcpshadow_agent_connect_failures_total",
 		"tcpshadow_agent_registrations_total", "tcpshadow_agent_deregistrations_total",
-		"tcpshadow_agent_queue_full_total", "tcpshadow_agent_flows", "tcpshadow_agent_reply_frames_total",
-		"tcpshadow_agent_replies_total"))
+		"tcpshadow_agent_resyncs_total", "tcpshadow_agent_flows", "tcpshadow_agent_reply_frames_total",
+		"tcpshadow_agent_replies_total", "tcpshadow_agent_bad_frames_total"))
 	agent = append(agent, take(rows, prefixed(rows, "tcpshadow_agent_"))...)
 	return []stage{{"capture", capture}, {"engine", eng}, {"sessions", sess}, {"agent link", agent}}
 }
@@ -336,9 +336,10 @@ func interceptStages(rows map[string]statRow) []stage {
 	return []stage{
 		{"capture", take(rows, i("kernel_received_total", "captured_total", "bad_total", "kernel_dropped_total",
 			"interface_dropped_total", "non_ip_total"))},
-		{"relay", take(rows, i("relayed_total", "no_owner_total", "parked_total", "parked_delivered_total",
+		{"relay", take(rows, i("relayed_total", "outside_pools_total", "no_owner_total", "parked_total", "parked_delivered_total",
 			"parked_expired_total", "dropped_queue_total", "dropped_peer_total", "flows", "flows_rejected_total",
-			"batches_total"))},
-		{"peers", take(rows, i("peers", "peers_refused_total", "peer_errors_total"))},
+			"flows_conflict_total", "flows_outside_pool_total", "flows_expired_total", "batches_total"))},
+		{"peers", take(rows, i("peers", "peers_refused_total", "peer_errors_total", "conns_shed_total",
+			"accept_errors_total", "bad_frames_total", "peer_throttled_total"))},
 	}
 }

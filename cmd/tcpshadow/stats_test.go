@@ -65,7 +65,7 @@ func daemonSamples(t testing.TB, role string) []metrics.Sample {
 		}
 		out = daemon.CopySamples(eng, client, src, src)
 	case "intercept":
-		out = daemon.AgentSamples(intercept.NewAgent(intercept.AgentConfig{}, src, nil, log), src)
+		out = daemon.AgentSamples(intercept.NewAgent(intercept.AgentConfig{InsecureNoAuth: true}, src, nil, log), src)
 	}
 	return append(out, daemon.DumpSamples(dump)...)
 }
@@ -80,7 +80,7 @@ func stageOf(role string, s metrics.Sample) string {
 		switch strings.TrimSuffix(strings.TrimPrefix(n, "tcpshadow_intercept_"), "_total") {
 		case "kernel_received", "captured", "bad", "kernel_dropped", "interface_dropped", "non_ip":
 			return "capture"
-		case "peers", "peers_refused", "peer_errors":
+		case "peers", "peers_refused", "peer_errors", "conns_shed", "accept_errors", "bad_frames", "peer_throttled":
 			return "peers"
 		}
 		return "relay"

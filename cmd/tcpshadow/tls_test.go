@@ -30,7 +30,7 @@ func TestTLSFlags(t *testing.T) {
 	}
 
 	t.Run("Intercept", func(t *testing.T) {
-		cfg, err := interceptOptionsFrom(t, "-i", "eth0", "--tls-cert", certFile, "--tls-key", keyFile).config()
+		cfg, err := interceptOptionsFrom(t, "-i", "eth0", "--insecure-no-auth", "--tls-cert", certFile, "--tls-key", keyFile).config()
 		if err != nil {
 			t.Fatal(err)
 		}

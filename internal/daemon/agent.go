@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -17,10 +20,16 @@ import (
 
 // AgentConfig configures the intercept agent.
 type AgentConfig struct {
-	Capture capture.Config        // the shadow's replies arriving at the assist host
-	Agent   intercept.AgentConfig // the relay and its control channel
-	Listen  string                // [ADDR]:PORT copy daemons connect to
-	MaxCPU  int                   // CPUs used at once (GOMAXPROCS)
+	// Capture is where the shadow's replies arriving at the assist host are
+	// read; an empty Filter means all TCP (CaptureConfig). Whatever the
+	// filter, the agent's own control channel is never captured.
+	Capture capture.Config
+	// Agent is the relay and its control channel. Agent.Secret (or
+	// Agent.Secrets) is required unless Agent.InsecureNoAuth is set.
+	Agent     intercept.AgentConfig
+	Listen    string // [ADDR]:PORT copy daemons connect to
+	MaxCPU    int    // CPUs used at once (GOMAXPROCS)
+	MaxMemory int64  // bytes: the Go heap's soft limit (GOMEMLIMIT), and the flow table's budget (RelayConfig)
 
 	MetricsAddr   string          // serve Prometheus metrics here; empty: off
 	Pprof         bool            // also serve Go's profiler on MetricsAddr
@@ -40,12 +49,54 @@ func DefaultAgentConfig() AgentConfig {
 		Agent:         intercept.DefaultAgentConfig(),
 		Listen:        ":" + strconv.Itoa(wire.DefaultPort),
 		MaxCPU:        DefaultMaxCPU(),
+		MaxMemory:     1 << 30,
 		StatsInterval: 30 * time.Second,
 		Dump:          pcapdump.DefaultConfig(),
 	}
 	// Replies are for addresses that are not ours: only what arrives.
-	c.Capture.Filter, c.Capture.SnapLen, c.Capture.InboundOnly = "tcp", agentSnapLen, true
+	c.Capture.SnapLen, c.Capture.InboundOnly = agentSnapLen, true
 	return c
+}
+
+// flowBytes is about what one registered flow costs the agent: its entry,
+// and its keys in the flow table and its daemon's set.
+const flowBytes = 256
+
+// RelayConfig returns the relay's configuration: Agent, with the flow
+// table held to a quarter of MaxMemory.
+func (c *AgentConfig) RelayConfig() intercept.AgentConfig {
+	a := c.Agent
+	if a.MaxFlows == 0 {
+		a.MaxFlows = intercept.DefaultAgentConfig().MaxFlows
+	}
+	a.MaxFlows = min(a.MaxFlows, int(c.MaxMemory/4/flowBytes))
+	return a
+}
+
+// CaptureConfig returns the capture's configuration: Capture, its filter
+// (all TCP when empty) narrowed so that the agent never captures its own
+// control channel: packets to its listening port (on its listening
+// address, when Listen names one). Which of the rest are relayed or
+// parked follows the pools the copy daemons announce: the relay drops
+// replies to any other address, counted (outside_pools), since a capture
+// filter cannot follow peers as they come and go.
+func (c *AgentConfig) CaptureConfig() capture.Config {
+	cc := c.Capture
+	base := "tcp"
+	if cc.Filter != "" {
+		base = "(" + cc.Filter + ")"
+	}
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		cc.Filter = base
+		return cc
+	}
+	own := "dst port " + port
+	if a, err := netip.ParseAddr(host); err == nil && !a.IsUnspecified() {
+		own = "dst host " + a.Unmap().String() + " and " + own
+	}
+	cc.Filter = base + " and not (" + own + ")"
+	return cc
 }
 
 // Validate checks the configuration; errors are *FieldError.
@@ -62,7 +113,23 @@ func (c *AgentConfig) Validate() error {
 	if c.Agent.MaxFlows < 1 {
 		return fieldErr("Agent.MaxFlows", c.Agent.MaxFlows, "want at least 1")
 	}
-	return validateRun(c.MaxCPU, c.StatsInterval, c.Dump)
+	if c.MaxMemory < minMemory {
+		return fieldErr("MaxMemory", c.MaxMemory, "want a size of at least 16MiB, such as 512MiB or 2GiB")
+	}
+	if err := validateMetrics(c.MetricsAddr, c.Pprof); err != nil {
+		return err
+	}
+	if err := validateRun(c.MaxCPU, c.StatsInterval, c.Dump); err != nil {
+		return err
+	}
+	if len(c.Agent.Secret) > 0 && len(c.Agent.Secrets) > 0 {
+		return fieldErr("Agent.Secrets", nil, "want a shared secret or one per copy daemon, not both")
+	}
+	if len(c.Agent.Secret) == 0 && len(c.Agent.Secrets) == 0 && !c.Agent.InsecureNoAuth {
+		return fieldErr("Agent.Secret", nil,
+			"is required: without it anyone who reaches the agent could register flows and read their replies (unless the agent is to run insecure on purpose)")
+	}
+	return nil
 }
 
 // RunAgent runs the intercept agent until ctx is done, then stops it and
@@ -70,12 +137,12 @@ func (c *AgentConfig) Validate() error {
 // Errors about a config field are *FieldError. logFile, if not nil, is
 // the log's file, reopened with the dump on SIGHUP.
 //
-// Start order: the dump; SIGHUP; the CPU budget; the capture; the
-// listener; the metrics endpoint. A step that fails closes what the ones
-// before it opened. The agent is ready for systemd once it listens. It
-// stops, closing its listener, its capture and every copy daemon's
-// connection, when ctx is done or the capture fails; the dump closes
-// last.
+// Start order: the dump; SIGHUP; the CPU and memory budgets; the
+// capture; the listener; the metrics endpoint. A step that fails closes
+// what the ones before it opened. The agent is ready for systemd once it
+// listens, and pets systemd's watchdog from its capture loop. It stops,
+// closing its listener, its capture and every copy daemon's connection,
+// when ctx is done or the capture fails; the dump closes last.
 func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *logfile.File) error {
 	return runAgent(ctx, cfg, log, logFile, liveHost())
 }
@@ -93,11 +160,13 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 	}
 	stopHangup := reopenOnHangup(log, logFile, dump)
 	defer stopHangup()
-	h.limit(cfg.MaxCPU, 0)
-	src, err := h.openCapture(cfg.Capture)
+	h.limit(cfg.MaxCPU, cfg.MaxMemory)
+	ccfg := cfg.CaptureConfig()
+	src, err := h.openCapture(ccfg)
 	if err != nil {
 		return err
 	}
+	src = &watchdogSource{Source: src, wd: newWatchdog(log)}
 	if dump != nil {
 		// Dumped where the agent reads them, before the relay decides:
 		// replies nobody registered (no_owner) are worth seeing too, and
@@ -109,7 +178,7 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 		src.Close()
 		return inField("Listen", err)
 	}
-	agent := intercept.NewAgent(cfg.Agent, src, ln, log)
+	agent := intercept.NewAgent(cfg.RelayConfig(), src, ln, log)
 	samples := func() []metrics.Sample { return append(AgentSamples(agent, src), DumpSamples(dump)...) }
 	if cfg.MetricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
@@ -119,8 +188,18 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 		}
 	}
 	go metrics.LogEvery(ctx, cfg.StatsInterval, samples, metricPrefix, log)
-	log.Info("intercepting", "iface", cfg.Capture.Interface, "filter", cfg.Capture.Filter, "listen", ln.Addr().String(),
-		"auth", len(cfg.Agent.Secret) > 0)
+	auth := "shared secret"
+	switch {
+	case len(cfg.Agent.Secrets) > 0:
+		auth = fmt.Sprintf("one secret per copy daemon (%d)", len(cfg.Agent.Secrets))
+	case len(cfg.Agent.Secret) == 0:
+		auth = "NONE"
+		log.Warn("INSECURE: the agent authenticates no copy daemon: anyone who reaches " + ln.Addr().String() +
+			" can register flows within the pools it announces and read the sequence numbers of their replies, " +
+			"and nothing stops frames injected on the path; give it --secret-file")
+	}
+	log.Info("intercepting", "iface", ccfg.Interface, "filter", ccfg.Filter, "listen", ln.Addr().String(),
+		"auth", auth, "tls", cfg.Agent.TLS != nil)
 	if err := sdnotify.Ready(); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}

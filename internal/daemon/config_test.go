@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/rewrite"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
 
@@ -27,6 +28,7 @@ func validCopy() CopyConfig {
 func validAgent() AgentConfig {
 	c := DefaultAgentConfig()
 	c.Capture.Interface = "eth0"
+	c.Agent.Secret = []byte("0123456789abcdef-daemon")
 	return c
 }
 
@@ -48,7 +50,7 @@ func TestDefaultConfigs(t *testing.T) {
 	if err := a.Validate(); err != nil {
 		t.Errorf("default agent config: %v", err)
 	}
-	if !a.Capture.InboundOnly || a.Capture.SnapLen != 256 || a.Capture.Filter != "tcp" || a.Listen != ":36524" {
+	if !a.Capture.InboundOnly || a.Capture.SnapLen != 256 || a.Capture.Filter != "" || a.Listen != ":36524" || a.MaxMemory != 1<<30 {
 		t.Errorf("agent capture %+v, listen %q", a.Capture, a.Listen)
 	}
 	if a.Agent.FlushDelay != 200*time.Microsecond || a.Agent.MaxFlows != 1<<20 {
@@ -96,6 +98,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"MaxCPU", func(c *CopyConfig) { c.MaxCPU = 1025 }},
 		{"MaxMemory", func(c *CopyConfig) { c.MaxMemory = 16<<20 - 1 }},
 		{"StatsInterval", func(c *CopyConfig) { c.StatsInterval = -time.Second }},
+		{"Pprof", func(c *CopyConfig) { c.Pprof, c.MetricsAddr = true, "198.18.0.1:9464" }},
+		{"Pprof", func(c *CopyConfig) { c.Pprof, c.MetricsAddr = true, ":9464" }},
 		{"Dump.MaxBytes", func(c *CopyConfig) { c.Dump.MaxBytes = 0 }},
 		{"Dump.Files", func(c *CopyConfig) { c.Dump.Files = 1001 }},
 		{"Dump.Path", func(c *CopyConfig) { c.Dump.Path = filepath.Join(dir, "none", "x.pcap") }},
@@ -124,6 +128,10 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"Agent.FlushDelay", func(c *AgentConfig) { c.Agent.FlushDelay = time.Second + 1 }},
 		{"Agent.MaxFlows", func(c *AgentConfig) { c.Agent.MaxFlows = 0 }},
 		{"MaxCPU", func(c *AgentConfig) { c.MaxCPU = 0 }},
+		{"MaxMemory", func(c *AgentConfig) { c.MaxMemory = 1 << 20 }},
+		{"Agent.Secret", func(c *AgentConfig) { c.Agent.Secret = nil }},
+		{"Agent.Secrets", func(c *AgentConfig) { c.Agent.Secrets = map[string][]byte{"prod": []byte("x")} }},
+		{"Pprof", func(c *AgentConfig) { c.Pprof, c.MetricsAddr = true, "198.18.1.3:9464" }},
 		{"StatsInterval", func(c *AgentConfig) { c.StatsInterval = -1 }},
 		{"Dump.Files", func(c *AgentConfig) { c.Dump.Files = 0 }},
 	}
@@ -139,5 +147,77 @@ func checkField(t testing.TB, err error, field string) {
 	var fe *FieldError
 	if !errors.As(err, &fe) || fe.Field != field {
 		t.Errorf("want an error naming %s, got %v", field, err)
+	}
+}
+
+// TestAgentInsecureOnPurpose: without a secret the agent runs only when
+// told to; the profiler is fine on loopback.
+func TestAgentInsecureOnPurpose(t *testing.T) {
+	c := validAgent()
+	c.Agent.Secret, c.Agent.InsecureNoAuth = nil, true
+	c.Pprof, c.MetricsAddr = true, "127.0.0.1:9464"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.Agent.Secrets = map[string][]byte{"prod-1": []byte("0123456789abcdef")}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentCaptureFilter: the agent's own port is never captured, on its
+// listening address when it has one; a given filter is kept, narrowed.
+func TestAgentCaptureFilter(t *testing.T) {
+	for _, tt := range []struct{ filter, listen, want string }{
+		{"", ":36524", "tcp and not (dst port 36524)"},
+		{"", "198.18.1.3:36524", "tcp and not (dst host 198.18.1.3 and dst port 36524)"},
+		{"", "[2001:2:0:1::3]:4000", "tcp and not (dst host 2001:2:0:1::3 and dst port 4000)"},
+		{"", "0.0.0.0:36524", "tcp and not (dst port 36524)"},
+		{"tcp and src port 80", "198.18.1.3:36524", "(tcp and src port 80) and not (dst host 198.18.1.3 and dst port 36524)"},
+	} {
+		c := validAgent()
+		c.Capture.Filter, c.Listen = tt.filter, tt.listen
+		if got := c.CaptureConfig().Filter; got != tt.want {
+			t.Errorf("filter %q listen %q: %q, want %q", tt.filter, tt.listen, got, tt.want)
+		}
+	}
+}
+
+// TestRelayBudget: the flow table is held to a quarter of MaxMemory.
+func TestRelayBudget(t *testing.T) {
+	c := validAgent()
+	if got := c.RelayConfig().MaxFlows; got != 1<<20 {
+		t.Errorf("1 GiB: %d flows", got)
+	}
+	c.MaxMemory = 64 << 20
+	if got := c.RelayConfig().MaxFlows; got != 64<<20/4/flowBytes {
+		t.Errorf("64 MiB: %d flows", got)
+	}
+}
+
+// TestClientAnnouncement: the copier announces its pool (slot included),
+// or the whole address space without one, and a flow idle time no live
+// session exceeds.
+func TestClientAnnouncement(t *testing.T) {
+	c := validCopy()
+	cc := c.ClientConfig()
+	if len(cc.Pools) != 2 || cc.Pools[0].Prefix.Bits() != 0 || cc.Pools[1].Prefix.Bits() != 0 {
+		t.Errorf("without a pool: %v", cc.Pools)
+	}
+	e := c.EngineConfig()
+	e.Defaults()
+	if want := max(e.IdleTimeout, e.ResponseTimeout, e.HandshakeTimeout) + e.Linger; cc.FlowIdle != want || want <= e.IdleTimeout {
+		t.Errorf("flow idle %v, want %v", cc.FlowIdle, want)
+	}
+	pool, err := rewrite.NewPool([]netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Engine.Pool, err = pool.WithSlot(2, 5); err != nil {
+		t.Fatal(err)
+	}
+	cc = c.ClientConfig()
+	if len(cc.Pools) != 1 || cc.Pools[0].String() != "198.19.0.0/16 slot 2/5" {
+		t.Errorf("with a pool: %v", cc.Pools)
 	}
 }

@@ -141,6 +141,9 @@ func (c *CopyConfig) Validate() error {
 	if err := validateRun(c.MaxCPU, c.StatsInterval, c.Dump); err != nil {
 		return err
 	}
+	if err := validateMetrics(c.MetricsAddr, c.Pprof); err != nil {
+		return err
+	}
 	if c.MaxMemory < minMemory {
 		return fieldErr("MaxMemory", c.MaxMemory, "want a size of at least 16MiB, such as 512MiB or 2GiB")
 	}
@@ -200,7 +203,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 		}
 	}
 	var eng *tcpstate.Engine
-	client := intercept.NewClient(cfg.Client, func(hdr []byte) { eng.HandleReply(hdr) }, log)
+	client := intercept.NewClient(cfg.ClientConfig(), func(hdr []byte) { eng.HandleReply(hdr) }, log)
 	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
 	if err != nil {
 		return inField("Engine", err)
@@ -259,14 +262,14 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	prodErr := make(chan error, 1)
 	if prodSrc != nil {
 		go func() {
-			err := captureLoop(capCtx, prodSrc, eng.NewInput())
+			err := captureLoop(capCtx, prodSrc, eng.NewInput(), &watchdog{}) // the loop below pets it
 			stopCapture()
 			prodErr <- err
 		}()
 	} else {
 		prodErr <- nil
 	}
-	err = captureLoop(capCtx, src, eng.NewInput())
+	err = captureLoop(capCtx, src, eng.NewInput(), newWatchdog(log))
 	stopCapture()
 	if perr := <-prodErr; err == nil && perr != nil {
 		err = fmt.Errorf("capture prod's side: %w", perr)
@@ -332,8 +335,8 @@ func waitConnected(ctx context.Context, c *intercept.Client, d time.Duration) bo
 }
 
 // captureLoop feeds captured packets to the engine through in until ctx
-// is done or the capture ends.
-func captureLoop(ctx context.Context, src capture.Source, in *tcpstate.Input) error {
+// is done or the capture ends, petting the watchdog as it goes.
+func captureLoop(ctx context.Context, src capture.Source, in *tcpstate.Input, wd *watchdog) error {
 	go func() {
 		<-ctx.Done()
 		src.Close()
@@ -343,7 +346,9 @@ func captureLoop(ctx context.Context, src capture.Source, in *tcpstate.Input) er
 		switch {
 		case err == nil:
 			in.Handle(pkt, ts)
+			wd.packet()
 		case errors.Is(err, capture.ErrTimeout):
+			wd.idle()
 		case errors.Is(err, io.EOF):
 			return nil
 		default:

@@ -36,7 +36,7 @@ func TestSampleNames(t *testing.T) {
 			"tcpshadow_agent_disconnects_total", "tcpshadow_agent_reply_frames_total",
 			"tcpshadow_capture_kernel_received_total", "tcpshadow_capture_non_ip_total",
 		}},
-		{AgentSamples(intercept.NewAgent(intercept.AgentConfig{}, src, nil, log), src), []string{
+		{AgentSamples(intercept.NewAgent(intercept.AgentConfig{InsecureNoAuth: true}, src, nil, log), src), []string{
 			"tcpshadow_intercept_kernel_received_total", "tcpshadow_intercept_kernel_dropped_total",
 			"tcpshadow_intercept_interface_dropped_total", "tcpshadow_intercept_non_ip_total",
 		}},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
@@ -106,8 +107,17 @@ func validateRun(maxCPU int, statsInterval time.Duration, dump pcapdump.Config) 
 	} else if !fi.IsDir() {
 		return fieldErr("Dump.Path", dump.Path, fmt.Sprintf("want a file in an existing directory: %s is not a directory", dir))
 	}
-	if fi, err := os.Stat(dump.Path); err == nil && !fi.Mode().IsRegular() {
-		return fieldErr("Dump.Path", dump.Path, "want a regular file (it is rotated by renaming)")
+	if fi, err := os.Lstat(dump.Path); err == nil && !fi.Mode().IsRegular() {
+		return fieldErr("Dump.Path", dump.Path, "want a regular file, not a link (it is rotated by renaming)")
+	}
+	return nil
+}
+
+// validateMetrics checks the metrics endpoint both daemons share: the
+// profiler only on a loopback address.
+func validateMetrics(addr string, pprof bool) error {
+	if pprof && !metrics.IsLoopback(addr) {
+		return &FieldError{Field: "Pprof", Value: pprof, Err: fmt.Errorf("with MetricsAddr %q: %w", addr, metrics.ErrPprofNotLoopback)}
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ func TestRunCopyAndAgent(t *testing.T) {
 
 	copySrc, prodSrc, sent := capturetest.New(16), capturetest.New(16), &recordingSender{}
 	ccfg := validCopy()
-	ccfg.Client.Addr, ccfg.MaxCPU = addr, 1
+	ccfg.Client.Addr, ccfg.Client.Secret, ccfg.MaxCPU = addr, acfg.Agent.Secret, 1
 	ccfg.Dump.Path = filepath.Join(dir, "copy.pcap")
 	copyCtx, stopCopy := context.WithCancel(context.Background())
 	defer stopCopy()
