@@ -9,6 +9,10 @@ BINDIR  ?= $(PREFIX)/bin
 # $(PREFIX)/lib/systemd/system is the right one for PREFIX /usr/local or /usr.
 # For any other PREFIX, set UNITDIR=/etc/systemd/system.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# systemd-sysctl reads /etc/sysctl.d, /usr/local/lib/sysctl.d and
+# /usr/lib/sysctl.d: likewise, SYSCTLDIR=/etc/sysctl.d for another PREFIX.
+SYSCTLDIR ?= $(PREFIX)/lib/sysctl.d
+SYSCTL  := scripts/sysctl.d/60-tcpshadow.conf
 # The units' sources name the default binary path; install rewrites it.
 UNITS   := $(wildcard scripts/systemd/*.service)
 EXAMPLE := scripts/tcpshadow.example.toml
@@ -19,7 +23,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock -e /internal/cmd/tslab)
 LAB     := ./internal/lab ./internal/rawsock ./internal/cmd/tslab ./internal/e2e
 
-.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall
+.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall fuzz
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +63,19 @@ bench-smoke: build bench-go-smoke ## every microbenchmark once, then one short l
 bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step is TestBenchSmoke)
 	$(GO) test -run '^$$' -bench . -benchtime=1x $(UNIT)
 
+# package:FuzzTarget, each run for FUZZTIME by `make fuzz`; their seed
+# corpora run as plain tests in test-unit.
+FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
+            ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse
+FUZZTIME ?= 30s
+
+fuzz: ## run every fuzz target for FUZZTIME (30s) each
+	@set -e; for f in $(FUZZ); do \
+		pkg=$${f%%:*}; name=$${f##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
 clean: ## remove build output
 	rm -rf bin
 
@@ -73,15 +90,18 @@ install: build ## install the binary, the systemd units and the example config (
 		sed 's|/usr/local/bin/tcpshadow|$(BINDIR)/tcpshadow|g' $$u > $$dst.tmp; \
 		chmod 0644 $$dst.tmp; mv -f $$dst.tmp $$dst; \
 	done
+	install -D -m 0644 $(SYSCTL) $(DESTDIR)$(SYSCTLDIR)/$(notdir $(SYSCTL))
 	@if [ -f $(EXAMPLE) ]; then \
 		echo "install $(EXAMPLE) $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example"; \
 		install -D -m 0644 $(EXAMPLE) $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example; \
 	fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "next: /etc/tcpshadow/tcpshadow.toml, the shared secret in /etc/tcpshadow/secret (mode 0600), then"
+	@echo "next: /etc/tcpshadow/tcpshadow.toml, the secret in /etc/tcpshadow/secret (mode 0600), your hosts in"
+	@echo "      IPAddressAllow= (systemctl edit), sysctl --system (prod host), then"
 	@echo "      systemctl enable --now tcpshadow-intercept (assist host) or tcpshadow-copy (prod host)"
 
 uninstall: ## remove what install installed (configuration and secret stay)
 	rm -f $(DESTDIR)$(BINDIR)/tcpshadow $(DESTDIR)/etc/tcpshadow/tcpshadow.toml.example
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS)))
+	rm -f $(DESTDIR)$(SYSCTLDIR)/$(notdir $(SYSCTL))
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -150,19 +150,20 @@ func TestMakeInstall(t *testing.T) {
 		t.Logf("%s absent: no example config expected", example)
 	}
 	for _, tc := range []struct {
-		name    string
-		vars    []string
-		bin     string // installed binary path
-		unitDir string
+		name      string
+		vars      []string
+		bin       string // installed binary path
+		unitDir   string
+		sysctlDir string
 	}{
-		{"PrefixUsr", []string{"PREFIX=/usr"}, "/usr/bin/tcpshadow", "/usr/lib/systemd/system"},
-		{"DefaultPrefix", nil, "/usr/local/bin/tcpshadow", "/usr/local/lib/systemd/system"},
-		{"OptWithUnitdir", []string{"PREFIX=/opt/tcpshadow", "UNITDIR=/etc/systemd/system"},
-			"/opt/tcpshadow/bin/tcpshadow", "/etc/systemd/system"},
+		{"PrefixUsr", []string{"PREFIX=/usr"}, "/usr/bin/tcpshadow", "/usr/lib/systemd/system", "/usr/lib/sysctl.d"},
+		{"DefaultPrefix", nil, "/usr/local/bin/tcpshadow", "/usr/local/lib/systemd/system", "/usr/local/lib/sysctl.d"},
+		{"OptWithUnitdir", []string{"PREFIX=/opt/tcpshadow", "UNITDIR=/etc/systemd/system", "SYSCTLDIR=/etc/sysctl.d"},
+			"/opt/tcpshadow/bin/tcpshadow", "/etc/systemd/system", "/etc/sysctl.d"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dest := makeInstall(t, tc.vars...)
-			want := []string{"-rwxr-xr-x " + tc.bin}
+			want := []string{"-rwxr-xr-x " + tc.bin, "-rw-r--r-- " + tc.sysctlDir + "/60-tcpshadow.conf"}
 			for _, u := range sourceUnits(t) {
 				want = append(want, "-rw-r--r-- "+tc.unitDir+"/"+filepath.Base(u))
 			}
@@ -229,7 +230,7 @@ func TestUnitsAgree(t *testing.T) {
 		unit string
 		may  []string // [Service] keys allowed to differ
 	}{
-		{"tcpshadow-copy@.service", []string{"ExecStart", "LogsDirectory"}},
+		{"tcpshadow-copy@.service", []string{"ExecStart", "LogsDirectory", "User"}},
 		{"tcpshadow-intercept.service", []string{"ExecStart", "AmbientCapabilities", "CapabilityBoundingSet", "OOMScoreAdjust"}},
 	} {
 		u := parseUnit(t, filepath.Join(dir, tc.unit))
@@ -319,5 +320,43 @@ func TestUnitsVerify(t *testing.T) {
 		if level != "OK" && level != "SAFE" {
 			t.Errorf("%s rated %q by systemd-analyze security, want OK or SAFE:\n%s", name, level, out)
 		}
+	}
+}
+
+// TestUnitsHarden: every unit bounds its memory, tasks and CPU share,
+// denies IP traffic but to the addresses it lists, has a watchdog the
+// daemons pet, and grants no CAP_NET_ADMIN (the sysctl.d file raises
+// wmem_max instead); each template instance runs as a user of its own;
+// the sysctl file raises what the raw sockets ask for.
+func TestUnitsHarden(t *testing.T) {
+	for _, src := range sourceUnits(t) {
+		name := filepath.Base(src)
+		u := parseUnit(t, src)
+		for _, key := range []string{"MemoryHigh", "MemoryMax", "TasksMax", "CPUWeight", "WatchdogSec"} {
+			if v := u.one(t, "Service", key); v == "" || v == "infinity" {
+				t.Errorf("%s: %s=%q", name, key, v)
+			}
+		}
+		if v := u.one(t, "Service", "IPAddressDeny"); v != "any" {
+			t.Errorf("%s: IPAddressDeny=%q, want any", name, v)
+		}
+		if allow := u["Service"]["IPAddressAllow"]; !slices.Contains(allow, "localhost") || len(allow) < 2 {
+			t.Errorf("%s: IPAddressAllow %q, want localhost and the hosts", name, allow)
+		}
+		for _, key := range []string{"AmbientCapabilities", "CapabilityBoundingSet"} {
+			if strings.Contains(u.one(t, "Service", key), "CAP_NET_ADMIN") {
+				t.Errorf("%s: %s grants CAP_NET_ADMIN", name, key)
+			}
+		}
+		if strings.HasSuffix(name, "@.service") && !strings.Contains(u.one(t, "Service", "User"), "%i") {
+			t.Errorf("%s: User=%q is shared by every instance", name, u.one(t, "Service", "User"))
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "sysctl.d", "60-tcpshadow.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "net.core.wmem_max = 4194304") {
+		t.Errorf("sysctl.d file does not raise net.core.wmem_max to the raw sockets' 4 MiB:\n%s", b)
 	}
 }
