@@ -57,6 +57,13 @@ type AgentConfig struct {
 	MaxHandshakes   int
 	MaxConnsPerAddr int
 	MaxPeers        int
+	// LocalAddrs returns this host's addresses: a flow whose forged end is
+	// one of them is never registered, whatever pools a daemon announces,
+	// so no daemon can read the sequence numbers of a connection to the
+	// agent's host (its SSH sessions, its control channel). Nil: the
+	// interfaces' addresses (net.InterfaceAddrs), read again every
+	// localAddrsEvery.
+	LocalAddrs func() []netip.Addr
 }
 
 // DefaultAgentConfig returns the configuration with every default filled
@@ -131,6 +138,7 @@ type AgentStats struct {
 	FlowsRejected    uint64 // registrations refused: flow table or the daemon's quota full
 	FlowsConflict    uint64 // registrations refused: another copy daemon holds the flow
 	FlowsOutsidePool uint64 // registrations refused: outside the pools the daemon announced
+	FlowsLocal       uint64 // registrations refused: the forged end is an address of the agent's host
 	FlowsExpired     uint64 // flows dropped after going without a reply or registration too long
 	Peers            int64  // connected daemons (gauge)
 	PeersRefused     uint64 // failed handshake, authentication or allowlist
@@ -158,6 +166,7 @@ type Agent struct {
 	st struct {
 		captured, bad, relayed, outsidePools, noOwner, parked, parkedDelivered, parkedExpired   atomic.Uint64
 		droppedQueue, droppedPeer, flowsRejected, flowsConflict, flowsOutsidePool, flowsExpired atomic.Uint64
+		flowsLocal                                                                              atomic.Uint64
 		peersRefused, peerErrors, connsShed, acceptErrors, badFrames, peerThrottled, batches    atomic.Uint64
 		flows, peers                                                                            atomic.Int64
 	}
@@ -182,6 +191,9 @@ func NewAgent(cfg AgentConfig, src capture.Source, ln net.Listener, log *slog.Lo
 		refused:   newRefusalLog(maxRefusedLogged, refusedLogTTL),
 	}
 	a.conns.perAddr = make(map[netip.Addr]int)
+	if a.cfg.LocalAddrs == nil {
+		a.cfg.LocalAddrs = interfaceAddrs
+	}
 	a.logs.accept.every, a.logs.shed.every = 10*time.Second, 10*time.Second
 	return a
 }
@@ -195,7 +207,7 @@ func (a *Agent) Stats() AgentStats {
 		ParkedDelivered: s.parkedDelivered.Load(), ParkedExpired: s.parkedExpired.Load(),
 		DroppedQueue: s.droppedQueue.Load(), DroppedPeer: s.droppedPeer.Load(), Flows: s.flows.Load(),
 		FlowsRejected: s.flowsRejected.Load(), FlowsConflict: s.flowsConflict.Load(),
-		FlowsOutsidePool: s.flowsOutsidePool.Load(), FlowsExpired: s.flowsExpired.Load(),
+		FlowsOutsidePool: s.flowsOutsidePool.Load(), FlowsLocal: s.flowsLocal.Load(), FlowsExpired: s.flowsExpired.Load(),
 		Peers: s.peers.Load(), PeersRefused: s.peersRefused.Load(), PeerErrors: s.peerErrors.Load(),
 		ConnsShed: s.connsShed.Load(), AcceptErrors: s.acceptErrors.Load(), BadFrames: s.badFrames.Load(),
 		PeerThrottled: s.peerThrottled.Load(), Batches: s.batches.Load(),
@@ -244,6 +256,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.src.Close()
 	wg.Wait()
 	return <-errc
+}
+
+// interfaceAddrs returns the addresses of this host's interfaces.
+func interfaceAddrs() []netip.Addr {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 // capturedHdr is one captured reply as the relay needs it: its headers,

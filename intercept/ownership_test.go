@@ -162,3 +162,16 @@ func TestInjectedFramesDropped(t *testing.T) {
 		return s.BadFrames == 3 && s.Flows == 2 && s.Peers == 2 && s.PeerErrors == 0
 	})
 }
+
+// TestLocalFlowsRefused: even a daemon that announces the whole address
+// space cannot register a flow whose forged end is the agent's host: the
+// host's own connections (SSH, the control channel) stay out of reach.
+func TestLocalFlowsRefused(t *testing.T) {
+	assist := netip.MustParseAddr("198.18.1.3")
+	a, _, ln := probeAgent(t, AgentConfig{Secret: testSecret, LocalAddrs: func() []netip.Addr { return []netip.Addr{assist} }})
+	c, _, seal := rawSession(t, ln, "prod", testSecret, testPools)
+	ssh := rewrite.TupleOf(netip.AddrPortFrom(assist, 22), netip.MustParseAddrPort("198.18.1.2:51000"))
+	control := rewrite.TupleOf(netip.AddrPortFrom(assist, wire.DefaultPort), netip.MustParseAddrPort("198.18.1.1:40000"))
+	registerRaw(t, c, seal, wire.TypeRegister, ssh, control, flow(1))
+	waitAgent(t, a, "two refused, one registered", func(s AgentStats) bool { return s.FlowsLocal == 2 && s.Flows == 1 })
+}

@@ -65,6 +65,23 @@ type relay struct {
 	timer   *time.Timer           // flush deadline of the earliest batch
 	armed   time.Time             // when timer fires; zero: not armed
 	epoch   time.Time             // the relay clock's zero
+	local   map[netip.Addr]bool   // this host's addresses, read at localAt
+	localAt time.Time
+}
+
+// localAddrsEvery is how often the host's addresses are read again.
+const localAddrsEvery = 5 * time.Second
+
+// isLocal reports whether addr (16-byte form) is one of this host's.
+func (r *relay) isLocal(addr [16]byte, now time.Time) bool {
+	if r.local == nil || now.Sub(r.localAt) > localAddrsEvery {
+		r.local = make(map[netip.Addr]bool)
+		for _, a := range r.a.cfg.LocalAddrs() {
+			r.local[a.Unmap()] = true
+		}
+		r.localAt = now
+	}
+	return r.local[netip.AddrFrom16(addr).Unmap()]
 }
 
 // clock is the relay's monotonic clock.
@@ -265,7 +282,8 @@ func overlap(as, bs []wire.Pool) (wire.Pool, wire.Pool, bool) {
 
 // register makes p the owner of flows (copier → shadow direction, so keyed
 // reversed) and hands it any reply parked for them. A flow outside p's
-// pools, or held by another daemon, is refused; so is one past the
+// pools, whose forged end is this host's, or held by another daemon, is
+// refused; so is one past the
 // table's or p's bound. A daemon reconnecting (its name and address) takes
 // back its flows from a connection the agent has not yet seen die.
 func (r *relay) register(p *agentPeer, flows []rewrite.Tuple, now time.Time) {
@@ -277,6 +295,10 @@ func (r *relay) register(p *agentPeer, flows []rewrite.Tuple, now time.Time) {
 		key := f.Reverse()
 		if !inPools(p.pools, f.Src) {
 			st.flowsOutsidePool.Add(1)
+			continue
+		}
+		if r.isLocal(f.Src, now) {
+			st.flowsLocal.Add(1)
 			continue
 		}
 		if e := r.owners[key]; e != nil {

@@ -101,6 +101,7 @@ func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 		c("flows_rejected", "Registrations refused: flow table or the daemon's quota full.", st.FlowsRejected),
 		c("flows_conflict", "Registrations refused: another copy daemon holds the flow.", st.FlowsConflict),
 		c("flows_outside_pool", "Registrations refused: outside the daemon's announced pools.", st.FlowsOutsidePool),
+		c("flows_local", "Registrations refused: the forged end is an address of the agent's host.", st.FlowsLocal),
 		c("flows_expired", "Flows dropped after going without a reply or registration too long.", st.FlowsExpired),
 		c("peers_refused", "Connections refused (allowlist, version, authentication).", st.PeersRefused),
 		c("peer_errors", "Connections closed on a protocol error.", st.PeerErrors),
