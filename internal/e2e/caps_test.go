@@ -167,8 +167,9 @@ func TestCapsOnly(t *testing.T) {
 	}
 	t.Logf("capabilities: copy %v, intercept %v", caps["copy"], caps["intercept"])
 	e := newEnv(t, envOptions{
-		bin:    worldExecutable(t, binPath),
-		prefix: func(sub string) []string { return unprivileged(caps[sub]) },
+		bin:       worldExecutable(t, binPath),
+		prefix:    func(sub string) []string { return unprivileged(caps[sub]) },
+		secretUID: 65534, // the daemons' user reads it, as from systemd's credentials
 	})
 	checkRunsAs(t, "agent", e.agent.PID(), caps["intercept"])
 	checkRunsAs(t, "copy daemon", e.copier.PID(), caps["copy"])

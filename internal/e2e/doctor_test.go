@@ -125,7 +125,8 @@ func TestDoctor(t *testing.T) {
 	assist := []string{"--role", "assist", "--iface", lab.HostLink, "--to", pool4, "--to", pool6, "--listen", agentAddr}
 	shadow := []string{"--role", "shadow", "--via", lab.AssistV4.String(), "--via", lab.AssistV6.String(),
 		"--to", pool4, "--to", pool6, "--prod", lab.ProdV4.String()}
-	prod := []string{"--role", "prod", "--iface", lab.ProdClientLink, "--intercept", lab.AssistV4.String()}
+	prodNoSecret := []string{"--role", "prod", "--iface", lab.ProdClientLink, "--intercept", lab.AssistV4.String()}
+	prod := append(slices.Clone(prodNoSecret), "--secret-file", e.secret)
 	probe4 := append(slices.Clone(prod), "--probe", "--map", map4, "--client-pool", pool4)
 	probeBoth := append(slices.Clone(prod), "--probe", "--map", map4, "--map", map6, "--client-pool", pool4, "--client-pool", pool6)
 
@@ -254,10 +255,10 @@ func TestDoctor(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
 		e.waitListening(l.Prod, agentAddr)
-		runDoctor(t, l.Prod, prod...).expect(t, 1, map[string][]string{
+		runDoctor(t, l.Prod, prodNoSecret...).expect(t, 1, map[string][]string{
 			"FAIL agent " + agentAddr: {"agent refused: auth", "requires authentication", "--secret-file"},
 		})
-		runDoctor(t, l.Prod, append(slices.Clone(prod), "--secret-file", wrong)...).expect(t, 1, map[string][]string{
+		runDoctor(t, l.Prod, append(slices.Clone(prodNoSecret), "--secret-file", wrong)...).expect(t, 1, map[string][]string{
 			"FAIL agent " + agentAddr: {"agent refused: auth: wrong secret"},
 		})
 		d := runDoctor(t, l.Prod, append(slices.Clone(probe4), "--secret-file", right)...)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -165,6 +166,9 @@ type env struct {
 	opts   envOptions
 	// agentCmd is the agent's program and arguments, for restartAgent.
 	agentCmd []string
+	// secret is the control channel's secret file the harness gave both
+	// daemons (empty when the test brought its own or none).
+	secret string
 }
 
 // envOptions shape an env; the zero value is the HTTP setup of TestCopyHTTP.
@@ -174,8 +178,10 @@ type envOptions struct {
 	lab       lab.Config // lab shape (the zero value leaves offloads on)
 	// maps replace the default --map values (port 80, both families).
 	maps []string
-	// agentFilter replaces the agent's --filter "tcp and src port 80".
-	agentFilter string
+	// agentFilter replaces the agent's --filter "tcp and src port 80";
+	// noAgentFilter gives it none, its default.
+	agentFilter   string
+	noAgentFilter bool
 	// noProdHTTP, noShadowHTTP: no Go HTTP server there (e.prod or
 	// e.shadow stays nil); the test brings its own server.
 	noProdHTTP, noShadowHTTP bool
@@ -190,6 +196,43 @@ type envOptions struct {
 	// prefix, when set, returns the command run in front of the binary for
 	// a subcommand ("intercept", "copy"), e.g. setpriv ... --.
 	prefix func(subcommand string) []string
+	// secretUID owns the secret file the harness writes (0: root), for
+	// daemons that do not run as root.
+	secretUID int
+}
+
+// hasFlag reports whether args hold one of flags.
+func hasFlag(args []string, flags ...string) bool {
+	for _, a := range args {
+		for _, f := range flags {
+			if a == f || strings.HasPrefix(a, f+"=") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writeSecretFile writes a control channel secret, mode 0600, owned by
+// uid, in a directory uid can enter, and returns its path.
+func writeSecretFile(t testing.TB, content string, uid int) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tcpshadow-secret-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "secret")
+	if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // command returns the program and arguments that run tcpshadow with args
@@ -233,10 +276,20 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	ctx := context.Background()
 	var err error
-	name, args := o.command(append([]string{"intercept", "--iface", lab.HostLink,
-		"--filter", filter, "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
-		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort)},
-		o.agentArgs...)...)
+	agentArgs := o.agentArgs
+	// Every agent needs a secret: the harness gives one to both daemons
+	// unless the test brought its own, or runs the agent insecure.
+	if !hasFlag(agentArgs, "--secret-file", "--insecure-no-auth") {
+		e.secret = writeSecretFile(t, "ZTJlLWNvbnRyb2wtY2hhbm5lbC1zZWNyZXQ=", o.secretUID)
+		agentArgs = append(slices.Clone(agentArgs), "--secret-file", e.secret)
+	}
+	argv := []string{"intercept", "--iface", lab.HostLink, "--filter", filter}
+	if o.noAgentFilter {
+		argv = argv[:3]
+	}
+	name, args := o.command(append(append(argv, "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
+		"--stats-interval", "0", "--metrics", net.JoinHostPort(lab.AssistV4.String(), metricsPort)),
+		agentArgs...)...)
 	e.agentCmd = append([]string{name}, args...)
 	e.agent, err = l.Assist.Start(ctx, name, args...)
 	if err != nil {
@@ -281,7 +334,11 @@ func (e *env) startCopier() {
 		"--workers", "2",
 	)
 	var err error
-	name, argv := e.opts.command(append(args, e.opts.copyArgs...)...)
+	copyArgs := e.opts.copyArgs
+	if e.secret != "" && !hasFlag(copyArgs, "--secret-file") {
+		copyArgs = append(slices.Clone(copyArgs), "--secret-file", e.secret)
+	}
+	name, argv := e.opts.command(append(args, copyArgs...)...)
 	e.copier, err = e.lab.Prod.Start(context.Background(), name, argv...)
 	if err != nil {
 		e.t.Fatal(err)
@@ -447,7 +504,8 @@ func (e *env) checkCopied(t testing.TB, prefix string, want int) {
 }
 
 // drained waits until every session ended and left the copier's table and
-// its buffers are empty.
+// its buffers are empty, and neither the copier nor the agent holds a
+// flow any more.
 func (e *env) drained(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	var last map[string]float64
@@ -472,5 +530,15 @@ func (e *env) drained(t testing.TB, timeout time.Duration) {
 	}
 	if b := last["tcpshadow_copy_buffered_bytes"]; b != 0 {
 		t.Errorf("buffered bytes %v after all sessions ended", b)
+	}
+	var agent map[string]float64
+	if !waitFor(t, "both flow gauges back to 0", timeout, func() bool {
+		c, err1 := e.copyMetrics()
+		a, err2 := e.agentMetrics()
+		agent = a
+		return err1 == nil && err2 == nil && c["tcpshadow_agent_flows"] == 0 && a["tcpshadow_intercept_flows"] == 0
+	}) {
+		t.Logf("agent: flows %v, expired %v", agent["tcpshadow_intercept_flows"], agent["tcpshadow_intercept_flows_expired_total"])
+		e.dumpMetrics(t)
 	}
 }

@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,6 +38,7 @@ type stage struct {
 	prodSink, shadowSink *sink // byte counters on bulkPort
 	agent, copier        *lab.Process
 	prodV4, prodV6       netip.AddrPort // where clients connect
+	secretDir            string         // holds the control channel's secret; removed by close
 }
 
 type stageConfig struct {
@@ -105,10 +110,13 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 // startDaemons starts the agent on the assist host and the copier on prod
 // and waits until the copier is connected to the agent.
 func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
-	var err error
+	secret, err := s.writeSecret()
+	if err != nil {
+		return err
+	}
 	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, append([]string{"intercept", "--iface", lab.HostLink,
 		"--filter", fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d)", h2Port, bulkPort), "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
-		"--stats-interval", "0", "--metrics", s.agentMetricsAddr(), "--debug-pprof"}, cfg.agentArgs...)...)
+		"--secret-file", secret, "--stats-interval", "0", "--metrics", s.agentMetricsAddr()}, cfg.agentArgs...)...)
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -126,7 +134,7 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
 		"--metrics", s.copyMetricsAddr(),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
-		"--workers", "2",
+		"--workers", "2", "--secret-file", secret,
 	}
 	s.copier, err = s.lab.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
 	if err != nil {
@@ -157,8 +165,31 @@ func (s *stage) waitDaemon(ctx context.Context, what string, p *lab.Process,
 	return nil
 }
 
+// writeSecret writes a fresh control channel secret (mode 0600, in a
+// directory of its own) for both daemons, once a stage, and returns its
+// path.
+func (s *stage) writeSecret() (string, error) {
+	if s.secretDir != "" {
+		return filepath.Join(s.secretDir, "secret"), nil
+	}
+	dir, err := os.MkdirTemp("", "tslab-secret-")
+	if err != nil {
+		return "", fmt.Errorf("secret: %w", err)
+	}
+	s.secretDir = dir
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return "", fmt.Errorf("secret: %w", err)
+	}
+	p := filepath.Join(dir, "secret")
+	if err := os.WriteFile(p, []byte(base64.StdEncoding.EncodeToString(key[:])+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("secret: %w", err)
+	}
+	return p, nil
+}
+
 // close stops every process through the lab (by PID), deletes the
-// namespaces, then removes the nginx directories.
+// namespaces, then removes the nginx and secret directories.
 func (s *stage) close() error {
 	for _, k := range []*sink{s.prodSink, s.shadowSink} {
 		if k != nil {
@@ -166,6 +197,9 @@ func (s *stage) close() error {
 		}
 	}
 	errs := []error{s.lab.Close()}
+	if s.secretDir != "" {
+		errs = append(errs, os.RemoveAll(s.secretDir))
+	}
 	for _, n := range []*nginx{s.prod, s.shadow} {
 		if n != nil {
 			errs = append(errs, n.cleanup())
