@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -46,4 +47,41 @@ func TestDefaultAgentConfig(t *testing.T) {
 	want := DefaultAgentConfig()
 	want.FlushDelay, want.MaxFlows = time.Millisecond, 7
 	checkDefaults(t, DefaultAgentConfig(), zero, custom, want)
+}
+
+// TestRelayPathZeroAlloc: a captured reply's way through the relay to its
+// daemon's writer, sealing included, allocates nothing once warm.
+func TestRelayPathZeroAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under the race detector")
+	}
+	a := NewAgent(AgentConfig{Secret: testSecret}, nil, nil, nil)
+	r := &relay{a: a, owners: make(map[rewrite.Tuple]*flowEntry), peers: make(map[*agentPeer]struct{}), epoch: time.Now()}
+	seal, _, err := wire.SessionKeys(testSecret, wire.Transcript(nil, nil, nil), wire.RoleAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &agentPeer{out: make(chan outFrame, 4), flows: make(map[rewrite.Tuple]*flowEntry), lease: time.Hour, seal: seal,
+		pools: testPools}
+	r.peers[p] = struct{}{}
+	r.register(p, []rewrite.Tuple{flow(1)}, time.Now())
+	pkt := reply(t, 1, rewrite.FlagACK, 100)
+	now := time.Now()
+	step := func() {
+		var h capturedHdr
+		if !relayHeader(pkt, &h) {
+			t.Fatal("not relayed")
+		}
+		r.onHeader(&h, now)
+		r.flushDue(now, true)
+		f := <-p.out
+		_ = p.seal.Seal(f.batch.Frame())
+		recycle(f.batch)
+	}
+	for range 10 {
+		step()
+	}
+	if n := testing.AllocsPerRun(1000, step); n != 0 {
+		t.Fatalf("%v allocations per relayed reply", n)
+	}
 }

@@ -10,7 +10,7 @@
 // validation, the CPU and memory budgets and the engine budgets derived
 // from them (CopyConfig.EngineConfig), the order things are opened and
 // closed in (tearing down what it opened when a later step fails),
-// readiness and stopping for systemd (sd_notify), reopening the log and
+// readiness, stopping and the watchdog for systemd (sd_notify), reopening the log and
 // dump files on SIGHUP, the pcap dump's wiring and the metrics each daemon
 // exports.
 //

@@ -238,7 +238,9 @@ func TestHostileStrangerAsksForSSH(t *testing.T) {
 	// the "forged client", the client the "shadow".
 	sshFlow := rewrite.TupleOf(sshAddr, client)
 	everything := []wire.Pool{{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Slots: 1}, {Prefix: netip.MustParsePrefix("::/0"), Slots: 1}}
-	dial := func(ctx context.Context, addr string) (net.Conn, error) { return e.lab.Prod.DialContext(ctx, "tcp", addr) }
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		return e.lab.Prod.DialContext(ctx, "tcp", addr)
+	}
 	agentAddr := net.JoinHostPort(lab.AssistV4.String(), agentPort)
 	probe := func(secret []byte) (*intercept.ProbeConn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
