@@ -376,14 +376,14 @@ func counterNotes(r *stepResult) string {
 			parts = append(parts, fmt.Sprintf("%s %.0f", c, v))
 		}
 	}
-	for _, c := range []string{"tcpshadow_capture_kernel_dropped_total", "tcpshadow_capture_interface_dropped_total", "tcpshadow_agent_queue_full_total"} {
+	for _, c := range []string{"tcpshadow_capture_kernel_dropped_total", "tcpshadow_capture_interface_dropped_total", "tcpshadow_agent_bad_frames_total"} {
 		if v := r.copyDelta[c]; v > 0 {
 			parts = append(parts, fmt.Sprintf("%s %.0f", strings.TrimPrefix(c, "tcpshadow_"), v))
 		}
 	}
 	var agent []string
 	for k, v := range r.agentDel {
-		if v > 0 && (strings.Contains(k, "dropped") || strings.Contains(k, "rejected") || strings.Contains(k, "expired") || strings.Contains(k, "no_owner")) {
+		if v > 0 && (strings.Contains(k, "dropped") || strings.Contains(k, "rejected") || strings.Contains(k, "conflict") || strings.Contains(k, "outside_pool") || strings.Contains(k, "expired") || strings.Contains(k, "no_owner")) {
 			agent = append(agent, fmt.Sprintf("%s %.0f", strings.TrimSuffix(strings.TrimPrefix(k, "tcpshadow_intercept_"), "_total"), v))
 		}
 	}
