@@ -69,7 +69,7 @@ func TestDaemonsPetWatchdog(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {
-			done <- runCopy(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, testHost(src, &recordingSender{}, nil))
+			done <- runCopy(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, testHost(src, capturetest.New(16), &recordingSender{}, nil))
 		}()
 		for i := range 200 {
 			src.Push(synTo(t, uint16(1000+i)), time.Now())
@@ -85,7 +85,7 @@ func TestDaemonsPetWatchdog(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- runAgent(ctx, validAgent(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil,
-				testHost(src, &recordingSender{}, make(chan string, 1)))
+				testHost(src, nil, &recordingSender{}, make(chan string, 1)))
 		}()
 		waitWatchdog(t, got)
 		cancel()
