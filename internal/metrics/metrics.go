@@ -37,6 +37,9 @@ type Kind int
 const (
 	Counter Kind = iota
 	Gauge
+	// Histogram: Value is the sum of the observations, Count their number
+	// and Buckets the cumulative count at each upper bound.
+	Histogram
 )
 
 // Sample is one value with its labels.
@@ -46,6 +49,9 @@ type Sample struct {
 	Kind   Kind
 	Labels []string // name, value pairs
 	Value  float64
+	// Count and Buckets are a Histogram's; nil Buckets for the others.
+	Count   uint64
+	Buckets map[float64]uint64
 }
 
 // Source produces the current samples; it is called on every scrape and
@@ -63,12 +69,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			names = append(names, s.Labels[i])
 			values = append(values, s.Labels[i+1])
 		}
-		vt := prometheus.CounterValue
-		if s.Kind == Gauge {
-			vt = prometheus.GaugeValue
-		}
 		desc := prometheus.NewDesc(s.Name, s.Help, names, nil)
-		m, err := prometheus.NewConstMetric(desc, vt, s.Value, values...)
+		var m prometheus.Metric
+		var err error
+		switch s.Kind {
+		case Histogram:
+			m, err = prometheus.NewConstHistogram(desc, s.Count, s.Value, s.Buckets, values...)
+		case Gauge:
+			m, err = prometheus.NewConstMetric(desc, prometheus.GaugeValue, s.Value, values...)
+		default:
+			m, err = prometheus.NewConstMetric(desc, prometheus.CounterValue, s.Value, values...)
+		}
 		if err == nil {
 			ch <- m
 		}
@@ -122,6 +133,13 @@ func IsLoopback(addr string) bool {
 // loopback address for (ErrPprofNotLoopback). It returns once the
 // listener is up, so a bad address is an error at startup.
 func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog.Logger) error {
+	return ServeWith(ctx, addr, src, profile, nil, log)
+}
+
+// ServeWith is Serve with more handlers on the same listener, by path
+// pattern (such as the comparison's /report and /report.json), under the
+// same bounds.
+func ServeWith(ctx context.Context, addr string, src Source, profile bool, extra map[string]http.Handler, log *slog.Logger) error {
 	if profile && !IsLoopback(addr) {
 		return fmt.Errorf("metrics %s: %w", addr, ErrPprofNotLoopback)
 	}
@@ -129,7 +147,7 @@ func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
-	srv := newServer(src, profile)
+	srv := newServer(src, profile, extra)
 	lln := limitListener(ln, MaxConns)
 	go func() {
 		<-ctx.Done()
@@ -147,9 +165,12 @@ func Serve(ctx context.Context, addr string, src Source, profile bool, log *slog
 }
 
 // newServer returns the HTTP server of Serve.
-func newServer(src Source, profile bool) *http.Server {
+func newServer(src Source, profile bool, extra map[string]http.Handler) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", Handler(src))
+	for pattern, h := range extra {
+		mux.Handle(pattern, h)
+	}
 	if profile {
 		mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
 		mux.Handle("/debug/pprof/profile", loopbackOnly(boundedSeconds(http.HandlerFunc(pprof.Profile))))
@@ -236,8 +257,8 @@ func (c *limitedConn) Close() error {
 func Summary(samples []Sample, prefix string) string {
 	parts := make([]string, 0, len(samples))
 	for _, s := range samples {
-		if s.Value == 0 && s.Kind == Counter {
-			continue
+		if s.Value == 0 && s.Kind == Counter || s.Kind == Histogram {
+			continue // a histogram is no one number
 		}
 		name := strings.TrimPrefix(s.Name, prefix)
 		name = strings.TrimSuffix(name, "_total")

@@ -62,7 +62,7 @@ func TestSummaryLeavesOutZeroCounters(t *testing.T) {
 
 // TestServerBounds: every connection is bounded in time and header size.
 func TestServerBounds(t *testing.T) {
-	srv := newServer(samples, true)
+	srv := newServer(samples, true, nil)
 	if srv.ReadHeaderTimeout <= 0 || srv.ReadTimeout <= 0 || srv.WriteTimeout <= 0 || srv.IdleTimeout <= 0 {
 		t.Errorf("timeouts: header %v, read %v, write %v, idle %v", srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout)
 	}
@@ -81,7 +81,7 @@ func TestConnectionLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newServer(samples, false)
+	srv := newServer(samples, false, nil)
 	go srv.Serve(limitListener(ln, 4))
 	t.Cleanup(func() { srv.Close() })
 	var idle []net.Conn
@@ -141,7 +141,7 @@ func TestPprofLoopbackOnly(t *testing.T) {
 	if !errors.Is(err, ErrPprofNotLoopback) {
 		t.Fatalf("Serve with the profiler on a non-loopback address: %v", err)
 	}
-	h := newServer(samples, true).Handler
+	h := newServer(samples, true, nil).Handler
 	for _, tt := range []struct {
 		remote, path string
 		code         int
@@ -160,5 +160,36 @@ func TestPprofLoopbackOnly(t *testing.T) {
 		if w.Code != tt.code {
 			t.Errorf("%s from %s: %d, want %d", tt.path, tt.remote, w.Code, tt.code)
 		}
+	}
+}
+
+// TestHistogramExposition exports a Histogram sample: cumulative buckets,
+// count and sum as Prometheus reads them, and no entry in the summary.
+func TestHistogramExposition(t *testing.T) {
+	src := func() []Sample {
+		return []Sample{{Name: "tcpshadow_compare_latency_seconds", Help: "latency", Kind: Histogram,
+			Labels: []string{"map", "web", "side", "prod"}, Value: 1.5, Count: 4,
+			Buckets: map[float64]uint64{0.001: 1, 0.01: 3, 1: 4}}}
+	}
+	c := &http.Client{Transport: handlerTransport{Handler(src)}}
+	m, err := Scrape(c, "http://daemon/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{
+		`tcpshadow_compare_latency_seconds_bucket{map="web",side="prod",le="0.001"}`: 1,
+		`tcpshadow_compare_latency_seconds_bucket{map="web",side="prod",le="0.01"}`:  3,
+		`tcpshadow_compare_latency_seconds_bucket{map="web",side="prod",le="1"}`:     4,
+		`tcpshadow_compare_latency_seconds_bucket{map="web",side="prod",le="+Inf"}`:  4,
+		`tcpshadow_compare_latency_seconds_count{map="web",side="prod"}`:             4,
+		`tcpshadow_compare_latency_seconds_sum{map="web",side="prod"}`:               1.5,
+	}
+	for k, v := range want {
+		if got, ok := m[k]; !ok || got != v {
+			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
+		}
+	}
+	if s := Summary(src(), "tcpshadow_"); s != "" {
+		t.Errorf("summary %q, want no histogram in it", s)
 	}
 }
