@@ -77,7 +77,7 @@ type mapStats struct {
 
 type sideStats struct {
 	classes map[string]uint64 // at most MaxClasses keys, plus "other"
-	latency histogram          // answered responses only
+	latency histogram         // answered responses only
 }
 
 // divergent is one request summary whose classes differed.

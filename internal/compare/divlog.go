@@ -52,7 +52,7 @@ type divergenceLog struct {
 	f    *os.File
 	size int64
 
-	second  int64 // the Unix second the rate budget is for
+	second   int64 // the Unix second the rate budget is for
 	inSecond int
 
 	logged, suppressed, errs atomic.Uint64

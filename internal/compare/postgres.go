@@ -38,8 +38,12 @@ func classifyPostgres(b []byte) string {
 			return classPGSSLNo
 		}
 	}
+	authOK := false // the startup succeeded: what follows until the cut is session parameters
 	for {
 		if len(b) < pgHeaderLen {
+			if authOK {
+				return classPGOK
+			}
 			return ClassShort
 		}
 		typ := b[0]
@@ -54,7 +58,7 @@ func classifyPostgres(b []byte) string {
 		}
 		switch typ {
 		case pgErrorResponse:
-			return sqlstate(body)
+			return sqlstate(body, whole)
 		case pgAuthentication:
 			if len(body) < 4 {
 				return ClassShort
@@ -62,11 +66,15 @@ func classifyPostgres(b []byte) string {
 			if binary.BigEndian.Uint32(body) != 0 {
 				return classPGAuth
 			}
+			authOK = true
 		case 'S', 'K', 'N', 'A':
 		default:
 			return classPGOK
 		}
 		if !whole {
+			if authOK {
+				return classPGOK
+			}
 			return ClassShort
 		}
 		b = b[pgHeaderLen+n-4:]
@@ -84,8 +92,9 @@ func isPGBackendType(c byte) bool {
 
 // sqlstate returns the SQLSTATE of an ErrorResponse body (fields: a code
 // byte, a NUL-terminated string; a zero byte ends them), kept only when
-// it is five digits or capital letters; "error" otherwise.
-func sqlstate(body []byte) string {
+// it is five digits or capital letters; "error" otherwise, or "short"
+// when the body is cut before the code.
+func sqlstate(body []byte, whole bool) string {
 	for len(body) > 0 && body[0] != 0 {
 		code := body[0]
 		body = body[1:]
@@ -97,7 +106,7 @@ func sqlstate(body []byte) string {
 			}
 		}
 		if end < 0 {
-			break // cut by the head
+			break
 		}
 		if code == pgFieldCode {
 			v := body[:end]
@@ -112,6 +121,9 @@ func sqlstate(body []byte) string {
 			return string(v)
 		}
 		body = body[end+1:]
+	}
+	if !whole {
+		return ClassShort // the code may be past the head
 	}
 	return classPGError
 }

@@ -29,8 +29,12 @@ func classifyRedis(b []byte) string {
 	line := b[1:]
 	switch b[0] {
 	case '+':
-		if bytes.HasPrefix(line, []byte("OK\r")) || bytes.Equal(line, []byte("OK")) {
+		word, _, cut := bytes.Cut(line, []byte("\r"))
+		switch {
+		case string(word) == "OK":
 			return classRedisOK
+		case !cut && len(word) < len("OK") && bytes.HasPrefix([]byte("OK"), word):
+			return ClassShort // "+OK" cut by the head
 		}
 		return classRedisValue
 	case '-', '!': // '!' is a RESP3 bulk error: its length, CRLF, then the text
@@ -56,7 +60,7 @@ func classifyRedis(b []byte) string {
 		if bytes.HasPrefix(line, []byte("-1")) {
 			return classRedisNil
 		}
-		if len(line) == 0 {
+		if len(line) == 0 || string(line) == "-" {
 			return ClassShort
 		}
 		if (line[0] < '0' || line[0] > '9') && line[0] != '?' {

@@ -28,16 +28,16 @@ type Report struct {
 
 // MapReport is one map's comparison.
 type MapReport struct {
-	Map          string      `json:"map"`
-	Protocol     string      `json:"protocol"`
-	Requests     uint64      `json:"requests"`
-	Prod         SideReport  `json:"prod"`
-	Shadow       SideReport  `json:"shadow"`
-	Mismatches   []Mismatch  `json:"mismatches"`
+	Map        string     `json:"map"`
+	Protocol   string     `json:"protocol"`
+	Requests   uint64     `json:"requests"`
+	Prod       SideReport `json:"prod"`
+	Shadow     SideReport `json:"shadow"`
+	Mismatches []Mismatch `json:"mismatches"`
 	// Matched counts the pairs whose two classes were the same, by class:
 	// the mismatch matrix's diagonal.
 	Matched      map[string]uint64 `json:"matched"`
-	TopDivergent []Divergent `json:"top_divergent"`
+	TopDivergent []Divergent       `json:"top_divergent"`
 }
 
 // SideReport is one side's classes and latency.
