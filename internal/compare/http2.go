@@ -21,6 +21,11 @@ const (
 	h2GoAway       = 0x7
 	h2Continuation = 0x9
 
+	// h2MaxFrameLen is SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113
+	// §6.5.2): a longer frame is not HTTP/2 unless the client raised it,
+	// which the clients that matter do not.
+	h2MaxFrameLen = 1 << 14
+
 	h2FlagPadded   = 0x8
 	h2FlagPriority = 0x20
 	h2PriorityLen  = 5 // stream dependency and weight
@@ -36,6 +41,7 @@ const (
 // where the bytes end.
 type h2Frame struct {
 	typ, flags byte
+	length     int // as the header says
 	stream     uint32
 	payload    []byte
 	whole      bool // the payload is all there
@@ -48,7 +54,7 @@ func nextH2Frame(b []byte) (f h2Frame, rest []byte, ok bool) {
 		return f, nil, false
 	}
 	n := int(b[h2LengthOffset])<<16 | int(b[h2LengthOffset+1])<<8 | int(b[h2LengthOffset+2])
-	f.typ, f.flags = b[h2TypeOffset], b[h2FlagsOffset]
+	f.typ, f.flags, f.length = b[h2TypeOffset], b[h2FlagsOffset], n
 	f.stream = binary.BigEndian.Uint32(b[h2StreamOffset:]) & 0x7fffffff
 	b = b[h2FrameHeaderLen:]
 	if n <= len(b) {
@@ -95,6 +101,9 @@ func firstHeaders(b []byte) (block []byte, class string) {
 		f, rest, ok := nextH2Frame(b)
 		if !ok {
 			return nil, ClassShort
+		}
+		if f.length > h2MaxFrameLen {
+			return nil, ClassGarbage
 		}
 		switch f.typ {
 		case h2Headers:
