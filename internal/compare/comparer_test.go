@@ -222,14 +222,28 @@ func TestComparerBounds(t *testing.T) {
 	if len(r.Shadow.Classes) != MaxClasses+1 || r.Shadow.Classes[ClassOther] != 200-MaxClasses+100 { // the DELETEs' garbage came after the slots were taken
 		t.Fatalf("%d shadow classes, other %d", len(r.Shadow.Classes), r.Shadow.Classes[ClassOther])
 	}
-	c.mu.Lock()
-	kept := len(c.maps[0].divergent)
-	c.mu.Unlock()
+	if len(r.TopDivergent) != 2 || r.TopDivergent[0].Request != "SELECT" || r.TopDivergent[0].Count != 200 ||
+		r.TopDivergent[1].Request != "DELETE" {
+		t.Fatalf("pg top %+v", r.TopDivergent)
+	}
+
+	h := newTestComparer(t, Config{})
+	ps = ps[:0]
+	for i := range 500 {
+		ps = append(ps, mkPair(0, get(fmt.Sprintf("/p%d", i)), ok200, err500, 0, 0))
+	}
+	for range 100 {
+		ps = append(ps, mkPair(0, get("/late"), ok200, err500, 0, 0))
+	}
+	feed(t, h, ps...)
+	h.mu.Lock()
+	kept := len(h.maps[0].divergent)
+	h.mu.Unlock()
 	if kept != MaxTopDivergent {
 		t.Fatalf("%d divergent summaries kept", kept)
 	}
-	if r.TopDivergent[0].Request != "DELETE" || r.TopDivergent[0].Count < 100 {
-		t.Fatalf("top %+v", r.TopDivergent[0])
+	if top := h.Snapshot().Maps[0].TopDivergent; len(top) != topShown || top[0].Request != "GET /late HTTP/1.1" || top[0].Count < 100 {
+		t.Fatalf("top %+v", top)
 	}
 	if c.badMap.Load() != 1 {
 		t.Fatalf("bad map %d", c.badMap.Load())
