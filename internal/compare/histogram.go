@@ -33,6 +33,7 @@ type histogram struct {
 	counts [numLatencyBuckets]uint64 // by bucket; the last is the overflow
 	count  uint64
 	sum    float64 // seconds
+	min    float64 // of the observations: bounds the first bucket's interpolation
 	max    float64
 }
 
@@ -51,6 +52,9 @@ func (h *histogram) observe(seconds float64) {
 	}
 	i := sort.SearchFloat64s(latencyBounds, seconds)
 	h.counts[i]++
+	if h.count == 0 || seconds < h.min {
+		h.min = seconds
+	}
 	h.count++
 	h.sum += seconds
 	h.max = max(h.max, seconds)
@@ -77,7 +81,7 @@ func (h *histogram) quantile(q float64) float64 {
 			if i < len(latencyBounds) {
 				hi = min(latencyBounds[i], h.max)
 			}
-			lo = min(lo, hi)
+			lo = min(max(lo, h.min), hi)
 			return lo + (hi-lo)*(rank-seen)/float64(c)
 		}
 		seen += float64(c)
