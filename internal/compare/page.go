@@ -37,6 +37,7 @@ td.name,th.name{text-align:left}
 .prod{color:#1f5fbf}.shadow{color:#d9700a}
 td.mismatch{background:#fde2e2}
 svg text{font:11px sans-serif;fill:#444}
+svg text.prod{fill:#1f5fbf}svg text.shadow{fill:#d9700a}
 </style></head><body>
 <h1>prod and shadow compared</h1>
 <p id="generated">{{.Report.Generated.Format "2006-01-02 15:04:05 UTC"}}; pairs dropped: <span id="dropped">{{.Report.Dropped}}</span></p>
