@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/compare"
+	"github.com/tcpshadow/tcpshadow/internal/metrics"
 )
 
 // reportComparer is a Comparer fed 20 pairs on map web: 15 matching 200s,
@@ -108,6 +109,29 @@ func TestReportCommandErrors(t *testing.T) {
 	} {
 		if _, err := runReport(t, tc.h, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestStatsShowsComparisonRows: stats tells the comparison's rows apart
+// by all their labels (map, side, class), not by the last one only.
+func TestStatsShowsComparisonRows(t *testing.T) {
+	c := reportComparer(t)
+	h := metrics.Handler(func() []metrics.Sample {
+		return append([]metrics.Sample{{Name: "tcpshadow_copy_sessions_active", Kind: metrics.Gauge, Value: 1}}, c.Samples()...)
+	})
+	out, _, err := runStats(t, h, "--from", "198.18.0.1:9464")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		rows[strings.Join(strings.Fields(l), " ")] = true
+	}
+	for _, want := range []string{"compare_responses class=200 map=web side=prod 20",
+		"compare_responses class=500 map=web side=shadow 5", "compare_mismatches map=web prod=200 shadow=500 5"} {
+		if !rows[want] {
+			t.Errorf("no row %q in:\n%s", want, out)
 		}
 	}
 }

@@ -158,7 +158,16 @@ func writeStats(w io.Writer, src string, fams map[string]*dto.MetricFamily, all 
 		for _, m := range fam.GetMetric() {
 			r := statRow{name: name}
 			for _, lp := range m.GetLabel() {
-				r.label = lp.GetValue() // our metrics have one label at most
+				r.label = lp.GetValue()
+			}
+			if ls := m.GetLabel(); len(ls) > 1 {
+				// The comparison's metrics have several labels (map, side,
+				// class): the row needs its name and all of them.
+				kv := []string{statRow{name: name}.display()}
+				for _, lp := range ls {
+					kv = append(kv, lp.GetName()+"="+lp.GetValue())
+				}
+				r.label = strings.Join(kv, " ")
 			}
 			switch {
 			case m.Counter != nil:

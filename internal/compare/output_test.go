@@ -356,3 +356,19 @@ func TestDivergenceLogRefusesLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNilComparerHandlers: with comparison off the daemon can still mount
+// the handlers; they say so with a 404, which `tcpshadow report` names.
+func TestNilComparerHandlers(t *testing.T) {
+	var c *Comparer
+	for p, h := range c.Handlers() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", p, nil))
+		if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "comparison is off") {
+			t.Errorf("%s: %d %q", p, w.Code, w.Body.String())
+		}
+	}
+	if c.Recorder(0) != nil {
+		t.Error("a nil Comparer gave a Recorder")
+	}
+}

@@ -193,3 +193,22 @@ func TestHistogramExposition(t *testing.T) {
 		t.Errorf("summary %q, want no histogram in it", s)
 	}
 }
+
+// TestServeWithExtraHandlers: handlers given to ServeWith are served
+// beside /metrics, by the same bounded server.
+func TestServeWithExtraHandlers(t *testing.T) {
+	extra := map[string]http.Handler{"/report.json": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, `{"tool":"tcpshadow"}`)
+	})}
+	srv := newServer(samples, false, extra)
+	if srv.ReadHeaderTimeout != readHeaderTimeout || srv.MaxHeaderBytes != maxHeaderBytes {
+		t.Fatal("the extra handlers' server lost its bounds")
+	}
+	for path, want := range map[string]int{"/report.json": 200, "/metrics": 200, "/report": 404} {
+		w := httptest.NewRecorder()
+		srv.Handler.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+		if w.Code != want {
+			t.Errorf("%s: %d, want %d", path, w.Code, want)
+		}
+	}
+}
