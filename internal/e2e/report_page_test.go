@@ -206,4 +206,3 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
