@@ -144,22 +144,23 @@ func WriteText(w io.Writer, r Report) error {
 			buf.WriteByte('\n')
 		}
 		fmt.Fprintf(&buf, "map %s (%s): %d requests\n", clip(m.Map), clip(m.Protocol), m.Requests)
-		tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "  class\tprod\tshare\tshadow\tshare\t\n")
-		for _, cl := range classUnion(m) {
-			p, s := m.Prod.Classes[cl], m.Shadow.Classes[cl]
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\t%s\t\n", clip(cl), p, share(p, m.Requests), s, share(s, m.Requests))
+		classes := classUnion(m)
+		w := len("latency ms")
+		for _, cl := range classes {
+			w = max(w, len(clip(cl)))
 		}
-		fmt.Fprintf(tw, "  latency ms\tprod\t\tshadow\t\t\n")
+		fmt.Fprintf(&buf, "  %-*s %9s %7s %9s %7s\n", w, "class", "prod", "share", "shadow", "share")
+		for _, cl := range classes {
+			p, s := m.Prod.Classes[cl], m.Shadow.Classes[cl]
+			fmt.Fprintf(&buf, "  %-*s %9d %7s %9d %7s\n", w, clip(cl), p, share(p, m.Requests), s, share(s, m.Requests))
+		}
+		fmt.Fprintf(&buf, "  %-*s %9s %7s %9s\n", w, "latency ms", "prod", "", "shadow")
 		for _, q := range []struct {
 			name string
 			p, s float64
 		}{{"p50", m.Prod.LatencyMS.P50, m.Shadow.LatencyMS.P50}, {"p90", m.Prod.LatencyMS.P90, m.Shadow.LatencyMS.P90},
 			{"p99", m.Prod.LatencyMS.P99, m.Shadow.LatencyMS.P99}} {
-			fmt.Fprintf(tw, "  %s\t%.3f\t\t%.3f\t\t\n", q.name, q.p, q.s)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
+			fmt.Fprintf(&buf, "  %-*s %9.3f %7s %9.3f\n", w, q.name, q.p, "", q.s)
 		}
 		if len(m.Mismatches) == 0 {
 			buf.WriteString("  mismatches: none\n")
@@ -173,7 +174,7 @@ func WriteText(w io.Writer, r Report) error {
 		}
 		if len(m.TopDivergent) > 0 {
 			buf.WriteString("  top divergent requests:\n")
-			tw = tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
 			fmt.Fprintf(tw, "    count\tprod → shadow\tprod ms\tshadow ms\trequest\n")
 			for _, d := range m.TopDivergent {
 				fmt.Fprintf(tw, "    %d\t%s → %s\t%.3f\t%.3f\t%s\n", d.Count, clip(d.Prod), clip(d.Shadow), d.ProdMS, d.ShadowMS, clip(d.Request))
