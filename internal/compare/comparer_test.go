@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestRecorderPutAlloc: handing a pair over allocates nothing, whether
@@ -264,5 +265,13 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// TestPairSize keeps the record's size in view: every Recorder holds
+// QueueLen of them, so Workers × QueueLen × this is the rings' memory.
+func TestPairSize(t *testing.T) {
+	if n := unsafe.Sizeof(Pair{}); n > 800 {
+		t.Fatalf("a Pair is %d bytes: the rings' memory grows with it", n)
 	}
 }

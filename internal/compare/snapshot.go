@@ -85,7 +85,7 @@ type Divergent struct {
 
 // Snapshot returns the aggregate so far.
 func (c *Comparer) Snapshot() Report {
-	r := Report{Tool: ReportTool, Generated: time.Now().UTC(), Dropped: c.Dropped(), Maps: []MapReport{}}
+	r := Report{Tool: ReportTool, Generated: c.now().UTC(), Dropped: c.Dropped(), Maps: []MapReport{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, m := range c.maps {
