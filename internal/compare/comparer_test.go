@@ -271,7 +271,9 @@ func TestNewValidates(t *testing.T) {
 // TestPairSize keeps the record's size in view: every Recorder holds
 // QueueLen of them, so Workers × QueueLen × this is the rings' memory.
 func TestPairSize(t *testing.T) {
-	if n := unsafe.Sizeof(Pair{}); n > 800 {
+	n := unsafe.Sizeof(Pair{})
+	if n > 800 {
 		t.Fatalf("a Pair is %d bytes: the rings' memory grows with it", n)
 	}
+	t.Logf("a Pair is %d bytes; a default ring %d KiB", n, n*DefaultQueueLen>>10)
 }

@@ -30,7 +30,8 @@ func Example() {
 	p.Prod.Sent, p.Prod.FirstByte = 1_000_000, 3_000_000 // ns: 2ms
 	p.Shadow.SetHead([]byte("HTTP/1.1 500 Internal Server Error\r\n"))
 	p.Shadow.Sent, p.Shadow.FirstByte = 1_500_000, 9_500_000 // 8ms
-	rec.Put(&p)                                              // false when the ring is full: counted as dropped, nothing else to do
+	// false when the ring is full: counted as dropped, nothing else to do
+	rec.Put(&p)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
