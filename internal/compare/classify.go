@@ -22,6 +22,16 @@ func Classify(p Protocol, r *Response) string {
 	return ClassifyHead(p, r.head())
 }
 
+// ClassifyPair is Classify knowing the request: for HTTP/2 the response's
+// HEADERS frame is the one on the request's stream, so answers on a
+// multiplexed connection are told apart.
+func ClassifyPair(p Protocol, req []byte, r *Response) string {
+	if p != HTTP2 || r.Outcome != Answered || r.HeadLen == 0 {
+		return Classify(p, r)
+	}
+	return classifyHTTP2(r.head(), h2RequestStream(req))
+}
+
 // ClassifyHead classifies an answered response's first bytes.
 func ClassifyHead(p Protocol, b []byte) string {
 	if len(b) == 0 {
@@ -31,7 +41,7 @@ func ClassifyHead(p Protocol, b []byte) string {
 	case HTTP1:
 		return classifyHTTP1(b)
 	case HTTP2:
-		return classifyHTTP2(b)
+		return classifyHTTP2(b, 0)
 	case Redis:
 		return classifyRedis(b)
 	case Postgres:

@@ -191,7 +191,7 @@ func (c *Comparer) consume(p *Pair) {
 	var answered [numSides]bool
 	for s := range numSides {
 		r := p.side(s)
-		class[s] = Classify(proto, r)
+		class[s] = ClassifyPair(proto, req, r)
 		if r.Outcome == Answered && r.FirstByte >= r.Sent {
 			secs[s], answered[s] = float64(r.FirstByte-r.Sent)/1e9, true
 		}

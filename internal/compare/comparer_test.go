@@ -173,14 +173,14 @@ func TestComparerAggregates(t *testing.T) {
 func TestComparerAutoDetect(t *testing.T) {
 	c := newTestComparer(t, Config{Maps: []MapConfig{{Name: "h2"}, {Name: "db"}, {Name: "odd"}}})
 	h2req := h2Preface + string(h2frame(h2Headers, 5, 1, []byte{0x82, 0x84}))
-	headers := func(status byte) string { return string(h2frame(h2Headers, 4, 1, []byte{status})) }
+	headers := func(stream uint32, status byte) string { return string(h2frame(h2Headers, 4, stream, []byte{status})) }
 	greet := "\x0a\x00\x00\x00\x0a8.0.36\x00"
 	err1146 := "\x09\x00\x00\x01\xff\x7a\x04#42S02"
 	ms := time.Millisecond
 	feed(t, c,
 		mkPair(2, "\x16\x03\x01", "\x16\x03\x03", "\x16\x03\x03", ms, ms),
-		mkPair(0, h2req, headers(0x88), headers(0x88), ms, ms),
-		mkPair(0, string(h2frame(h2Headers, 5, 3, []byte{0x82, 0x84})), headers(0x88), headers(0x8e), ms, ms),
+		mkPair(0, h2req, headers(1, 0x88), headers(1, 0x88), ms, ms),
+		mkPair(0, string(h2frame(h2Headers, 5, 3, []byte{0x82, 0x84})), headers(3, 0x88), headers(3, 0x8e), ms, ms),
 		mkPair(1, "", greet, greet, ms, ms),
 		mkPair(1, "\x15\x00\x00\x00\x03SELECT * FROM missing", "\x01\x00\x00\x01\x01", err1146, ms, ms),
 	)

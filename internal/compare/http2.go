@@ -92,11 +92,13 @@ func (f h2Frame) headerBlock() ([]byte, bool) {
 	return p, true
 }
 
-// firstHeaders skips the frames before the first HEADERS frame (SETTINGS,
-// WINDOW_UPDATE, PING, PRIORITY, PUSH_PROMISE, unknown types) and returns
-// its header block, or the class when something else decides: a stream
-// reset, GOAWAY, DATA first (garbage), too few bytes (short).
-func firstHeaders(b []byte) (block []byte, class string) {
+// firstHeaders skips the frames before the first HEADERS frame of stream
+// (any stream for 0): SETTINGS, WINDOW_UPDATE, PING, PRIORITY,
+// PUSH_PROMISE, unknown types, and other streams' frames, which a
+// multiplexing connection interleaves. It returns the header block, or
+// the class when something else decides: the stream reset, GOAWAY, DATA
+// first (garbage), too few bytes (short).
+func firstHeaders(b []byte, stream uint32) (block []byte, class string) {
 	for {
 		f, rest, ok := nextH2Frame(b)
 		if !ok {
@@ -105,8 +107,11 @@ func firstHeaders(b []byte) (block []byte, class string) {
 		if f.length > h2MaxFrameLen {
 			return nil, ClassGarbage
 		}
-		switch f.typ {
-		case h2Headers:
+		other := stream != 0 && f.stream != stream && f.stream != 0
+		switch {
+		case other && (f.typ == h2Headers || f.typ == h2Data || f.typ == h2RSTStream || f.typ == h2Continuation):
+			// another stream's: skip it
+		case f.typ == h2Headers:
 			if f.stream == 0 {
 				return nil, ClassGarbage
 			}
@@ -115,11 +120,11 @@ func firstHeaders(b []byte) (block []byte, class string) {
 				return nil, ClassShort
 			}
 			return blk, ""
-		case h2RSTStream:
+		case f.typ == h2RSTStream:
 			return nil, classH2StreamReset
-		case h2GoAway:
+		case f.typ == h2GoAway:
 			return nil, classH2GoAway
-		case h2Data, h2Continuation:
+		case f.typ == h2Data, f.typ == h2Continuation:
 			return nil, ClassGarbage
 		}
 		if !f.whole {
@@ -129,12 +134,32 @@ func firstHeaders(b []byte) (block []byte, class string) {
 	}
 }
 
-// classifyHTTP2 returns the :status of the first HEADERS frame in a
-// server's bytes, the class of what came instead, or "answered" when the
+// h2RequestStream returns the stream of the first HEADERS frame in a
+// request's bytes (after the preface, if there), 0 when the head holds
+// none: then a response's first HEADERS frame is taken, whatever stream.
+func h2RequestStream(req []byte) uint32 {
+	b := bytes.TrimPrefix(req, []byte(h2Preface))
+	for {
+		f, rest, ok := nextH2Frame(b)
+		if !ok || f.length > h2MaxFrameLen {
+			return 0
+		}
+		if f.typ == h2Headers {
+			return f.stream
+		}
+		if !f.whole {
+			return 0
+		}
+		b = rest
+	}
+}
+
+// classifyHTTP2 returns the :status of the first HEADERS frame of stream
+// (0: any) in a server's bytes, the class of what came instead, or "answered" when the
 // status is a reference into the connection's dynamic table (which a
 // head alone cannot resolve).
-func classifyHTTP2(b []byte) string {
-	block, class := firstHeaders(b)
+func classifyHTTP2(b []byte, stream uint32) string {
+	block, class := firstHeaders(b, stream)
 	if class != "" {
 		return class
 	}
@@ -316,7 +341,7 @@ func hpackString(b []byte) (string, []byte, error) {
 // (after the preface and SETTINGS), or "" when the head does not hold it.
 func h2RequestLine(b []byte) string {
 	b = bytes.TrimPrefix(b, []byte(h2Preface))
-	block, class := firstHeaders(b)
+	block, class := firstHeaders(b, 0)
 	if class != "" {
 		return ""
 	}

@@ -100,3 +100,37 @@ func TestClassifyHTTP2Frames(t *testing.T) {
 		}
 	}
 }
+
+// TestClassifyHTTP2Multiplexed: on a connection carrying several streams,
+// a pair's response is the HEADERS frame on its request's stream, other
+// streams' HEADERS, DATA and resets skipped.
+func TestClassifyHTTP2Multiplexed(t *testing.T) {
+	req := func(stream uint32) []byte {
+		return append([]byte(h2Preface), append(h2frame(0x4, 0, 0, nil), h2frame(h2Headers, 5, stream, []byte{0x82, 0x84})...)...)
+	}
+	var resp []byte
+	resp = append(resp, serverSettings()...)
+	resp = append(resp, h2frame(h2Headers, 4, 3, []byte{0x88})...)         // stream 3: 200
+	resp = append(resp, h2frame(h2Data, 0, 3, []byte("ok\n"))...)          // its body
+	resp = append(resp, h2frame(h2RSTStream, 0, 7, []byte{0, 0, 0, 8})...) // stream 7: cancelled
+	resp = append(resp, h2frame(h2Headers, 4, 5, []byte{0x8e})...)         // stream 5: 500
+	resp = append(resp, h2frame(h2Headers, 4, 1, []byte{0x8d})...)         // stream 1: 404
+	for stream, want := range map[uint32]string{1: "404", 3: "200", 5: "500", 7: "rst_stream", 9: "short"} {
+		var r Response
+		r.SetHead(resp)
+		if got := ClassifyPair(HTTP2, req(stream), &r); got != want {
+			t.Errorf("stream %d: %q, want %q", stream, got, want)
+		}
+	}
+	var r Response
+	r.SetHead(resp)
+	if got := ClassifyPair(HTTP2, nil, &r); got != "200" {
+		t.Errorf("no request stream: %q, want the first HEADERS' 200", got)
+	}
+	if got := ClassifyPair(HTTP1, nil, &r); got != "garbage" {
+		t.Errorf("HTTP/1 of HTTP/2 bytes: %q", got)
+	}
+	if got := h2RequestStream(req(5)[:40]); got != 0 {
+		t.Errorf("stream of a cut request: %d", got)
+	}
+}
