@@ -67,7 +67,7 @@ bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step
 # corpora run as plain tests in test-unit.
 FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
             ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
-            ./internal/compare:FuzzClassify ./internal/compare:FuzzDetect ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON
+            ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each

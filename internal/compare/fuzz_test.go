@@ -94,3 +94,25 @@ func FuzzReportJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzClassifyPair classifies any response against any request under
+// every protocol (HTTP/2 reads the request's stream): never a panic,
+// always a class of the protocol's vocabulary.
+func FuzzClassifyPair(f *testing.F) {
+	for _, r := range loadRecorded(f) {
+		f.Add(r.req, r.resp)
+	}
+	f.Fuzz(func(t *testing.T, req, resp []byte) {
+		var r Response
+		r.SetHead(resp)
+		for p := Auto; p < numProtocols; p++ {
+			re := classPatterns[p]
+			if re == nil {
+				re = classPatterns[Unknown]
+			}
+			if got := ClassifyPair(p, req, &r); !re.MatchString(got) {
+				t.Fatalf("%s: class %q outside its vocabulary", p, got)
+			}
+		}
+	})
+}
