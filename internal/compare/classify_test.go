@@ -61,7 +61,7 @@ var classPatterns = map[Protocol]*regexp.Regexp{
 	Redis:    regexp.MustCompile(`^(ok|value|nil|-[A-Z]{2,12}|-other|short|garbage)$`),
 	Postgres: regexp.MustCompile(`^([0-9A-Z]{5}|ok|error|auth|ssl|nossl|short|garbage)$`),
 	MySQL:    regexp.MustCompile(`^([1-9][0-9]{3}|ok|rows|eof|greeting|infile|error|short|garbage)$`),
-	Unknown:  regexp.MustCompile(`^answered|short$`),
+	Unknown:  regexp.MustCompile(`^(answered|short)$`),
 }
 
 // TestClassifyRecorded classifies real servers' responses: whole, cut at
