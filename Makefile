@@ -23,7 +23,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock -e /internal/cmd/tslab)
 LAB     := ./internal/lab ./internal/rawsock ./internal/cmd/tslab ./internal/e2e
 
-.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall fuzz
+.PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall fuzz fuzz-smoke
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,7 +34,7 @@ deps: ## install what is missing (Debian packages; needs root)
 build: ## build bin/tcpshadow
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tcpshadow
 
-test: deps lint test-unit test-e2e bench-go-smoke ## install what is missing, then run every test (as root)
+test: deps lint test-unit fuzz-smoke test-e2e bench-go-smoke ## install what is missing, then run every test (as root)
 
 test-unit: ## unit tests with the race detector, then the memory ones without it (it pads allocations)
 	$(GO) test -race -count=1 $(UNIT)
@@ -67,7 +67,9 @@ bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step
 # corpora run as plain tests in test-unit.
 FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
             ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
-            ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON
+            ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
+            ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
+            ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each
@@ -76,6 +78,9 @@ fuzz: ## run every fuzz target for FUZZTIME (30s) each
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+fuzz-smoke: ## every fuzz target for 2s, as CI runs them
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=2s
 
 clean: ## remove build output
 	rm -rf bin

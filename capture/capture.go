@@ -42,6 +42,7 @@ type Source interface {
 type Stats struct {
 	Read          uint64 // IP packets returned by Read
 	NonIP         uint64
+	OtherHost     uint64 // frames for another host (promiscuous "any" capture): not prod's
 	KernelRecv    uint64 // from pcap_stats: packets that passed the filter
 	KernelDropped uint64 // dropped for lack of buffer space
 	IfDropped     uint64 // dropped by the interface or driver
@@ -180,6 +181,7 @@ type pcapSource struct {
 	closed atomic.Bool
 	read   atomic.Uint64
 	nonIP  atomic.Uint64
+	other  atomic.Uint64
 
 	// mu orders the handle's release after the reader is done with it.
 	// The reader is busy from the start of Read until Read fails, or, on
@@ -206,6 +208,10 @@ func (s *pcapSource) Read() ([]byte, time.Time, error) {
 		data, ts, err := s.readFrame()
 		if err != nil {
 			return nil, time.Time{}, s.failed(err)
+		}
+		if otherHost(s.link, data) {
+			s.other.Add(1)
+			continue
 		}
 		off, ok := linkHeaderLen(s.link, data)
 		if !ok || off >= len(data) {
@@ -259,7 +265,7 @@ func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
 }
 
 func (s *pcapSource) Stats() Stats {
-	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load()}
+	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load(), OtherHost: s.other.Load()}
 	if !s.live {
 		return st
 	}
@@ -364,6 +370,18 @@ func linkHeaderLen(lt layers.LinkType, frame []byte) (int, bool) {
 		return 0, false
 	}
 	return 0, false
+}
+
+// sllPacketTypeOtherHost is the Linux cooked header's packet type of a
+// frame addressed to another host's link address (PACKET_OTHERHOST).
+const sllPacketTypeOtherHost = 3
+
+// otherHost reports whether a frame was addressed to another host: on
+// "any" with a promiscuous interface, or a bridge port, traffic passing
+// by is captured too, and it is not prod's to copy.
+func otherHost(lt layers.LinkType, frame []byte) bool {
+	return lt == layers.LinkTypeLinuxSLL && len(frame) >= 2 &&
+		uint16(frame[0])<<8|uint16(frame[1]) == sllPacketTypeOtherHost
 }
 
 // etherAt reads a protocol type at off and returns hdr if it is IP.

@@ -119,6 +119,37 @@ func TestFileSourceStripsLinkHeaders(t *testing.T) {
 	}
 }
 
+// TestOtherHostFramesSkipped: on "any" (Linux cooked headers), a frame
+// the kernel marks as addressed to another host is not prod's: skipped,
+// counted; frames to this host and its own outgoing ones are read.
+func TestOtherHostFramesSkipped(t *testing.T) {
+	v4 := tcpPacket(t, "198.18.0.2:40000", "198.18.0.1:80", "GET /")
+	typed := func(pktType byte) []byte {
+		f := frame(layers.LinkTypeLinuxSLL, v4)
+		f[1] = pktType
+		return f
+	}
+	src, err := OpenFile(writePcap(t, layers.LinkTypeLinuxSLL, [][]byte{typed(0), typed(3), typed(4), typed(3)}), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	n := 0
+	for {
+		_, _, err := src.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if st := src.Stats(); n != 2 || st.OtherHost != 2 || st.NonIP != 0 {
+		t.Fatalf("read %d, other_host %d, non_ip %d; want 2, 2, 0", n, st.OtherHost, st.NonIP)
+	}
+}
+
 func TestFilterForSelectsOnlyMappedTrafficAndNeverOwnOutput(t *testing.T) {
 	filter := FilterFor(
 		[]netip.AddrPort{

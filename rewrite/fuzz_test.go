@@ -31,7 +31,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 	return seeds
 }
 
-var decodeErrors = []error{ErrTruncated, ErrVersion, ErrNotTCP, ErrFragment, ErrHeader}
+var decodeErrors = []error{ErrTruncated, ErrVersion, ErrNotTCP, ErrFragment, ErrHeader, ErrTooBig, ErrMapped}
 
 // checkChecksumsExact compares the packet's checksums with a recomputation
 // from scratch; op names the last change.
@@ -81,6 +81,18 @@ func FuzzDecode(f *testing.F) {
 				continue
 			}
 			wholeOK = wholeOK || whole
+			if whole {
+				// A normalized copy decodes to the same flow with a
+				// minimal IP header.
+				var n Packet
+				nb := bytes.Clone(p.Bytes())
+				_ = n.Decode(nb)
+				n.Normalize(64)
+				var q Packet
+				if err := q.Decode(n.Bytes()); err != nil || q.Tuple() != p.Tuple() || q.PayloadLen() != p.PayloadLen() {
+					t.Fatalf("normalized packet: %v", err)
+				}
+			}
 
 			// Views are in range and alias the input.
 			pb := p.Bytes()

@@ -13,6 +13,14 @@ var (
 	ErrNotTCP    = errors.New("not tcp")
 	ErrFragment  = errors.New("ip fragment")
 	ErrHeader    = errors.New("bad header length")
+	// ErrTooBig is a packet larger than an IP length field says: a GRO
+	// or GSO super-packet past 64 KiB (BIG TCP: IPv4 total length 0,
+	// an IPv6 jumbogram). Its length cannot be trusted.
+	ErrTooBig = errors.New("packet larger than its ip length (big tcp or jumbogram)")
+	// ErrMapped is an IPv6 packet with an IPv4-mapped address: on the
+	// wire it is spoofed or misrouted, and it would make a session of
+	// mixed families.
+	ErrMapped = errors.New("ipv6 packet with an ipv4-mapped address")
 )
 
 // Packet is a decoded view of one IPv4 or IPv6 TCP packet held in a
@@ -51,6 +59,9 @@ func (p *Packet) decode(b []byte, whole bool) error {
 		ip := IPv4(b)
 		hl := ip.HeaderLen()
 		total = ip.TotalLen()
+		if total == 0 && len(b) > 0xffff {
+			return ErrTooBig
+		}
 		if hl < IPv4MinHeaderLen || total < hl {
 			return ErrHeader
 		}
@@ -70,7 +81,13 @@ func (p *Packet) decode(b []byte, whole bool) error {
 		}
 		ip := IPv6(b)
 		if ip.PayloadLen() == 0 {
-			return ErrHeader // jumbograms are not supported
+			if len(b) > 0xffff {
+				return ErrTooBig
+			}
+			return ErrHeader // a jumbogram's hop-by-hop length is not trusted
+		}
+		if ip.SrcAddr().Is4In6() || ip.DstAddr().Is4In6() {
+			return ErrMapped
 		}
 		total = IPv6HeaderLen + ip.PayloadLen()
 		next, off := ip.NextHeader(), IPv6HeaderLen
@@ -153,6 +170,55 @@ func (p *Packet) TCP() TCP { return TCP(p.b[p.ipLen : p.ipLen+p.tcpLen]) }
 
 // Headers returns the IP and TCP headers: what the intercept agent relays.
 func (p *Packet) Headers() []byte { return p.b[:p.ipLen+p.tcpLen] }
+
+// Normalize rebuilds the IP header the way a fresh sender would: IPv4
+// options and IPv6 extension headers (source routes, hop-by-hop options)
+// are removed, moving the TCP segment up, and the TTL or hop limit is set
+// to ttl. A captured packet's route and age are prod's, not the copy's.
+// The IPv4 header checksum is recomputed; the TCP checksum does not cover
+// what changed. It returns the packet's new length: the buffer keeps its
+// length, the packet's view shrinks.
+func (p *Packet) Normalize(ttl uint8) int {
+	min := IPv4MinHeaderLen
+	if p.v6 {
+		min = IPv6HeaderLen
+	}
+	if cut := p.ipLen - min; cut > 0 {
+		copy(p.b[min:], p.b[p.ipLen:])
+		p.b = p.b[:len(p.b)-cut]
+		p.ipLen = min
+		if p.v6 {
+			p.b[IPv6NextHeaderOffset] = ProtoTCP
+			IPv6(p.b).SetPayloadLen(p.segLen)
+		} else {
+			p.b[IPv4VersionIHLOffset] = 0x45
+			binary.BigEndian.PutUint16(p.b[IPv4TotalLenOffset:], uint16(min+p.segLen))
+		}
+	}
+	if p.v6 {
+		p.b[IPv6HopLimitOffset] = ttl
+	} else {
+		p.b[IPv4TTLOffset] = ttl
+		ip := IPv4(p.b)
+		ip.SetChecksum(ip.ComputeChecksum())
+	}
+	return len(p.b)
+}
+
+// TrimPayload drops the payload, keeping the headers, with the IP length
+// fixed to match and both checksums recomputed: a TCP Fast Open SYN
+// without its data. The whole payload must have been present.
+func (p *Packet) TrimPayload() {
+	n := p.ipLen + p.tcpLen
+	p.b = p.b[:n]
+	p.segLen = p.tcpLen
+	if p.v6 {
+		IPv6(p.b).SetPayloadLen(n - IPv6HeaderLen)
+	} else {
+		binary.BigEndian.PutUint16(p.b[IPv4TotalLenOffset:], uint16(n))
+	}
+	p.RecomputeChecksums()
+}
 
 // PayloadLen returns the payload length announced by the IP header.
 func (p *Packet) PayloadLen() int { return p.segLen - p.tcpLen }

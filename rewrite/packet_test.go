@@ -561,6 +561,22 @@ func TestDecodeErrors(t *testing.T) {
 		{"v4 total length beyond buffer", v4Spec(), set16(2, uint16(v4Len+1)), ErrTruncated, nil},
 		{"v4 tcp data offset past ip length", noPayload(v4Spec()), setByte(20+12, 0xf0), ErrHeader, ErrHeader},
 		{"v6 payload length 0", v6Spec(), set16(4, 0), ErrHeader, ErrHeader},
+		{"v4 big tcp: total length 0, 70000 bytes", v4Spec(), func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[2:], 0)
+			return append(b, make([]byte, 70000)...)
+		}, ErrTooBig, ErrTooBig},
+		{"v6 jumbogram: payload length 0, 70000 bytes", v6Spec(), func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[4:], 0)
+			return append(b, make([]byte, 70000)...)
+		}, ErrTooBig, ErrTooBig},
+		{"v6 v4-mapped source", v6Spec(), func(b []byte) []byte {
+			copy(b[8:24], netip.MustParseAddr("::ffff:192.0.2.1").AsSlice())
+			return b
+		}, ErrMapped, ErrMapped},
+		{"v6 v4-mapped destination", v6Spec(), func(b []byte) []byte {
+			copy(b[24:40], netip.MustParseAddr("::ffff:198.51.100.7").AsSlice())
+			return b
+		}, ErrMapped, ErrMapped},
 		{"v6 payload length beyond buffer", v6Spec(), set16(4, uint16(v6Len-40+1)), ErrTruncated, nil},
 		{"v6 payload length below tcp header", v6Spec(), set16(4, 8+39), ErrHeader, ErrHeader},
 		{"v6 payload length below hop-by-hop header", v6Spec(), set16(4, 4), ErrHeader, ErrHeader},

@@ -39,6 +39,7 @@ const (
 	OptSACKPermitted = 4
 	OptSACK          = 5
 	OptTimestamps    = 8
+	OptFastOpen      = 34 // RFC 7413
 )
 
 // TCP protocol limits and defaults.

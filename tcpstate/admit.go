@@ -68,12 +68,28 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 	var o rewrite.Options
 	rewrite.ParseOptions(p.TCP(), &o)
 	// No SACK blocks are ever produced, so SACK must not be offered
-	// (scenario 23).
+	// (scenario 23); nor a fast-open cookie, prod's and not the shadow's.
 	if o.SACKPermitted {
 		p.ClearOptions(rewrite.OptSACKPermitted)
 		o.SACKPermitted = false
 	}
-	p.Retarget(s.src, s.dst)
+	p.ClearOptions(rewrite.OptFastOpen)
+	p.Normalize(copyTTL)
+	if p.PayloadLen() > 0 {
+		// TCP Fast Open: the SYN carries the client's first data. The
+		// shadow gets a plain SYN, and the data after the handshake
+		// (queueFastOpen), as a client without a cookie sends it.
+		w.ctr.inc(CtrFastOpenSYNs)
+		if pb = w.splitFastOpen(s, pb, p); pb == nil {
+			w.removeSession(s)
+			return true // pb was freed
+		}
+	}
+	if !p.Retarget(s.src, s.dst) {
+		w.ctr.inc(CtrIgnoredFamily) // a pool of the other family
+		w.removeSession(s)
+		return false
+	}
 	s.syn, s.synPkt, s.synOpts = pb, *p, o
 	s.tsSent = o.TSVal
 	s.clientWnd = p.TCP().Window()
@@ -106,7 +122,6 @@ func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer re
 		sndUna: isn + 1, sndNxt: isn + 1, clientNxt: isn + 1,
 		mss: w.cfg.MSS, rto: w.clampRTO(initialRTO),
 		startAt: now, lastSeen: now, synCapAt: capAt, heapIdx: -1,
-		lingerFor: int64(w.cfg.Linger),
 	}
 	w.setState(s, stateProdOpening)
 	w.sessions[key] = s
@@ -179,9 +194,20 @@ func (w *Worker) admit(key sessionKey) bool {
 	return false
 }
 
+// copyTTL is the TTL (hop limit) of every packet sent to the shadow: a
+// fresh sender's, not what is left of the client's after its route to
+// prod.
+const copyTTL = 64
+
+// maxPortProbes bounds, per worker, the ports allocForged tries for one
+// session: past it the flow is shed (shed_no_forged_port) rather than the
+// worker scanning 65,535 ports per packet.
+const maxPortProbes = 256
+
 // allocForged returns the forged tuple for a client tuple: the pool
 // address with the client's port, or, if another session holds that tuple,
-// the next port that hashes to this worker and is free.
+// the next port that hashes to this worker and is free, within
+// maxPortProbes of this worker's.
 func (w *Worker) allocForged(client rewrite.Tuple, target netip.AddrPort, prefer rewrite.Tuple) (rewrite.Tuple, bool) {
 	if prefer != (rewrite.Tuple{}) {
 		if _, used := w.byForged[prefer]; !used {
@@ -195,7 +221,7 @@ func (w *Worker) allocForged(client rewrite.Tuple, target netip.AddrPort, prefer
 		return t, true
 	}
 	port := src.Port()
-	for tries := 0; tries < 65535; tries++ {
+	for tries := 0; tries < maxPortProbes*w.n; tries++ {
 		port++
 		if port == 0 {
 			port = 1
@@ -277,4 +303,90 @@ func (w *Worker) synthesizeSYN(s *session, by opener, withTS bool, tsVal uint32,
 	w.hold(s, pb)
 	w.openShadow(s, now)
 	return true
+}
+
+// splitFastOpen takes the data off a fast-open SYN p held in pb: pb
+// becomes the session's fast-open data, kept until the handshake, and the
+// SYN, without it, moves to a small buffer of its own, which it returns
+// (nil, pb freed, if the data does not fit the budgets).
+func (w *Worker) splitFastOpen(s *session, pb *pktBuf, p *rewrite.Packet) *pktBuf {
+	if !w.fits(s, pb.size()) {
+		w.ctr.inc(CtrShedMemory)
+		pb.free()
+		return nil
+	}
+	w.fastOpen[s] = fastOpenData{pb: pb, lay: p.Layout(), len: p.PayloadLen()}
+	s.fastOpen = true
+	w.hold(s, pb)
+	small := getBuf(len(p.Headers()))
+	copy(small.b, p.Headers())
+	*p = p.Layout().View(small.b)
+	p.TrimPayload()
+	return small
+}
+
+// queueFastOpen queues the data of the client's fast-open SYN as the
+// first segment on the shadow's connection, now established, unless the
+// client has sent it again already (prod took no cookie). Its pieces are
+// counted before they are taken; it reports false if they do not fit.
+func (w *Worker) queueFastOpen(s *session) bool {
+	if !s.fastOpen {
+		return true
+	}
+	fo := w.fastOpen[s]
+	defer w.dropFastOpen(s)
+	src := fo.lay.View(fo.pb.b)
+	lo, hi, at, ok := s.placement(s.isn+1, (s.isn + 1).Add(fo.len))
+	if !ok {
+		return true // sent again after the handshake, queued as such
+	}
+	tcp := src.TCP()
+	var o rewrite.Options
+	rewrite.ParseOptions(tcp, &o)
+	var optBuf [12]byte
+	opts := optBuf[:0]
+	if s.tsOK && o.HasTimestamps() {
+		opts = rewrite.AppendTimestamps(opts, o.TSVal, 0)
+	}
+	g := segment{seq: s.isn + 1, end: (s.isn + 1).Add(fo.len), ack: s.prodBase, capAt: s.synCapAt}
+	seg := rewrite.Segment{
+		Src: s.src, Dst: s.dst, Seq: uint32(lo), Flags: rewrite.FlagACK | rewrite.FlagPSH,
+		Window: tcp.Window(), Options: opts, Payload: src.Payload()[lo.Sub(g.seq):hi.Sub(g.seq)],
+	}
+	n := seg.Len()
+	if !w.fits(s, bufClassSize(n)) {
+		return false
+	}
+	npb := getBuf(n)
+	if npb == nil {
+		return false
+	}
+	if _, err := seg.Put(npb.b); err != nil {
+		npb.free()
+		return false
+	}
+	npb.b = npb.b[:n]
+	g.pb, g.seq, g.end = npb, lo, hi
+	if g.pkt.Decode(npb.b) != nil {
+		npb.free()
+		return false
+	}
+	rewrite.ParseOptions(g.pkt.TCP(), &g.opts)
+	if hi.After(s.clientNxt) {
+		s.clientNxt = hi
+	}
+	if !w.queueSeg(s, at, &g) {
+		npb.free()
+	}
+	return true
+}
+
+// dropFastOpen releases the fast-open data s holds, if any.
+func (w *Worker) dropFastOpen(s *session) {
+	if !s.fastOpen {
+		return
+	}
+	w.release(s, w.fastOpen[s].pb)
+	delete(w.fastOpen, s)
+	s.fastOpen = false
 }

@@ -55,13 +55,16 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 	case stateClosed:
 		// A flow given up keeps its place while the client goes on, so
 		// that it is not joined again (scenario 32).
-		s.lingerEnd = max(s.lingerEnd, now+s.lingerFor)
+		s.lingerEnd = max(s.lingerEnd, now+w.lingerFor(s))
 		w.markDirty(s)
 		w.ctr.inc(CtrIgnoredNoSession)
 		return false
 	}
 	s.lastSeen = now
 	kept := w.clientPacket(s, pb, p, capAt, now)
+	if s.heapIdx == heapRemoved {
+		return kept // prod never accepted it (33): forgotten
+	}
 	w.checkAccepted(s, now)
 	if s.state == stateShadowGone && len(s.q()) > 0 {
 		if s.rejections > 0 && answeredAsProd(s, &s.q()[0]) {
@@ -169,7 +172,11 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 		w.endSession(s, EndBufferLimit, now)
 		return false
 	}
-	p.Retarget(s.src, s.dst) // full checksums: captured ones may be partial (offload)
+	p.Normalize(copyTTL)
+	if !p.Retarget(s.src, s.dst) { // full checksums: captured ones may be partial (offload)
+		w.ctr.inc(CtrIgnoredFamily)
+		return false
+	}
 	g.pkt = *p
 	if g.seq == s.isn+1 && s.baseOK && g.ack.After(s.prodBase) {
 		w.ctr.inc(CtrGreetingWaits) // scenario 10: the client's first data follows a greeting

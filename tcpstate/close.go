@@ -58,6 +58,7 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 		w.release(s, s.syn)
 		s.syn = nil
 	}
+	w.dropFastOpen(s)
 	s.rtoAt, s.paceAt, s.gapSince = 0, 0, 0
 	s.lingerEnd = now + int64(w.cfg.Linger)
 	w.markDirty(s)
@@ -272,14 +273,23 @@ func answeredAsProd(old *session, g *segment) bool {
 func (w *Worker) giveUp(s *session, now int64) {
 	w.setState(s, stateClosed)
 	w.freeQueue(s)
-	s.lingerFor = int64(w.cfg.IdleTimeout)
-	s.lingerEnd = now + s.lingerFor
+	s.givenUp = true
+	s.lingerEnd = now + w.lingerFor(s)
 	w.ctr.inc(CtrShadowRejected)
 	mc := &w.mapCtr[s.key.mapIdx]
 	if n := mc.shadowRejected.Add(1); n == 1 {
 		w.sh.hintRejections(s.key.mapIdx, &w.cfg.Maps[s.key.mapIdx])
 	}
 	w.markDirty(s)
+}
+
+// lingerFor is how long an ended session outlives its client's last
+// packet: a flow given up, as long as a keep-alive may be idle.
+func (w *Worker) lingerFor(s *session) int64 {
+	if s.givenUp {
+		return int64(w.cfg.IdleTimeout)
+	}
+	return int64(w.cfg.Linger)
 }
 
 // freeQueue releases every queued segment.
@@ -291,8 +301,14 @@ func (w *Worker) freeQueue(s *session) {
 }
 
 // removeSession forgets a session, deregistering its flow if it was
-// registered.
+// registered, and releases whatever buffers it still holds.
 func (w *Worker) removeSession(s *session) {
+	w.freeQueue(s)
+	if s.syn != nil {
+		w.release(s, s.syn)
+		s.syn = nil
+	}
+	w.dropFastOpen(s)
 	w.timers.remove(s)
 	s.heapIdx = heapRemoved
 	if w.sessions[s.key] == s {

@@ -81,6 +81,13 @@ type Config struct {
 	MaxBufferBytes  int64
 	MaxSessions     int // across all workers
 	QueueLen        int // per-worker queue of captured packets and replies
+
+	// IsLocal reports whether addr is one of this host's own addresses.
+	// When set, a map without a local address (port only) copies only
+	// packets to the host's addresses: on a promiscuous NIC or a bridge,
+	// others pass by. It is called per packet, from capture goroutines,
+	// so it must be fast and safe for concurrent use.
+	IsLocal func(addr netip.Addr) bool
 }
 
 // MSS bounds: 536 is the segment size every IPv4 host must accept (RFC

@@ -143,13 +143,36 @@ func (l *loop) captured(cp capPkt, now int64) {
 	l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), now)
 }
 
+// drainBatch bounds the events handled between two Flushes, and
+// maxRepliesPerTurn the replies among them: a flood of relayed replies
+// (a hostile or looping agent) cannot starve the captured packets, which
+// are what is copied.
+const (
+	drainBatch        = 64
+	maxRepliesPerTurn = drainBatch / 2
+)
+
 // drain handles what else is queued, up to a batch, before flushing.
 func (l *loop) drain(e *Engine) {
-	for i := 0; i < 64; i++ {
+	replies := 0
+	for i := 0; i < drainBatch; i++ {
+		if replies >= maxRepliesPerTurn {
+			select {
+			case cp := <-l.pkts:
+				l.captured(cp, e.now())
+				continue
+			default:
+			}
+			if len(l.replies) > 0 {
+				l.ctr.inc(CtrRepliesDeferred)
+			}
+			return
+		}
 		select {
 		case cp := <-l.pkts:
 			l.captured(cp, e.now())
 		case l.reply = <-l.replies:
+			replies++
 			l.w.handleReply(l.reply.hdr[:l.reply.n], l.reply.lay, e.now())
 		default:
 			return
@@ -208,6 +231,12 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 			continue
 		}
 		matched = true
+		if !m.Local.Addr().IsValid() && e.cfg.IsLocal != nil && !e.cfg.IsLocal(dst) {
+			// A port-only map copies what is addressed to this host,
+			// not what a promiscuous NIC or a bridge passes by.
+			c.inc(CtrIgnoredNotLocal)
+			continue
+		}
 		if m.Target.Addr().Is4() == p.IsV6() {
 			c.inc(CtrIgnoredFamily)
 			continue
@@ -226,6 +255,9 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 	for i := range e.cfg.Maps {
 		m := &e.cfg.Maps[i]
 		if !m.Matches(src, sport) || m.Target.Addr().Is4() == p.IsV6() {
+			continue
+		}
+		if !m.Local.Addr().IsValid() && e.cfg.IsLocal != nil && !e.cfg.IsLocal(src) {
 			continue
 		}
 		if !matched {
@@ -278,6 +310,10 @@ func decodeCounter(err error) Counter {
 		return CtrIgnoredFragment
 	case errors.Is(err, rewrite.ErrNotTCP), errors.Is(err, rewrite.ErrVersion):
 		return CtrIgnoredNotTCP
+	case errors.Is(err, rewrite.ErrTooBig):
+		return CtrIgnoredBigPacket
+	case errors.Is(err, rewrite.ErrMapped):
+		return CtrIgnoredMapped
 	}
 	return CtrIgnoredBadHeader
 }

@@ -51,6 +51,8 @@ type sentPkt struct {
 	payload    string
 	opts       rewrite.Options
 	checksumOK bool
+	ttl        uint8 // TTL or hop limit
+	ipHdrLen   int
 }
 
 type recorder struct {
@@ -73,6 +75,15 @@ func (r *recorder) Send(b []byte) error {
 		dst:   netip.AddrPortFrom(p.DstAddr(), tcp.DstPort()),
 		flags: tcp.Flags(), seq: Seq(tcp.Seq()), ack: Seq(tcp.Ack()),
 		win: tcp.Window(), payload: string(p.Payload()), checksumOK: p.ChecksumValid(),
+		ipHdrLen: p.IPHeaderLen(),
+	}
+	if p.IsV6() {
+		sp.ttl = rewrite.IPv6(b).HopLimit()
+	} else {
+		sp.ttl = rewrite.IPv4(b).TTL()
+		if rewrite.IPv4(b).ComputeChecksum() != rewrite.IPv4(b).Checksum() {
+			sp.checksumOK = false
+		}
 	}
 	rewrite.ParseOptions(tcp, &sp.opts)
 	r.events = append(r.events, event{kind: "send", pkt: sp})
@@ -165,6 +176,23 @@ func (h *harness) clientSeg(flags uint8, seq, ack uint32, payload string, opts [
 		}
 		h.prodSeg(rewrite.FlagACK, ack, end, 0) // prod accepts what the client sent
 	}
+}
+
+// capturedRaw feeds a captured client packet built by the caller (IP
+// options, extension headers, odd TTLs).
+func (h *harness) capturedRaw(b []byte) {
+	h.t.Helper()
+	pb := getBuf(len(b))
+	if pb == nil {
+		h.t.Fatalf("no buffer for %d bytes", len(b))
+	}
+	copy(pb.b, b)
+	var p rewrite.Packet
+	if err := p.Decode(pb.b); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleCaptured(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.Flush(h.now)
 }
 
 // reply feeds a relayed shadow reply (shadow → forged client) carrying

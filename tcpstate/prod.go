@@ -40,7 +40,8 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 		return
 	}
 	if flags&rewrite.FlagSYN != 0 {
-		if flags&rewrite.FlagACK == 0 || ack != s.isn+1 || s.opener != openedBySYN {
+		tookData := s.fastOpen && ack == (s.isn+1).Add(w.fastOpen[s].len) // prod took the fast-open data
+		if flags&rewrite.FlagACK == 0 || ack != s.isn+1 && !tookData || s.opener != openedBySYN {
 			return // not the answer to this session's SYN
 		}
 		s.prodISN, s.prodISNOK = seq, true
@@ -222,11 +223,6 @@ func (w *Worker) prodReset(s *session, capAt, now int64) {
 func (w *Worker) notAccepted(s *session) {
 	w.ctr.inc(CtrNotAccepted)
 	w.ctr.add(CtrNotAcceptedBytes, s.clientNxt.Sub(s.isn+1))
-	w.freeQueue(s)
-	if s.syn != nil {
-		w.release(s, s.syn)
-		s.syn = nil
-	}
 	w.removeSession(s)
 }
 

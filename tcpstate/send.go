@@ -77,7 +77,7 @@ func (w *Worker) trySend(s *session, now int64) {
 		// the shadow may answer as much as prod had when the reset came
 		// (prod's answers are captured apart, hence after the grace).
 		last := segment{ack: s.prodEndBy(s.resetAt + int64(vouchGrace)), capAt: s.resetAt}
-		if w.cfg.NoPacing || !last.ack.After(s.releasedAck) || w.mayRelease(s, &last, now) {
+		if w.cfg.NoPacing || !last.ack.After(s.releasedAck) || w.lastRoundDone(s, &last, now) {
 			w.endSession(s, s.resetReason, now) // scenario 30
 		}
 	case s.state == stateEstablished && s.clientFin && s.sndNxt == s.finSeq && s.sndUna == s.finSeq &&
@@ -162,6 +162,28 @@ func (w *Worker) mayRelease(s *session, g *segment, now int64) bool {
 		w.ctr.inc(CtrPacingNoAnswer)
 	}
 	s.rebase(g)
+	return true
+}
+
+// lastRoundDone decides whether the round a reset ends has been answered:
+// the shadow sent as much as prod had, or has been silent for as long as
+// a round waits for no answer. Unlike mayRelease it takes no quiet period
+// for a complete answer: nothing follows the reset to be held back, and a
+// shadow still working through pipelined requests pauses between them.
+func (w *Worker) lastRoundDone(s *session, g *segment, now int64) bool {
+	need, got := s.need(g), s.got()
+	if got >= need {
+		return true
+	}
+	if at := max(s.reqSentAt, s.lastReplyAt) + w.noAnswerWait(s); now < at {
+		s.paceAt = at
+		return false
+	}
+	if s.rcvNxt.After(s.releasedRcv) {
+		w.ctr.inc(CtrPacingShort)
+	} else {
+		w.ctr.inc(CtrPacingNoAnswer)
+	}
 	return true
 }
 
@@ -270,6 +292,10 @@ func (w *Worker) send(b []byte) {
 		w.ctr.inc(CtrSendErrors) // never fatal (scenario 24)
 		return
 	}
-	w.ctr.inc(CtrPacketsSent)
 	w.ctr.add(CtrBytesSent, len(b))
+	if w.flusher != nil {
+		w.queued++ // counted as sent once Flush says how many the kernel took
+		return
+	}
+	w.ctr.inc(CtrPacketsSent)
 }

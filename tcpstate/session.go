@@ -116,6 +116,25 @@ type session struct {
 	// flow, in answer to copied data (scenario 32).
 	rejections uint8
 	registered bool // the forged flow is registered with the agent
+	givenUp    bool // the shadow kept rejecting the flow: it lingers while the client goes on (32)
+	fastOpen   bool // the client's SYN carried data, held in its worker's fastOpen until the handshake
+
+	// small fields, kept together so the struct packs tight
+	sndWS       uint8     // the shadow's window scale
+	clientFin   bool      // the client's FIN was captured, at finSeq
+	finSent     bool      // we sent a FIN at ourFin: the shadow acking it is no late reply
+	dupAcks     uint8     // duplicate ACKs from the shadow in a row
+	tsOK        bool      // timestamps negotiated with the shadow
+	needAck     bool      // send an ACK at the next Flush
+	prodISNOK   bool      // prod's SYN-ACK was seen
+	clientAckOK bool      // clientAcked is set
+	prodAckOK   bool      // prodAcked is set
+	prodFin     bool      // prod closed its side
+	prodDataIdx uint8     // the newest of prodData
+	baseOK      bool      // prodBase is set
+	resetAfter  bool      // the client or prod reset: reset the shadow once drained (30)
+	resetReason EndReason // and end for this reason
+	dirty       bool      // listed in the worker's dirty sessions
 
 	// handshake
 	isn       Seq
@@ -129,41 +148,31 @@ type session struct {
 	// toward the shadow, in the client's own sequence space
 	sndUna, sndNxt Seq
 	sndWnd         int
-	sndWS          uint8
 	mss            int
 	clientNxt      Seq // end of the client data queued so far
 	qbuf           []segment
 	qhead          int
-	nsent          int  // queued segments already sent: q()[:nsent]
-	qBytes         int  // buffer bytes held by queued segments
-	clientFin      bool // the client's FIN was captured, at finSeq
+	nsent          int // queued segments already sent: q()[:nsent]
+	qBytes         int // buffer bytes held by queued segments
 	finSeq         Seq
-	finSent        bool // we sent a FIN at ourFin: the shadow acking it is no late reply
 	ourFin         Seq
-	dupAcks        uint8
+	rstAt          int64 // the latest RST answering a stray reply: mayReset limits them
 
 	// from the shadow
 	rcvNxt    Seq
-	tsOK      bool
 	tsRecent  uint32 // latest TSval from the shadow, echoed in TSecr
 	tsSent    uint32 // latest TSval sent; never goes backwards (PAWS)
 	clientWnd uint16
-	needAck   bool  // send an ACK at the next Flush
 	ackAt     int64 // a delayed ACK is due then (0: none pending)
 	unacked   int   // shadow bytes received since our last ACK
 
 	// prod's side, from the packets prod sends the client (scenarios
 	// 28-35); with TrustInbound none arrive and the client's own packets
 	// vouch for themselves.
-	prodISN     Seq  // from prod's SYN-ACK
-	prodISNOK   bool // prod's SYN-ACK was seen
-	clientAcked Seq  // what the client's handshake ACK acknowledged, if it came first
-	clientAckOK bool
+	prodISN     Seq // from prod's SYN-ACK
+	clientAcked Seq // what the client's handshake ACK acknowledged, if it came first
 	prodAcked   Seq // prod's cumulative ACK of the client's stream: what prod accepted
-	prodAckOK   bool
-	prodFin     bool // prod closed its side
 	prodData    [prodMarks]prodMark
-	prodDataIdx uint8
 	// prodWaitFrom is when client data prod has not answered yet was
 	// captured: prod's next data gives a response-time sample.
 	prodWaitFrom int64
@@ -174,7 +183,6 @@ type session struct {
 	// gives up waiting (the shadow's answer was shorter, or none came).
 	prodBase    Seq   // prod's stream origin: need(g) = g.ack - prodBase
 	shadowBase  Seq   // the shadow's: got = rcvNxt - shadowBase
-	baseOK      bool  // prodBase is set
 	releasedAck Seq   // the ACK of the last data released: a later one starts a round
 	releasedRcv Seq   // how far the shadow's stream was then
 	lastReplyAt int64 // the shadow's latest data
@@ -183,13 +191,10 @@ type session struct {
 	reqCapAt    int64 // and its capture on prod
 
 	// ending
-	drainUntil  int64     // the client closed or reset: what prod accepted must reach the shadow by then
-	resetAfter  bool      // the client or prod reset: reset the shadow once drained (30)
-	resetReason EndReason // and end for this reason
-	vouchBy     int64     // then: what prod has not acknowledged is dropped
-	resetAt     int64     // the reset's capture time
-	reconnectAt int64     // shadowGone: a fresh connection may open then (backoff); 0 on the client's next data
-	lingerFor   int64     // how long an ended session outlives its client's last packet
+	drainUntil  int64 // the client closed or reset: what prod accepted must reach the shadow by then
+	vouchBy     int64 // then: what prod has not acknowledged is dropped
+	resetAt     int64 // the reset's capture time
+	reconnectAt int64 // shadowGone: a fresh connection may open then (backoff); 0 on the client's next data
 
 	// timers
 	srtt, rttvar time.Duration
@@ -202,7 +207,6 @@ type session struct {
 	lingerEnd    int64
 	timerAt      int64
 	heapIdx      int // position in the timer heap; -1 absent, -2 removed
-	dirty        bool
 }
 
 // prodMark is where one of prod's data segments ended and when it was
@@ -221,6 +225,15 @@ const prodMarks = 4
 const heapRemoved = -2
 
 func (s *session) q() []segment { return s.qbuf[s.qhead:] }
+
+// fastOpenData is the data of a client's fast-open SYN, until the
+// shadow's handshake: rare enough to be kept beside the sessions rather
+// than in each.
+type fastOpenData struct {
+	pb  *pktBuf
+	lay rewrite.Layout
+	len int
+}
 
 // ackSent notes that a segment acknowledging everything received is
 // leaving: no ACK is owed any more.

@@ -32,8 +32,24 @@ func (w *Worker) handleReply(hdr []byte, lay rewrite.Layout, now int64) {
 	case s.state.connected():
 		w.shadowConnected(s, &p, now)
 	default:
-		w.shadowAfterEnd(s, &p)
+		w.shadowAfterEnd(s, &p, now)
 	}
+}
+
+// lateRSTGap is how often one session may answer stray replies with an
+// RST: a hostile or confused agent relaying them in a loop makes the
+// copier send at most 20 RSTs a second per session, as Linux limits its
+// challenge ACKs (RFC 5961 §7).
+const lateRSTGap = 50 * time.Millisecond
+
+// mayReset reports whether s may send an RST answering a stray reply now.
+func (w *Worker) mayReset(s *session, now int64) bool {
+	if s.rstAt != 0 && now-s.rstAt < int64(lateRSTGap) {
+		w.ctr.inc(CtrRSTsLimited)
+		return false
+	}
+	s.rstAt = now
+	return true
 }
 
 // shadowSynSent expects the SYN-ACK answering our SYN.
@@ -55,6 +71,9 @@ func (w *Worker) shadowSynSent(s *session, p *rewrite.Packet, now int64) {
 		// Scenario 6: a reply of an earlier incarnation of this tuple.
 		// Reset it and open again.
 		w.ctr.inc(CtrRepliesStale)
+		if !w.mayReset(s, now) {
+			return
+		}
 		if hasACK {
 			w.sendCtl(s, rewrite.FlagRST, ack, 0)
 		}
@@ -64,14 +83,14 @@ func (w *Worker) shadowSynSent(s *session, p *rewrite.Packet, now int64) {
 
 // shadowAfterEnd answers a late reply: the shadow still holds state for
 // a session that ended (scenario 20).
-func (w *Worker) shadowAfterEnd(s *session, p *rewrite.Packet) {
+func (w *Worker) shadowAfterEnd(s *session, p *rewrite.Packet, now int64) {
 	tcp := p.TCP()
 	flags := tcp.Flags()
 	ack := Seq(tcp.Ack())
 	if s.finSent && ack == s.ourFin+1 && p.PayloadLen() == 0 && flags&(rewrite.FlagFIN|rewrite.FlagRST) == 0 {
 		return // the shadow acknowledging our FIN: the close completing
 	}
-	if flags&rewrite.FlagRST == 0 && flags&rewrite.FlagACK != 0 {
+	if flags&rewrite.FlagRST == 0 && flags&rewrite.FlagACK != 0 && w.mayReset(s, now) {
 		w.sendCtl(s, rewrite.FlagRST, ack, 0)
 		w.ctr.inc(CtrLateReplyRST)
 	}
@@ -153,7 +172,7 @@ func (w *Worker) establish(s *session, p *rewrite.Packet, o *rewrite.Options, no
 	s.shadowBase, s.releasedRcv = s.rcvNxt, s.rcvNxt
 	s.reqSentAt, s.reqCapAt = s.synSentAt, s.synCapAt
 	w.sendCtl(s, rewrite.FlagACK, s.sndNxt, s.rcvNxt) // third packet of the handshake
-	if !w.normalizeQueue(s) {
+	if !w.queueFastOpen(s) || !w.normalizeQueue(s) {
 		w.ctr.inc(CtrShedMemory)
 		w.endSession(s, EndBufferLimit, now)
 		return

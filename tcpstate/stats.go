@@ -54,7 +54,13 @@ const (
 	CtrPacingNoAnswer   // rounds released after no answer from the shadow (9)
 	CtrShadowRejected   // client flows given up: the shadow kept closing fresh connections (32)
 	CtrReconnectsDeferred
-	CtrDrainCut // data prod accepted before the client's FIN or RST, cut by DrainTimeout (30)
+	CtrDrainCut         // data prod accepted before the client's FIN or RST, cut by DrainTimeout (30)
+	CtrIgnoredBigPacket // GRO/GSO super-packets past 64 KiB (BIG TCP), jumbograms: their length cannot be trusted
+	CtrIgnoredMapped    // IPv6 packets with an IPv4-mapped address
+	CtrIgnoredNotLocal  // to a port-only map's port, but not to one of this host's addresses
+	CtrFastOpenSYNs     // client SYNs carrying data (TCP Fast Open): the data follows the handshake
+	CtrRSTsLimited      // RSTs not sent: one per session per lateRSTGap
+	CtrRepliesDeferred  // loop turns that left replies queued so that captured packets go first
 	numCounters
 )
 
@@ -104,6 +110,12 @@ var counterNames = [numCounters]string{
 	CtrShadowRejected:     "shadow_rejected",
 	CtrReconnectsDeferred: "reconnects_deferred",
 	CtrDrainCut:           "drain_cut",
+	CtrIgnoredBigPacket:   "ignored_big_packet",
+	CtrIgnoredMapped:      "ignored_v4_mapped",
+	CtrIgnoredNotLocal:    "ignored_not_local",
+	CtrFastOpenSYNs:       "client_fast_open_syns",
+	CtrRSTsLimited:        "rsts_limited",
+	CtrRepliesDeferred:    "replies_deferred",
 }
 
 func (c Counter) String() string { return counterNames[c] }

@@ -1,6 +1,8 @@
 package tcpstate
 
 import (
+	"time"
+
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -44,6 +46,7 @@ type Worker struct {
 	timers   timerHeap
 	dirty    []*session
 	buffered int64 // bytes held by this worker's sessions
+	queued   int   // packets handed to a batching Sender since its last Flush
 	budget   int64
 	maxSess  int
 	ctl      [rewrite.IPv6HeaderLen + rewrite.TCPMaxHeaderLen]byte // the copier's own segments are built here
@@ -53,6 +56,8 @@ type Worker struct {
 	prodResp        []respTime    // per map: prod's response times, as this worker saw them
 	reconnectTokens tokenBucket   // fresh connections after the shadow closed (19, 32)
 	early           earlyProds    // prod's packets that came before their session
+	fastOpen        map[*session]fastOpenData
+	sleep           func(time.Duration) // Shutdown's pacing; tests replace it
 }
 
 func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters, sh *shared) *Worker {
@@ -65,6 +70,8 @@ func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters,
 		maxSess:  max(1, cfg.MaxSessions/n),
 		mapCtr:   make([]mapCounters, len(cfg.Maps)),
 		prodResp: make([]respTime, len(cfg.Maps)),
+		fastOpen: make(map[*session]fastOpenData),
+		sleep:    time.Sleep,
 	}
 }
 
@@ -160,21 +167,39 @@ func (w *Worker) flushOut() {
 	if w.flusher == nil {
 		return
 	}
-	if failed, _ := w.flusher.Flush(); failed > 0 {
-		w.ctr.add(CtrSendErrors, failed)
-	}
+	failed, _ := w.flusher.Flush()
+	failed = min(failed, w.queued)
+	w.ctr.add(CtrSendErrors, failed)
+	w.ctr.add(CtrPacketsSent, w.queued-failed)
+	w.queued = 0
 }
+
+// Shutdown pacing: RSTs leave in bursts of shutdownBurst, flushed, with
+// shutdownGap between them and all of them within shutdownSpread, so that
+// ending many sessions neither overflows the socket's buffer (the kernel
+// would drop them, and the shadow keep the connections) nor floods the
+// shadow.
+const (
+	shutdownBurst  = 64
+	shutdownGap    = 500 * time.Microsecond
+	shutdownSpread = 2 * time.Second
+)
 
 // Shutdown ends every session with an RST so the shadow frees its state,
 // and deregisters every flow.
 func (w *Worker) Shutdown(now int64) {
+	gap := min(shutdownGap, shutdownSpread*shutdownBurst/time.Duration(max(len(w.byForged), 1)))
+	sent := 0
 	for _, s := range w.byForged {
 		switch {
 		case s.state == stateProdOpening:
 		case !s.state.ended():
 			w.endSession(s, EndShutdown, now)
+			if sent++; sent%shutdownBurst == 0 {
+				w.flushOut()
+				w.sleep(gap)
+			}
 		}
-		w.freeQueue(s)
 		w.removeSession(s)
 	}
 	for i := range w.dirty {

@@ -202,6 +202,13 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 			senders[i] = pcapdump.TeeSender(s, dump)
 		}
 	}
+	if h.isLocal != nil && hasPortOnlyMap(ecfg.Maps) {
+		local, err := h.isLocal(ctx, log)
+		if err != nil {
+			return err
+		}
+		ecfg.IsLocal = local
+	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.ClientConfig(), func(hdr []byte) { eng.HandleReply(hdr) }, log)
 	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
@@ -358,4 +365,15 @@ func captureLoop(ctx context.Context, src capture.Source, in *tcpstate.Input, wd
 			return err
 		}
 	}
+}
+
+// hasPortOnlyMap reports whether a map names only a port: its traffic is
+// told from what passes by through the host's own addresses.
+func hasPortOnlyMap(maps []tcpstate.Map) bool {
+	for _, m := range maps {
+		if !m.Local.Addr().IsValid() {
+			return true
+		}
+	}
+	return false
 }

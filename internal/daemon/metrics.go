@@ -61,6 +61,7 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 		metrics.Sample{Name: "tcpshadow_capture_kernel_dropped_total", Help: "Packets dropped by the kernel for lack of buffer.", Value: float64(capst.KernelDropped)},
 		metrics.Sample{Name: "tcpshadow_capture_interface_dropped_total", Help: "Packets dropped by the interface.", Value: float64(capst.IfDropped)},
 		metrics.Sample{Name: "tcpshadow_capture_non_ip_total", Help: "Captured frames that were not IP.", Value: float64(capst.NonIP)},
+		metrics.Sample{Name: "tcpshadow_capture_other_host_total", Help: "Captured frames addressed to another host, not copied.", Value: float64(capst.OtherHost)},
 		metrics.Sample{Name: "tcpshadow_agent_connected", Help: "1 when the control channel to the agent is up.", Kind: metrics.Gauge, Value: connected},
 		metrics.Sample{Name: "tcpshadow_agent_connects_total", Help: "Control channel connections made.", Value: float64(cs.Connects)},
 		metrics.Sample{Name: "tcpshadow_agent_disconnects_total", Help: "Control channel connections lost.", Value: float64(cs.Disconnects)},

@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,6 +40,9 @@ type host struct {
 	// openSender opens one worker's way to the shadow and what closes it.
 	openSender func() (tcpstate.Sender, io.Closer, error)
 	listen     func(addr string) (net.Listener, error)
+	// isLocal follows the host's own addresses, for port-only maps; nil
+	// copies a port-only map's traffic to any address.
+	isLocal func(ctx context.Context, log *slog.Logger) (func(netip.Addr) bool, error)
 	// limit holds the process to its budget; maxMemory 0 leaves memory be.
 	limit func(maxCPU int, maxMemory int64)
 }
@@ -52,7 +57,8 @@ func liveHost() host {
 			}
 			return rawsock.NewBatch(s), s, nil // one sendmmsg per worker batch
 		},
-		listen: func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) },
+		listen:  func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) },
+		isLocal: followLocalAddrs,
 		limit: func(maxCPU int, maxMemory int64) {
 			// Leave production its CPUs and memory: the Go scheduler and
 			// collector are held to the budget, the engine sheds load

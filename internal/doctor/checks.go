@@ -342,7 +342,7 @@ type ProdConfig struct {
 func Prod(ctx context.Context, h Host, c ProdConfig) Report {
 	rep := Report{captureCheck(h, c.Iface)}
 	if c.Iface != "any" && h.Link(c.Iface) == nil {
-		rep = append(rep, offloads(h, c.Iface))
+		rep = append(rep, offloads(h, c.Iface), bigTCP(h, c.Iface))
 	}
 	rep = append(rep, rawSocket(h))
 	if c.ProbeAgent != nil {
@@ -373,6 +373,26 @@ func offloads(h Host, iface string) Result {
 	r.Status = Warn
 	r.Detail = strings.Join(on, " and ") + " on: the kernel merges client segments into packets of up to 64 KiB " +
 		"before the capture sees them; tcpshadow splits them to --mss anyway, but the shadow sees other segment boundaries than prod"
+	return r
+}
+
+// bigTCP checks that GRO builds no packet past 64 KiB: such a packet's IP
+// length field cannot hold its size (BIG TCP), and the copier ignores it
+// (ignored_big_packet), losing the data it carries.
+func bigTCP(h Host, iface string) Result {
+	r := Result{Check: "gro_max_size " + iface}
+	n, err := h.GROMaxSize(iface)
+	switch {
+	case err != nil:
+		r.Status, r.Detail = Warn, fmt.Sprintf("cannot read gro_max_size: %v", err)
+	case n > 65536:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("gro_max_size %d: BIG TCP merges client segments into packets past 64 KiB, "+
+			"which no IP length field describes; the copier ignores them (ignored_big_packet) and their data never reaches the shadow", n)
+		r.Fix = fmt.Sprintf("ip link set dev %s gro_max_size 65536 gro_ipv4_max_size 65536", iface)
+	default:
+		r.Detail = fmt.Sprintf("gro_max_size %d: no packet past 64 KiB", n)
+	}
 	return r
 }
 

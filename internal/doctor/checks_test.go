@@ -233,6 +233,8 @@ func TestProd(t *testing.T) {
 			map[string]problem{"offload eth0": {doctor.Warn, []string{"GRO on", "splits them to --mss", "fix: ethtool -K eth0 gro off lro off"}}}},
 		{"GROAndLRO", func(h *doctortest.Host) { h.GRO, h.LRO = map[string]bool{"eth0": true}, map[string]bool{"eth0": true} }, agentOK,
 			map[string]problem{"offload eth0": {doctor.Warn, []string{"GRO and LRO on"}}}},
+		{"BigTCP", func(h *doctortest.Host) { h.GROMax = map[string]int{"eth0": 185000} }, agentOK,
+			map[string]problem{"gro_max_size eth0": {doctor.Fail, []string{"gro_max_size 185000", "ignored_big_packet", "fix: ip link set dev eth0 gro_max_size 65536"}}}},
 		{"NoRawSocket", func(h *doctortest.Host) { h.RawErr = syscall.EPERM }, agentOK,
 			map[string]problem{"raw_socket": {doctor.Fail, []string{"CAP_NET_RAW", "fix: setcap cap_net_raw+ep"}}}},
 		{"NoInterfaceNoOffloadLine", func(h *doctortest.Host) { h.Links = nil }, agentOK,

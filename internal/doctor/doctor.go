@@ -154,6 +154,9 @@ type Host interface {
 	Link(name string) error
 	// Offloads reports whether GRO and LRO are on for iface.
 	Offloads(iface string) (gro, lro bool, err error)
+	// GROMaxSize returns the largest packet GRO may build on iface (the
+	// larger of IPv6's and IPv4's); past 65536 that is BIG TCP.
+	GROMaxSize(iface string) (int, error)
 	// CanCapture opens a live capture on iface and closes it.
 	CanCapture(iface string) error
 	// CanSendRaw opens the raw sockets the copy daemon sends with and

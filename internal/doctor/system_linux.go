@@ -91,6 +91,16 @@ func (System) Link(name string) error {
 	return err
 }
 
+// GROMaxSize implements Host.
+func (System) GROMaxSize(iface string) (int, error) {
+	l, err := netlink.LinkByName(iface)
+	if err != nil {
+		return 0, fmt.Errorf("link %s: %w", iface, err)
+	}
+	a := l.Attrs()
+	return int(max(a.GROMaxSize, a.GROIPv4MaxSize)), nil
+}
+
 // ethtoolValue is struct ethtool_value.
 type ethtoolValue struct{ cmd, data uint32 }
 

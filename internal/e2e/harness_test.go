@@ -29,6 +29,9 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(holdEnv); spec != "" {
+		os.Exit(holdConnections(spec))
+	}
 	code := func() int {
 		if os.Geteuid() != 0 {
 			return m.Run() // every test skips through lab.NewT

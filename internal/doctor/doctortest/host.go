@@ -23,6 +23,7 @@ type Host struct {
 	Routes    []Route        // longest prefix wins; none: doctor.ErrNoRoute
 	Links     []string       // interfaces that exist
 	GRO, LRO  map[string]bool
+	GROMax    map[string]int // gro_max_size by interface
 	Listening map[uint16][]doctor.Listener
 
 	OffloadErr, CaptureErr, RawErr error
@@ -64,6 +65,14 @@ func (h *Host) Link(name string) error {
 		}
 	}
 	return fmt.Errorf("route ip+net: no such network interface")
+}
+
+// GROMaxSize implements doctor.Host: GROMax[iface], 65536 if unset.
+func (h *Host) GROMaxSize(iface string) (int, error) {
+	if n, ok := h.GROMax[iface]; ok {
+		return n, nil
+	}
+	return 65536, nil
 }
 
 // Offloads implements doctor.Host.
