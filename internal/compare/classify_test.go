@@ -303,3 +303,29 @@ func TestParseProtocol(t *testing.T) {
 		t.Errorf("smtp: %v", err)
 	}
 }
+
+// TestClassifySplit feeds each recorded response in pieces of every size
+// from 1 byte, as packets would bring it, through Response.Append at the
+// default prefix: the class is the one of the prefix in one piece.
+func TestClassifySplit(t *testing.T) {
+	for _, rec := range loadRecorded(t) {
+		want := ClassifyHead(rec.proto, rec.resp[:min(len(rec.resp), DefaultPrefix)])
+		for size := 1; size <= len(rec.resp); size++ {
+			var p Pair
+			for i := 0; i < len(rec.req); i += size {
+				p.AppendRequest(rec.req[i:min(i+size, len(rec.req))])
+			}
+			for i := 0; i < len(rec.resp); i += size {
+				p.Shadow.Append(rec.resp[i:min(i+size, len(rec.resp))], DefaultPrefix, int64(100+i))
+			}
+			if got := ClassifyPair(rec.proto, p.request(), &p.Shadow); got != want {
+				t.Fatalf("line %d in %d-byte pieces: %q, want %q", rec.line, size, got, want)
+			}
+			if p.Shadow.FirstByte != 100 || int(p.Shadow.HeadLen) != min(len(rec.resp), DefaultPrefix) ||
+				!bytes.Equal(p.request(), rec.req[:min(len(rec.req), RequestHeadLen)]) {
+				t.Fatalf("line %d in %d-byte pieces: first byte at %d, head %d bytes, request %q",
+					rec.line, size, p.Shadow.FirstByte, p.Shadow.HeadLen, p.request())
+			}
+		}
+	}
+}

@@ -277,3 +277,22 @@ func TestPairSize(t *testing.T) {
 	}
 	t.Logf("a Pair is %d bytes; a default ring %d KiB", n, n*DefaultQueueLen>>10)
 }
+
+// TestAppendAlloc: filling a pair packet by packet allocates nothing.
+func TestAppendAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	var p Pair
+	pkt := []byte("HTTP/1.1 200 OK\r\nServer: nginx\r\n")
+	if n := testing.AllocsPerRun(1000, func() {
+		p.AppendRequest(pkt)
+		p.Prod.Append(pkt, DefaultPrefix, 1)
+		p.Shadow.Append(pkt, MaxPrefix+100, 2)
+	}); n != 0 {
+		t.Fatalf("Append: %v allocations", n)
+	}
+	if p.Prod.HeadLen != DefaultPrefix || p.Shadow.HeadLen != MaxPrefix || p.RequestLen != RequestHeadLen {
+		t.Fatalf("heads %d %d %d: not held at their limits", p.Prod.HeadLen, p.Shadow.HeadLen, p.RequestLen)
+	}
+}

@@ -94,6 +94,29 @@ func (r *Response) SetHead(b []byte) {
 	r.Outcome = Answered
 }
 
+// AppendRequest adds request bytes as they arrive, packet by packet, up
+// to RequestHeadLen in all.
+func (p *Pair) AppendRequest(b []byte) {
+	n := min(int(p.RequestLen), RequestHeadLen)
+	p.RequestLen = uint16(n + copy(p.Request[n:], b))
+}
+
+// Append adds response payload bytes as they arrive, packet by packet, up
+// to limit in all (the prefix; at most MaxPrefix), and marks the response
+// answered; the first bytes stamp FirstByte with now. Bytes past the
+// limit are ignored, so the caller need not count.
+func (r *Response) Append(b []byte, limit int, now int64) {
+	if len(b) == 0 {
+		return
+	}
+	if r.Outcome != Answered {
+		r.Outcome, r.FirstByte, r.HeadLen = Answered, now, 0
+	}
+	limit = max(0, min(limit, MaxPrefix))
+	n := min(int(r.HeadLen), limit)
+	r.HeadLen = uint16(n + copy(r.Head[n:limit], b))
+}
+
 func (p *Pair) request() []byte { return p.Request[:min(int(p.RequestLen), RequestHeadLen)] }
 
 func (r *Response) head() []byte { return r.Head[:min(int(r.HeadLen), MaxPrefix)] }
