@@ -372,3 +372,25 @@ func TestNilComparerHandlers(t *testing.T) {
 		t.Error("a nil Comparer gave a Recorder")
 	}
 }
+
+// TestEmptyReport: before any pair, the page, the JSON and the text all
+// render, with zeros.
+func TestEmptyReport(t *testing.T) {
+	c := newTestComparer(t, Config{})
+	for _, p := range []string{"/report", "/report.json"} {
+		w := httptest.NewRecorder()
+		muxOf(c).ServeHTTP(w, httptest.NewRequest("GET", p, nil))
+		if w.Code != 200 || !strings.Contains(w.Body.String(), "web") {
+			t.Fatalf("%s: %d %q", p, w.Code, w.Body.String())
+		}
+	}
+	var b bytes.Buffer
+	if err := WriteText(&b, c.Snapshot()); err != nil || !strings.Contains(b.String(), "map web (http): 0 requests") ||
+		!strings.Contains(b.String(), "mismatches: none") {
+		t.Fatalf("text %v:\n%s", err, b.String())
+	}
+	b.Reset()
+	if err := WriteText(&b, Report{Tool: ReportTool}); err != nil || b.String() != "no maps compared\n" {
+		t.Fatalf("no maps: %v %q", err, b.String())
+	}
+}
