@@ -4,7 +4,7 @@
 # started: the tests start their own copies inside the lab namespaces.
 set -eu
 
-pkgs="libpcap-dev iproute2 nftables iptables ethtool tcpdump nginx-light redis-server curl procps libcap2-bin util-linux wrk nghttp2-client postgresql chromium"
+pkgs="libpcap-dev iproute2 nftables iptables ethtool tcpdump nginx-light redis-server curl procps libcap2-bin util-linux wrk nghttp2-client postgresql mariadb-server sysbench chromium"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -27,7 +28,8 @@ type postgres struct {
 }
 
 // startPostgres runs PostgreSQL in ns on addr, with password for user
-// postgres checked by SCRAM-SHA-256 on TCP connections.
+// postgres checked by SCRAM-SHA-256 on TCP connections; without a
+// password TCP connections are trusted (a copied login then succeeds).
 func startPostgres(t *testing.T, ns *lab.NS, addr netip.AddrPort, password string) *postgres {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(pgBin, "postgres")); err != nil {
@@ -49,7 +51,7 @@ func startPostgres(t *testing.T, ns *lab.NS, addr netip.AddrPort, password strin
 		t.Fatal(err)
 	}
 	pw := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(pw, []byte(cmp.Or(password, "unused")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{dir, pw} {
@@ -65,7 +67,11 @@ func startPostgres(t *testing.T, ns *lab.NS, addr netip.AddrPort, password strin
 		"--auth-host=scram-sha-256", "--auth-local=trust", "--pwfile="+pw, "-E", "UTF8", "--no-sync")...).CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	hba := "local all all trust\nhost all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n"
+	auth := "scram-sha-256"
+	if password == "" {
+		auth = "trust"
+	}
+	hba := "local all all trust\nhost all all 0.0.0.0/0 " + auth + "\nhost all all ::/0 " + auth + "\n"
 	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		t.Fatal(err)
 	}
