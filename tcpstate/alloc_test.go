@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -23,8 +24,15 @@ const (
 	ssAnsLen = 1000
 )
 
-func newSteadyState(tb testing.TB) *steadyState {
-	h := newHarness(tb, nil)
+func newSteadyState(tb testing.TB) *steadyState { return newSteadyStateWith(tb, 0) }
+
+// newSteadyStateWith compares responses when prefix > 0: the shadow's
+// answers are relayed with that many payload bytes, and paired.
+func newSteadyStateWith(tb testing.TB, prefix int) *steadyState {
+	h := newHarness(tb, func(c *Config) { c.ComparePrefix = prefix })
+	if prefix > 0 {
+		h.w.rec = compare.NewRecorder(64)
+	}
 	h.handshake(rewrite.AppendTimestamps(nil, 1, 0), rewrite.AppendTimestamps(nil, 1, 1))
 	s := &steadyState{h: h}
 	seg := rewrite.Segment{
@@ -52,7 +60,7 @@ func newSteadyState(tb testing.TB) *steadyState {
 	if err := pp.Decode(pbuf); err != nil {
 		tb.Fatal(err)
 	}
-	s.prod = pbuf[:len(pp.Headers())+ProdPrefix]
+	s.prod = pbuf[:len(pp.Headers())+max(ProdPrefix, prefix)]
 	s.prodLay = pp.Layout()
 	ans := rewrite.Segment{
 		Src: tShadow, Dst: h.forged, Flags: fACK | fPSH, Window: 65535,
@@ -66,7 +74,7 @@ func newSteadyState(tb testing.TB) *steadyState {
 	if err := p.Decode(buf); err != nil {
 		tb.Fatal(err)
 	}
-	s.ans = p.Headers()
+	s.ans = buf[:len(p.Headers())+prefix]
 	var ap rewrite.Packet
 	if err := ap.DecodeHeader(s.ans); err != nil {
 		tb.Fatal(err)
@@ -106,6 +114,36 @@ func (s *steadyState) step() {
 	h.w.handleReply(s.ans, s.ansLay, h.now)
 	h.w.Flush(h.now)
 	h.rec.events = h.rec.events[:0]
+}
+
+// TestSteadyStateZeroAllocsComparing: pairing each request with both
+// answers allocates nothing per packet either.
+func TestSteadyStateZeroAllocsComparing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop buffers")
+	}
+	s := newSteadyStateWith(t, 64)
+	s.h.w.out = &discard{}
+	var p compare.Pair
+	drain := func() {
+		for s.h.w.rec.Next(&p) {
+		}
+	}
+	for i := 0; i < 100; i++ {
+		s.step()
+		drain()
+	}
+	before := s.h.ctr.c[CtrComparePairs].Load()
+	allocs := testing.AllocsPerRun(1000, func() { s.step(); drain() })
+	if allocs != 0 {
+		t.Fatalf("per-packet path with comparison allocates %v times per round", allocs)
+	}
+	if got := s.h.ctr.c[CtrComparePairs].Load() - before; got < 1000 {
+		t.Fatalf("%d pairs in 1001 rounds: the test is not pairing", got)
+	}
+	if string(p.Shadow.Head[:4]) != string(p.Prod.Head[:4]) || p.Prod.HeadLen != 64 || p.Shadow.HeadLen != 64 {
+		t.Fatalf("last pair: prod head %d bytes, shadow %d", p.Prod.HeadLen, p.Shadow.HeadLen)
+	}
 }
 
 // discard is a Sender that drops packets, so allocation counts measure

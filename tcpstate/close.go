@@ -3,6 +3,7 @@ package tcpstate
 import (
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -54,6 +55,7 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 		w.ctr.ended[reason].Add(1) // a session is counted as ended once it started
 	}
 	w.setState(s, stateClosed)
+	w.pairEnd(s) // every round that reached the shadow, compared as it stands
 	if s.syn != nil {
 		w.release(s, s.syn)
 		s.syn = nil
@@ -135,6 +137,11 @@ func (w *Worker) dropUnvouched(s *session) {
 // the client sends next, goes on a fresh connection (scenario 19); after
 // shadow rejections, only after a backoff, and not for ever (32).
 func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
+	if reason == EndShadowReset {
+		w.pairShadowEnded(s, compare.Reset)
+	} else {
+		w.pairShadowEnded(s, compare.Closed)
+	}
 	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
 	w.end(s, reason, now)
 	if s.clientFin && !pending {
@@ -303,6 +310,7 @@ func (w *Worker) freeQueue(s *session) {
 // removeSession forgets a session, deregistering its flow if it was
 // registered, and releases whatever buffers it still holds.
 func (w *Worker) removeSession(s *session) {
+	w.pairEnd(s)
 	w.freeQueue(s)
 	if s.syn != nil {
 		w.release(s, s.syn)

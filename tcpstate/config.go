@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -81,6 +82,12 @@ type Config struct {
 	MaxBufferBytes  int64
 	MaxSessions     int // across all workers
 	QueueLen        int // per-worker queue of captured packets and replies
+
+	// ComparePrefix is how many of each response's first payload bytes,
+	// prod's and the shadow's, are kept for comparison; 0 turns it off.
+	// Recorders, one per worker, take the paired requests.
+	ComparePrefix int
+	Recorders     []*compare.Recorder
 
 	// IsLocal reports whether addr is one of this host's own addresses.
 	// When set, a map without a local address (port only) copies only
@@ -206,6 +213,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		return fieldErr("Workers", c.Workers, "want 1..1024")
+	}
+	if err := compare.CheckPrefix(c.ComparePrefix); err != nil {
+		return fieldErr("ComparePrefix", c.ComparePrefix, err.Error())
+	}
+	if c.Recorders != nil && len(c.Recorders) != c.Workers {
+		return fieldErr("Recorders", len(c.Recorders), fmt.Sprintf("want one per worker (%d)", c.Workers))
 	}
 	if c.MSS < MinMSS || c.MSS > MaxMSS {
 		return fieldErr("MSS", c.MSS, fmt.Sprintf("want %d..%d", MinMSS, MaxMSS))

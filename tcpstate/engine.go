@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -46,9 +47,13 @@ type capPkt struct {
 // value (a pointer would cost an allocation per reply).
 type replyMsg struct {
 	lay rewrite.Layout
-	n   uint8
-	hdr [rewrite.MaxHeadersLen]byte
+	n   uint16
+	hdr [MaxReplyLen]byte
 }
+
+// MaxReplyLen bounds a relayed reply: its headers and, when comparing,
+// the first bytes of its payload.
+const MaxReplyLen = rewrite.MaxHeadersLen + compare.MaxPrefix
 
 type loop struct {
 	w       *Worker
@@ -86,6 +91,9 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 			replies: make(chan replyMsg, cfg.QueueLen),
 		}
 		l.w = newWorker(&e.cfg, i, len(senders), s, reg, &l.ctr, sh)
+		if cfg.ComparePrefix > 0 && cfg.Recorders != nil {
+			l.w.rec = cfg.Recorders[i]
+		}
 		e.loops = append(e.loops, l)
 	}
 	return e, nil
@@ -264,7 +272,7 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 			matched = true
 			c.inc(CtrFromProd)
 		}
-		n := len(p.Headers()) + min(len(p.Payload()), ProdPrefix)
+		n := len(p.Headers()) + min(len(p.Payload()), max(ProdPrefix, e.cfg.ComparePrefix))
 		forged := e.cfg.Pool.Map(dst).As16()
 		in.queue(&p, n, forged, dport, ts, i, true)
 	}
@@ -324,14 +332,14 @@ func decodeCounter(err error) Counter {
 func (e *Engine) HandleReply(hdr []byte) {
 	c := &e.repCtr
 	var p rewrite.Packet
-	if len(hdr) > rewrite.MaxHeadersLen || p.DecodeHeader(hdr) != nil {
+	if len(hdr) > MaxReplyLen || p.DecodeHeader(hdr) != nil {
 		c.inc(CtrRepliesBad)
 		return
 	}
 	t := p.Tuple() // shadow → forged client
 	l := e.loops[workerFor(t.Dst, t.DstPort, e.cfg.Seed, len(e.loops))]
 	m := replyMsg{lay: p.Layout()}
-	m.n = uint8(copy(m.hdr[:], p.Bytes()))
+	m.n = uint16(copy(m.hdr[:], p.Bytes()))
 	select {
 	case l.replies <- m:
 	default:

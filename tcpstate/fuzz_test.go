@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -92,6 +93,7 @@ func FuzzWorker(f *testing.F) {
 		cfg := Config{
 			Maps: []Map{{Local: tProd, Target: tShadow}}, Pool: p,
 			MaxSessions: 4, MaxBufferBytes: 32 << 10, MaxSessionBytes: 8 << 10, MSS: 600,
+			ComparePrefix: 64,
 		}
 		cfg.Defaults()
 		if err := cfg.Validate(); err != nil {
@@ -102,6 +104,8 @@ func FuzzWorker(f *testing.F) {
 		var ctr counters
 		w := newWorker(&cfg, 0, 1, out, reg, &ctr, &shared{log: slog.New(slog.DiscardHandler), hinted: make([]atomic.Bool, 1)})
 		w.sleep = func(time.Duration) {}
+		w.rec = compare.NewRecorder(4) // small: full rings are exercised too
+		var pair compare.Pair
 		now := int64(1e9)
 		wall := int64(1_700_000_000e9)
 		for len(script) >= 2 {
@@ -184,7 +188,7 @@ func FuzzWorker(f *testing.F) {
 				if err := pk.Decode(b); err != nil {
 					continue
 				}
-				hdr := pk.Headers()
+				hdr := b[:len(pk.Headers())+min(len(pk.Payload()), 64)] // headers and the relayed prefix
 				var hp rewrite.Packet
 				if err := hp.DecodeHeader(hdr); err != nil {
 					continue
@@ -201,6 +205,13 @@ func FuzzWorker(f *testing.F) {
 			}
 			w.Flush(now)
 			checkWorker(t, w, reg)
+			if script != nil && len(script)%3 == 0 {
+				for w.rec.Next(&pair) {
+					if pair.RequestLen > compare.RequestHeadLen || pair.Prod.HeadLen > 64 || pair.Shadow.HeadLen > 64 {
+						t.Fatalf("pair with %d request bytes, heads %d and %d", pair.RequestLen, pair.Prod.HeadLen, pair.Shadow.HeadLen)
+					}
+				}
+			}
 		}
 		w.Shutdown(now)
 		checkWorker(t, w, reg)
@@ -267,6 +278,18 @@ func checkWorker(t *testing.T, w *Worker, reg *registry) {
 		if w.ctr.states[st].Load() != states[st] {
 			t.Fatalf("gauge of %v says %d, %d sessions are", st, w.ctr.states[st].Load(), states[st])
 		}
+	}
+	withRounds := 0
+	for _, s := range w.byForged {
+		if s.rounds != nil {
+			withRounds++
+			if s.rounds.n < 0 || s.rounds.n > maxPendingRounds {
+				t.Fatalf("session holds %d rounds", s.rounds.n)
+			}
+		}
+	}
+	if withRounds != w.compared {
+		t.Fatalf("%d sessions keep rounds, the worker counts %d", withRounds, w.compared)
 	}
 	if len(w.fastOpen) > len(w.byForged) {
 		t.Fatalf("%d fast-open buffers for %d sessions", len(w.fastOpen), len(w.byForged))

@@ -3,6 +3,7 @@ package tcpstate
 import (
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -57,6 +58,9 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 			start++
 		}
 		s.markProdData(start.Add(plen), capAt)
+		if w.rec != nil {
+			w.pairProd(s, p.Payload(), capAt)
+		}
 		if s.prodWaitFrom != 0 {
 			w.prodAnswered(s, time.Duration(capAt-s.prodWaitFrom))
 			s.prodWaitFrom = 0
@@ -64,6 +68,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 	}
 	if flags&rewrite.FlagFIN != 0 {
 		s.prodFin = true
+		w.pairProdEnded(s, compare.Closed)
 	}
 }
 
@@ -209,6 +214,7 @@ func (s *session) prodEndBy(at int64) Seq {
 // acknowledged before still reaches the shadow (scenario 30); the rest is
 // dropped, counted, and the shadow's connection reset after it.
 func (w *Worker) prodReset(s *session, capAt, now int64) {
+	w.pairProdEnded(s, compare.Reset)
 	if s.state == stateProdOpening {
 		// Prod refused the connection, or data of a connection it does
 		// not know: nothing of it may reach the shadow.

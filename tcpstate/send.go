@@ -61,6 +61,9 @@ func (w *Worker) trySend(s *session, now int64) {
 			s.reqSentAt, s.reqCapAt, s.releasedAck, s.releasedRcv = now, g.capAt, g.ack, s.rcvNxt
 		}
 		w.sendSeg(s, g, now)
+		if s.rounds != nil {
+			w.pairSent(s, g.ack, now)
+		}
 		s.nsent++
 		if g.end.After(s.sndNxt) {
 			s.sndNxt = g.end

@@ -135,6 +135,9 @@ type session struct {
 	resetAfter  bool      // the client or prod reset: reset the shadow once drained (30)
 	resetReason EndReason // and end for this reason
 	dirty       bool      // listed in the worker's dirty sessions
+	// compareSkipped: the session's rounds are not kept (the worker's
+	// maxComparedSessions were).
+	compareSkipped bool
 
 	// handshake
 	isn       Seq
@@ -151,6 +154,7 @@ type session struct {
 	mss            int
 	clientNxt      Seq // end of the client data queued so far
 	qbuf           []segment
+	rounds         *rounds // requests being paired with both responses, when comparing
 	qhead          int
 	nsent          int // queued segments already sent: q()[:nsent]
 	qBytes         int // buffer bytes held by queued segments

@@ -127,6 +127,9 @@ func (w *Worker) shadowConnected(s *session, p *rewrite.Packet, now int64) {
 	}
 	switch {
 	case plen > 0 || fin:
+		if s.rounds != nil && seq == s.rcvNxt {
+			w.pairShadow(s, p.Payload(), now) // the relayed prefix of new data
+		}
 		if !w.shadowData(s, seq, plen, fin, now) {
 			return
 		}

@@ -61,6 +61,10 @@ const (
 	CtrFastOpenSYNs     // client SYNs carrying data (TCP Fast Open): the data follows the handshake
 	CtrRSTsLimited      // RSTs not sent: one per session per lateRSTGap
 	CtrRepliesDeferred  // loop turns that left replies queued so that captured packets go first
+	CtrComparePairs     // requests paired with both responses, handed to the comparison (42)
+	CtrCompareDropped   // of those, refused by a full comparison queue
+	CtrCompareOverflow  // rounds left unpaired: the shadow lagged more than maxPendingRounds behind
+	CtrCompareSkipped   // sessions not compared: maxComparedSessions were
 	numCounters
 )
 
@@ -116,6 +120,10 @@ var counterNames = [numCounters]string{
 	CtrFastOpenSYNs:       "client_fast_open_syns",
 	CtrRSTsLimited:        "rsts_limited",
 	CtrRepliesDeferred:    "replies_deferred",
+	CtrComparePairs:       "compare_pairs",
+	CtrCompareDropped:     "compare_dropped",
+	CtrCompareOverflow:    "compare_overflow",
+	CtrCompareSkipped:     "compare_skipped",
 }
 
 func (c Counter) String() string { return counterNames[c] }

@@ -3,6 +3,7 @@ package tcpstate
 import (
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -58,6 +59,8 @@ type Worker struct {
 	early           earlyProds    // prod's packets that came before their session
 	fastOpen        map[*session]fastOpenData
 	sleep           func(time.Duration) // Shutdown's pacing; tests replace it
+	rec             *compare.Recorder   // where paired requests go; nil: comparison off
+	compared        int                 // sessions whose rounds are kept
 }
 
 func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters, sh *shared) *Worker {

@@ -47,6 +47,15 @@ func (r *Recorder) Put(p *Pair) bool {
 	return true
 }
 
+// NewRecorder returns a Recorder of n slots (rounded up to a power of
+// two) for a consumer of one's own: tests, tools. A Comparer makes its own.
+func NewRecorder(n int) *Recorder { return newRecorder(max(n, 1)) }
+
+// Next copies the oldest pair into *dst and frees its slot; false when
+// the ring is empty. Only the consumer calls it, and never beside a
+// Comparer draining the same Recorder.
+func (r *Recorder) Next(dst *Pair) bool { return r.next(dst) }
+
 // Dropped returns how many pairs Put refused because the ring was full.
 func (r *Recorder) Dropped() uint64 { return r.dropped.Load() }
 

@@ -1,0 +1,263 @@
+package tcpstate
+
+import (
+	"sync"
+
+	"github.com/tcpshadow/tcpshadow/internal/compare"
+)
+
+// Pairing: each request, as the pacing delimits it (a round: client data
+// whose ACK says the client had more of prod's answer than before), is
+// paired with prod's response, captured on prod, and the shadow's,
+// relayed by the agent, and handed to the comparison (scenario 42). The
+// two sides see the same rounds in the same order: prod's as they are
+// captured, the shadow's as they are released to it, usually later. So a
+// session keeps a short FIFO of rounds: prod's bytes go to the newest
+// round, the shadow's to the newest released one, and a round is handed
+// over once a later one is released, or when the session ends.
+//
+// Latencies: prod's from the capture of the request's last byte to that
+// of prod's first response byte, both capture timestamps; the shadow's
+// from the copier sending the request's last byte to the relayed reply's
+// arrival, both the worker's clock.
+//
+// Pairing costs nothing when comparison is off. When on, it allocates a
+// session's rounds once (pooled), never per packet, and for at most
+// maxComparedSessions sessions per worker: others are not compared,
+// counted.
+
+// maxPendingRounds bounds the rounds a session holds before the shadow's
+// side settles them: the shadow lagging further makes the oldest go
+// unpaired, counted (compare_overflow).
+const maxPendingRounds = 4
+
+// maxComparedSessions bounds, per worker, the sessions whose rounds are
+// kept: about 3 KiB each.
+const maxComparedSessions = 4096
+
+// round is one request with both responses so far.
+type round struct {
+	pair     compare.Pair
+	ack      Seq  // the request's ACK in prod's stream: the round's key
+	released bool // sent to the shadow: its replies belong to it now
+}
+
+// rounds is a session's FIFO of rounds, oldest first.
+type rounds struct {
+	r    [maxPendingRounds]round
+	head int
+	n    int
+}
+
+var roundsPool = sync.Pool{New: func() any { return new(rounds) }}
+
+func (rs *rounds) at(i int) *round { return &rs.r[(rs.head+i)%maxPendingRounds] }
+
+func (rs *rounds) newest() *round {
+	if rs.n == 0 {
+		return nil
+	}
+	return rs.at(rs.n - 1)
+}
+
+// newestReleased returns the newest round sent to the shadow.
+func (rs *rounds) newestReleased() *round {
+	for i := rs.n - 1; i >= 0; i-- {
+		if r := rs.at(i); r.released {
+			return r
+		}
+	}
+	return nil
+}
+
+// dropOldestUnreleased removes the oldest round not sent to the shadow,
+// or the oldest of all if every one was.
+func (rs *rounds) dropOldestUnreleased() {
+	i := 0
+	for i < rs.n && rs.at(i).released {
+		i++
+	}
+	if i == rs.n {
+		rs.pop()
+		return
+	}
+	for ; i < rs.n-1; i++ {
+		*rs.at(i) = *rs.at(i + 1)
+	}
+	*rs.at(rs.n - 1) = round{}
+	rs.n--
+}
+
+func (rs *rounds) pop() {
+	*rs.at(0) = round{}
+	rs.head = (rs.head + 1) % maxPendingRounds
+	rs.n--
+}
+
+// comparing reports whether s's rounds are kept, starting to keep them
+// if there is room.
+func (w *Worker) comparing(s *session) bool {
+	if w.rec == nil {
+		return false
+	}
+	if s.rounds != nil {
+		return true
+	}
+	if s.compareSkipped {
+		return false
+	}
+	if w.compared >= maxComparedSessions {
+		s.compareSkipped = true
+		w.ctr.inc(CtrCompareSkipped)
+		return false
+	}
+	s.rounds = roundsPool.Get().(*rounds)
+	w.compared++
+	return true
+}
+
+// pairRequest takes new client data of s with ACK ack, captured at capAt:
+// more of the newest round, or a new round.
+func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
+	if len(payload) == 0 || !w.comparing(s) {
+		return
+	}
+	rs := s.rounds
+	if r := rs.newest(); r != nil && r.ack == ack {
+		r.pair.AppendRequest(payload) // up to RequestHeadLen: its start is what is summarized
+		r.pair.Prod.Sent = capAt      // the request's last byte, so far
+		return
+	}
+	if rs.n == maxPendingRounds {
+		// The shadow lags too far: the oldest round not yet sent goes
+		// unpaired (the one sent is being answered).
+		w.ctr.inc(CtrCompareOverflow)
+		rs.dropOldestUnreleased()
+	}
+	r := rs.at(rs.n)
+	rs.n++
+	*r = round{ack: ack}
+	r.pair.Map = uint16(s.key.mapIdx)
+	r.pair.Client = s.key.client.SrcAddrPort()
+	r.pair.AppendRequest(payload)
+	r.pair.Prod.Sent = capAt
+}
+
+// pairGreeting opens a round for what a server says first (a greeting),
+// before any request: both sides' first bytes belong to it.
+func (w *Worker) pairGreeting(s *session, payload []byte, capAt int64) {
+	if !w.comparing(s) || s.rounds.n > 0 || s.clientNxt != s.isn+1 {
+		return
+	}
+	rs := s.rounds
+	r := rs.at(0)
+	rs.n = 1
+	*r = round{ack: s.prodBase, released: true}
+	r.pair.Map = uint16(s.key.mapIdx)
+	r.pair.Client = s.key.client.SrcAddrPort()
+	r.pair.Prod.Sent = s.synCapAt
+	r.pair.Shadow.Sent = s.startAt
+	r.pair.Prod.Append(payload, w.cfg.ComparePrefix, capAt)
+}
+
+// pairProd takes prod's response bytes, captured at capAt: they answer
+// the newest round.
+func (w *Worker) pairProd(s *session, payload []byte, capAt int64) {
+	if s.rounds == nil {
+		w.pairGreeting(s, payload, capAt)
+		return
+	}
+	if r := s.rounds.newest(); r != nil {
+		r.pair.Prod.Append(payload, w.cfg.ComparePrefix, capAt)
+	} else {
+		w.pairGreeting(s, payload, capAt)
+	}
+}
+
+// pairProdEnded marks how prod ended the connection, for the newest
+// round if prod had not answered it.
+func (w *Worker) pairProdEnded(s *session, o compare.Outcome) {
+	if s.rounds == nil {
+		return
+	}
+	if r := s.rounds.newest(); r != nil && r.pair.Prod.Outcome != compare.Answered {
+		r.pair.Prod.Outcome = o
+	}
+}
+
+// pairSent notes that a segment of the round with ACK ack went to the
+// shadow at now. The first segment of a round releases it; the rounds
+// before it are then settled on both sides and handed over.
+func (w *Worker) pairSent(s *session, ack Seq, now int64) {
+	rs := s.rounds
+	if rs == nil {
+		return
+	}
+	for i := 0; i < rs.n; i++ {
+		r := rs.at(i)
+		if r.ack != ack {
+			continue
+		}
+		r.pair.Shadow.Sent = now
+		if r.released {
+			return
+		}
+		r.released = true
+		for ; i > 0; i-- { // the older rounds are over on both sides
+			if old := rs.at(0); old.released {
+				w.putRound(old)
+			}
+			rs.pop()
+		}
+		return
+	}
+}
+
+// pairShadow takes the shadow's response bytes, relayed at now: they
+// answer the newest round released to it.
+func (w *Worker) pairShadow(s *session, payload []byte, now int64) {
+	if s.rounds == nil || len(payload) == 0 {
+		return
+	}
+	if r := s.rounds.newestReleased(); r != nil {
+		r.pair.Shadow.Append(payload, w.cfg.ComparePrefix, now)
+	}
+}
+
+// pairShadowEnded marks how the shadow ended the connection, for the
+// round it had not answered.
+func (w *Worker) pairShadowEnded(s *session, o compare.Outcome) {
+	if s.rounds == nil {
+		return
+	}
+	if r := s.rounds.newestReleased(); r != nil && r.pair.Shadow.Outcome != compare.Answered {
+		r.pair.Shadow.Outcome = o
+	}
+}
+
+// pairEnd hands over every round that reached the shadow, as it stands,
+// and releases the session's rounds.
+func (w *Worker) pairEnd(s *session) {
+	rs := s.rounds
+	if rs == nil {
+		return
+	}
+	for rs.n > 0 {
+		if r := rs.at(0); r.released {
+			w.putRound(r)
+		}
+		rs.pop()
+	}
+	*rs = rounds{}
+	roundsPool.Put(rs)
+	s.rounds = nil
+	w.compared--
+}
+
+func (w *Worker) putRound(r *round) {
+	if w.rec.Put(&r.pair) {
+		w.ctr.inc(CtrComparePairs)
+	} else {
+		w.ctr.inc(CtrCompareDropped)
+	}
+}

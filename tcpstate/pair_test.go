@@ -1,0 +1,194 @@
+package tcpstate
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/compare"
+	"github.com/tcpshadow/tcpshadow/rewrite"
+)
+
+// comparingHarness is a harness whose worker pairs requests, with a
+// response prefix of 64 bytes.
+func comparingHarness(t *testing.T) *harness {
+	h := newHarness(t, func(c *Config) { c.ComparePrefix = 64 })
+	h.w.rec = compare.NewRecorder(64)
+	return h
+}
+
+// replyData relays one of the shadow's data segments with its first
+// ComparePrefix payload bytes, as the agent does when asked for them.
+func (h *harness) replyData(flags uint8, seq, ack uint32, payload string) {
+	h.t.Helper()
+	seg := rewrite.Segment{Src: tShadow, Dst: h.forged, Seq: seq, Ack: ack, Flags: flags, Window: 65535, Payload: []byte(payload)}
+	buf := make([]byte, seg.Len())
+	if _, err := seg.Put(buf); err != nil {
+		h.t.Fatal(err)
+	}
+	var p rewrite.Packet
+	if err := p.Decode(buf); err != nil {
+		h.t.Fatal(err)
+	}
+	b := buf[:len(p.Headers())+min(len(payload), h.cfg.ComparePrefix)]
+	var hp rewrite.Packet
+	if err := hp.DecodeHeader(b); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleReply(b, hp.Layout(), h.now)
+	h.w.Flush(h.now)
+}
+
+// prodData feeds one of prod's data segments to the client, cut as prod's
+// capture cuts it.
+func (h *harness) prodData(seq, ack uint32, payload string) {
+	h.t.Helper()
+	seg := rewrite.Segment{Src: tProd, Dst: h.client, Seq: seq, Ack: ack, Flags: fACK | fPSH, Window: 1000, Payload: []byte(payload)}
+	pb := getBuf(seg.Len())
+	n, err := seg.Put(pb.b)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	pb.b = pb.b[:n]
+	var p rewrite.Packet
+	if err := p.Decode(pb.b); err != nil {
+		h.t.Fatal(err)
+	}
+	h.w.handleProd(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.Flush(h.now)
+}
+
+func (h *harness) pairs() []compare.Pair {
+	var out []compare.Pair
+	var p compare.Pair
+	for h.w.rec.Next(&p) {
+		out = append(out, p)
+	}
+	return out
+}
+
+func head(r *compare.Response) string { return string(r.Head[:r.HeadLen]) }
+
+// TestScenario42PairsRequestsWithBothAnswers: each request (a round of
+// the pacing) is paired with prod's answer and the shadow's, their first
+// bytes and latencies, and handed over once the next round reaches the
+// shadow, or the session ends.
+func TestScenario42PairsRequestsWithBothAnswers(t *testing.T) {
+	h := comparingHarness(t)
+	h.handshake(nil, nil)
+	const (
+		reqA  = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+		reqB  = "GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+		prodA = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		shA   = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail"
+	)
+	h.request(tISN+1, 0, reqA)
+	h.advance(3 * time.Millisecond) // prod takes 3 ms
+	h.prodData(tProdISN+1, tISN+1+uint32(len(reqA)), prodA)
+	h.advance(7 * time.Millisecond) // the shadow, 10 ms after the request went
+	h.replyData(fACK|fPSH, tShadowISN+1, tISN+1+uint32(len(reqA)), shA)
+	if got := h.pairs(); len(got) != 0 {
+		t.Fatalf("%d pairs before the next round: a round is handed over once the next one goes", len(got))
+	}
+	h.advance(time.Millisecond)
+	h.request(tISN+1+uint32(len(reqA)), uint32(len(prodA)), reqB)
+	h.advance(100 * time.Millisecond) // think time kept, quiet period passed
+	got := h.pairs()
+	if len(got) != 1 {
+		t.Fatalf("%d pairs after the second request went, want 1", len(got))
+	}
+	p := got[0]
+	if string(p.Request[:p.RequestLen]) != reqA || head(&p.Prod) != prodA || head(&p.Shadow) != shA {
+		t.Fatalf("pair: request %q, prod %q, shadow %q", p.Request[:p.RequestLen], head(&p.Prod), head(&p.Shadow))
+	}
+	if p.Prod.Outcome != compare.Answered || p.Shadow.Outcome != compare.Answered {
+		t.Fatalf("outcomes %v, %v", p.Prod.Outcome, p.Shadow.Outcome)
+	}
+	if d := time.Duration(p.Prod.FirstByte - p.Prod.Sent); d != 3*time.Millisecond {
+		t.Fatalf("prod latency %v, want 3ms", d)
+	}
+	if d := time.Duration(p.Shadow.FirstByte - p.Shadow.Sent); d != 10*time.Millisecond {
+		t.Fatalf("shadow latency %v, want 10ms", d)
+	}
+	if p.Client != tClient || p.Map != 0 {
+		t.Fatalf("client %v map %d", p.Client, p.Map)
+	}
+	// The shadow resets instead of answering B: B is paired at once, with
+	// the shadow's outcome a reset.
+	h.reply(fRST|fACK, tShadowISN+1+uint32(len(shA)), tISN+1+uint32(len(reqA)+len(reqB)), 0, 0, nil)
+	got = h.pairs()
+	if len(got) != 1 || !strings.HasPrefix(string(got[0].Request[:got[0].RequestLen]), "GET /b") || got[0].Shadow.Outcome != compare.Reset {
+		t.Fatalf("after the shadow's reset: %d pairs, %+v", len(got), got)
+	}
+	if h.ctr.c[CtrComparePairs].Load() != 2 {
+		t.Fatalf("compare_pairs = %d", h.ctr.c[CtrComparePairs].Load())
+	}
+}
+
+// TestScenario42NoAnswerThenOverflow: a round the shadow never answers is
+// paired with no answer when the next one goes; a shadow lagging more
+// than maxPendingRounds rounds behind leaves the oldest unpaired, counted.
+func TestScenario42NoAnswerThenOverflow(t *testing.T) {
+	h := comparingHarness(t)
+	h.handshake(nil, nil)
+	seq, prodAt := uint32(tISN+1), uint32(0)
+	for i := 0; i < maxPendingRounds+3; i++ {
+		req := "GET /" + string(rune('a'+i)) + " HTTP/1.1\r\n\r\n"
+		h.request(seq, prodAt, req)
+		seq += uint32(len(req))
+		h.prodData(tProdISN+1+prodAt, seq, "HTTP/1.1 200 OK\r\n\r\n")
+		prodAt += uint32(len("HTTP/1.1 200 OK\r\n\r\n"))
+	}
+	// Only the first round has gone: the shadow acknowledged nothing.
+	if n := h.ctr.c[CtrCompareOverflow].Load(); n != 3 {
+		t.Fatalf("compare_overflow = %d with the shadow 7 rounds behind, want 3", n)
+	}
+	// The shadow acknowledges each request without answering: the pacing
+	// goes on after its no-answer wait, round by round.
+	for i := 0; i < 12; i++ {
+		for _, s := range h.w.byForged {
+			h.reply(fACK, tShadowISN+1, uint32(s.sndNxt), 65535, 0, nil)
+		}
+		h.advance(6 * time.Second)
+	}
+	got := h.pairs()
+	if len(got) != maxPendingRounds-1 {
+		t.Fatalf("%d pairs, want %d (the rounds kept, but the last still pending)", len(got), maxPendingRounds-1)
+	}
+	for i, p := range got {
+		if p.Shadow.Outcome != compare.NoAnswer || p.Prod.Outcome != compare.Answered {
+			t.Fatalf("pair %d: prod %v, shadow %v; want answered and no answer", i, p.Prod.Outcome, p.Shadow.Outcome)
+		}
+	}
+	if want := "GET /a"; !strings.HasPrefix(string(got[0].Request[:got[0].RequestLen]), want) {
+		t.Fatalf("first pair's request %q, want the first round's", got[0].Request[:got[0].RequestLen])
+	}
+}
+
+// TestScenario42Greeting: what a server says first is paired as a round
+// of its own, with an empty request.
+func TestScenario42Greeting(t *testing.T) {
+	h := comparingHarness(t)
+	h.handshake(nil, nil)
+	const greet = "\x4a\x00\x00\x00\x0a5.5.5-10.11.6-MariaDB"
+	h.prodData(tProdISN+1, tISN+1, greet)
+	h.replyData(fACK|fPSH, tShadowISN+1, tISN+1, greet)
+	h.request(tISN+1, uint32(len(greet)), "login")
+	got := h.pairs()
+	if len(got) != 1 || got[0].RequestLen != 0 || head(&got[0].Prod) != greet || head(&got[0].Shadow) != greet {
+		t.Fatalf("greeting pair: %+v", got)
+	}
+}
+
+// TestComparisonOffKeepsNoRounds: without a recorder no session keeps
+// rounds.
+func TestComparisonOffKeepsNoRounds(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "GET / HTTP/1.1\r\n\r\n")
+	for _, s := range h.w.byForged {
+		if s.rounds != nil {
+			t.Fatal("rounds kept with comparison off")
+		}
+	}
+}
