@@ -128,6 +128,7 @@ func DefaultConfig() Config {
 		MaxBufferBytes:   512 << 20,
 		MaxSessions:      1 << 20,
 		QueueLen:         8192,
+		ComparePrefix:    compare.DefaultPrefix,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/internal/daemon"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/rewrite"
@@ -42,6 +43,11 @@ type copyOptions struct {
 	poolSlot     string
 	maxCPU       int
 	maxMemory    string
+	// comparison
+	comparePrefix   int
+	protocols       []string
+	divergenceLog   string
+	noDivergenceLog bool
 	daemon       daemonOptions
 	from         origin // which options the config file set
 }
@@ -106,6 +112,10 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.IntVar(&o.maxSessBytes, "max-session-bytes", def.Engine.MaxSessionBytes, "client data buffered per session before it is cut")
 	f.IntVar(&o.maxSessions, "max-sessions", def.Engine.MaxSessions, "sessions held at once; new ones beyond are shed")
 	f.IntVar(&o.snaplen, "snaplen", def.Capture.SnapLen, "capture snap length")
+	f.IntVar(&o.comparePrefix, "compare-prefix", def.Engine.ComparePrefix, fmt.Sprintf("compare prod's answers with the shadow's: the first bytes of each response kept per side (0 turns comparison off, at most %d); served at /report on --metrics", compare.MaxPrefix))
+	f.StringSliceVar(&o.protocols, "protocol", nil, "a map's protocol for comparison: PROTO for every map, PORT=PROTO or MAP=PROTO for some (http, http2, redis, postgres, mysql, raw; repeatable; default: detected)")
+	f.StringVar(&o.divergenceLog, "divergence-log", def.Compare.DivergenceLog, "JSON lines of requests the shadow answered otherwise than prod (size-bounded, rotated); the default is skipped if its directory is missing")
+	f.BoolVar(&o.noDivergenceLog, "no-divergence-log", false, "write no divergence log")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
 	f.StringVar(&o.poolSlot, "pool-slot", "0/1", "SLOT/SLOTS: forge only from this share of the pool, so that copy daemons sharing it (each its own slot, the same SLOTS) never forge the same address")
 	o.daemon.addFlags(f, daemonHelp{
@@ -136,6 +146,9 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 		"Engine.QuietPeriod":      {flag: "quiet-period"},
 		"Engine.MaxSessionBytes":  {flag: "max-session-bytes"},
 		"Engine.MaxSessions":      {flag: "max-sessions", given: o.maxSessions},
+		"Engine.ComparePrefix":    {flag: "compare-prefix"},
+		"Compare.Protocols":       {flag: "protocol", given: o.protocols},
+		"Compare":                 {flag: "divergence-log", given: o.divergenceLog},
 	}
 	o.daemon.addFieldFlags(m)
 	return m
@@ -216,6 +229,14 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	e.TrustInbound, e.DrainTimeout = o.trustInbound, o.drain
 	e.IdleTimeout, e.Linger, e.MaxSessionBytes, e.MaxSessions = o.idle, o.linger, o.maxSessBytes, o.maxSessions
 	e.Seed = o.poolSeed ^ 0x5eed
+	e.ComparePrefix = o.comparePrefix
+	cfg.Compare.Protocols = o.protocols
+	switch {
+	case o.noDivergenceLog:
+		cfg.Compare.DivergenceLog = ""
+	case o.divergenceLog != daemon.DefaultDivergenceLog:
+		cfg.Compare.DivergenceLog, cfg.Compare.DivergenceLogOptional = o.divergenceLog, false
+	}
 	cfg.Client.Addr, cfg.Client.Name, cfg.Client.Secret, cfg.Client.TLS = agent, shared.name, shared.secret, tlsCfg
 	cfg.MaxCPU, cfg.MaxMemory = o.maxCPU, maxMemory
 	cfg.MetricsAddr, cfg.Pprof, cfg.StatsInterval, cfg.Dump = o.daemon.metricsAddr, o.daemon.pprof, o.daemon.statsInterval, o.daemon.dump.config()

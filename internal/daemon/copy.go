@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -29,6 +30,9 @@ type CopyConfig struct {
 	// MaxSessions only caps what MaxMemory allows (EngineConfig).
 	Engine tcpstate.Config
 	Client intercept.ClientConfig // the control channel to the agent
+	// Compare configures the comparison of prod's answers with the
+	// shadow's (Engine.ComparePrefix > 0).
+	Compare CompareConfig
 
 	MaxCPU    int   // CPUs used at once (GOMAXPROCS)
 	MaxMemory int64 // bytes: the Go heap's soft limit (GOMEMLIMIT) and the engine's budgets
@@ -54,6 +58,7 @@ func DefaultCopyConfig() CopyConfig {
 		MaxMemory:     1 << 30,
 		StatsInterval: 30 * time.Second,
 		Dump:          pcapdump.DefaultConfig(),
+		Compare:       CompareConfig{DivergenceLog: DefaultDivergenceLog, DivergenceLogOptional: true},
 	}
 	// The copier must never see what it sends itself, whatever the filter.
 	c.Capture.InboundOnly = true
@@ -104,7 +109,7 @@ func (c *CopyConfig) ProdCaptureConfig() (cc capture.Config, ok bool) {
 	}
 	cc = c.Capture
 	cc.InboundOnly, cc.OutboundOnly = false, true
-	cc.SnapLen = prodSnapLen
+	cc.SnapLen = max(prodSnapLen, prodSnapLen-tcpstate.ProdPrefix+c.Engine.ComparePrefix)
 	cc.BufferSize = max(c.Capture.BufferSize/4, 1<<20)
 	locals, targets := c.endpoints()
 	cc.Filter = capture.FilterFrom(locals, targets)
@@ -148,7 +153,13 @@ func (c *CopyConfig) Validate() error {
 		return fieldErr("MaxMemory", c.MaxMemory, "want a size of at least 16MiB, such as 512MiB or 2GiB")
 	}
 	e := c.EngineConfig()
-	return inField("Engine", e.Validate())
+	if err := inField("Engine", e.Validate()); err != nil {
+		return err
+	}
+	if err := c.Compare.validate(e.Maps); err != nil {
+		return fieldErr("Compare.Protocols", c.Compare.Protocols, err.Error())
+	}
+	return nil
 }
 
 // RunCopy runs the copy daemon until ctx is done, then stops it and
@@ -209,6 +220,14 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 		}
 		ecfg.IsLocal = local
 	}
+	// The comparison stops after the engine, so that the rounds its last
+	// sessions end with are counted.
+	cmpCtx, stopCompare := context.WithCancel(context.Background())
+	defer stopCompare()
+	cmp, cmpDone, err := startCompare(cmpCtx, cfg.Compare, &ecfg, log)
+	if err != nil {
+		return inField("Compare", err)
+	}
 	var eng *tcpstate.Engine
 	client := intercept.NewClient(cfg.ClientConfig(), func(hdr []byte) { eng.HandleReply(hdr) }, log)
 	eng, err = tcpstate.NewEngine(ecfg, senders, client, log)
@@ -234,10 +253,18 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 		}
 	}
 	samples := func() []metrics.Sample {
-		return append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+		out := append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+		if cmp != nil {
+			out = append(out, cmp.Samples()...)
+		}
+		return out
+	}
+	var reportHandlers map[string]http.Handler
+	if cmp != nil {
+		reportHandlers = cmp.Handlers()
 	}
 	if cfg.MetricsAddr != "" {
-		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
+		if err := metrics.ServeWith(ctx, cfg.MetricsAddr, samples, cfg.Pprof, reportHandlers, log); err != nil {
 			closeCaptures()
 			return inField("MetricsAddr", err)
 		}
@@ -286,6 +313,10 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	closeCaptures()
 	stopEngine()
 	<-engDone
+	if cmp != nil {
+		stopCompare()
+		<-cmpDone
+	}
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), deregisterBound)
 	_ = client.Flush(flushCtx) // the engine's deregistrations reach the agent
 	cancelFlush()
