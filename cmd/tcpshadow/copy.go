@@ -48,8 +48,8 @@ type copyOptions struct {
 	protocols       []string
 	divergenceLog   string
 	noDivergenceLog bool
-	daemon       daemonOptions
-	from         origin // which options the config file set
+	daemon          daemonOptions
+	from            origin // which options the config file set
 }
 
 // copyConfig is what the copy command runs: the daemon's validated
