@@ -42,8 +42,8 @@
 //     session state are tcpstate's; what the payload prefix says is the
 //     comparison's. The agent only cuts it at the length asked for.
 //   - Hold memory that grows with the prefix asked for: captured replies
-//     are fixed-size records, and a daemon's batches are sent at
-//     maxBatchBytes, so its write queue is bounded in bytes.
+//     are fixed-size records, and a daemon's batches are sent once they
+//     reach 128 KiB, so its write queue is bounded in bytes.
 //   - Retain a caller's buffer: a captured packet's headers are copied
 //     before the next capture Read, a flow is taken by value, and the
 //     header handed to the Client's callback is valid during the call only.

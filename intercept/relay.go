@@ -176,9 +176,8 @@ func (r *relay) parkReply(h *capturedHdr, now time.Time) {
 
 // maxBatchBytes is the size at which a peer's batch is sent without
 // waiting for its deadline: about a full frame of header-only replies,
-// so that a daemon's write queue (PeerQueue batches) is bounded in bytes
-// as it was before replies carried a payload prefix, and a frame of
-// prefixed replies never waits long to fill.
+// so that a daemon's write queue (PeerQueue batches) stays bounded in
+// bytes as it was before replies carried a payload prefix.
 const maxBatchBytes = 128 << 10
 
 // deliver adds h, cut at p's reply prefix, to p's batch, flushing the
