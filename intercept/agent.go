@@ -48,8 +48,14 @@ type AgentConfig struct {
 	FlowExpiry time.Duration
 	ParkTime   time.Duration // how long a SYN-ACK or RST may wait for its registration
 	MaxParked  int           // parked replies bound
-	QueueLen   int           // captured headers waiting for the relay
-	PeerQueue  int           // batches waiting to be written to one daemon
+	// QueueLen bounds the captured replies waiting for the relay: each
+	// holds its headers and up to wire.MaxReplyPrefix payload bytes, about
+	// 450 bytes (7 MiB at the default).
+	QueueLen int
+	// PeerQueue bounds the batches waiting to be written to one daemon;
+	// a batch is sent at maxBatchBytes at most, so a daemon's queue holds
+	// PeerQueue × 128 KiB at most, whatever prefix it asked for.
+	PeerQueue int
 	// MaxHandshakes bounds the connections in their handshake at once,
 	// MaxConnsPerAddr the connections from one address (in their handshake
 	// or copy daemons), MaxPeers the copy daemons connected at once. A
@@ -275,14 +281,23 @@ func interfaceAddrs() []netip.Addr {
 	return out
 }
 
-// capturedHdr is one captured reply as the relay needs it: its headers,
-// copied out of the capture's buffer, and its flow key.
+// capturedHdr is one captured reply as the relay needs it: its headers
+// and the first bytes of its payload (as many as it has, up to
+// wire.MaxReplyPrefix), copied out of the capture's buffer, and its flow
+// key. Each peer is sent hdr[:hl] and its own prefix of the rest (cut).
 type capturedHdr struct {
 	ts   int64
-	n    uint8
-	hdr  [wire.MaxReplyHeader]byte
+	n    uint16 // bytes of hdr filled: headers and payload
+	hl   uint8  // of which headers
+	hdr  [wire.MaxReplyLen]byte
 	key  rewrite.Tuple // reply direction: shadow → forged client
 	park bool          // SYN-ACK or RST: may beat its registration
+}
+
+// cut returns the reply as a peer asking for prefix bytes of each reply's
+// payload is sent it: the headers and up to prefix bytes after them.
+func (h *capturedHdr) cut(prefix int) []byte {
+	return h.hdr[:int(h.hl)+min(int(h.n)-int(h.hl), prefix)]
 }
 
 // captureLoop reads replies and hands their headers to the relay; it
@@ -318,10 +333,12 @@ func (a *Agent) captureLoop(ctx context.Context) error {
 	return nil
 }
 
-// relayHeader fills h with the header to relay for captured packet pkt:
-// the IP header (IPv6 extension headers dropped) and the TCP header. It
-// reports false when pkt is not TCP or its headers do not fit h. It is
-// on the per-packet path: no allocation.
+// relayHeader fills h with what to relay of captured packet pkt: the IP
+// header (IPv6 extension headers dropped) and the TCP header, then up to
+// wire.MaxReplyPrefix bytes of the payload the capture kept (the peers'
+// cuts are made when each is sent it). It reports false when pkt is not
+// TCP or its headers do not fit h. It is on the per-packet path: no
+// allocation.
 //
 // Only a SYN-ACK or a RST may be parked: the answers the shadow gives a
 // SYN the copier sent right after registering. A bare SYN, or anything
@@ -335,23 +352,26 @@ func relayHeader(pkt []byte, h *capturedHdr) bool {
 	h.key = p.Tuple()
 	flags := tcp.Flags()
 	h.park = flags&(rewrite.FlagSYN|rewrite.FlagACK) == rewrite.FlagSYN|rewrite.FlagACK || flags&rewrite.FlagRST != 0
+	var n int
 	if !p.IsV6() {
 		hdrs := p.Headers()
-		if len(hdrs) > len(h.hdr) {
+		if len(hdrs) > wire.MaxReplyHeader {
 			return false
 		}
-		h.n = uint8(copy(h.hdr[:], hdrs))
-		return true
+		n = copy(h.hdr[:], hdrs)
+	} else {
+		// IPv6: the fixed header, rewritten as if TCP followed it directly.
+		if rewrite.IPv6HeaderLen+len(tcp) > wire.MaxReplyHeader {
+			return false
+		}
+		n = copy(h.hdr[:rewrite.IPv6HeaderLen], pkt[:rewrite.IPv6HeaderLen])
+		n += copy(h.hdr[n:], tcp)
+		ip := rewrite.IPv6(h.hdr[:])
+		ip[6] = rewrite.ProtoTCP
+		ip.SetPayloadLen(len(tcp) + p.PayloadLen())
 	}
-	// IPv6: the fixed header, rewritten as if TCP followed it directly.
-	if rewrite.IPv6HeaderLen+len(tcp) > len(h.hdr) {
-		return false
-	}
-	n := copy(h.hdr[:rewrite.IPv6HeaderLen], pkt[:rewrite.IPv6HeaderLen])
-	n += copy(h.hdr[n:], tcp)
-	ip := rewrite.IPv6(h.hdr[:])
-	ip[6] = rewrite.ProtoTCP
-	ip.SetPayloadLen(len(tcp) + p.PayloadLen())
-	h.n = uint8(n)
+	h.hl = uint8(n)
+	n += copy(h.hdr[n:n+wire.MaxReplyPrefix], p.Payload())
+	h.n = uint16(n)
 	return true
 }

@@ -314,13 +314,14 @@ func TestClientDropsInjectedReplies(t *testing.T) {
 	}
 }
 
-// TestClientAnnouncesItself: the hello carries the name, the pools and
-// the flow idle time the client was given.
+// TestClientAnnouncesItself: the hello carries the name, the pools, the
+// flow idle time and the reply prefix the client was given.
 func TestClientAnnouncesItself(t *testing.T) {
 	dial, conns := fakeAgent(t, testSecret)
-	runClient(t, ClientConfig{Name: "prod-7", Secret: testSecret, Pools: forgedPool, FlowIdle: 42 * time.Second, Dial: dial}, nil, nil)
+	runClient(t, ClientConfig{Name: "prod-7", Secret: testSecret, Pools: forgedPool, FlowIdle: 42 * time.Second,
+		ReplyPrefix: 77, Dial: dial}, nil, nil)
 	h := nextConn(t, conns).hello
-	if h.Name != "prod-7" || h.FlowIdle != 42*time.Second || !reflect.DeepEqual(h.Pools, forgedPool) {
+	if h.Name != "prod-7" || h.FlowIdle != 42*time.Second || h.ReplyPrefix != 77 || !reflect.DeepEqual(h.Pools, forgedPool) {
 		t.Fatalf("hello %+v", h)
 	}
 }

@@ -30,7 +30,13 @@ type ClientConfig struct {
 	// FlowIdle is the longest one of the copier's flows goes without a
 	// reply while it lives (announced: the agent forgets flows idle for
 	// twice as long); 0 leaves it to the agent.
-	FlowIdle     time.Duration
+	FlowIdle time.Duration
+	// ReplyPrefix is how many bytes of each reply's TCP payload the copier
+	// asks the agent, in its hello, to relay after the reply's headers
+	// (as many as the reply has, up to this): 0..wire.MaxReplyPrefix, 0
+	// for the headers alone. A copy daemon that compares responses asks
+	// for DefaultReplyPrefix.
+	ReplyPrefix  int
 	DialTimeout  time.Duration // bounds one connect
 	RetryMin     time.Duration // first reconnect delay
 	RetryMax     time.Duration // longest reconnect delay
@@ -43,8 +49,14 @@ type ClientConfig struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
+// DefaultReplyPrefix is the reply prefix a copy daemon that compares the
+// shadow's responses asks for: enough for an HTTP status line, a Redis
+// reply's first line, a PostgreSQL ErrorResponse's SQLSTATE.
+const DefaultReplyPrefix = 64
+
 // DefaultClientConfig returns the configuration with every default filled
-// in (there is none for Addr, Name, Secret, TLS, Pools, FlowIdle or Dial):
+// in (there is none for Addr, Name, Secret, TLS, Pools, FlowIdle, Dial or
+// ReplyPrefix, whose zero asks for the headers alone):
 // what NewClient uses for a zero field, and what a command line offers as
 // its flags' defaults. The defaults are written here and nowhere else.
 func DefaultClientConfig() ClientConfig {
@@ -98,7 +110,7 @@ type ClientStats struct {
 type Client struct {
 	cfg     ClientConfig
 	log     *slog.Logger
-	onReply func(hdr []byte)
+	onReply func(reply []byte)
 	kick    chan struct{} // 1-buffered: the set changed, or a Flush waits
 
 	mu      sync.Mutex                 // guards the fields below
@@ -125,8 +137,15 @@ type flushWaiter struct {
 }
 
 // NewClient returns a client that calls onReply, from one goroutine at a
-// time, with each relayed reply header (valid during the call only).
-func NewClient(cfg ClientConfig, onReply func(hdr []byte), log *slog.Logger) *Client {
+// time, with each relayed reply (valid during the call only): its IP and
+// TCP headers, followed by the first bytes of its TCP payload, as many as
+// it had up to cfg.ReplyPrefix (none when 0). The IP header keeps the
+// payload length the shadow sent, so rewrite.Packet.DecodeHeader decodes
+// it: PayloadLen is the whole payload's, Payload the bytes relayed.
+//
+// A ReplyPrefix outside 0..wire.MaxReplyPrefix is a configuration error
+// that every connection attempt reports (ErrReplyPrefix), without dialing.
+func NewClient(cfg ClientConfig, onReply func(reply []byte), log *slog.Logger) *Client {
 	cfg.defaults()
 	return &Client{
 		cfg: cfg, log: log, onReply: onReply, kick: make(chan struct{}, 1),
@@ -359,7 +378,14 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d+1)
 }
 
+// ErrReplyPrefix is a ClientConfig.ReplyPrefix outside
+// 0..wire.MaxReplyPrefix: no agent would accept it.
+var ErrReplyPrefix = errors.New("reply prefix out of range")
+
 func (c *Client) dial(ctx context.Context) (*clientConn, error) {
+	if c.cfg.ReplyPrefix < 0 || c.cfg.ReplyPrefix > wire.MaxReplyPrefix {
+		return nil, fmt.Errorf("%w: %d bytes, want 0..%d", ErrReplyPrefix, c.cfg.ReplyPrefix, wire.MaxReplyPrefix)
+	}
 	dial := c.cfg.Dial
 	if dial == nil {
 		d := net.Dialer{KeepAlive: 30 * time.Second}
@@ -381,7 +407,7 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	r := wire.NewHandshakeReader(conn)
 	s, err := handshake(conn, r, handshakeConfig{
 		role: wire.RoleCopier, name: c.cfg.Name, secret: c.cfg.Secret,
-		flowIdle: c.cfg.FlowIdle, pools: c.cfg.Pools, deadline: deadline,
+		flowIdle: c.cfg.FlowIdle, pools: c.cfg.Pools, replyPrefix: uint16(c.cfg.ReplyPrefix), deadline: deadline,
 	})
 	if err != nil {
 		err = refusalBehind(conn, err)
@@ -498,7 +524,7 @@ func (l *clientLoop) releaseFlushes(gen uint64) {
 	c.mu.Unlock()
 }
 
-// readLoop reads cc until it fails, handing relayed headers to onReply,
+// readLoop reads cc until it fails, handing relayed replies to onReply,
 // then reports cc lost. (If lost is full, another loss waits there; Run
 // still notices this one at a ping: a failed write, or silence.)
 func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
@@ -508,7 +534,7 @@ func (c *Client) readLoop(cc *clientConn, lost chan<- *clientConn) {
 		default:
 		}
 	}()
-	onReply := func(_ int64, hdr []byte) { c.onReply(hdr) }
+	onReply := func(_ int64, reply []byte) { c.onReply(reply) }
 	for {
 		typ, p, err := cc.r.Next()
 		if errors.Is(err, wire.ErrBadMAC) {

@@ -48,7 +48,9 @@ func TestDefaultClientConfig(t *testing.T) {
 	custom.defaults()
 	want := DefaultClientConfig()
 	want.Addr, want.RetryMax, want.ResyncInterval = "agent:1", time.Minute, 3*time.Second
-	checkDefaults(t, DefaultClientConfig(), zero, custom, want, "FlowIdle") // announced by the copier, none by default
+	// FlowIdle is announced by the copier, none by default; a ReplyPrefix
+	// of 0 is meaningful (the headers alone), so it is never defaulted.
+	checkDefaults(t, DefaultClientConfig(), zero, custom, want, "FlowIdle", "ReplyPrefix")
 }
 
 // TestClientStopAfterFailedLastWrite: on shutdown the client sends its

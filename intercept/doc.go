@@ -3,11 +3,13 @@
 // The Agent runs on the assist host (or on the shadow itself): it captures
 // the shadow's replies, which are routed there and die there, looks up the
 // copy daemon that registered each flow, and relays the replies' IP and TCP
-// headers to it in batches with a flush deadline. The Client runs inside
-// the copy daemon: it keeps the set of flows it wants registered, sends
-// what changes in it, reconnects by itself when the agent goes away (with
-// a jittered backoff that only a connection that lived resets), and hands
-// relayed headers to a callback. Probe and ProbeConn are the copier's side
+// headers to it, each followed by the first bytes of its payload when that
+// daemon asked for them in its hello (its reply prefix, at most
+// wire.MaxReplyPrefix), in batches with a flush deadline. The Client runs
+// inside the copy daemon: it keeps the set of flows it wants registered,
+// sends what changes in it, reconnects by itself when the agent goes away
+// (with a jittered backoff that only a connection that lived resets), and
+// hands relayed replies to a callback. Probe and ProbeConn are the copier's side
 // for diagnostics (tcpshadow doctor).
 //
 // The byte format of the control channel is package wire's; this package
@@ -37,7 +39,11 @@
 //     serving on a failed accept (EMFILE): it pauses and goes on.
 //   - Interpret TCP beyond finding the flow key (and whether a reply is a
 //     SYN-ACK or RST, which may be parked): sequence numbers, windows and
-//     session state are tcpstate's.
+//     session state are tcpstate's; what the payload prefix says is the
+//     comparison's. The agent only cuts it at the length asked for.
+//   - Hold memory that grows with the prefix asked for: captured replies
+//     are fixed-size records, and a daemon's batches are sent once they
+//     reach 128 KiB, so its write queue is bounded in bytes.
 //   - Retain a caller's buffer: a captured packet's headers are copied
 //     before the next capture Read, a flow is taken by value, and the
 //     header handed to the Client's callback is valid during the call only.

@@ -100,6 +100,9 @@ func FuzzHandshake(f *testing.F) {
 		append(bytes.Clone(agentHello), wire.AppendAuth(nil, [32]byte{1}, "assist")...),
 		append(bytes.Clone(copierHello), wire.AppendAuth(nil, [32]byte{2}, "")...),
 		wire.AppendHello(nil, &wire.Hello{Version: 1, Role: wire.RoleCopier}),
+		v2Hello(f, wire.Hello{Role: wire.RoleCopier, Caps: wire.CapAuth, Name: "old", Pools: testPools}),
+		v2Hello(f, wire.Hello{Role: wire.RoleAgent}),
+		wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Role: wire.RoleCopier, ReplyPrefix: wire.MaxReplyPrefix + 1, Pools: testPools}),
 		wire.AppendError(nil, wire.CodeAuth, "no"),
 		append([]byte{0x00, 0x10, 0x00, 0x00, byte(wire.TypeHello)}, make([]byte, 64<<10)...), // a megabyte announced
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
@@ -111,7 +114,8 @@ func FuzzHandshake(f *testing.F) {
 		f.Add(byte(2), true, true, seed)
 	}
 	f.Fuzz(func(t *testing.T, role byte, withSecret, silent bool, data []byte) {
-		c := handshakeConfig{role: wire.RoleCopier, name: "me", pools: testPools, deadline: time.Now().Add(100 * time.Millisecond)}
+		c := handshakeConfig{role: wire.RoleCopier, name: "me", pools: testPools, replyPrefix: DefaultReplyPrefix,
+			deadline: time.Now().Add(100 * time.Millisecond)}
 		if role%2 == 0 {
 			c.role = wire.RoleAgent
 		}
@@ -205,12 +209,13 @@ func FuzzAgentPeer(f *testing.F) {
 }
 
 // FuzzClientStream feeds frames to the copy daemon's reader, sealed or
-// not: it never breaks, hands onReply only headers of a valid length, and
+// not: it never breaks, hands onReply only replies of a valid length, and
 // returns when the stream ends.
 func FuzzClientStream(f *testing.F) {
 	var b wire.ReplyBatch
 	b.Reset()
 	b.Add(1, make([]byte, wire.MinReplyHeader))
+	b.Add(2, make([]byte, wire.MaxReplyLen)) // headers and the largest prefix
 	rep := b.Frame()
 	f.Add(false, append([]byte{0, byte(len(rep) - 4)}, rep[4:]...))
 	f.Add(true, append([]byte{0, byte(len(rep) - 4)}, rep[4:]...))
@@ -229,7 +234,7 @@ func FuzzClientStream(f *testing.F) {
 		stream := frameScript(data, s)
 		var bad bool
 		c := NewClient(ClientConfig{Addr: "agent"}, func(hdr []byte) {
-			if len(hdr) < wire.MinReplyHeader || len(hdr) > wire.MaxReplyHeader {
+			if len(hdr) < wire.MinReplyHeader || len(hdr) > wire.MaxReplyLen {
 				bad = true
 			}
 		}, slog.New(slog.DiscardHandler))
@@ -246,7 +251,7 @@ func FuzzClientStream(f *testing.F) {
 			t.Fatal("readLoop did not return at the end of the stream")
 		}
 		if bad {
-			t.Fatal("onReply got a header of an invalid length")
+			t.Fatal("onReply got a reply of an invalid length")
 		}
 		if st := c.Stats(); st.Replies < st.ReplyFrames {
 			t.Fatalf("%d replies in %d frames", st.Replies, st.ReplyFrames)
@@ -258,8 +263,9 @@ func FuzzClientStream(f *testing.F) {
 }
 
 // FuzzRelayHeader: whatever is captured, relayHeader never reads or writes
-// out of bounds, and what it accepts is a header the copier decodes into
-// the same flow.
+// out of bounds, and what it accepts is a reply the copier decodes into
+// the same flow, at every prefix: the headers, then the first bytes of the
+// payload captured.
 func FuzzRelayHeader(f *testing.F) {
 	f.Add(reply(f, 1, rewrite.FlagACK, 100))
 	f.Add(reply(f, 2, rewrite.FlagSYN|rewrite.FlagACK, 0))
@@ -270,21 +276,39 @@ func FuzzRelayHeader(f *testing.F) {
 	}
 	f.Add(b)
 	f.Add(append(append(bytes.Clone(b[:40]), rewrite.ProtoTCP, 0, 1, 4, 0, 0, 0, 0), b[40:]...))
+	seg.Payload = bytes.Repeat([]byte("HTTP/1.1 500 "), 30) // longer than any prefix
+	b = make([]byte, seg.Len())
+	if _, err := seg.Put(b); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add(b[:len(b)-200]) // cut short by the snap length
+	f.Add(reply(f, 3, rewrite.FlagACK, 5)[:45])
 	f.Add([]byte{0x45})
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		var h capturedHdr
 		if !relayHeader(pkt, &h) {
 			return
 		}
-		if int(h.n) > len(h.hdr) {
-			t.Fatalf("header of %d bytes", h.n)
+		if int(h.n) > len(h.hdr) || h.hl < wire.MinReplyHeader || int(h.hl) > wire.MaxReplyHeader || h.n < uint16(h.hl) {
+			t.Fatalf("reply of %d bytes, %d of them headers", h.n, h.hl)
 		}
-		var p rewrite.Packet
-		if err := p.DecodeHeader(h.hdr[:h.n]); err != nil {
-			t.Fatalf("relayed header does not decode: %v (%x)", err, h.hdr[:h.n])
+		var orig rewrite.Packet
+		if err := orig.DecodeHeader(pkt); err != nil {
+			t.Fatalf("relayed a packet that does not decode: %v", err)
 		}
-		if p.Tuple() != h.key {
-			t.Fatalf("relayed header's flow %v, key %v", p.Tuple(), h.key)
+		for _, prefix := range []int{0, 1, 64, wire.MaxReplyPrefix} {
+			rep := h.cut(prefix)
+			var p rewrite.Packet
+			if err := p.DecodeHeader(rep); err != nil {
+				t.Fatalf("prefix %d: relayed reply does not decode: %v (%x)", prefix, err, rep)
+			}
+			if p.Tuple() != h.key {
+				t.Fatalf("prefix %d: relayed reply's flow %v, key %v", prefix, p.Tuple(), h.key)
+			}
+			if keep := min(len(orig.Payload()), prefix); !bytes.Equal(p.Payload(), orig.Payload()[:keep]) {
+				t.Fatalf("prefix %d: payload %x, want %x", prefix, p.Payload(), orig.Payload()[:keep])
+			}
 		}
 	})
 }

@@ -66,10 +66,12 @@ type handshakeConfig struct {
 	// copy daemon name in secrets. Neither: no authentication.
 	secret  []byte
 	secrets map[string][]byte
-	// flowIdle and pools are a copier's announcement (Hello).
-	flowIdle time.Duration
-	pools    []wire.Pool
-	deadline time.Time // for the whole handshake
+	// flowIdle and pools are a copier's announcement (Hello), replyPrefix
+	// what it asks of each reply's payload (0..wire.MaxReplyPrefix).
+	flowIdle    time.Duration
+	pools       []wire.Pool
+	replyPrefix uint16
+	deadline    time.Time // for the whole handshake
 }
 
 func (c *handshakeConfig) authenticates() bool { return len(c.secret) > 0 || len(c.secrets) > 0 }
@@ -106,7 +108,7 @@ func handshake(conn net.Conn, r *wire.Reader, c handshakeConfig) (session, error
 		own.Name = c.name
 	}
 	if c.role == wire.RoleCopier {
-		own.FlowIdle, own.Pools = c.flowIdle, c.pools
+		own.FlowIdle, own.Pools, own.ReplyPrefix = c.flowIdle, c.pools, c.replyPrefix
 	}
 	if _, err := io.ReadFull(rand.Reader, own.Nonce[:]); err != nil {
 		return session{}, fmt.Errorf("nonce: %w", err)
@@ -139,6 +141,10 @@ func handshake(conn net.Conn, r *wire.Reader, c handshakeConfig) (session, error
 	}
 	if want := counterpart(c.role); peer.Role != want {
 		return session{}, refuse(conn, wire.CodeProtocol, fmt.Sprintf("peer says it is a %v; want a %v", peer.Role, want))
+	}
+	if c.role == wire.RoleAgent && peer.ReplyPrefix > wire.MaxReplyPrefix {
+		return session{}, refuse(conn, wire.CodeNotAllowed, fmt.Sprintf(
+			"reply prefix of %d bytes asked; the agent relays at most %d bytes of each reply's payload", peer.ReplyPrefix, wire.MaxReplyPrefix))
 	}
 	s := session{hello: peer, name: peer.Name}
 	if !c.authenticates() && peer.Caps&wire.CapAuth == 0 {

@@ -25,6 +25,7 @@ type agentPeer struct {
 	remote netip.Addr // for the per-address limit
 	pools  []wire.Pool
 	lease  time.Duration // a flow of this daemon idle longer is expired
+	prefix int           // payload bytes relayed after each reply's headers (its hello's ReplyPrefix)
 	seal   *wire.Sealer  // owned by writePeer; nil: frames are not sealed
 	out    chan outFrame // to writePeer; full: the relay drops, counted
 	done   chan struct{} // closed by close: writePeer stops
@@ -211,7 +212,7 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, remote netip.Addr)
 	}
 	a.promote()
 	defer a.release(remote, true)
-	a.log.Info("copy daemon connected", "peer", p.addr, "name", p.name, "pools", fmt.Sprint(p.pools))
+	a.log.Info("copy daemon connected", "peer", p.addr, "name", p.name, "pools", fmt.Sprint(p.pools), "reply_prefix", p.prefix)
 	if !a.sendOp(ctx.Done(), flowOp{kind: opPeerUp, peer: p}) {
 		p.close()
 		return
@@ -266,7 +267,7 @@ func (a *Agent) admit(ctx context.Context, conn net.Conn, remote netip.Addr) (*a
 	}
 	return &agentPeer{
 		conn: conn, name: s.name, addr: conn.RemoteAddr().String(), remote: remote,
-		pools: s.hello.Pools, lease: lease, seal: s.seal,
+		pools: s.hello.Pools, lease: lease, prefix: int(s.hello.ReplyPrefix), seal: s.seal,
 		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]*flowEntry),
 		done: make(chan struct{}),
 	}, r

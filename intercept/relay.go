@@ -174,14 +174,22 @@ func (r *relay) parkReply(h *capturedHdr, now time.Time) {
 	r.a.st.parked.Add(1)
 }
 
-// deliver adds h to p's batch, flushing the batch first if it is full. A
-// new batch is due FlushDelay after its first header.
+// maxBatchBytes is the size at which a peer's batch is sent without
+// waiting for its deadline: about a full frame of header-only replies,
+// so that a daemon's write queue (PeerQueue batches) stays bounded in
+// bytes as it was before replies carried a payload prefix.
+const maxBatchBytes = 128 << 10
+
+// deliver adds h, cut at p's reply prefix, to p's batch, flushing the
+// batch first if it is full, and after if it reached maxBatchBytes. A new
+// batch is due FlushDelay after its first reply.
 func (r *relay) deliver(p *agentPeer, h *capturedHdr, now time.Time) {
 	if p.batch == nil {
 		p.batch = batchPool.Get().(*wire.ReplyBatch)
 		p.due = now.Add(r.a.cfg.FlushDelay)
 	}
-	if !p.batch.Add(h.ts, h.hdr[:h.n]) {
+	rep := h.cut(p.prefix)
+	if !p.batch.Add(h.ts, rep) {
 		if !p.batch.Full() {
 			r.a.st.bad.Add(1)
 			return
@@ -189,9 +197,12 @@ func (r *relay) deliver(p *agentPeer, h *capturedHdr, now time.Time) {
 		r.flush(p)
 		p.batch = batchPool.Get().(*wire.ReplyBatch)
 		p.due = now.Add(r.a.cfg.FlushDelay)
-		p.batch.Add(h.ts, h.hdr[:h.n])
+		p.batch.Add(h.ts, rep)
 	}
 	r.a.st.relayed.Add(1)
+	if p.batch.Size() >= maxBatchBytes {
+		r.flush(p)
+	}
 }
 
 // flushDue flushes every batch past its deadline, or every batch if all

@@ -11,7 +11,7 @@ func TestRelaysOnlyRegisteredFlows(t *testing.T) {
 	r := newRig(t, AgentConfig{}, ClientConfig{})
 	r.connected()
 	r.register(flow(1))
-	mine := reply(t, 1, rewrite.FlagACK, 1000) // payload is not relayed
+	mine := reply(t, 1, rewrite.FlagACK, 1000) // payload is not relayed: the client asks for no prefix
 	r.src.Push(reply(t, 2, rewrite.FlagACK, 0), time.Now())
 	r.src.Push(mine, time.Now())
 	r.expectReply(mine)

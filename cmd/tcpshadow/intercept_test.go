@@ -25,7 +25,7 @@ func TestInterceptConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := cfg.Capture
-	if c.Interface != "eth0" || c.Filter != "" || c.BufferSize != 32<<20 || c.SnapLen != 256 || !c.InboundOnly {
+	if c.Interface != "eth0" || c.Filter != "" || c.BufferSize != 32<<20 || c.SnapLen != 512 || !c.InboundOnly {
 		t.Errorf("capture config %+v", c)
 	}
 	if f := cfg.CaptureConfig().Filter; f != "tcp and not (dst port 36524)" {

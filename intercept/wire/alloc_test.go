@@ -44,6 +44,7 @@ func TestZeroAllocs(t *testing.T) {
 		AppendPing(nil, 1),
 		AppendFlows(nil, TypeRegister, []rewrite.Tuple{flow4, flow6}),
 		replyFrame(MaxRepliesPerFrame, MaxReplyHeader),
+		replyFrame(MaxRepliesPerFrame, MaxReplyLen), // headers and the largest prefix
 		frameOf(77, nil),
 	}, nil)
 	r := NewReader(&loopReader{b: stream})
@@ -60,13 +61,15 @@ func TestZeroAllocs(t *testing.T) {
 
 	var rb ReplyBatch
 	hdr := testHeader(52, 1)
+	withPrefix := testHeader(52+64, 2) // headers and a 64-byte prefix
 	fillReplies := func() {
 		rb.Reset()
 		for i := range 64 {
 			rb.Add(int64(i), hdr)
+			rb.Add(int64(i), withPrefix)
 		}
-		if rb.Frame() == nil {
-			t.Fatal("empty frame")
+		if rb.Len() != 128 || rb.Frame() == nil {
+			t.Fatal("batch not filled")
 		}
 	}
 	fillReplies()
@@ -86,7 +89,7 @@ func TestZeroAllocs(t *testing.T) {
 	fillFlows()
 	zeroAllocs(t, "FlowBatch Reset+Add+Frame", fillFlows)
 
-	replies := replyFrame(64, 52)[frameHeader:]
+	replies := replyFrame(64, 52+64)[frameHeader:]
 	zeroAllocs(t, "ForEachReply", func() {
 		var sum int
 		n, err := ForEachReply(replies, func(ts int64, hdr []byte) { sum += len(hdr) + int(ts) })

@@ -15,11 +15,11 @@ const (
 // batch: after its first fills it allocates nothing. The zero value is an
 // empty batch ready for use. It is not safe for concurrent use.
 //
-//	if !b.Add(ts, hdr) {
+//	if !b.Add(ts, reply) {
 //		if !b.Full() {
-//			// header length out of range: drop and count it
+//			// reply length out of range: drop and count it
 //		} else {
-//			send(b.Frame()); b.Reset(); b.Add(ts, hdr)
+//			send(b.Frame()); b.Reset(); b.Add(ts, reply)
 //		}
 //	}
 type ReplyBatch struct {
@@ -38,32 +38,34 @@ func (b *ReplyBatch) Reset() {
 }
 
 // Add appends one record: the capture time in unix nanoseconds and the
-// reply's IP+TCP header, which is copied. It returns false, changing
-// nothing, when the record cannot go into this batch: either len(hdr) is
-// outside MinReplyHeader..MaxReplyHeader (it never fits; Full may be
-// false) or the batch is full (Full reports true; send Frame and Reset).
-func (b *ReplyBatch) Add(ts int64, hdr []byte) bool {
-	if len(hdr) < MinReplyHeader || len(hdr) > MaxReplyHeader {
+// reply, its IP and TCP headers followed by the prefix of its payload the
+// peer asked for (the caller cuts it), which is copied. It returns false,
+// changing nothing, when the record cannot go into this batch: either
+// len(reply) is outside MinReplyHeader..MaxReplyLen (it never fits; Full
+// may be false) or the batch is full (Full reports true; send Frame and
+// Reset).
+func (b *ReplyBatch) Add(ts int64, reply []byte) bool {
+	if len(reply) < MinReplyHeader || len(reply) > MaxReplyLen {
 		return false
 	}
-	if b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+len(hdr)+TagLen > lenPrefix+MaxFrameLen {
+	if b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+len(reply)+TagLen > lenPrefix+MaxFrameLen {
 		return false
 	}
 	if len(b.buf) == 0 {
 		b.Reset()
 	}
 	b.buf = be.AppendUint64(b.buf, uint64(ts))
-	b.buf = be.AppendUint16(b.buf, uint16(len(hdr)))
-	b.buf = append(b.buf, hdr...)
+	b.buf = be.AppendUint16(b.buf, uint16(len(reply)))
+	b.buf = append(b.buf, reply...)
 	b.n++
 	return true
 }
 
-// Full reports whether a record with a header of MaxReplyHeader bytes would
-// not fit, by count or by MaxFrameLen (a tag included). After Add returns
-// false, Full tells a full batch from an unacceptable header.
+// Full reports whether a record of MaxReplyLen bytes would not fit, by
+// count or by MaxFrameLen (a tag included). After Add returns false, Full
+// tells a full batch from an unacceptable reply.
 func (b *ReplyBatch) Full() bool {
-	return b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+MaxReplyHeader+TagLen > lenPrefix+MaxFrameLen
+	return b.n >= MaxRepliesPerFrame || b.Size()+replyRecHdr+MaxReplyLen+TagLen > lenPrefix+MaxFrameLen
 }
 
 // Len returns the number of records.

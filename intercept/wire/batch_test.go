@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
+	"net/netip"
 	"reflect"
 	"testing"
 
@@ -13,9 +15,9 @@ func TestReplyBatch(t *testing.T) {
 	if b.Len() != 0 || b.Frame() != nil || b.Size() != frameHeader+countLen || b.Full() {
 		t.Fatalf("zero batch: len %d size %d full %v", b.Len(), b.Size(), b.Full())
 	}
-	for _, n := range []int{0, MinReplyHeader - 1, MaxReplyHeader + 1, 1500} {
+	for _, n := range []int{0, MinReplyHeader - 1, MaxReplyLen + 1, 1500} {
 		if b.Add(1, make([]byte, n)) || b.Full() || b.Len() != 0 {
-			t.Fatalf("Add of a %d-byte header: accepted or reported full", n)
+			t.Fatalf("Add of a %d-byte reply: accepted or reported full", n)
 		}
 	}
 	var want []reply
@@ -23,7 +25,7 @@ func TestReplyBatch(t *testing.T) {
 		b.Reset()
 		want = want[:0]
 		for i := 0; ; i++ {
-			hdr := testHeader(MinReplyHeader+(i+round)%(MaxReplyHeader-MinReplyHeader+1), byte(i))
+			hdr := testHeader(MinReplyHeader+(i+round)%(MaxReplyLen-MinReplyHeader+1), byte(i))
 			if !b.Add(int64(i)-5, hdr) {
 				break
 			}
@@ -118,5 +120,55 @@ func TestMisusePanics(t *testing.T) {
 	}
 	if _, err := ForEachFlow(p[frameHeader:len(p)-1], func(rewrite.Tuple) {}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("max flows cut: %v", err)
+	}
+}
+
+// TestReplyPrefixes: a reply cut at its headers plus a prefix of its
+// payload (what the agent relays) crosses the wire whole, for every
+// family, prefix and payload length, and decodes as the packet it was cut
+// from: the IP header still announces the whole payload, the bytes
+// present are its first ones.
+func TestReplyPrefixes(t *testing.T) {
+	ends := map[string][2]netip.AddrPort{
+		"v4": {netip.MustParseAddrPort("198.18.0.2:80"), netip.MustParseAddrPort("198.19.0.9:40000")},
+		"v6": {netip.MustParseAddrPort("[2001:2::2]:80"), netip.MustParseAddrPort("[2001:2:0:ff::9]:40000")},
+	}
+	for fam, e := range ends {
+		for _, prefix := range []int{0, 1, 64, MaxReplyPrefix} {
+			// Header-only, shorter than the prefix, exactly it, longer.
+			for _, plen := range []int{0, 1, 5, 63, 64, 65, 255, 256, 1400} {
+				seg := rewrite.Segment{Src: e[0], Dst: e[1], Seq: 1, Ack: 2, Flags: rewrite.FlagACK | rewrite.FlagPSH,
+					Window: 9, Options: []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, Payload: testHeader(plen, byte(prefix))}
+				pkt := make([]byte, seg.Len())
+				if _, err := seg.Put(pkt); err != nil {
+					t.Fatal(err)
+				}
+				var p rewrite.Packet
+				if err := p.Decode(pkt); err != nil {
+					t.Fatal(err)
+				}
+				keep := min(plen, prefix)
+				cut := pkt[:len(p.Headers())+keep]
+				var b ReplyBatch
+				if !b.Add(int64(plen), cut) {
+					t.Fatalf("%s prefix %d payload %d: a %d-byte reply refused", fam, prefix, plen, len(cut))
+				}
+				_, fp := readOne(t, b.Frame())
+				n, err := ForEachReply(fp, func(ts int64, got []byte) {
+					var q rewrite.Packet
+					if err := q.DecodeHeader(got); err != nil {
+						t.Fatalf("%s prefix %d payload %d: %v", fam, prefix, plen, err)
+					}
+					if ts != int64(plen) || q.PayloadLen() != plen || !bytes.Equal(q.Payload(), seg.Payload[:keep]) ||
+						!bytes.Equal(q.Headers(), p.Headers()) {
+						t.Fatalf("%s prefix %d payload %d: ts %d, payload length %d, %d bytes present, want %d",
+							fam, prefix, plen, ts, q.PayloadLen(), len(q.Payload()), keep)
+					}
+				})
+				if n != 1 || err != nil {
+					t.Fatalf("%s prefix %d payload %d: %d records, %v", fam, prefix, plen, n, err)
+				}
+			}
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func FuzzReader(f *testing.F) {
@@ -17,6 +18,7 @@ func FuzzReader(f *testing.F) {
 		}
 	}
 	f.Add(bytes.Join([][]byte{AppendPing(nil, 1), replyFrame(3, 40), AppendError(nil, 1, "x")}, nil))
+	f.Add(bytes.Join([][]byte{replyFrame(2, MaxReplyLen), replyFrame(5, 52+64)}, nil))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add(be.AppendUint32(nil, MaxFrameLen))
@@ -55,7 +57,9 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add(append([]byte{byte(TypeRegister)}, flowBytes(mixed)...))
 	f.Add(append([]byte{byte(TypeReplies)}, replyBytes(2, 40, 121)...))
+	f.Add(append([]byte{byte(TypeReplies)}, replyBytes(3, 40, MaxReplyLen, MaxReplyLen+1)...))
 	f.Add(append([]byte{byte(TypeHello)}, helloBytes(3, 5, "ab")...))
+	f.Add(append([]byte{byte(TypeHello)}, v2HelloBytes(RoleCopier, "v2", time.Second, pool4)...))
 	f.Add(append([]byte{byte(TypeError)}, errorBytes(3, "abc")...))
 	f.Add([]byte{9, 1, 2})
 	f.Fuzz(func(t *testing.T, data []byte) {

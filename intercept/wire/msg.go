@@ -45,6 +45,11 @@ type Hello struct {
 	// without a reply while it lives: the agent forgets flows idle for
 	// longer (twice as long). Encoded in milliseconds; 0: not announced.
 	FlowIdle time.Duration
+	// ReplyPrefix is, from a copier, how many bytes of each reply's TCP
+	// payload it wants relayed after the reply's headers (as many as the
+	// reply has, up to this); 0: the headers alone. The agent refuses a
+	// hello asking for more than MaxReplyPrefix; an agent's own says 0.
+	ReplyPrefix uint16
 	// Pools are, from a copier, the client pools it forges addresses
 	// from: the agent refuses registrations outside them.
 	Pools []Pool
@@ -92,6 +97,7 @@ func AppendHello(dst []byte, h *Hello) []byte {
 	dst = append(dst, name...)
 	ms := min(max(h.FlowIdle.Milliseconds(), 0), maxFlowIdleMs)
 	dst = be.AppendUint32(dst, uint32(ms))
+	dst = be.AppendUint16(dst, h.ReplyPrefix)
 	dst = append(dst, byte(pools))
 	for _, p := range h.Pools {
 		if pools == 0 {
@@ -161,8 +167,8 @@ func readPool(b []byte) (Pool, bool) {
 // of any other version is accepted so that the caller can report the
 // mismatch (and answer with CodeVersion): its fields up to the name are
 // filled in if they fit the layout above (the rest ignored), else left
-// zero. Role, Caps and Pools are not checked against anything; that is
-// the caller's policy.
+// zero. Role, Caps, ReplyPrefix and Pools are not checked against
+// anything; that is the caller's policy.
 func ParseHello(p []byte) (Hello, error) {
 	n, err := checkHello(p)
 	if err != nil || n < 0 {
@@ -180,7 +186,8 @@ func ParseHello(p []byte) (Hello, error) {
 	}
 	off := helloFixed + n
 	h.FlowIdle = time.Duration(be.Uint32(p[off:])) * time.Millisecond
-	count := int(p[off+4])
+	h.ReplyPrefix = be.Uint16(p[off+4:])
+	count := int(p[off+helloTail-1])
 	if count > 0 {
 		h.Pools = make([]Pool, 0, count)
 	}
@@ -217,7 +224,7 @@ func checkHello(p []byte) (int, error) {
 		return 0, fmt.Errorf("hello: length %d, name length %d: %w", len(p), n, ErrMalformed)
 	}
 	off := helloFixed + n
-	count := int(p[off+4])
+	count := int(p[off+helloTail-1])
 	if count > MaxPools || len(p) != off+helloTail+count*poolLen {
 		return 0, fmt.Errorf("hello: length %d, %d pools: %w", len(p), count, ErrMalformed)
 	}
@@ -261,6 +268,9 @@ func parseAuth(p []byte) ([32]byte, []byte, error) {
 	return mac, p[len(mac)+1:], nil
 }
 
+// The labels name the authentication scheme, which version 2 introduced
+// and version 3 keeps: the version itself is bound by the transcript,
+// which covers both hellos.
 const (
 	macLabel        = "tcpshadow-auth-v2"
 	transcriptLabel = "tcpshadow-transcript-v2"
@@ -476,8 +486,8 @@ func checkReplies(p []byte) (int, error) {
 			return 0, fmt.Errorf("replies: record %d of %d truncated: %w", i, n, ErrMalformed)
 		}
 		hl := int(be.Uint16(p[off+8:]))
-		if hl < MinReplyHeader || hl > MaxReplyHeader {
-			return 0, fmt.Errorf("replies: record %d: header length %d: %w", i, hl, ErrMalformed)
+		if hl < MinReplyHeader || hl > MaxReplyLen {
+			return 0, fmt.Errorf("replies: record %d: length %d: %w", i, hl, ErrMalformed)
 		}
 		off += replyRecHdr + hl
 		if off > len(p) {
@@ -492,10 +502,12 @@ func checkReplies(p []byte) (int, error) {
 
 // ForEachReply validates a whole Replies payload and then, only if it is
 // entirely valid, calls fn for each record in order with its capture time
-// (unix nanoseconds) and its IP+TCP header. hdr aliases p, with its
-// capacity cut to its length; copy it to keep it. It returns the number of
-// records and allocates nothing unless fn escapes.
-func ForEachReply(p []byte, fn func(ts int64, hdr []byte)) (int, error) {
+// (unix nanoseconds) and the reply: its IP and TCP headers, followed by
+// the first bytes of its payload when the copier asked for a prefix.
+// reply aliases p, with its capacity cut to its length; copy it to keep
+// it. It returns the number of records and allocates nothing unless fn
+// escapes.
+func ForEachReply(p []byte, fn func(ts int64, reply []byte)) (int, error) {
 	n, err := checkReplies(p)
 	if err != nil {
 		return 0, err

@@ -12,17 +12,25 @@
 //	[..] payload
 //	[16] tag       sealed sessions only (Sealer, Opener)
 //
-// with all integers big-endian. The payloads are (version 2)
+// with all integers big-endian. The payloads are (version 3)
 //
 //	Hello       "TSHD" | version u16 | role u8 | caps u32 | nonce [32] | name len u8 (≤ 64) | name
-//	            | flow idle ms u32 | pool count u8 (≤ MaxPools) | count × pool
+//	            | flow idle ms u32 | reply prefix u16 | pool count u8 (≤ MaxPools) | count × pool
 //	  pool      family u8 (4 or 6) | bits u8 | addr [16] (IPv4 in the first 4, zeros after) | slot u16 | slots u16
 //	Auth        mac [32] (ComputeMAC) | name len u8 (≤ 64) | name
 //	Error       code u16 | msg len u16 (≤ 1024) | msg
 //	Register,
 //	Deregister  count u16 (1..MaxFlowsPerFrame) | count × (src addr [16] | src port u16 | dst addr [16] | dst port u16)
-//	Replies     count u16 (1..MaxRepliesPerFrame) | count × (ts i64 | hlen u16 (MinReplyHeader..MaxReplyHeader) | header [hlen])
+//	Replies     count u16 (1..MaxRepliesPerFrame) | count × (ts i64 | len u16 (MinReplyHeader..MaxReplyLen) | reply [len])
+//	  reply     the reply's IP and TCP headers, then the first bytes of its TCP payload:
+//	            as many as it has, up to the copier's reply prefix (none when 0)
 //	Ping, Pong  token u64
+//
+// A reply record does not say where its headers end: the IP and TCP
+// headers' own lengths do (rewrite.Packet.DecodeHeader), and the IP header
+// keeps the payload length the shadow sent, so a receiver knows how much
+// of the payload it was not sent. The reply prefix is a copier's to ask
+// for (Hello.ReplyPrefix) and the agent's to refuse above MaxReplyPrefix.
 //
 // A connection opens with a Hello from each side; the magic and the version
 // lead the Hello in every version, so a peer of another version is told so
@@ -61,8 +69,9 @@ import (
 const (
 	// Version is the protocol version sent in Hello. Version 2 added the
 	// announced pools and flow idle time to Hello, the name to Auth, the
-	// transcript binding and per-frame sealing.
-	Version = 2
+	// transcript binding and per-frame sealing; version 3 the reply
+	// prefix in Hello and the payload bytes after each relayed header.
+	Version = 3
 	// DefaultPort is the agent's default listening port (the old tool's).
 	DefaultPort = 36524
 	// MaxFrameLen bounds L, the length of type byte plus payload.
@@ -78,6 +87,14 @@ const (
 	// 100; IPv6 extension headers may not fit.
 	MinReplyHeader = rewrite.IPv4MinHeaderLen + rewrite.TCPMinHeaderLen
 	MaxReplyHeader = rewrite.MaxHeadersLen
+	// MaxReplyPrefix bounds the payload bytes a copier may ask to have
+	// relayed after each reply's headers (Hello.ReplyPrefix): enough for
+	// a status line, a Redis reply's type, a PostgreSQL ErrorResponse's
+	// SQLSTATE, while a batch of replies stays a few hundred KiB.
+	MaxReplyPrefix = 256
+	// MaxReplyLen bounds a reply record's length: its headers and its
+	// prefix of payload.
+	MaxReplyLen = MaxReplyHeader + MaxReplyPrefix
 	// FlowLen is the encoded size of one flow.
 	FlowLen = 36
 	// MaxNameLen bounds Hello.Name; longer names are truncated on encoding.
@@ -98,9 +115,9 @@ const (
 	lenPrefix   = 4                      // u32 L
 	frameHeader = lenPrefix + 1          // L and type
 	countLen    = 2                      // u16 count of Register, Deregister, Replies
-	replyRecHdr = 8 + 2                  // ts and hlen before each reply header
+	replyRecHdr = 8 + 2                  // ts and len before each reply
 	helloFixed  = 4 + 2 + 1 + 4 + 32 + 1 // magic to name length: every version's prefix
-	helloTail   = 4 + 1                  // flow idle ms and pool count
+	helloTail   = 4 + 2 + 1              // flow idle ms, reply prefix and pool count
 	poolLen     = 1 + 1 + 16 + 2 + 2
 	helloMax    = helloFixed + MaxNameLen + helloTail + MaxPools*poolLen
 	authMax     = 32 + 1 + MaxNameLen
@@ -112,7 +129,7 @@ const (
 // only limit a sender meets in practice (these fail to compile otherwise).
 const (
 	_ = uint(MaxFrameLen - 1 - countLen - MaxFlowsPerFrame*FlowLen - TagLen)
-	_ = uint(MaxFrameLen - 1 - countLen - MaxRepliesPerFrame*(replyRecHdr+MaxReplyHeader) - TagLen)
+	_ = uint(MaxFrameLen - 1 - countLen - MaxRepliesPerFrame*(replyRecHdr+MaxReplyLen) - TagLen)
 )
 
 // Errors returned by Reader and the parsers, wrapped with context; test

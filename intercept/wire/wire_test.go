@@ -154,8 +154,8 @@ type sample struct {
 func samples() []sample {
 	var maxReplies, mixedReplies []reply
 	for i := range MaxRepliesPerFrame {
-		maxReplies = append(maxReplies, reply{int64(i) << 20, string(testHeader(MaxReplyHeader, byte(i)))})
-		mixedReplies = append(mixedReplies, reply{-int64(i), string(testHeader(MinReplyHeader+i%(MaxReplyHeader-MinReplyHeader+1), byte(i)))})
+		maxReplies = append(maxReplies, reply{int64(i) << 20, string(testHeader(MaxReplyLen, byte(i)))})
+		mixedReplies = append(mixedReplies, reply{-int64(i), string(testHeader(MinReplyHeader+i%(MaxReplyLen-MinReplyHeader+1), byte(i)))})
 	}
 	var maxFlows []rewrite.Tuple
 	for i := range MaxFlowsPerFrame {
@@ -168,7 +168,10 @@ func samples() []sample {
 	}
 	return []sample{
 		{"hello copier", TypeHello, Hello{Version: Version, Role: RoleCopier, Caps: CapAuth, Nonce: nonce(1), Name: "prod-1",
-			FlowIdle: 150 * time.Second, Pools: []Pool{pool4, pool6}}},
+			FlowIdle: 150 * time.Second, ReplyPrefix: 64, Pools: []Pool{pool4, pool6}}},
+		{"hello copier max prefix", TypeHello, Hello{Version: Version, Role: RoleCopier, ReplyPrefix: MaxReplyPrefix}},
+		// The wire carries any prefix; refusing one is the agent's policy.
+		{"hello copier prefix beyond max", TypeHello, Hello{Version: Version, Role: RoleCopier, ReplyPrefix: 0xffff}},
 		{"hello agent empty name", TypeHello, Hello{Version: Version, Role: RoleAgent, Nonce: nonce(100)}},
 		{"hello max name", TypeHello, Hello{Version: Version, Role: RoleAgent, Caps: 0xffffffff, Name: strings.Repeat("n", MaxNameLen)}},
 		{"hello max pools", TypeHello, Hello{Version: Version, Role: RoleCopier, FlowIdle: maxFlowIdleMs * time.Millisecond, Pools: maxPools()}},
@@ -185,6 +188,7 @@ func samples() []sample {
 		{"register max", TypeRegister, maxFlows},
 		{"replies min header", TypeReplies, []reply{{1, string(testHeader(MinReplyHeader, 1))}}},
 		{"replies max header", TypeReplies, []reply{{-1, string(testHeader(MaxReplyHeader, 2))}}},
+		{"replies max header and prefix", TypeReplies, []reply{{-1, string(testHeader(MaxReplyLen, 3))}}},
 		{"replies max count", TypeReplies, maxReplies},
 		{"replies all lengths", TypeReplies, mixedReplies},
 		{"ping", TypePing, uint64(0x0102030405060708)},
@@ -219,13 +223,14 @@ func TestRoundTrip(t *testing.T) {
 // a round trip through a symmetric bug would not catch.
 func TestGolden(t *testing.T) {
 	aa := strings.Repeat("aa", 32)
-	hello := Hello{Version: 2, Role: RoleCopier, Caps: CapAuth, Name: "ag", FlowIdle: 2*time.Second + 7*time.Microsecond,
+	hello := Hello{Version: 3, Role: RoleCopier, Caps: CapAuth, Name: "ag", FlowIdle: 2*time.Second + 7*time.Microsecond, ReplyPrefix: 0x140,
 		Pools: []Pool{{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slot: 1, Slots: 3}, {Prefix: netip.MustParsePrefix("2001:2:0:ff::/64")}}}
 	for i := range hello.Nonce {
 		hello.Nonce[i] = 0xaa
 	}
 	var rb ReplyBatch
 	rb.Add(1, bytes.Repeat([]byte{0x45}, 40))
+	rb.Add(2, append(bytes.Repeat([]byte{0x46}, 40), "HTTP"...)) // headers and a 4-byte prefix
 	var fb FlowBatch
 	fb.Reset(TypeDeregister)
 	fb.Add(flow6)
@@ -238,7 +243,7 @@ func TestGolden(t *testing.T) {
 		{"pong", AppendPong(nil, 1), "00000009 08 0000000000000001"},
 		{"auth", AppendAuth(nil, nonce(0), "ab"), "00000024 02 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 02 6162"},
 		{"error", AppendError(nil, CodeNotAllowed, "no"), "00000007 03 0003 0002 6e6f"},
-		{"hello", AppendHello(nil, &hello), "00000060 01 54534844 0002 01 00000001" + aa + "02 6167 000007d0 02" +
+		{"hello", AppendHello(nil, &hello), "00000062 01 54534844 0003 01 00000001" + aa + "02 6167 000007d0 0140 02" +
 			" 04 10 c6130000000000000000000000000000 0001 0003" +
 			" 06 40 20010002000000ff0000000000000000 0000 0001"},
 		{"register", AppendFlows(nil, TypeRegister, []rewrite.Tuple{rewrite.TupleOf(
@@ -246,7 +251,8 @@ func TestGolden(t *testing.T) {
 			"00000027 04 0001 00000000000000000000ffff0a000001 03e8 00000000000000000000ffffc0000207 0050"},
 		{"deregister batch", fb.Frame(),
 			"00000027 05 0001 20010db8000000000000000000000001 c738 20010db8000100000000000000000007 01bb"},
-		{"replies", rb.Frame(), "00000035 06 0001 0000000000000001 0028" + strings.Repeat("45", 40)},
+		{"replies", rb.Frame(), "0000006b 06 0002 0000000000000001 0028" + strings.Repeat("45", 40) +
+			" 0000000000000002 002c" + strings.Repeat("46", 40) + "48545450"},
 	}
 	for _, tt := range tests {
 		want, err := hex.DecodeString(strings.ReplaceAll(tt.want, " ", ""))
@@ -262,12 +268,22 @@ func TestGolden(t *testing.T) {
 func TestHelloVersions(t *testing.T) {
 	// A hello of another version in this version's layout gives the
 	// fields up to the name; the rest is not read.
-	h := Hello{Version: 3, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x", FlowIdle: time.Second, Pools: []Pool{pool4}}
+	h := Hello{Version: 4, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x", FlowIdle: time.Second, ReplyPrefix: 9, Pools: []Pool{pool4}}
 	frame := AppendHello(nil, &h)
-	want := Hello{Version: 3, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
+	want := Hello{Version: 4, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
 	got, err := ParseHello(frame[frameHeader:])
 	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Fatalf("version 3: %+v, %v", got, err)
+		t.Fatalf("version 4: %+v, %v", got, err)
+	}
+	// Version 2's hello (no reply prefix) is read up to its name, so that
+	// the mismatch can be reported; it is not misread as version 3's.
+	v2 := v2HelloBytes(RoleCopier, "prod-v2", time.Minute, pool4)
+	got, err = ParseHello(v2)
+	if err != nil || !reflect.DeepEqual(got, Hello{Version: 2, Role: RoleCopier, Name: "prod-v2"}) {
+		t.Fatalf("version 2: %+v, %v", got, err)
+	}
+	if err := Validate(TypeHello, v2); err != nil {
+		t.Fatalf("version 2: Validate %v", err)
 	}
 	// Version 1's hello (no flow idle, no pools) is read as far as it goes,
 	// so that the version mismatch can be reported.
@@ -276,7 +292,7 @@ func TestHelloVersions(t *testing.T) {
 		t.Fatalf("version 1: %+v, %v", got, err)
 	}
 	// Another version may change it entirely: magic and version are still reported.
-	for _, p := range [][]byte{[]byte("TSHD\x00\x03"), []byte("TSHD\xff\xff\x01\x02")} {
+	for _, p := range [][]byte{[]byte("TSHD\x00\x02"), []byte("TSHD\xff\xff\x01\x02")} {
 		got, err := ParseHello(p)
 		if err != nil || !reflect.DeepEqual(got, Hello{Version: be.Uint16(p[4:])}) {
 			t.Fatalf("%q: %+v, %v", p, got, err)
@@ -413,6 +429,19 @@ func helloBytes(version uint16, nameLen byte, name string) []byte {
 	return append(p, name...)
 }
 
+// v2HelloBytes returns a Hello payload as version 2 wrote it: no reply
+// prefix between the flow idle time and the pool count.
+func v2HelloBytes(role Role, name string, idle time.Duration, pools ...Pool) []byte {
+	p := helloBytes(2, byte(len(name)), name)
+	p[6] = byte(role)
+	p = be.AppendUint32(p, uint32(idle.Milliseconds()))
+	p = append(p, byte(len(pools)))
+	for _, pl := range pools {
+		p = appendPool(p, pl)
+	}
+	return p
+}
+
 func errorBytes(msgLen int, msg string) []byte {
 	p := be.AppendUint16(nil, uint16(CodeProtocol))
 	p = be.AppendUint16(p, uint16(msgLen))
@@ -449,8 +478,8 @@ func TestBadValues(t *testing.T) {
 		{"replies count above max", TypeReplies, replyBytes(MaxRepliesPerFrame+1, tooManyReplies...), ErrMalformed},
 		{"replies hlen 0", TypeReplies, replyBytes(1, 0), ErrMalformed},
 		{"replies hlen below min", TypeReplies, replyBytes(1, MinReplyHeader-1), ErrMalformed},
-		{"replies hlen above max", TypeReplies, replyBytes(1, MaxReplyHeader+1), ErrMalformed},
-		{"replies second hlen bad", TypeReplies, replyBytes(3, 40, 121, 40), ErrMalformed},
+		{"replies len above max", TypeReplies, replyBytes(1, MaxReplyLen+1), ErrMalformed},
+		{"replies second len bad", TypeReplies, replyBytes(3, 40, MaxReplyLen+1, 40), ErrMalformed},
 		{"replies count above data", TypeReplies, replyBytes(2, 40), ErrMalformed},
 		{"replies count below data", TypeReplies, replyBytes(1, 40, 40), ErrMalformed},
 		{"replies hlen beyond end", TypeReplies, replyBytes(1, 60)[:2+10+50], ErrMalformed},
@@ -460,8 +489,11 @@ func TestBadValues(t *testing.T) {
 		{"hello name length 255", TypeHello, helloBytes(Version, 255, "abc"), ErrMalformed},
 		{"hello name length 65", TypeHello, helloBytes(Version, 65, strings.Repeat("a", 65)), ErrMalformed},
 		{"hello without its tail", TypeHello, helloBytes(Version, 2, "ab"), ErrMalformed},
-		{"hello tail short", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0), ErrMalformed},
-		{"hello pool missing", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0, 1), ErrMalformed},
+		{"hello tail short", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0, 0, 0), ErrMalformed},
+		{"hello pool missing", TypeHello, append(helloBytes(Version, 2, "ab"), 0, 0, 0, 0, 0, 0, 1), ErrMalformed},
+		// Version 2's layout under version 3's number: the pool count is
+		// read from the reply prefix's place.
+		{"hello v2 layout as v3", TypeHello, func() []byte { p := v2HelloBytes(RoleCopier, "ab", 0, pool4); p[5] = Version; return p }(), ErrMalformed},
 		{"hello 5 bytes", TypeHello, []byte("TSHD\x00"), ErrMalformed},
 		{"error message too long", TypeError, errorBytes(MaxErrorMsgLen+1, strings.Repeat("e", MaxErrorMsgLen+1)), ErrMalformed},
 		{"error message length 0xffff", TypeError, errorBytes(0xffff, "e"), ErrMalformed},
@@ -491,8 +523,8 @@ func TestBadValues(t *testing.T) {
 }
 
 func TestErrorContext(t *testing.T) {
-	_, err := ForEachReply(replyBytes(2, 40, 121), func(int64, []byte) {})
-	if err == nil || !strings.Contains(err.Error(), "replies: record 1: header length 121") {
+	_, err := ForEachReply(replyBytes(2, 40, MaxReplyLen+1), func(int64, []byte) {})
+	if err == nil || !strings.Contains(err.Error(), "replies: record 1: length 377") {
 		t.Fatalf("error %q lacks context", err)
 	}
 	_, err = ForEachFlow(flowBytes(flow6, mixed), func(rewrite.Tuple) {})

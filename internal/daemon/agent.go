@@ -37,9 +37,18 @@ type AgentConfig struct {
 	Dump          pcapdump.Config // every reply captured; empty Path: off
 }
 
-// agentSnapLen is what the agent captures of each reply: its IP and TCP
-// headers with options, which is all it relays.
-const agentSnapLen = 256
+// agentSnapLen is what the agent captures of each reply: what it may
+// relay, its IP and TCP headers with options (at most
+// wire.MaxReplyHeader, IPv6 extension headers aside) and the largest
+// payload prefix a copy daemon may ask for (wire.MaxReplyPrefix), behind
+// a link header (Ethernet with VLAN tags, or Linux cooked). 512 covers
+// 18+120+256 with room for IPv6 extension headers; more would only copy
+// payload nobody is sent.
+const agentSnapLen = 512
+
+// The snap length covers every byte the agent may relay (fails to
+// compile otherwise).
+const _ = uint(agentSnapLen - 18 - wire.MaxReplyLen)
 
 // DefaultAgentConfig returns the agent's defaults, each written once here
 // or in the package whose config it is. It names no interface.

@@ -50,7 +50,7 @@ func TestDefaultConfigs(t *testing.T) {
 	if err := a.Validate(); err != nil {
 		t.Errorf("default agent config: %v", err)
 	}
-	if !a.Capture.InboundOnly || a.Capture.SnapLen != 256 || a.Capture.Filter != "" || a.Listen != ":36524" || a.MaxMemory != 1<<30 {
+	if !a.Capture.InboundOnly || a.Capture.SnapLen != 512 || a.Capture.Filter != "" || a.Listen != ":36524" || a.MaxMemory != 1<<30 {
 		t.Errorf("agent capture %+v, listen %q", a.Capture, a.Listen)
 	}
 	if a.Agent.FlushDelay != 200*time.Microsecond || a.Agent.MaxFlows != 1<<20 {
