@@ -13,8 +13,10 @@ import (
 func TestDefaults(t *testing.T) {
 	var c Config
 	c.Defaults()
-	if !reflect.DeepEqual(c, DefaultConfig()) {
-		t.Errorf("Defaults of a zero Config:\n%+v\nwant DefaultConfig:\n%+v", c, DefaultConfig())
+	want := DefaultConfig()
+	want.ComparePrefix = 0 // 0 means off, so a zero Config keeps it
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("Defaults of a zero Config:\n%+v\nwant DefaultConfig:\n%+v", c, want)
 	}
 	c = Config{MSS: 536, Linger: time.Second}
 	c.Defaults()

@@ -29,6 +29,9 @@ func (c *CopyConfig) ClientConfig() intercept.ClientConfig {
 	if cc.FlowIdle == 0 {
 		cc.FlowIdle = max(e.IdleTimeout, e.ResponseTimeout, e.HandshakeTimeout) + e.Linger
 	}
+	// The shadow's answers are compared from the first bytes the agent
+	// relays of each reply: one knob for both.
+	cc.ReplyPrefix = e.ComparePrefix
 	if cc.Pools != nil {
 		return cc
 	}
