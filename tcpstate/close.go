@@ -55,7 +55,7 @@ func (w *Worker) end(s *session, reason EndReason, now int64) bool {
 		w.ctr.ended[reason].Add(1) // a session is counted as ended once it started
 	}
 	w.setState(s, stateClosed)
-	w.pairEnd(s) // every round that reached the shadow, compared as it stands
+	w.pairEnded(s) // every round that reached the shadow, compared once prod's side is in
 	if s.syn != nil {
 		w.release(s, s.syn)
 		s.syn = nil
@@ -236,6 +236,8 @@ func (w *Worker) reconnect(old *session, now int64) *session {
 		return nil
 	}
 	w.setState(old, stateClosed)
+	s.rounds, old.rounds = old.rounds, nil // prod's answers come on the flow, not the connection
+	s.compareSkipped = old.compareSkipped
 	s.rejections = old.rejections
 	s.clientNxt, s.clientWnd = old.clientNxt, old.clientWnd
 	s.clientFin, s.finSeq, s.drainUntil = old.clientFin, old.finSeq, old.drainUntil

@@ -2,6 +2,7 @@ package tcpstate
 
 import (
 	"sync"
+	"time"
 
 	"github.com/tcpshadow/tcpshadow/internal/compare"
 )
@@ -39,7 +40,9 @@ const maxComparedSessions = 4096
 type round struct {
 	pair     compare.Pair
 	ack      Seq  // the request's ACK in prod's stream: the round's key
+	prodSeq  Seq  // where prod's answer starts, once one came
 	released bool // sent to the shadow: its replies belong to it now
+	greeting bool // what the server said first: compared only if prod said something
 }
 
 // rounds is a session's FIFO of rounds, oldest first.
@@ -47,6 +50,31 @@ type rounds struct {
 	r    [maxPendingRounds]round
 	head int
 	n    int
+	// early holds prod's latest segments that went to the newest round
+	// after its answer had started: those the client's next request
+	// acknowledges no further than were that request's answer, which
+	// overtook it (the two directions are captured apart).
+	early     [earlyAnswers]earlyAnswer
+	earlyNext int
+}
+
+// earlyAnswers is how many of prod's segments a session keeps in case
+// they answer a request not yet seen.
+const earlyAnswers = 4
+
+func (rs *rounds) keepEarly(seq Seq, at int64, payload []byte, prefix int) {
+	e := &rs.early[rs.earlyNext]
+	rs.earlyNext = (rs.earlyNext + 1) % earlyAnswers
+	e.ok, e.seq, e.at = true, seq, at
+	e.n = uint16(copy(e.head[:prefix], payload))
+}
+
+type earlyAnswer struct {
+	ok   bool
+	seq  Seq
+	at   int64
+	n    uint16
+	head [compare.MaxPrefix]byte
 }
 
 var roundsPool = sync.Pool{New: func() any { return new(rounds) }}
@@ -134,6 +162,7 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 		w.ctr.inc(CtrCompareOverflow)
 		rs.dropOldestUnreleased()
 	}
+	prev := rs.newest()
 	r := rs.at(rs.n)
 	rs.n++
 	*r = round{ack: ack}
@@ -141,18 +170,53 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 	r.pair.Client = s.key.client.SrcAddrPort()
 	r.pair.AppendRequest(payload)
 	r.pair.Prod.Sent = capAt
+	if prev != nil && prev != r && prev.pair.Prod.Outcome == compare.Answered && !prev.prodSeq.Before(ack) {
+		// All prod said since prev's request answers this one, which
+		// its answer overtook.
+		r.pair.Prod, r.prodSeq = prev.pair.Prod, prev.prodSeq
+		r.pair.Prod.Sent = capAt
+		prev.pair.Prod = compare.Response{Sent: prev.pair.Prod.Sent}
+	} else {
+		w.takeEarly(rs, prev, r, ack, capAt)
+	}
+	for i := range rs.early {
+		if e := &rs.early[i]; e.ok && e.seq.Before(ack) {
+			e.ok = false // an older round's
+		}
+	}
+}
+
+// takeEarly gives r, the round just opened with ACK ack, prod's segments
+// at or past ack that went to prev, in the order they came: its answer,
+// which overtook it. prev's head loses them.
+func (w *Worker) takeEarly(rs *rounds, prev, r *round, ack Seq, capAt int64) {
+	for k := 0; k < earlyAnswers; k++ {
+		e := &rs.early[(rs.earlyNext+k)%earlyAnswers] // oldest first
+		if !e.ok || e.seq.Before(ack) || e.at < capAt-int64(time.Second) {
+			continue
+		}
+		if r.pair.Prod.Outcome != compare.Answered {
+			r.prodSeq = e.seq
+			if prev != nil {
+				if cut := e.seq.Sub(prev.prodSeq); cut >= 0 && cut < int(prev.pair.Prod.HeadLen) {
+					prev.pair.Prod.HeadLen = uint16(cut)
+				}
+			}
+		}
+		r.pair.Prod.Append(e.head[:e.n], w.cfg.ComparePrefix, e.at)
+	}
 }
 
 // pairGreeting opens a round for what a server says first (a greeting),
 // before any request: both sides' first bytes belong to it.
-func (w *Worker) pairGreeting(s *session, payload []byte, capAt int64) {
+func (w *Worker) pairGreeting(s *session, seq Seq, payload []byte, capAt int64) {
 	if !w.comparing(s) || s.rounds.n > 0 || s.clientNxt != s.isn+1 {
 		return
 	}
 	rs := s.rounds
 	r := rs.at(0)
 	rs.n = 1
-	*r = round{ack: s.prodBase, released: true}
+	*r = round{ack: s.prodBase, released: true, greeting: true, prodSeq: seq}
 	r.pair.Map = uint16(s.key.mapIdx)
 	r.pair.Client = s.key.client.SrcAddrPort()
 	r.pair.Prod.Sent = s.synCapAt
@@ -160,27 +224,53 @@ func (w *Worker) pairGreeting(s *session, payload []byte, capAt int64) {
 	r.pair.Prod.Append(payload, w.cfg.ComparePrefix, capAt)
 }
 
-// pairProd takes prod's response bytes, captured at capAt: they answer
-// the newest round.
-func (w *Worker) pairProd(s *session, payload []byte, capAt int64) {
-	if s.rounds == nil {
-		w.pairGreeting(s, payload, capAt)
-		return
+// answering returns the round prod's bytes at seq answer: the newest
+// whose request the client sent having no more than seq of prod's stream.
+// By sequence, not by arrival: prod's packets are captured apart from the
+// client's, and the client's next request can reach the worker before
+// the answer that prompted it.
+func (rs *rounds) answering(seq Seq) *round {
+	for i := rs.n - 1; i >= 0; i-- {
+		if r := rs.at(i); !r.ack.After(seq) {
+			return r
+		}
 	}
-	if r := s.rounds.newest(); r != nil {
-		r.pair.Prod.Append(payload, w.cfg.ComparePrefix, capAt)
-	} else {
-		w.pairGreeting(s, payload, capAt)
-	}
+	return nil
 }
 
-// pairProdEnded marks how prod ended the connection, for the newest
-// round if prod had not answered it.
-func (w *Worker) pairProdEnded(s *session, o compare.Outcome) {
+// pairProd takes prod's response bytes at seq, captured at capAt, handled
+// at now.
+func (w *Worker) pairProd(s *session, seq Seq, payload []byte, capAt, now int64) {
+	if s.rounds == nil || s.rounds.n == 0 {
+		w.pairGreeting(s, seq, payload, capAt)
+		return
+	}
+	rs := s.rounds
+	r := rs.answering(seq)
+	if r == nil {
+		return
+	}
+	switch {
+	case r.pair.Prod.Outcome != compare.Answered:
+		r.prodSeq = seq
+	case r == rs.newest() && seq.After(r.prodSeq):
+		rs.keepEarly(seq, capAt, payload, w.cfg.ComparePrefix)
+	}
+	r.pair.Prod.Append(payload, w.cfg.ComparePrefix, capAt)
+	if s.state.ended() {
+		w.pairEnded(s) // the answer an ended session's rounds waited for
+		return
+	}
+	w.pairFlush(rs, now)
+}
+
+// pairProdEnded marks how prod ended the connection at seq, for the round
+// it ended if prod had not answered it.
+func (w *Worker) pairProdEnded(s *session, seq Seq, o compare.Outcome) {
 	if s.rounds == nil {
 		return
 	}
-	if r := s.rounds.newest(); r != nil && r.pair.Prod.Outcome != compare.Answered {
+	if r := s.rounds.answering(seq); r != nil && r.pair.Prod.Outcome != compare.Answered {
 		r.pair.Prod.Outcome = o
 	}
 }
@@ -199,17 +289,53 @@ func (w *Worker) pairSent(s *session, ack Seq, now int64) {
 			continue
 		}
 		r.pair.Shadow.Sent = now
-		if r.released {
-			return
-		}
-		r.released = true
-		for ; i > 0; i-- { // the older rounds are over on both sides
-			if old := rs.at(0); old.released {
-				w.putRound(old)
-			}
-			rs.pop()
+		if !r.released {
+			r.released = true
+			w.pairFlush(rs, now)
 		}
 		return
+	}
+}
+
+// prodAnswerGrace bounds how long a round the shadow is done with waits
+// for prod's answer, captured apart: past it, prod's answer was lost to
+// the capture, and the round goes as it is.
+const prodAnswerGrace = time.Second
+
+// pairFlush hands over the oldest rounds while they are over on both
+// sides: a later round went to the shadow (so the shadow is done with
+// them), and prod's answer came, or prodAnswerGrace passed since.
+// Rounds that never reached the shadow are dropped.
+func (w *Worker) pairFlush(rs *rounds, now int64) {
+	for rs.n > 0 {
+		old := rs.at(0)
+		var next *round
+		if rs.n > 1 {
+			next = rs.at(1)
+		}
+		shadowEnded := old.pair.Shadow.Outcome == compare.Reset || old.pair.Shadow.Outcome == compare.Closed
+		switch {
+		case next != nil && !next.released:
+			return
+		case !old.released:
+			if next == nil {
+				return
+			}
+			rs.pop() // never sent to the shadow: nothing to compare
+			continue
+		case next == nil && !shadowEnded:
+			return // the shadow may still answer it
+		case old.pair.Prod.Outcome == compare.NoAnswer:
+			since := old.pair.Shadow.Sent
+			if next != nil {
+				since = next.pair.Shadow.Sent
+			}
+			if now-since < int64(prodAnswerGrace) {
+				return
+			}
+		}
+		w.putRound(old)
+		rs.pop()
 	}
 }
 
@@ -235,6 +361,23 @@ func (w *Worker) pairShadowEnded(s *session, o compare.Outcome) {
 	}
 }
 
+// pairEnded hands over the session's rounds when it ends, if prod has
+// answered them all; otherwise they wait for prod's answers, captured
+// apart and maybe later than the shadow's, while the session lingers, and
+// go when it is removed.
+func (w *Worker) pairEnded(s *session) {
+	rs := s.rounds
+	if rs == nil {
+		return
+	}
+	for i := 0; i < rs.n; i++ {
+		if r := rs.at(i); r.released && r.pair.Prod.Outcome == compare.NoAnswer {
+			return
+		}
+	}
+	w.pairEnd(s)
+}
+
 // pairEnd hands over every round that reached the shadow, as it stands,
 // and releases the session's rounds.
 func (w *Worker) pairEnd(s *session) {
@@ -255,6 +398,9 @@ func (w *Worker) pairEnd(s *session) {
 }
 
 func (w *Worker) putRound(r *round) {
+	if r.greeting && r.pair.Prod.Outcome != compare.Answered {
+		return // an answer that overtook its request, moved to it: no greeting
+	}
 	if w.rec.Put(&r.pair) {
 		w.ctr.inc(CtrComparePairs)
 	} else {

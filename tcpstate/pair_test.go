@@ -113,9 +113,13 @@ func TestScenario42PairsRequestsWithBothAnswers(t *testing.T) {
 	if p.Client != tClient || p.Map != 0 {
 		t.Fatalf("client %v map %d", p.Client, p.Map)
 	}
-	// The shadow resets instead of answering B: B is paired at once, with
-	// the shadow's outcome a reset.
+	// The shadow resets instead of answering B: B is paired once prod's
+	// answer is in, with the shadow's outcome a reset.
 	h.reply(fRST|fACK, tShadowISN+1+uint32(len(shA)), tISN+1+uint32(len(reqA)+len(reqB)), 0, 0, nil)
+	if got := h.pairs(); len(got) != 0 {
+		t.Fatalf("B paired before prod answered it: %+v", got)
+	}
+	h.prodData(tProdISN+1+uint32(len(prodA)), tISN+1+uint32(len(reqA)+len(reqB)), prodA)
 	got = h.pairs()
 	if len(got) != 1 || !strings.HasPrefix(string(got[0].Request[:got[0].RequestLen]), "GET /b") || got[0].Shadow.Outcome != compare.Reset {
 		t.Fatalf("after the shadow's reset: %d pairs, %+v", len(got), got)
@@ -189,6 +193,80 @@ func TestComparisonOffKeepsNoRounds(t *testing.T) {
 	for _, s := range h.w.byForged {
 		if s.rounds != nil {
 			t.Fatal("rounds kept with comparison off")
+		}
+	}
+}
+
+// TestScenario42AnswerOvertakesItsRequest: prod's answer to a request can
+// reach the worker before the request (the directions are captured
+// apart): it is paired by sequence, with its own request.
+func TestScenario42AnswerOvertakesItsRequest(t *testing.T) {
+	h := comparingHarness(t)
+	h.prodAcks = false
+	h.handshake(nil, nil)
+	const reqA, reqB = "GET /a HTTP/1.1\r\n\r\n", "GET /b HTTP/1.1\r\n\r\n"
+	const ansA, ansB = "HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n"
+	a, b := uint32(len(reqA)), uint32(len(reqB))
+	h.request(tISN+1, 0, reqA)
+	h.prodData(tProdISN+1, tISN+1+a, ansA)
+	// Prod's answer to B, captured before B itself.
+	h.prodData(tProdISN+1+uint32(len(ansA)), tISN+1+a+b, ansB)
+	h.request(tISN+1+a, uint32(len(ansA)), reqB)
+	h.replyData(fACK|fPSH, tShadowISN+1, tISN+1+a, ansA)
+	h.advance(100 * time.Millisecond)
+	h.replyData(fACK|fPSH, tShadowISN+1+uint32(len(ansA)), tISN+1+a+b, ansB)
+	h.reply(fRST|fACK, tShadowISN+1+uint32(len(ansA)+len(ansB)), tISN+1+a+b, 0, 0, nil)
+	got := h.pairs()
+	if len(got) != 2 {
+		t.Fatalf("%d pairs, want 2", len(got))
+	}
+	for i, want := range []string{ansA, ansB} {
+		if head(&got[i].Prod) != want || head(&got[i].Shadow) != want {
+			t.Fatalf("pair %d (%q): prod %q, shadow %q; want %q both", i, got[i].Request[:got[i].RequestLen], head(&got[i].Prod), head(&got[i].Shadow), want)
+		}
+	}
+}
+
+// TestScenario42SeveralAnswersOvertake: prod's answers to two requests
+// reach the worker before either request: each is paired with its own.
+func TestScenario42SeveralAnswersOvertake(t *testing.T) {
+	h := comparingHarness(t)
+	h.prodAcks = false
+	h.handshake(nil, nil)
+	reqs := []string{"GET /1 HTTP/1.1\r\n\r\n", "GET /2 HTTP/1.1\r\n\r\n", "GET /3 HTTP/1.1\r\n\r\n"}
+	answers := []string{"HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 500 Oops\r\n\r\n"}
+	seq, pseq := uint32(tISN+1), uint32(tProdISN+1)
+	var acks []uint32
+	for i := range reqs {
+		acks = append(acks, pseq)
+		h.prodData(pseq, seq+uint32(len(reqs[i])), answers[i])
+		pseq += uint32(len(answers[i]))
+		seq += uint32(len(reqs[i]))
+		if i == 0 {
+			h.request(tISN+1, 0, reqs[0]) // the first request comes in time
+		}
+	}
+	seq = tISN + 1 + uint32(len(reqs[0]))
+	for i := 1; i < len(reqs); i++ {
+		h.request(seq, acks[i]-tProdISN-1, reqs[i])
+		seq += uint32(len(reqs[i]))
+	}
+	shseq := tShadowISN + 1
+	for i := range reqs {
+		for _, s := range h.w.byForged {
+			h.replyData(fACK|fPSH, shseq, uint32(s.sndNxt), answers[i])
+		}
+		shseq += uint32(len(answers[i]))
+		h.advance(100 * time.Millisecond)
+	}
+	h.reply(fRST|fACK, shseq, seq, 0, 0, nil)
+	got := h.pairs()
+	if len(got) != 3 {
+		t.Fatalf("%d pairs, want 3", len(got))
+	}
+	for i := range got {
+		if head(&got[i].Prod) != answers[i] || head(&got[i].Shadow) != answers[i] {
+			t.Fatalf("pair %d (%q): prod %q, shadow %q", i, got[i].Request[:got[i].RequestLen], head(&got[i].Prod), head(&got[i].Shadow))
 		}
 	}
 }

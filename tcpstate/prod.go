@@ -29,15 +29,25 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 	flags := tcp.Flags()
 	seq, ack := Seq(tcp.Seq()), Seq(tcp.Ack())
 	s := w.sessions[key]
+	if s != nil && s.state == stateClosed && s.rounds != nil {
+		// An ended session's rounds wait for prod's answers.
+		if plen := p.PayloadLen(); plen > 0 {
+			w.pairProd(s, seq, p.Payload(), capAt, now)
+		}
+	}
 	if s == nil || s.state == stateClosed {
 		w.ctr.inc(CtrProdNoSession)
 		if s == nil && flags&(rewrite.FlagACK|rewrite.FlagRST) == rewrite.FlagACK {
-			w.early.remember(key, seq, ack, flags&rewrite.FlagSYN != 0, now)
+			var data []byte
+			if w.rec != nil && flags&rewrite.FlagSYN == 0 {
+				data = p.Payload() // an answer overtaking the whole handshake, for the comparison
+			}
+			w.early.remember(key, seq, ack, flags&rewrite.FlagSYN != 0, data, capAt, now)
 		}
 		return
 	}
 	if flags&rewrite.FlagRST != 0 {
-		w.prodReset(s, capAt, now)
+		w.prodReset(s, seq, capAt, now)
 		return
 	}
 	if flags&rewrite.FlagSYN != 0 {
@@ -59,7 +69,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 		}
 		s.markProdData(start.Add(plen), capAt)
 		if w.rec != nil {
-			w.pairProd(s, p.Payload(), capAt)
+			w.pairProd(s, start, p.Payload(), capAt, now)
 		}
 		if s.prodWaitFrom != 0 {
 			w.prodAnswered(s, time.Duration(capAt-s.prodWaitFrom))
@@ -68,7 +78,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int6
 	}
 	if flags&rewrite.FlagFIN != 0 {
 		s.prodFin = true
-		w.pairProdEnded(s, compare.Closed)
+		w.pairProdEnded(s, seq.Add(p.PayloadLen()), compare.Closed)
 	}
 }
 
@@ -82,6 +92,13 @@ type earlyProd struct {
 	ack    Seq
 	synAck bool
 	at     int64
+	// The first of prod's data segments among them, when comparing: on
+	// connections as short as one request, the whole exchange can fit
+	// in one block of prod's capture ring, delivered before the client's.
+	dataSeq Seq
+	dataAt  int64
+	dataLen uint16
+	data    [compare.MaxPrefix]byte
 }
 
 const (
@@ -98,7 +115,7 @@ type earlyProds struct {
 	n    int
 }
 
-func (e *earlyProds) remember(key sessionKey, seq, ack Seq, synAck bool, now int64) {
+func (e *earlyProds) remember(key sessionKey, seq, ack Seq, synAck bool, data []byte, capAt, now int64) {
 	if e.m == nil {
 		e.m = make(map[sessionKey]earlyProd, earlySlots)
 	}
@@ -111,7 +128,16 @@ func (e *earlyProds) remember(key sessionKey, seq, ack Seq, synAck bool, now int
 		e.fifo[(e.head+e.n)%earlySlots] = key
 		e.n++
 	}
-	e.m[key] = earlyProd{key: key, seq: seq, ack: ack, synAck: synAck, at: now}
+	old := e.m[key]
+	ep := earlyProd{key: key, seq: seq, ack: ack, synAck: synAck, at: now}
+	switch {
+	case old.dataLen > 0 && now-old.at <= earlyTTL:
+		ep.dataSeq, ep.dataAt, ep.dataLen, ep.data = old.dataSeq, old.dataAt, old.dataLen, old.data
+	case len(data) > 0:
+		ep.dataSeq, ep.dataAt = seq, capAt
+		ep.dataLen = uint16(copy(ep.data[:], data))
+	}
+	e.m[key] = ep
 }
 
 // recall returns, and forgets, what was remembered for key lately.
@@ -135,6 +161,9 @@ func (w *Worker) applyEarly(s *session, now int64) {
 	}
 	if !s.prodAckOK || ep.ack.After(s.prodAcked) {
 		s.prodAcked, s.prodAckOK = ep.ack, true
+	}
+	if ep.dataLen > 0 && w.rec != nil {
+		w.pairProd(s, ep.dataSeq, ep.data[:ep.dataLen], ep.dataAt, now)
 	}
 }
 
@@ -213,8 +242,8 @@ func (s *session) prodEndBy(at int64) Seq {
 // prodReset handles prod resetting the client's connection. What prod
 // acknowledged before still reaches the shadow (scenario 30); the rest is
 // dropped, counted, and the shadow's connection reset after it.
-func (w *Worker) prodReset(s *session, capAt, now int64) {
-	w.pairProdEnded(s, compare.Reset)
+func (w *Worker) prodReset(s *session, seq Seq, capAt, now int64) {
+	w.pairProdEnded(s, seq, compare.Reset)
 	if s.state == stateProdOpening {
 		// Prod refused the connection, or data of a connection it does
 		// not know: nothing of it may reach the shadow.

@@ -169,6 +169,9 @@ type env struct {
 	opts   envOptions
 	// agentCmd is the agent's program and arguments, for restartAgent.
 	agentCmd []string
+	// divergenceLog is the copier's divergence log, when the harness
+	// chose its path.
+	divergenceLog string
 	// secret is the control channel's secret file the harness gave both
 	// daemons (empty when the test brought its own or none).
 	secret string
@@ -340,6 +343,12 @@ func (e *env) startCopier() {
 	copyArgs := e.opts.copyArgs
 	if e.secret != "" && !hasFlag(copyArgs, "--secret-file") {
 		copyArgs = append(slices.Clone(copyArgs), "--secret-file", e.secret)
+	}
+	if !hasFlag(copyArgs, "--divergence-log", "--no-divergence-log", "--compare-prefix") {
+		// Comparison is on by default; its log goes where the test can
+		// read it, never to the host's /var/log.
+		e.divergenceLog = filepath.Join(e.t.TempDir(), "divergence.jsonl")
+		copyArgs = append(slices.Clone(copyArgs), "--divergence-log", e.divergenceLog)
 	}
 	name, argv := e.opts.command(append(args, copyArgs...)...)
 	e.copier, err = e.lab.Prod.Start(context.Background(), name, argv...)
