@@ -226,17 +226,18 @@ func (s *mirrorSource) handle(d []byte) ([]byte, bool) {
 	case decapBad:
 		st.badTunnel.Add(1)
 		return nil, false
-	case decapEthernet:
+	}
+	if s.cfg.VNI != AnyVNI && uint32(s.cfg.VNI) != vni {
+		st.otherVNI.Add(1) // another session's, whatever it carries
+		return nil, false
+	}
+	if r == decapEthernet {
 		off, ok := linkHeaderLen(linkEthernet, ip)
 		if !ok || off >= len(ip) {
 			st.nonIP.Add(1)
 			return nil, false
 		}
 		ip = ip[off:]
-	}
-	if s.cfg.VNI != AnyVNI && uint32(s.cfg.VNI) != vni {
-		st.otherVNI.Add(1)
-		return nil, false
 	}
 	total, ok := ipTotalLen(ip)
 	if !ok {

@@ -89,6 +89,7 @@ func TestMirrorDecapsulates(t *testing.T) {
 		{"vxlan other vni", MirrorVXLAN, 8, vxlan(7, ether(seg)), nil, func(s MirrorStats) bool { return s.OtherVNI == 1 }},
 		{"vxlan no I flag", MirrorVXLAN, AnyVNI, append([]byte{0, 0, 0, 0, 0, 0, 7, 0}, ether(seg)...), nil, func(s MirrorStats) bool { return s.BadTunnel == 1 }},
 		{"vxlan short", MirrorVXLAN, AnyVNI, []byte{8, 0, 0}, nil, func(s MirrorStats) bool { return s.BadTunnel == 1 }},
+		{"vxlan other vni not ip", MirrorVXLAN, 8, vxlan(7, make([]byte, 60)), nil, func(s MirrorStats) bool { return s.OtherVNI == 1 }},
 		{"vxlan arp", MirrorVXLAN, AnyVNI, vxlan(7, append(make([]byte, 12), 0x08, 0x06, 0, 1)), nil, func(s MirrorStats) bool { return s.NonIP == 1 }},
 		{"padding trimmed", MirrorVXLAN, AnyVNI, vxlan(7, padded), padded[14 : len(padded)-6], func(s MirrorStats) bool { return s.Truncated == 0 }},
 		{"truncated", MirrorVXLAN, AnyVNI, vxlan(7, cut), cut[14:], func(s MirrorStats) bool { return s.Truncated == 1 && s.Frames == 1 }},
