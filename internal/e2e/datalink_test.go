@@ -80,3 +80,49 @@ func TestDatalinkSend(t *testing.T) {
 		e.drained(t, 30*time.Second)
 	})
 }
+
+// trackOutput makes conntrack track prod's own packets (a rule that
+// matches on conntrack state, as any stateful firewall has).
+const trackOutput = `table inet prodct {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		ct state new counter
+	}
+}`
+
+// poolConntrack counts prod's conntrack entries for forged IPv4 flows.
+func poolConntrack(t *testing.T, ns *lab.NS) int {
+	t.Helper()
+	out, err := ns.Run(context.Background(), "cat", "/proc/net/nf_conntrack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(out), "src="+strings.TrimSuffix(lab.PoolV4.Addr().String(), "0.0"))
+}
+
+// TestDatalinkSkipsConntrack: with a stateful rule on prod's output, raw
+// IP sends put one conntrack entry per forged flow in prod's table; the
+// datalink path puts none, and copies as much.
+func TestDatalinkSkipsConntrack(t *testing.T) {
+	const conns, perConn = 6, 5
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{{"Raw", nil}, {"Datalink", []string{"--send", "datalink"}}} {
+		t.Run(mode.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{copyArgs: mode.args})
+			nftApply(t, e.lab.Prod, trackOutput)
+			prefix := "/ct" + mode.name
+			keepAlive(t, e.lab, prodV4HTTP, prefix, conns, perConn)
+			e.checkCopied(t, prefix, conns*perConn)
+			n := poolConntrack(t, e.lab.Prod)
+			t.Logf("%s: %d conntrack entries for forged flows after %d copied connections", mode.name, n, conns)
+			switch {
+			case mode.args == nil && n < conns:
+				t.Errorf("raw sends left %d forged flows in conntrack, want at least %d: the control case did not track", n, conns)
+			case mode.args != nil && n != 0:
+				t.Errorf("datalink sends left %d forged flows in prod's conntrack table", n)
+			}
+		})
+	}
+}
