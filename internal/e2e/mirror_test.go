@@ -92,13 +92,20 @@ func noTcpshadowIn(t *testing.T, ns *lab.NS) {
 // directions) into VXLAN VNI 42 toward the assist, where the copy daemon
 // reads the session with --capture vxlan://…?vni=42; no tcpshadow process
 // runs in prod. Every request of keep-alive HTTP connections to nginx on
-// prod reaches nginx on the shadow; datagrams of another VNI and garbage
+// prod, IPv4 and IPv6, reaches nginx on the shadow; datagrams of another VNI and garbage
 // are counted and dropped.
 func TestMirrorVXLAN(t *testing.T) {
 	const conns, perConn, vni = 8, 50, 42
 	e := newEnv(t, envOptions{lateCopier: true, noProdHTTP: true, noShadowHTTP: true, lab: lab.Config{DisableOffloads: true}})
-	prodNginx := startNginx(t, e.lab.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), 30*time.Second)
-	shadowNginx := startNginx(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), 30*time.Second)
+	prodNginx := map[string]*nginx{
+		"4": startNginx(t, e.lab.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), 30*time.Second),
+		"6": startNginx(t, e.lab.Prod, netip.AddrPortFrom(lab.ProdClientSideV6, 80), 30*time.Second),
+	}
+	shadowNginx := map[string]*nginx{
+		"4": startNginx(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), 30*time.Second),
+		"6": startNginx(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV6, 80), 30*time.Second),
+	}
+	hosts := map[string]string{"4": prodV4HTTP, "6": net.JoinHostPort(lab.ProdClientSideV6.String(), "80")}
 	if err := e.lab.MirrorProd(context.Background(), vni); err != nil {
 		t.Fatal(err)
 	}
@@ -106,55 +113,65 @@ func TestMirrorVXLAN(t *testing.T) {
 	noTcpshadowIn(t, e.lab.Prod)
 
 	var wg sync.WaitGroup
-	for c := range conns {
-		wg.Go(func() {
-			client, dials := countingClient(e.lab.Client)
-			defer client.CloseIdleConnections()
-			for i := range perConn {
-				url := fmt.Sprintf("http://%s/mx/%d/%d", prodV4HTTP, c, i)
-				resp, err := client.Get(url)
-				if err != nil {
-					t.Errorf("GET %s: %v", url, err)
-					return
+	for family, host := range hosts {
+		for c := range conns {
+			wg.Go(func() {
+				client, dials := countingClient(e.lab.Client)
+				defer client.CloseIdleConnections()
+				for i := range perConn {
+					url := fmt.Sprintf("http://%s/mx/%d/%d", host, c, i)
+					resp, err := client.Get(url)
+					if err != nil {
+						t.Errorf("GET %s: %v", url, err)
+						return
+					}
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+						t.Errorf("GET %s: %d %q", url, resp.StatusCode, body)
+					}
 				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
-					t.Errorf("GET %s: %d %q", url, resp.StatusCode, body)
+				if n := dials.Load(); n != 1 {
+					t.Errorf("IPv%s connection %d: dialled %d times, want one kept-alive connection", family, c, n)
 				}
-			}
-			if n := dials.Load(); n != 1 {
-				t.Errorf("connection %d: dialled %d times, want one kept-alive connection", c, n)
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	if t.Failed() {
 		t.FailNow()
 	}
 	const want = conns * perConn
-	// nginx logs a request after answering it.
-	if !waitFor(t, fmt.Sprintf("prod's log to hold %d requests", want), 5*time.Second, func() bool {
-		return len(prodNginx.accessed(t, "/mx/")) == want
-	}) {
-		t.FailNow()
-	}
-	if !waitFor(t, fmt.Sprintf("the shadow to serve %d requests", want), 30*time.Second, func() bool {
-		return len(shadowNginx.accessed(t, "/mx/")) >= want
-	}) {
-		e.logMirrorMetrics(t)
-		t.FailNow()
-	}
-	seen := map[string]int{}
-	for _, a := range shadowNginx.accessed(t, "/mx/") {
-		seen[a.path]++
-		if !lab.PoolV4.Contains(a.from.Addr()) {
-			t.Errorf("shadow served %s from %v, outside the pool", a.path, a.from)
+	for family := range hosts {
+		pool := lab.PoolV4
+		if family == "6" {
+			pool = lab.PoolV6
 		}
-	}
-	for _, a := range prodNginx.accessed(t, "/mx/") {
-		if seen[a.path] != 1 {
-			t.Errorf("shadow served %s %d times, want once", a.path, seen[a.path])
+		prodLog, shadowLog := prodNginx[family], shadowNginx[family]
+		// nginx logs a request after answering it.
+		if !waitFor(t, fmt.Sprintf("prod's IPv%s log to hold %d requests", family, want), 5*time.Second, func() bool {
+			return len(prodLog.accessed(t, "/mx/")) == want
+		}) {
+			t.Logf("prod's IPv%s log holds %d requests", family, len(prodLog.accessed(t, "/mx/")))
+			t.FailNow()
+		}
+		if !waitFor(t, fmt.Sprintf("the shadow to serve %d IPv%s requests", want, family), 30*time.Second, func() bool {
+			return len(shadowLog.accessed(t, "/mx/")) >= want
+		}) {
+			e.logMirrorMetrics(t)
+			t.FailNow()
+		}
+		seen := map[string]int{}
+		for _, a := range shadowLog.accessed(t, "/mx/") {
+			seen[a.path]++
+			if !pool.Contains(a.from.Addr()) {
+				t.Errorf("shadow served %s from %v, outside the pool", a.path, a.from)
+			}
+		}
+		for _, a := range prodLog.accessed(t, "/mx/") {
+			if seen[a.path] != 1 {
+				t.Errorf("shadow served IPv%s %s %d times, want once", family, a.path, seen[a.path])
+			}
 		}
 	}
 
