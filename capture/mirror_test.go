@@ -274,3 +274,27 @@ func TestMirrorReadZeroAlloc(t *testing.T) {
 		t.Fatalf("%v allocations per Read", n)
 	}
 }
+
+// BenchmarkMirrorHandle measures decapsulating one datagram of a
+// 1000-byte segment, per encapsulation.
+func BenchmarkMirrorHandle(b *testing.B) {
+	seg := tcp4("198.18.0.2", "198.18.0.1", 40000, 80, 1, 0x18, make([]byte, 1000))
+	for _, c := range []struct {
+		name  string
+		proto MirrorProto
+		d     []byte
+	}{
+		{"vxlan", MirrorVXLAN, vxlan(5, ether(seg))},
+		{"geneve", MirrorGeneve, geneve(5, protoTransparentEth, gwlbOpt, ether(seg))},
+		{"vxlan-in-geneve", MirrorGeneve, geneve(5, etherTypeIPv4, gwlbOpt, udp4(4789, vxlan(5, ether(seg))))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s := newMirrorSource(MirrorConfig{Proto: c.proto, VNI: 5}, nil)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.d)))
+			for b.Loop() {
+				s.handle(c.d)
+			}
+		})
+	}
+}
