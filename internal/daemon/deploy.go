@@ -112,7 +112,7 @@ func (c *CopyConfig) senders(h host, log *slog.Logger) (open func() (tcpstate.Se
 		if err != nil {
 			return nil, nil, inField("Send", err)
 		}
-		return s, s, nil
+		return linksock.NewBatch(s), s, nil // one sendmmsg per worker batch
 	}
 	return open, func() []metrics.Sample { return LinkSamples(res) }, stop, nil
 }

@@ -248,28 +248,9 @@ func Open(r *Resolver) (*Sender, error) {
 
 // Send transmits one IPv4 or IPv6 packet to its destination's next hop.
 func (s *Sender) Send(pkt []byte) error {
-	var dst netip.Addr
-	var proto uint16
-	switch {
-	case len(pkt) >= 20 && pkt[0]>>4 == 4:
-		dst, proto = netip.AddrFrom4([4]byte(pkt[16:20])), unix.ETH_P_IP
-	case len(pkt) >= 40 && pkt[0]>>4 == 6:
-		dst, proto = netip.AddrFrom16([16]byte(pkt[24:40])), unix.ETH_P_IPV6
-	default:
-		return errors.New("not an ip packet")
-	}
-	h, ok := (*s.r.table.Load())[dst]
-	switch {
-	case !ok:
-		s.r.noRoute.Add(1)
-		select {
-		case s.r.want <- dst: // the resolver looks it up
-		default:
-		}
-		return ErrNoRoute
-	case !h.ok:
-		s.r.noNeigh.Add(1)
-		return ErrNoNeighbour
+	h, proto, err := s.nextHop(pkt)
+	if err != nil {
+		return err
 	}
 	s.sa.Protocol = htons(proto)
 	s.sa.Ifindex = int32(h.ifindex)

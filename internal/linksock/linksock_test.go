@@ -199,3 +199,76 @@ func TestDatalinkSendZeroAlloc(t *testing.T) {
 		})
 	}
 }
+
+// TestDatalinkBatchDelivers: packets queued in a batch, more than two
+// batches' worth in each family, all reach the shadow; queuing and
+// flushing allocate nothing.
+func TestDatalinkBatchDelivers(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	var src capture.Source
+	if err := l.Shadow.Do(func() error {
+		var err error
+		src, err = capture.OpenLive(capture.Config{Interface: lab.HostLink, Filter: "tcp and dst port 4321", InboundOnly: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var res *linksock.Resolver
+	var s *linksock.Sender
+	if err := l.Prod.Do(func() error {
+		var err error
+		if res, err = linksock.NewResolver([]netip.Addr{lab.ShadowV4, lab.ShadowV6}, 5*time.Second, quiet); err != nil {
+			return err
+		}
+		s, err = linksock.Open(res)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	defer s.Close()
+	b := linksock.NewBatch(s)
+	forged4, forged6 := netip.MustParseAddr("198.19.7.8"), netip.MustParseAddr("2001:2:0:ff::8")
+	const n = 150
+	for i := range n {
+		for _, p := range [][]byte{build(t, forged4, lab.ShadowV4, i), build(t, forged6, lab.ShadowV6, i)} {
+			if err := b.Send(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if failed, err := b.Flush(); failed != 0 {
+		t.Fatalf("%d packets refused: %v", failed, err)
+	}
+	got := map[netip.Addr]int{}
+	deadline := time.Now().Add(5 * time.Second)
+	for got[forged4]+got[forged6] < 2*n && time.Now().Before(deadline) {
+		pkt, _, err := src.Read()
+		if errors.Is(err, capture.ErrTimeout) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p rewrite.Packet
+		if err := p.DecodeHeader(pkt); err != nil {
+			t.Fatal(err)
+		}
+		got[p.SrcAddr()]++
+	}
+	if got[forged4] != n || got[forged6] != n {
+		t.Fatalf("shadow captured %d IPv4 and %d IPv6 packets, want %d each", got[forged4], got[forged6], n)
+	}
+	pkt := build(t, forged4, lab.ShadowV4, 1)
+	if a := testing.AllocsPerRun(100, func() {
+		_ = b.Send(pkt)
+		_, _ = b.Flush()
+	}); a != 0 {
+		t.Fatalf("%v allocations per send and flush", a)
+	}
+	// A destination without a next hop is refused at once, not queued.
+	if err := b.Send(build(t, forged4, netip.MustParseAddr("198.18.1.99"), 1)); !errors.Is(err, linksock.ErrNoRoute) {
+		t.Fatalf("send to an unknown destination: %v, want ErrNoRoute", err)
+	}
+}
