@@ -20,8 +20,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/tcpshadow
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Packages whose tests need no root and no lab; the others build labs.
-UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock -e /internal/cmd/tslab)
-LAB     := ./internal/lab ./internal/rawsock ./internal/cmd/tslab ./internal/e2e
+UNIT    := $(shell $(GO) list ./... 2>/dev/null | grep -v -e /internal/e2e -e /internal/lab -e /internal/rawsock -e /internal/linksock -e /internal/cmd/tslab)
+LAB     := ./internal/lab ./internal/rawsock ./internal/linksock ./internal/cmd/tslab ./internal/e2e
 
 .PHONY: help deps build test test-unit test-e2e lint demo bench bench-go bench-smoke bench-go-smoke clean install uninstall fuzz fuzz-smoke
 
@@ -66,7 +66,7 @@ bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step
 # package:FuzzTarget, each run for FUZZTIME by `make fuzz`; their seed
 # corpora run as plain tests in test-unit.
 FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
-            ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
+            ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./capture:FuzzMirrorHandle ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
             ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON

@@ -1,11 +1,14 @@
 // Package capture reads packets with libpcap, from a live interface or a
-// pcap file, and hands out their IP bytes without allocating.
+// pcap file, or from a traffic-mirroring session (VXLAN or GENEVE over
+// UDP, mirror.go), and hands out their IP bytes without allocating.
 //
 // It owns the pcap handle, its settings (snap length, kernel buffer,
-// immediate mode, direction, BPF filter) and the link-layer framing. It does
-// not interpret TCP: callers decode the IP packets they get (package
-// rewrite) and must copy them before the next Read, because reads are
-// zero-copy views into libpcap's ring.
+// immediate mode, direction, BPF filter), the mirror session's socket and
+// tunnel headers, and the link-layer framing. It does not interpret TCP
+// beyond counting a mirror's out-of-order segments: callers decode the IP
+// packets they get (package rewrite) and must copy them before the next
+// Read, because reads are zero-copy views into libpcap's ring or the
+// mirror's buffer.
 package capture
 
 import (

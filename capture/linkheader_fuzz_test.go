@@ -36,3 +36,39 @@ func FuzzLinkHeaderLen(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMirrorHandle: whatever a datagram holds, decapsulating it never
+// panics, counts it exactly once, and returns a packet lying inside it
+// that starts with an IP version nibble.
+func FuzzMirrorHandle(f *testing.F) {
+	seg := tcp4("198.18.0.2", "198.18.0.1", 40000, 80, 1, 0x18, []byte("GET /"))
+	for _, d := range [][]byte{
+		vxlan(5, ether(seg)), vxlan(5, ether(seg))[:30], geneve(5, protoTransparentEth, gwlbOpt, ether(seg)),
+		geneve(5, etherTypeIPv4, gwlbOpt, udp4(4789, vxlan(5, ether(seg)))), geneve(5, etherTypeIPv6, nil, nil),
+		{0x3f, 0, 0x65, 0x58}, {}, {8, 0, 0, 0, 0, 0, 5, 0},
+	} {
+		f.Add(true, d)
+		f.Add(false, d)
+	}
+	f.Fuzz(func(t *testing.T, isGeneve bool, d []byte) {
+		proto := MirrorVXLAN
+		if isGeneve {
+			proto = MirrorGeneve
+		}
+		s := newMirrorSource(MirrorConfig{Proto: proto, VNI: AnyVNI}, nil)
+		pkt, ok := s.handle(d)
+		st := s.MirrorStats()
+		if st.Frames+st.BadTunnel+st.OtherVNI+st.NonIP != 1 {
+			t.Fatalf("counted %+v", st)
+		}
+		if !ok {
+			return
+		}
+		if len(pkt) == 0 || (pkt[0]>>4 != 4 && pkt[0]>>4 != 6) {
+			t.Fatalf("returned %x", pkt)
+		}
+		if total, _ := ipTotalLen(pkt); total < len(pkt) {
+			t.Fatalf("packet of %d bytes past its total length %d", len(pkt), total)
+		}
+	})
+}

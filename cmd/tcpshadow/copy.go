@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/internal/daemon"
@@ -20,6 +21,8 @@ import (
 // copyOptions are the copy command's flags as given.
 type copyOptions struct {
 	iface        string
+	capture      string // a mirror session's URL, replacing iface
+	send         string
 	maps         []string
 	agent        string
 	tlsCA        string
@@ -72,6 +75,12 @@ func newCopyCmdWith(g *globalOptions, o *copyOptions) *cobra.Command {
 into the shadow's sequence space) and plays the client's side of TCP, learning
 the shadow's replies from the intercept agent.
 
+On a mirror target (nothing of tcpshadow on prod), --capture replaces
+--iface: vxlan://ADDR[:PORT][?vni=N] (AWS VPC Traffic Mirroring, switches)
+or geneve://ADDR[:PORT][?vni=N] (GCP Packet Mirroring, AWS Gateway Load
+Balancer, VXLAN inside it too). --send datalink sends at the datalink to the
+next hop's MAC address, past the host's netfilter rules and conntrack.
+
 Maps (-x, repeatable or comma-separated):
   80-198.18.1.2:80                    port 80 on any local address
   198.18.0.1:80-198.18.1.2:8080       one local address only
@@ -91,6 +100,8 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	def := daemon.DefaultCopyConfig()
 	f := cmd.Flags()
 	f.StringVarP(&o.iface, "iface", "i", "", "interface to capture client packets on (\"any\" for all)")
+	f.StringVar(&o.capture, "capture", "", "read a traffic-mirroring session instead of --iface: vxlan://ADDR[:PORT][?vni=N] or geneve://ADDR[:PORT][?vni=N]")
+	f.StringVar(&o.send, "send", string(def.Send), "how packets leave for the shadow: raw (IP sockets, through the host's netfilter and conntrack) or datalink (to the next hop's MAC, past them)")
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "what to copy where: [LOCALADDR:]PORT-TARGETADDR:PORT (repeatable)")
 	f.StringVarP(&o.agent, "intercept", "s", "", fmt.Sprintf("intercept agent address HOST[:PORT] (default port %d)", wire.DefaultPort))
 	f.StringVar(&o.tlsCA, "tls-ca", "", "talk to the agent over TLS, verifying its certificate against these PEM CA certificates")
@@ -132,6 +143,11 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 	m := map[string]fieldFlag{
 		"Capture.Interface":       {flag: "iface"},
 		"Capture.SnapLen":         {flag: "snaplen"},
+		"Mirror.Proto":            {flag: "capture", given: o.capture},
+		"Mirror.Addr":             {flag: "capture", given: o.capture},
+		"Mirror.VNI":              {flag: "capture", given: o.capture},
+		"Engine.TrustInbound":     {flag: "trust-inbound"},
+		"Send":                    {flag: "send", given: o.send},
 		"Client.Addr":             {flag: "intercept", given: o.agent},
 		"MaxCPU":                  {flag: "max-cpu"},
 		"MaxMemory":               {flag: "max-memory", given: o.maxMemory},
@@ -158,8 +174,18 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 // in the config file when the file set it.
 func (o *copyOptions) config() (*copyConfig, error) {
 	n := o.from.name
-	if o.iface == "" {
-		return nil, fmt.Errorf("%s is required", o.from.missing("iface"))
+	if o.iface == "" && o.capture == "" {
+		return nil, fmt.Errorf("%s is required (or %s on a mirror target)", o.from.missing("iface"), n("capture"))
+	}
+	if o.iface != "" && o.capture != "" {
+		return nil, fmt.Errorf("%s or %s, not both: a mirror session carries what the interface would", n("iface"), n("capture"))
+	}
+	mirror := capture.MirrorConfig{VNI: capture.AnyVNI}
+	if o.capture != "" {
+		var err error
+		if mirror, err = capture.ParseMirrorURL(o.capture); err != nil {
+			return nil, fmt.Errorf("%s: %w", n("capture"), err)
+		}
 	}
 	if len(o.maps) == 0 {
 		return nil, fmt.Errorf("%s is required: what to copy where, e.g. 80-198.18.1.2:80", o.from.missing("map"))
@@ -239,6 +265,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	}
 	cfg.Client.Addr, cfg.Client.Name, cfg.Client.Secret, cfg.Client.TLS = agent, shared.name, shared.secret, tlsCfg
 	cfg.MaxCPU, cfg.MaxMemory = o.maxCPU, maxMemory
+	cfg.Mirror, cfg.Send = mirror, daemon.SendMode(o.send)
 	cfg.MetricsAddr, cfg.Pprof, cfg.StatsInterval, cfg.Dump = o.daemon.metricsAddr, o.daemon.pprof, o.daemon.statsInterval, o.daemon.dump.config()
 	if err := cfg.Validate(); err != nil {
 		return nil, o.from.explain(err, o.fieldFlags())

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/doctor"
@@ -42,6 +43,9 @@ type doctorOptions struct {
 	to           []string
 	prod         string
 	listen       string
+	send         string
+	capture      string
+	mirrorListen time.Duration
 }
 
 // doctorFlagRoles says which roles each role-specific flag applies to: a
@@ -60,6 +64,9 @@ var doctorFlagRoles = map[string][]string{
 	"to":              {"shadow", "assist"},
 	"prod":            {"shadow"},
 	"listen":          {"assist"},
+	"send":            {"prod"},
+	"capture":         {"prod"},
+	"mirror-listen":   {"prod"},
 }
 
 // doctorConfig is what a validated doctor run checks.
@@ -95,6 +102,11 @@ connection to the shadow (and resets it).
   prod:   capture and raw sends permitted; GRO/LRO off on --iface; the agent at
           --intercept answers the handshake (with --secret-file, and --tls-ca
           when the agent speaks TLS)
+  prod:   with --send raw (copy's default), warns when raw sends would pass a
+          conntrack table in use or output rules (suggests --send datalink)
+  prod --capture URL: on a mirror target, listens to the session for
+          --mirror-listen instead of checking --iface: nothing delivered, only
+          another VNI or garbage, or truncated frames are named
   prod --probe: one forged SYN per --map from --client-pool through the whole
           path (prod → shadow → assist → prod); says which hop failed
 
@@ -127,6 +139,9 @@ Examples:
 	f.BoolVar(&o.probe, "probe", false, "prod: send one synthetic connection per --map through the whole path")
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "prod --probe: [LOCALADDR:]PORT-TARGETADDR:PORT, as for copy (repeatable)")
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "prod --probe: the client pool to forge the probe's source from (one per family)")
+	f.StringVar(&o.send, "send", doctor.SendRaw, "prod: the send path copy uses, raw or datalink (as copy --send)")
+	f.StringVar(&o.capture, "capture", "", "prod: the mirror session copy reads, replacing --iface (as copy --capture)")
+	f.DurationVar(&o.mirrorListen, "mirror-listen", doctor.MirrorListen, "prod --capture: how long to listen to the mirror session")
 	f.DurationVar(&o.probeTimeout, "probe-timeout", 3*time.Second, "prod --probe: how long to wait for the shadow's relayed reply")
 	f.StringSliceVar(&o.via, "via", nil, "shadow: the assist host's address (one per address family)")
 	f.StringSliceVar(&o.to, "to", nil, "shadow, assist: client pool or client range the shadow's replies go to (repeatable)")
@@ -225,8 +240,29 @@ func (o *doctorOptions) shadowConfig(cfg *doctorConfig, to []netip.Prefix) error
 }
 
 func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
-	if o.iface == "" {
-		return errors.New("--iface is required: the interface copy captures on")
+	if o.iface == "" && o.capture == "" {
+		return errors.New("--iface is required: the interface copy captures on (or --capture on a mirror target)")
+	}
+	if o.send != "" && o.send != doctor.SendRaw && o.send != doctor.SendDatalink {
+		return fmt.Errorf("--send %q: want raw or datalink", o.send)
+	}
+	var checkMirror func(context.Context) doctor.Result
+	if o.capture != "" {
+		if o.iface != "" {
+			return errors.New("--iface or --capture, not both")
+		}
+		m, err := capture.ParseMirrorURL(o.capture)
+		if err != nil {
+			return fmt.Errorf("--capture: %w", err)
+		}
+		if o.mirrorListen <= 0 || o.mirrorListen > time.Minute {
+			return fmt.Errorf("--mirror-listen %v: want (0, 1m]", o.mirrorListen)
+		}
+		d := o.mirrorListen
+		checkMirror = func(ctx context.Context) doctor.Result {
+			st, err := doctor.ListenMirror(ctx, m, d)
+			return doctor.MirrorResult(m.String(), st, d, err)
+		}
 	}
 	if o.agent == "" {
 		return errors.New("--intercept is required: the intercept agent's address")
@@ -279,7 +315,7 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 	host, _ := os.Hostname()
 	cfg.name = "doctor@" + host
 	cfg.agentAddr, cfg.secret, cfg.pool, cfg.probeTimeout = agent, secret, pool, o.probeTimeout
-	cfg.prod = doctor.ProdConfig{Iface: o.iface, Agent: agent}
+	cfg.prod = doctor.ProdConfig{Iface: o.iface, Agent: agent, Send: o.send, CheckMirror: checkMirror}
 	return nil
 }
 

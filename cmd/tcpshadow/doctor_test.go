@@ -34,6 +34,9 @@ func doctorConfigFrom(t testing.TB, args ...string) (*doctorConfig, error) {
 		to:           flagValue(t, f.GetStringSlice, "to"),
 		prod:         flagValue(t, f.GetString, "prod"),
 		listen:       flagValue(t, f.GetString, "listen"),
+		send:         flagValue(t, f.GetString, "send"),
+		capture:      flagValue(t, f.GetString, "capture"),
+		mirrorListen: flagValue(t, f.GetDuration, "mirror-listen"),
 	}
 	return o.config(f)
 }
@@ -129,6 +132,11 @@ func TestDoctorConfigErrorsNameTheFlag(t *testing.T) {
 		{append(slices.Clone(probe), "--map", "80-[2001:2:0:1::2]:80", "--client-pool", "198.19.0.0/16"), "--client-pool of 2001:2:0:1::2's"},
 		{append(slices.Clone(prod), "--client-pool", "198.19.0.0/16", "--client-pool", "198.20.0.0/16"), "--client-pool"},
 		{append(slices.Clone(prod), "--client-pool", "pool"), `--client-pool "pool"`},
+		{append(slices.Clone(prod), "--send", "pigeon"), `--send "pigeon"`},
+		{append(slices.Clone(prod), "--capture", "vxlan://198.18.1.3"), "--iface or --capture, not both"},
+		{[]string{"--role", "prod", "--intercept", "198.18.1.3", "--capture", "gre://198.18.1.3"}, "--capture: mirror"},
+		{[]string{"--role", "prod", "--intercept", "198.18.1.3", "--capture", "vxlan://198.18.1.3", "--mirror-listen", "2m"}, "--mirror-listen 2m0s"},
+		{[]string{"--role", "shadow", "--via", "198.18.1.3", "--to", "198.19.0.0/16", "--send", "datalink"}, "--send"},
 		{append(slices.Clone(probe), "--client-pool", "198.19.0.0/16", "--probe-timeout", "0s"), "--probe-timeout 0s"},
 		// Flags of another role are a mistake, named with the roles they are for.
 		{[]string{"--role", "assist", "-i", "eth0", "--via", "198.18.1.3"}, "--via applies to --role shadow, not --role assist"},

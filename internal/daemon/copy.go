@@ -33,6 +33,12 @@ type CopyConfig struct {
 	// Compare configures the comparison of prod's answers with the
 	// shadow's (Engine.ComparePrefix > 0).
 	Compare CompareConfig
+	// Mirror, when its Proto is set, replaces both captures: the daemon
+	// runs on a mirror target and reads both directions of prod's traffic
+	// from the session (Capture.BufferSize sizes its socket buffer unless
+	// Mirror.BufferSize does).
+	Mirror capture.MirrorConfig
+	Send   SendMode // how packets leave for the shadow
 
 	MaxCPU    int   // CPUs used at once (GOMAXPROCS)
 	MaxMemory int64 // bytes: the Go heap's soft limit (GOMEMLIMIT) and the engine's budgets
@@ -59,6 +65,8 @@ func DefaultCopyConfig() CopyConfig {
 		StatsInterval: 30 * time.Second,
 		Dump:          pcapdump.DefaultConfig(),
 		Compare:       CompareConfig{DivergenceLog: DefaultDivergenceLog, DivergenceLogOptional: true},
+		Mirror:        capture.MirrorConfig{VNI: capture.AnyVNI},
+		Send:          SendRaw,
 	}
 	// The copier must never see what it sends itself, whatever the filter.
 	c.Capture.InboundOnly = true
@@ -102,9 +110,10 @@ const prodSnapLen = 256
 // conversations (scenario 33): the packets prod sends from the maps'
 // local endpoints, on Capture's interface, cut after their headers and a
 // short prefix, in a ring a quarter of Capture's (at least 1 MiB). ok is
-// false with Engine.TrustInbound: then nothing of prod's is read.
+// false with Engine.TrustInbound, when nothing of prod's is read, and
+// with a Mirror, whose session carries prod's side.
 func (c *CopyConfig) ProdCaptureConfig() (cc capture.Config, ok bool) {
-	if c.Engine.TrustInbound {
+	if c.Engine.TrustInbound || c.mirrored() {
 		return capture.Config{}, false
 	}
 	cc = c.Capture
@@ -137,7 +146,10 @@ func (c *CopyConfig) endpoints() (locals, targets []netip.AddrPort) {
 
 // Validate checks the configuration; errors are *FieldError.
 func (c *CopyConfig) Validate() error {
-	if err := validateCapture(&c.Capture); err != nil {
+	if err := c.validateSource(); err != nil {
+		return err
+	}
+	if err := c.validateSend(); err != nil {
 		return err
 	}
 	if c.Client.Addr == "" {
@@ -201,9 +213,14 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	stopHangup := reopenOnHangup(log, logFile, dump)
 	defer stopHangup()
 	h.limit(cfg.MaxCPU, cfg.MaxMemory)
+	openSender, sendSamples, stopSend, err := cfg.senders(h, log)
+	if err != nil {
+		return err
+	}
+	defer stopSend() // deferred before the senders' Close: runs after them
 	senders := make([]tcpstate.Sender, ecfg.Workers)
 	for i := range senders {
-		s, closer, err := h.openSender()
+		s, closer, err := openSender()
 		if err != nil {
 			return err
 		}
@@ -234,7 +251,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err != nil {
 		return inField("Engine", err)
 	}
-	src, err := h.openCapture(ccfg)
+	src, err := cfg.openSource(h, ccfg)
 	if err != nil {
 		return err
 	}
@@ -254,6 +271,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	samples := func() []metrics.Sample {
 		out := append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+		out = append(append(out, MirrorSamples(src)...), sendSamples()...)
 		if cmp != nil {
 			out = append(out, cmp.Samples()...)
 		}
@@ -271,7 +289,8 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	log.Info("copying", "iface", ccfg.Interface, "filter", ccfg.Filter, "prod_filter", pcfg.Filter,
 		"maps", fmt.Sprint(ecfg.Maps), "agent", cfg.Client.Addr, "workers", ecfg.Workers)
-	if !prodSide {
+	cfg.logDeployment(log, ccfg)
+	if !prodSide && !cfg.mirrored() {
 		log.Warn("trusting inbound packets: prod's side is not captured, so spoofed or firewalled packets reach the shadow too")
 	}
 

@@ -1,7 +1,7 @@
 // Package daemon assembles tcpshadow's two daemons from their
 // configurations and runs them until their context ends: the copy daemon
-// (RunCopy: capture → tcpstate engine → raw sockets, with the control
-// channel's client) and the intercept agent (RunAgent: capture → relay to
+// (RunCopy: capture or a mirror session → tcpstate engine → raw or
+// datalink sockets, with the control channel's client) and the intercept agent (RunAgent: capture → relay to
 // the copy daemons). It is what etcd's server/embed is to etcd: the CLI
 // fills a config, this package runs it.
 //

@@ -37,6 +37,7 @@ func DefaultMaxCPU() int { return max(1, runtime.NumCPU()/2) }
 // captures and senders here, and leave the process's limits alone.
 type host struct {
 	openCapture func(capture.Config) (capture.Source, error)
+	openMirror  func(capture.MirrorConfig) (capture.Source, error)
 	// openSender opens one worker's way to the shadow and what closes it.
 	openSender func() (tcpstate.Sender, io.Closer, error)
 	listen     func(addr string) (net.Listener, error)
@@ -50,6 +51,7 @@ type host struct {
 func liveHost() host {
 	return host{
 		openCapture: capture.OpenLive,
+		openMirror:  capture.OpenMirror,
 		openSender: func() (tcpstate.Sender, io.Closer, error) {
 			s, err := rawsock.Open()
 			if err != nil {

@@ -335,16 +335,28 @@ type ProdConfig struct {
 	// ProbeAgent connects to the agent and completes the handshake; it
 	// returns the name the agent announced (intercept.Probe).
 	ProbeAgent func(ctx context.Context) (string, error)
+	// Send is copy's --send: SendRaw (also when empty) or SendDatalink.
+	Send string
+	// CheckMirror, on a mirror target, replaces the capture checks: it
+	// listens to the session (ListenMirror, MirrorResult).
+	CheckMirror func(ctx context.Context) Result
 }
 
 // Prod checks the prod host: capture and raw sends are permitted, the
-// capture interface does not merge segments, and the agent answers.
+// capture interface does not merge segments (or, on a mirror target, the
+// session delivers whole frames), what raw sends would pass, and the
+// agent answers.
 func Prod(ctx context.Context, h Host, c ProdConfig) Report {
-	rep := Report{captureCheck(h, c.Iface)}
-	if c.Iface != "any" && h.Link(c.Iface) == nil {
-		rep = append(rep, offloads(h, c.Iface), bigTCP(h, c.Iface))
+	var rep Report
+	if c.CheckMirror != nil {
+		rep = append(rep, c.CheckMirror(ctx))
+	} else {
+		rep = append(rep, captureCheck(h, c.Iface))
+		if c.Iface != "any" && h.Link(c.Iface) == nil {
+			rep = append(rep, offloads(h, c.Iface), bigTCP(h, c.Iface))
+		}
 	}
-	rep = append(rep, rawSocket(h))
+	rep = append(rep, rawSocket(h), SendPath(h, c.Send))
 	if c.ProbeAgent != nil {
 		name, err := c.ProbeAgent(ctx)
 		rep = append(rep, AgentResult(c.Agent, name, err))

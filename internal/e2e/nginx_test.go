@@ -122,10 +122,12 @@ func (n *nginx) accessed(t testing.TB, prefix string) []accessEntry {
 		if len(fs) < 2 || !strings.HasPrefix(fs[1], prefix) {
 			continue
 		}
-		host, port, err := net.SplitHostPort(fs[0])
-		if err != nil {
+		// $remote_addr:$remote_port, IPv6 addresses unbracketed.
+		i := strings.LastIndexByte(fs[0], ':')
+		if i < 0 {
 			continue
 		}
+		host, port := fs[0][:i], fs[0][i+1:]
 		ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
 		if err != nil {
 			continue

@@ -29,6 +29,8 @@ type Host struct {
 	OffloadErr, CaptureErr, RawErr error
 	DropChains                     []string
 	ChainsErr                      error // doctor.ErrNotChecked: as without nft
+	OutChains                      []string
+	OutErr                         error // OutputChains' error
 }
 
 var _ doctor.Host = (*Host)(nil)
