@@ -320,7 +320,9 @@ func copyStages(rows map[string]statRow) []stage {
 	capture := take(rows, plain("tcpshadow_capture_kernel_received_total", "tcpshadow_capture_kernel_dropped_total",
 		"tcpshadow_capture_interface_dropped_total", "tcpshadow_capture_non_ip_total"))
 	capture = append(capture, take(rows, prefixed(rows, "tcpshadow_capture_"))...)
+	capture = append(capture, take(rows, prefixed(rows, "tcpshadow_mirror_"))...)
 	eng := take(rows, labelled(events, engine))
+	eng = append(eng, take(rows, prefixed(rows, "tcpshadow_datalink_"))...)
 	sess := take(rows, plain("tcpshadow_copy_sessions_active", "tcpshadow_copy_buffered_bytes"))
 	sess = append(sess, take(rows, labelled(events, sessions))...)
 	sess = append(sess, take(rows, labelled("tcpshadow_copy_sessions", tcpstate.StateNames()))...)
@@ -332,7 +334,8 @@ func copyStages(rows map[string]statRow) []stage {
 		"tcpshadow_agent_resyncs_total", "tcpshadow_agent_flows", "tcpshadow_agent_reply_frames_total",
 		"tcpshadow_agent_replies_total", "tcpshadow_agent_bad_frames_total"))
 	agent = append(agent, take(rows, prefixed(rows, "tcpshadow_agent_"))...)
-	return []stage{{"capture", capture}, {"engine", eng}, {"sessions", sess}, {"agent link", agent}}
+	cmp := take(rows, prefixed(rows, "tcpshadow_compare_"))
+	return []stage{{"capture", capture}, {"engine", eng}, {"sessions", sess}, {"agent link", agent}, {"comparison", cmp}}
 }
 
 func interceptStages(rows map[string]statRow) []stage {
