@@ -30,11 +30,12 @@ import (
 // maxPendingRounds bounds the rounds a session holds before the shadow's
 // side settles them: the shadow lagging further makes the oldest go
 // unpaired, counted (compare_overflow).
-const maxPendingRounds = 4
+const maxPendingRounds = 16
 
 // maxComparedSessions bounds, per worker, the sessions whose rounds are
-// kept: about 3 KiB each.
-const maxComparedSessions = 4096
+// kept: about 12 KiB each, 12 MiB a worker at most; past it sessions are
+// not compared, counted (compare_skipped): a sample.
+const maxComparedSessions = 1024
 
 // round is one request with both responses so far.
 type round struct {

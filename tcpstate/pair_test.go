@@ -149,7 +149,7 @@ func TestScenario42NoAnswerThenOverflow(t *testing.T) {
 	}
 	// The shadow acknowledges each request without answering: the pacing
 	// goes on after its no-answer wait, round by round.
-	for i := 0; i < 12; i++ {
+	for i := 0; i < 3*maxPendingRounds; i++ {
 		for _, s := range h.w.byForged {
 			h.reply(fACK, tShadowISN+1, uint32(s.sndNxt), 65535, 0, nil)
 		}

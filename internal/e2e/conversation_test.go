@@ -221,13 +221,15 @@ func checkSameRequests(t testing.TB, prod, shadow []request) {
 func TestBulkUpload(t *testing.T) {
 	// The session's buffer may hold a few seconds of the stream: the
 	// shadow, sharing two cores with everything else here, lags at times.
-	const maxSession = "--max-session-bytes=400000000"
-	t.Run("OffloadsOn", func(t *testing.T) { bulkUpload(t, lab.Config{}, maxSession) })
+	// The worker's own budget (half of --max-memory over two workers) must
+	// hold as much.
+	const maxSession, maxMemory = "--max-session-bytes=400000000", "--max-memory=2GiB"
+	t.Run("OffloadsOn", func(t *testing.T) { bulkUpload(t, lab.Config{}, maxSession, maxMemory) })
 	// Without offloads, 1 Gbit/s is 90,000 packets a second each way on
 	// this 2-core machine, shared with the client, both servers and the
 	// agent: a larger capture ring rides out the scheduler's stalls.
 	t.Run("OffloadsOff", func(t *testing.T) {
-		bulkUpload(t, lab.Config{DisableOffloads: true}, maxSession, "--capture-buffer-mb=256")
+		bulkUpload(t, lab.Config{DisableOffloads: true}, maxSession, maxMemory, "--capture-buffer-mb=256")
 	})
 }
 

@@ -344,7 +344,13 @@ func (e *env) startCopier() {
 	if e.secret != "" && !hasFlag(copyArgs, "--secret-file") {
 		copyArgs = append(slices.Clone(copyArgs), "--secret-file", e.secret)
 	}
-	if !hasFlag(copyArgs, "--divergence-log", "--no-divergence-log", "--compare-prefix") {
+	switch {
+	case hasFlag(copyArgs, "--divergence-log", "--no-divergence-log", "--compare-prefix"):
+	case e.opts.prefix != nil:
+		// A daemon run as another user cannot write in the test's
+		// directory.
+		copyArgs = append(slices.Clone(copyArgs), "--no-divergence-log")
+	default:
 		// Comparison is on by default; its log goes where the test can
 		// read it, never to the host's /var/log.
 		e.divergenceLog = filepath.Join(e.t.TempDir(), "divergence.jsonl")

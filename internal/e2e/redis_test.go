@@ -21,7 +21,10 @@ const redisServer = "/usr/bin/redis-server"
 
 // startRedis runs Debian's redis-server in ns on addr with its own config,
 // no persistence, and every file under a temp dir. The lab stops it.
-func startRedis(t *testing.T, ns *lab.NS, addr netip.AddrPort) {
+func startRedis(t *testing.T, ns *lab.NS, addr netip.AddrPort) { startRedisConf(t, ns, addr, "") }
+
+// startRedisConf is startRedis with extra configuration lines.
+func startRedisConf(t *testing.T, ns *lab.NS, addr netip.AddrPort, extra string) {
 	t.Helper()
 	if _, err := os.Stat(redisServer); err != nil {
 		t.Skipf("redis-server not installed: %v", err)
@@ -36,7 +39,7 @@ appendonly no
 dir %s
 pidfile %s
 logfile %s
-`, addr.Port(), addr.Addr(), dir, filepath.Join(dir, "redis.pid"), filepath.Join(dir, "redis.log"))
+`, addr.Port(), addr.Addr(), dir, filepath.Join(dir, "redis.pid"), filepath.Join(dir, "redis.log")) + extra
 	path := filepath.Join(dir, "redis.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
