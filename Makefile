@@ -66,7 +66,8 @@ bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step
 # package:FuzzTarget, each run for FUZZTIME by `make fuzz`; their seed
 # corpora run as plain tests in test-unit.
 FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
-            ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse
+            ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
+            ./intercept/divert:FuzzParsePacket
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each

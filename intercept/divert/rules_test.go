@@ -1,0 +1,86 @@
+package divert
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
+)
+
+// TestPoolExprs: each pool's rule matches its family's destination
+// address under the pool's mask, counts, and queues without bypass.
+func TestPoolExprs(t *testing.T) {
+	r := Rules{Queue: 7}
+	for _, tc := range []struct {
+		pool      string
+		proto     byte
+		off, n    uint32
+		mask, key []byte
+	}{
+		{"198.19.0.0/16", unix.NFPROTO_IPV4, 16, 4, []byte{255, 255, 0, 0}, []byte{198, 19, 0, 0}},
+		{"198.19.7.9/32", unix.NFPROTO_IPV4, 16, 4, nil, []byte{198, 19, 7, 9}},
+		{"2001:2:0:ff::/64", unix.NFPROTO_IPV6, 24, 16,
+			[]byte{255, 255, 255, 255, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0},
+			netip.MustParseAddr("2001:2:0:ff::").AsSlice()},
+	} {
+		es := r.poolExprs(netip.MustParsePrefix(tc.pool))
+		var sawProto, sawPayload, sawKey, sawCounter, sawQueue bool
+		var mask []byte
+		for i, e := range es {
+			switch e := e.(type) {
+			case *expr.Cmp:
+				if len(e.Data) == 1 {
+					sawProto = e.Data[0] == tc.proto && i == 1
+				} else {
+					sawKey = bytes.Equal(e.Data, tc.key)
+				}
+			case *expr.Payload:
+				sawPayload = e.Base == expr.PayloadBaseNetworkHeader && e.Offset == tc.off && e.Len == tc.n
+			case *expr.Bitwise:
+				mask = e.Mask
+			case *expr.Counter:
+				sawCounter = true
+			case *expr.Target:
+				info := *e.Info.(*xt.Unknown)
+				sawQueue = e.Name == "NFQUEUE" && e.Rev == 3 && len(info) == 8 &&
+					binary.NativeEndian.Uint16(info) == 7 && binary.NativeEndian.Uint16(info[4:])&nfqBypass == 0 && i == len(es)-1
+			}
+		}
+		if !sawProto || !sawPayload || !sawKey || !sawCounter || !sawQueue || !bytes.Equal(mask, tc.mask) {
+			t.Errorf("%s: proto %v payload %v key %v counter %v queue-last-no-bypass %v mask %v (want %v)",
+				tc.pool, sawProto, sawPayload, sawKey, sawCounter, sawQueue, mask, tc.mask)
+		}
+		got := readRule(es)
+		if got.Pool != netip.MustParsePrefix(tc.pool) || got.Queue != 7 || !got.Queued || got.Bypass {
+			t.Errorf("%s: read back as %+v", tc.pool, got)
+		}
+	}
+}
+
+// TestPoolExprsMasksHostBits: a pool written with host bits set matches
+// its masked prefix.
+func TestPoolExprsMasksHostBits(t *testing.T) {
+	r := Rules{Queue: 1}
+	got := readRule(r.poolExprs(netip.MustParsePrefix("198.19.3.4/16")))
+	if got.Pool != netip.MustParsePrefix("198.19.0.0/16") {
+		t.Fatalf("pool read back as %v, want 198.19.0.0/16", got.Pool)
+	}
+}
+
+// TestReadRuleForeign: a rule Install does not write has no pool.
+func TestReadRuleForeign(t *testing.T) {
+	got := readRule([]expr.Any{&expr.Counter{Packets: 3}, &expr.Queue{Num: 2, Flag: expr.QueueFlagBypass}})
+	if got.Pool.IsValid() || !got.Bypass || got.Packets != 3 || got.Queue != 2 {
+		t.Fatalf("read back as %+v", got)
+	}
+}
+
+func TestInstallNoPools(t *testing.T) {
+	if _, err := (&Rules{Queue: 1}).Install(); err == nil {
+		t.Fatal("Install with no pools succeeded")
+	}
+}
