@@ -193,7 +193,9 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 		return inField("Listen", err)
 	}
 	agent := intercept.NewAgent(cfg.RelayConfig(), src, ln, log)
-	samples := func() []metrics.Sample { return append(append(AgentSamples(agent, src), LocalSamples(queue)...), DumpSamples(dump)...) }
+	samples := func() []metrics.Sample {
+		return append(append(AgentSamples(agent, src), LocalSamples(queue)...), DumpSamples(dump)...)
+	}
 	if cfg.MetricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
 			ln.Close()
