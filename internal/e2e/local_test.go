@@ -390,3 +390,51 @@ func TestLocalRulesLifecycle(t *testing.T) {
 	}
 	e.leaks.Stop(5 * time.Second)
 }
+
+// doctor runs doctor --role shadow --local on the shadow and returns its
+// output and whether it exited 0.
+func (e *localEnv) doctor() (string, bool) {
+	e.t.Helper()
+	out, err := e.lab.Shadow.Run(context.Background(), binPath, "doctor", "--role", "shadow", "--local",
+		"--to", lab.PoolV4.String(), "--to", lab.PoolV6.String())
+	return string(out), err == nil
+}
+
+// TestLocalDoctor: doctor --role shadow --local passes every check while
+// the agent runs and copies; names the unbound queue once the agent is
+// killed (rules still dropping), and the missing table once it stopped.
+func TestLocalDoctor(t *testing.T) {
+	e := newLocalEnv(t)
+	if n := e.curl(false, urls(lab.ProdClientSideV4.String(), "/doc", 5)...); n != 5 {
+		t.Fatalf("curl opened %d connections", n)
+	}
+	e.checkCopied(e.prod4, e.shadow4, "/doc/", 5)
+	out, ok := e.doctor()
+	if !ok || !strings.Contains(out, "doctor --role shadow: 6 ok, 0 warn, 0 FAIL") ||
+		!strings.Contains(out, "ok   no_leak 198.19.0.0/16: the route (via 198.18.1.1 dev eth0) is never used") {
+		t.Fatalf("doctor with the agent running (exit 0: %v):\n%s", ok, out)
+	}
+	t.Logf("doctor, agent running:\n%s", out)
+
+	if err := e.agent.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-e.agent.Done()
+	out, ok = e.doctor()
+	if ok || !strings.Contains(out, "FAIL queue 36524: no agent bound") || !strings.Contains(out, "5 ok, 0 warn, 1 FAIL") {
+		t.Fatalf("doctor with the agent killed (exit 0: %v):\n%s", ok, out)
+	}
+
+	e.startAgent()
+	if err := e.agent.Stop(10 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Logf("agent stop: %v", err)
+	}
+	out, ok = e.doctor()
+	if ok || !strings.Contains(out, "FAIL rules inet tcpshadow_local: table missing") ||
+		!strings.Contains(out, "FAIL no_leak 198.19.0.0/16: replies to the pool leave via 198.18.1.1 dev eth0") {
+		t.Fatalf("doctor with the agent stopped (exit 0: %v):\n%s", ok, out)
+	}
+	if leaks := e.leaked(); len(leaks) != 0 {
+		t.Fatalf("%d packets from the shadow to the pools crossed the segment, first: %s", len(leaks), leaks[0])
+	}
+}
