@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,9 +37,22 @@ type localEnv struct {
 	leaks         *lab.Process // tcpdump on the shadow's switch port
 	leakFile      string
 	secret        string
+	opts          localEnvOptions
 }
 
-func newLocalEnv(t *testing.T) *localEnv {
+// localSecret is the control channel's secret in the two-host tests.
+const localSecret = "bG9jYWwtdHdvLWhvc3RzLXNlY3JldA=="
+
+// localEnvOptions shape a localEnv; the zero value runs the agent as root.
+type localEnvOptions struct {
+	agentPrefix []string // run in front of the agent's binary (setpriv ...)
+	bin         string   // the binary, when not binPath
+	secretUID   int      // owner of the secret file
+}
+
+func newLocalEnv(t *testing.T) *localEnv { return newLocalEnvWith(t, localEnvOptions{}) }
+
+func newLocalEnvWith(t *testing.T, o localEnvOptions) *localEnv {
 	t.Helper()
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		t.Skip("tcpdump not installed")
@@ -47,13 +61,13 @@ func newLocalEnv(t *testing.T) *localEnv {
 		t.Skip("curl not installed")
 	}
 	l := lab.NewT(t, lab.Config{Prefix: "tslocal", TwoHosts: true})
-	e := &localEnv{t: t, lab: l}
+	e := &localEnv{t: t, lab: l, opts: o}
 	e.watchLeaks()
 	e.prod4 = startNginx(t, l.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), time.Minute)
 	e.prod6 = startNginx(t, l.Prod, netip.AddrPortFrom(lab.ProdClientSideV6, 80), time.Minute)
 	e.shadow4 = startNginx(t, l.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), time.Minute)
 	e.shadow6 = startNginx(t, l.Shadow, netip.AddrPortFrom(lab.ShadowV6, 80), time.Minute)
-	e.secret = writeSecretFile(t, "bG9jYWwtdHdvLWhvc3RzLXNlY3JldA==", 0)
+	e.secret = writeSecretFile(t, localSecret, o.secretUID)
 	e.agentArgs = []string{"intercept", "--local", "--to", lab.PoolV4.String(), "--to", lab.PoolV6.String(),
 		"--listen", net.JoinHostPort(lab.ShadowV4.String(), agentPort),
 		"--metrics", net.JoinHostPort(lab.ShadowV4.String(), metricsPort),
@@ -74,16 +88,18 @@ func newLocalEnv(t *testing.T) *localEnv {
 		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
 		"--metrics", net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s", "--workers", "2",
-		"--secret-file", e.secret}
+		"--secret-file", writeSecretFile(t, localSecret, 0)} // the copier wants its own file root's
 	var err error
 	e.copier, err = l.Prod.Start(context.Background(), binPath, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "copy daemon connected to the agent", 10*time.Second, func() bool {
+	if !waitFor(t, "copy daemon connected to the agent", 10*time.Second, func() bool {
 		m, err := scrape(l.Prod, net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort))
 		return err == nil && m["tcpshadow_agent_connected"] == 1
-	})
+	}) {
+		t.FailNow()
+	}
 	return e
 }
 
@@ -91,7 +107,12 @@ func newLocalEnv(t *testing.T) *localEnv {
 // its port.
 func (e *localEnv) startAgent() {
 	e.t.Helper()
-	p, err := e.lab.Shadow.Start(context.Background(), binPath, e.agentArgs...)
+	bin := binPath
+	if e.opts.bin != "" {
+		bin = e.opts.bin
+	}
+	argv := append(append(slices.Clone(e.opts.agentPrefix), bin), e.agentArgs...)
+	p, err := e.lab.Shadow.Start(context.Background(), argv[0], argv[1:]...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -433,6 +454,37 @@ func TestLocalDoctor(t *testing.T) {
 	if ok || !strings.Contains(out, "FAIL rules inet tcpshadow_local: table missing") ||
 		!strings.Contains(out, "FAIL no_leak 198.19.0.0/16: replies to the pool leave via 198.18.1.1 dev eth0") {
 		t.Fatalf("doctor with the agent stopped (exit 0: %v):\n%s", ok, out)
+	}
+	if leaks := e.leaked(); len(leaks) != 0 {
+		t.Fatalf("%d packets from the shadow to the pools crossed the segment, first: %s", len(leaks), leaks[0])
+	}
+}
+
+// TestLocalCapsOnly: the agent in the two-host mode runs as user nobody
+// with CAP_NET_ADMIN alone (nftables and the NFQUEUE binding need it,
+// capture no longer does): it installs its rules, the copy is complete,
+// and SIGTERM removes them.
+func TestLocalCapsOnly(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	e := newLocalEnvWith(t, localEnvOptions{
+		agentPrefix: unprivileged([]string{"CAP_NET_ADMIN"}),
+		bin:         worldExecutable(t, binPath),
+		secretUID:   65534,
+	})
+	if n := e.curl(false, urls(lab.ProdClientSideV4.String(), "/caps", 20)...); n != 20 {
+		t.Fatalf("curl opened %d connections", n)
+	}
+	e.checkCopied(e.prod4, e.shadow4, "/caps/", 20)
+	if _, ok := e.rules(); !ok {
+		t.Fatal("no rules while the agent runs")
+	}
+	if err := e.agent.Stop(10 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Logf("agent stop: %v", err)
+	}
+	if s, ok := e.rules(); ok {
+		t.Fatalf("rules after SIGTERM:\n%s", s)
 	}
 	if leaks := e.leaked(); len(leaks) != 0 {
 		t.Fatalf("%d packets from the shadow to the pools crossed the segment, first: %s", len(leaks), leaks[0])
