@@ -266,12 +266,19 @@ func (e *localEnv) agentMetrics() map[string]float64 {
 }
 
 func (e *localEnv) dumpMetrics() {
-	m, err := scrape(e.lab.Prod, net.JoinHostPort(lab.ShadowV4.String(), metricsPort))
-	e.t.Logf("agent metrics (%v):", err)
-	for k, v := range m {
-		if v != 0 && strings.HasPrefix(k, "tcpshadow_intercept") {
-			e.t.Logf("  %s %g", k, v)
+	for _, d := range []struct{ name, addr string }{
+		{"agent", net.JoinHostPort(lab.ShadowV4.String(), metricsPort)},
+		{"copy daemon", net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort)},
+	} {
+		m, err := scrape(e.lab.Prod, d.addr)
+		var lines []string
+		for k, v := range m {
+			if v != 0 && strings.HasPrefix(k, "tcpshadow_") {
+				lines = append(lines, fmt.Sprintf("  %s %g", k, v))
+			}
 		}
+		slices.Sort(lines)
+		e.t.Logf("%s metrics (%v):\n%s", d.name, err, strings.Join(lines, "\n"))
 	}
 }
 
