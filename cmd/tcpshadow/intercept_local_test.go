@@ -52,3 +52,20 @@ func TestInterceptLocalConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestInterceptLocalDerived: config check says what the two-host mode
+// diverts, in place of the capture filter.
+func TestInterceptLocalDerived(t *testing.T) {
+	cfg, err := interceptOptionsFrom(t, "--local", "--to", "198.19.0.0/16", "--insecure-no-auth").config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range interceptDerived(cfg) {
+		if d[0] == "capture filter" {
+			t.Errorf("derived a capture filter for --local: %q", d[1])
+		}
+		if d[0] == "two hosts" && d[1] != "this host's packets to 198.19.0.0/16 diverted to NFQUEUE 36524 (at most 8192 held), nftables table inet tcpshadow_local" {
+			t.Errorf("derived %q", d[1])
+		}
+	}
+}
