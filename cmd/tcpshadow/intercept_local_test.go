@@ -60,12 +60,17 @@ func TestInterceptLocalDerived(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := false
 	for _, d := range interceptDerived(cfg) {
+		found = found || d[0] == "two hosts"
 		if d[0] == "capture filter" {
 			t.Errorf("derived a capture filter for --local: %q", d[1])
 		}
 		if d[0] == "two hosts" && d[1] != "this host's packets to 198.19.0.0/16 diverted to NFQUEUE 36524 (at most 8192 held), nftables table inet tcpshadow_local" {
 			t.Errorf("derived %q", d[1])
 		}
+	}
+	if !found {
+		t.Error("nothing derived for the two-host mode")
 	}
 }
