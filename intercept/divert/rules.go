@@ -135,6 +135,9 @@ func (r *Rules) Install() (replaced bool, err error) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.poolExprs(p)})
 	}
 	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, fmt.Errorf("nftables: install table inet %s: %w (the kernel lacks the NFQUEUE target: modprobe nft_compat xt_NFQUEUE)", TableName, err)
+		}
 		return false, fmt.Errorf("nftables: install table inet %s: %w", TableName, err)
 	}
 	return replaced, nil
