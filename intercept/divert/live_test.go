@@ -82,6 +82,22 @@ func TestLiveDivert(t *testing.T) {
 			t.Fatalf("read a packet to %v (%d bytes), want the datagram to %v", got, len(b), dst)
 		}
 	}
+	// The kernel's counters, as the agent in the namespace reads them (a
+	// thread's own view: the test process lives in another namespace).
+	q.procPath = "/proc/thread-self/net/netfilter/nfnetlink_queue"
+	var st Stats
+	var k KernelQueue
+	if err := l.Shadow.Do(func() (err error) {
+		st = q.QueueStats()
+		k, err = ReadKernelQueue(q.procPath, cfg.Num)
+		return err
+	}); err != nil {
+		t.Fatalf("the kernel's queue %d: %v", cfg.Num, err)
+	}
+	if st.Read != 2 || st.Queued != 2 || st.QueueTotal != 0 || st.QueueDropped != 0 || st.UserDropped != 0 ||
+		k.PortID == 0 || k.CopyMode != 2 || k.CopyRange != uint64(cfg.CopyRange) {
+		t.Fatalf("stats %+v, kernel %+v: want 2 read and queued, none held or dropped, copy mode 2, range %d", st, k, cfg.CopyRange)
+	}
 	// The agent gone: the kernel drops, since the rule has no bypass.
 	q.Close()
 	send(dst4)

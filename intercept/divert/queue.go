@@ -56,6 +56,7 @@ type Stats struct {
 	VerdictErrors uint64 // verdicts the kernel refused (the packet is dropped when the queue goes)
 	Overruns      uint64 // reads that found the socket's buffer had overflowed
 	QueueTotal    uint64 // packets held in the queue now (gauge), from the kernel
+	Queued        uint64 // packets the kernel queued since the binding
 	QueueDropped  uint64 // dropped by the kernel: queue full
 	UserDropped   uint64 // dropped by the kernel: the agent's socket full
 }
@@ -148,7 +149,9 @@ func (q *Queue) configure() error {
 // that arrive meanwhile (the rules may already be in place) are dropped
 // at once.
 func (q *Queue) awaitAck() error {
-	for range 64 {
+	// Bounded: packets queue only once the parameters are set (before, the
+	// kernel drops them), so few can come before the last acknowledgement.
+	for range 4096 {
 		n, err := q.c.recv(q.buf)
 		if err != nil {
 			return err
@@ -284,7 +287,7 @@ func (q *Queue) QueueStats() Stats {
 		VerdictErrors: q.st.verdictErrors.Load(), Overruns: q.st.overruns.Load(),
 	}
 	if k, err := ReadKernelQueue(q.procPath, q.cfg.Num); err == nil {
-		s.QueueTotal, s.QueueDropped, s.UserDropped = k.Total, k.Dropped, k.UserDropped
+		s.QueueTotal, s.QueueDropped, s.UserDropped, s.Queued = k.Total, k.Dropped, k.UserDropped, k.IDSequence
 	}
 	return s
 }
@@ -293,7 +296,7 @@ func (q *Queue) QueueStats() Stats {
 // queue full or socket full, are KernelDropped; malformed messages NonIP.
 func (q *Queue) Stats() capture.Stats {
 	s := q.QueueStats()
-	return capture.Stats{Read: s.Read, NonIP: s.Malformed, KernelRecv: s.Read + s.QueueTotal,
+	return capture.Stats{Read: s.Read, NonIP: s.Malformed, KernelRecv: s.Queued,
 		KernelDropped: s.QueueDropped + s.UserDropped}
 }
 
@@ -307,6 +310,7 @@ type KernelQueue struct {
 	CopyRange   uint64
 	Dropped     uint64 // queue full
 	UserDropped uint64 // the listener's socket full
+	IDSequence  uint64 // the last packet id: packets queued since the binding
 }
 
 // ErrNotBound is ReadKernelQueue's answer for a queue no process binds.
@@ -327,10 +331,10 @@ func ReadKernelQueue(path string, num uint16) (KernelQueue, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) < 7 {
+		if len(fs) < 8 {
 			continue
 		}
-		var v [7]uint64
+		var v [8]uint64
 		ok := true
 		for i := range v {
 			if v[i], err = strconv.ParseUint(fs[i], 10, 64); err != nil {
@@ -341,7 +345,7 @@ func ReadKernelQueue(path string, num uint16) (KernelQueue, error) {
 			continue
 		}
 		return KernelQueue{Num: num, PortID: uint32(v[1]), Total: v[2], CopyMode: int(v[3]),
-			CopyRange: v[4], Dropped: v[5], UserDropped: v[6]}, nil
+			CopyRange: v[4], Dropped: v[5], UserDropped: v[6], IDSequence: v[7]}, nil
 	}
 	if err := sc.Err(); err != nil {
 		return KernelQueue{}, err

@@ -208,7 +208,7 @@ func TestReadKernelQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k.PortID != 991 || k.Total != 2 || k.CopyMode != 2 || k.CopyRange != 256 || k.Dropped != 5 || k.UserDropped != 7 {
+	if k.PortID != 991 || k.Total != 2 || k.CopyMode != 2 || k.CopyRange != 256 || k.Dropped != 5 || k.UserDropped != 7 || k.IDSequence != 44 {
 		t.Fatalf("read %+v", k)
 	}
 	if _, err := ReadKernelQueue(path, 3); !errors.Is(err, ErrNotBound) {
