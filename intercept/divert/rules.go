@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,12 +34,17 @@ type Rules struct {
 	// nsFd, when not 0, is the network namespace to work in (tests);
 	// 0: the process's.
 	nsFd int
+	// dial, when set, replaces the netlink socket (unit tests).
+	dial nltest.Func
 }
 
 func (r *Rules) conn() (*nftables.Conn, error) {
 	var opts []nftables.ConnOption
 	if r.nsFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(r.nsFd))
+	}
+	if r.dial != nil {
+		opts = append(opts, nftables.WithTestDial(r.dial))
 	}
 	c, err := nftables.New(opts...)
 	if err != nil {

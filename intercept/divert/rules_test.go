@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,5 +84,37 @@ func TestReadRuleForeign(t *testing.T) {
 func TestInstallNoPools(t *testing.T) {
 	if _, err := (&Rules{Queue: 1}).Install(); err == nil {
 		t.Fatal("Install with no pools succeeded")
+	}
+}
+
+// TestInstallOneTransaction: Install sends one batch, in one write, that
+// adds the table, deletes it and adds it again with its chain and one rule
+// per pool: a table a killed run left is replaced with no moment between
+// the two without rules, and no table is ever there twice.
+func TestInstallOneTransaction(t *testing.T) {
+	var batches [][]uint16
+	r := &Rules{Queue: 9, Pools: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("2001:2:0:ff::/64")}}
+	r.dial = func(req []netlink.Message) ([]netlink.Message, error) {
+		var types []uint16
+		for _, m := range req {
+			types = append(types, uint16(m.Header.Type))
+		}
+		if len(req) == 1 && uint16(req[0].Header.Type)&0xff == unix.NFT_MSG_GETTABLE {
+			return nil, nil // no table there
+		}
+		if len(req) > 0 { // empty: a receive
+			batches = append(batches, types)
+		}
+		return req, nil // acknowledged
+	}
+	replaced, err := r.Install()
+	if err != nil || replaced {
+		t.Fatalf("install: replaced %v, %v", replaced, err)
+	}
+	nft := func(m uint16) uint16 { return unix.NFNL_SUBSYS_NFTABLES<<8 | m }
+	want := []uint16{unix.NFNL_MSG_BATCH_BEGIN, nft(unix.NFT_MSG_NEWTABLE), nft(unix.NFT_MSG_DELTABLE), nft(unix.NFT_MSG_NEWTABLE),
+		nft(unix.NFT_MSG_NEWCHAIN), nft(unix.NFT_MSG_NEWRULE), nft(unix.NFT_MSG_NEWRULE), unix.NFNL_MSG_BATCH_END}
+	if len(batches) != 1 || !slices.Equal(batches[0], want) {
+		t.Fatalf("sent %v, want one batch %v", batches, want)
 	}
 }
