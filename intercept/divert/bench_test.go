@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 
 	"github.com/tcpshadow/tcpshadow/internal/lab"
@@ -47,7 +48,7 @@ func BenchmarkLiveDivert(b *testing.B) {
 	}
 	defer q.Close()
 	defer c.Close()
-	r := &Rules{Queue: cfg.Num, Pools: []netip.Prefix{lab.PoolV4}, nsFd: int(nsh)}
+	r := &Rules{Queue: cfg.Num, Pools: []netip.Prefix{lab.PoolV4}, opts: []nftables.ConnOption{nftables.WithNetNSFd(int(nsh))}}
 	if _, err := r.Install(); err != nil {
 		b.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func TestLiveDivert(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	r := &Rules{Queue: cfg.Num, Pools: []netip.Prefix{lab.PoolV4, lab.PoolV6}, nsFd: int(nsh)}
+	r := &Rules{Queue: cfg.Num, Pools: []netip.Prefix{lab.PoolV4, lab.PoolV6}, opts: []nftables.ConnOption{nftables.WithNetNSFd(int(nsh))}}
 	if replaced, err := r.Install(); err != nil || replaced {
 		t.Fatalf("install: replaced %v, %v", replaced, err)
 	}

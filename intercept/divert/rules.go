@@ -10,7 +10,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
-	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,22 +30,13 @@ const (
 type Rules struct {
 	Queue uint16
 	Pools []netip.Prefix
-	// nsFd, when not 0, is the network namespace to work in (tests);
-	// 0: the process's.
-	nsFd int
-	// dial, when set, replaces the netlink socket (unit tests).
-	dial nltest.Func
+	// opts are the tests': another network namespace, a fake netlink
+	// socket. None: the process's namespace.
+	opts []nftables.ConnOption
 }
 
 func (r *Rules) conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
-	if r.nsFd != 0 {
-		opts = append(opts, nftables.WithNetNSFd(r.nsFd))
-	}
-	if r.dial != nil {
-		opts = append(opts, nftables.WithTestDial(r.dial))
-	}
-	c, err := nftables.New(opts...)
+	c, err := nftables.New(r.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
@@ -94,7 +95,7 @@ func TestInstallNoPools(t *testing.T) {
 func TestInstallOneTransaction(t *testing.T) {
 	var batches [][]uint16
 	r := &Rules{Queue: 9, Pools: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("2001:2:0:ff::/64")}}
-	r.dial = func(req []netlink.Message) ([]netlink.Message, error) {
+	r.opts = []nftables.ConnOption{nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
 		var types []uint16
 		for _, m := range req {
 			types = append(types, uint16(m.Header.Type))
@@ -106,7 +107,7 @@ func TestInstallOneTransaction(t *testing.T) {
 			batches = append(batches, types)
 		}
 		return req, nil // acknowledged
-	}
+	})}
 	replaced, err := r.Install()
 	if err != nil || replaced {
 		t.Fatalf("install: replaced %v, %v", replaced, err)
