@@ -52,8 +52,8 @@ func newInterceptCmd(g *globalOptions) *cobra.Command {
 
 func newInterceptCmdWith(g *globalOptions, o *interceptOptions) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "intercept --iface IFACE --secret-file FILE [--filter 'tcp and src port 80'] [flags]",
-		Short: "Relay the shadow's replies to copy daemons (runs on the assist host)",
+		Use:   "intercept --iface IFACE --secret-file FILE [--filter 'tcp and src port 80'] [flags] | intercept --local --to POOL [--to POOL6] --secret-file FILE [flags]",
+		Short: "Relay the shadow's replies to copy daemons (runs on the assist host, or with --local on the shadow)",
 		Long: fmt.Sprintf(`intercept captures the shadow's replies, which the shadow routes to this host
 where they die (keep ip_forward off here), and relays their IP and TCP headers
 to the copy daemon that registered each flow, over the control channel (TCP
@@ -62,6 +62,15 @@ then authenticates every frame (or run the channel over TLS with --tls-cert):
 the agent refuses to start without one unless --insecure-no-auth is given.
 A copy daemon may register only flows within the client pools it announces,
 and never one another daemon holds.
+
+With --local the agent runs on the shadow host itself (two hosts, no assist):
+it installs nftables rules (table inet tcpshadow_local) that queue every packet
+this host sends to a --to pool to an NFQUEUE it reads and drops, instead of
+capturing on --iface. The rules have no bypass: while no agent reads the queue
+the kernel drops those packets, so none leaves the host. They are removed at
+exit, and a table a killed run left is replaced at start. The host needs a
+route for each pool (any: the rule takes the packets first) and the agent
+CAP_NET_ADMIN.
 
 The secret file holds one line, the secret every copy daemon shares, or
 several lines NAME SECRET, one secret per copy daemon (by its --name), so
