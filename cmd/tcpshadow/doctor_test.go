@@ -34,6 +34,8 @@ func doctorConfigFrom(t testing.TB, args ...string) (*doctorConfig, error) {
 		to:           flagValue(t, f.GetStringSlice, "to"),
 		prod:         flagValue(t, f.GetString, "prod"),
 		listen:       flagValue(t, f.GetString, "listen"),
+		local:        flagValue(t, f.GetBool, "local"),
+		queueNum:     flagValue(t, f.GetInt, "queue-num"),
 	}
 	return o.config(f)
 }
