@@ -69,7 +69,8 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./intercept:FuzzRelayHeader ./capture:FuzzLinkHeaderLen ./capture:FuzzMirrorHandle ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
             ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
-            ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON
+            ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON \
+            ./intercept/divert:FuzzParsePacket
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each

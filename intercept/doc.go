@@ -1,7 +1,9 @@
 // Package intercept carries the shadow's replies back to the copy daemon.
 //
-// The Agent runs on the assist host (or on the shadow itself): it captures
-// the shadow's replies, which are routed there and die there, looks up the
+// The Agent runs on the assist host (or on the shadow itself, where package
+// divert takes the replies from the host's output path and hands them to it
+// as a capture.Source): it captures the shadow's replies, which are routed
+// there and die there, looks up the
 // copy daemon that registered each flow, and relays the replies' IP and TCP
 // headers to it, each followed by the first bytes of its payload when that
 // daemon asked for them in its hello (its reply prefix, at most

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tcpshadow/tcpshadow/intercept/divert"
 	"github.com/tcpshadow/tcpshadow/internal/conffile"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 )
@@ -226,9 +227,18 @@ func interceptDerived(cfg *interceptConfig) [][2]string {
 		slices.Sort(names)
 		auth = "a secret per copy daemon: " + strings.Join(names, ", ")
 	}
+	capture := [2]string{"capture filter", cfg.CaptureConfig().Filter}
+	if l := cfg.Local; l != nil {
+		var ps []string
+		for _, p := range l.Pools {
+			ps = append(ps, p.String())
+		}
+		capture = [2]string{"two hosts", fmt.Sprintf("this host's packets to %s diverted to NFQUEUE %d (at most %d held), nftables table inet %s",
+			strings.Join(ps, ", "), l.Queue.Num, l.Queue.MaxLen, divert.TableName)}
+	}
 	return [][2]string{
 		{"listen", cfg.Listen},
-		{"capture filter", cfg.CaptureConfig().Filter},
+		capture,
 		{"copy daemons allowed", allow},
 		{"announced name", cfg.Agent.Name + " (to authenticated copy daemons only)"},
 		{"authentication", auth},

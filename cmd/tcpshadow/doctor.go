@@ -20,6 +20,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/intercept/divert"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/doctor"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
@@ -46,6 +47,8 @@ type doctorOptions struct {
 	send         string
 	capture      string
 	mirrorListen time.Duration
+	local        bool
+	queueNum     int
 }
 
 // doctorFlagRoles says which roles each role-specific flag applies to: a
@@ -67,6 +70,8 @@ var doctorFlagRoles = map[string][]string{
 	"send":            {"prod"},
 	"capture":         {"prod"},
 	"mirror-listen":   {"prod"},
+	"local":           {"shadow"},
+	"queue-num":       {"shadow"},
 }
 
 // doctorConfig is what a validated doctor run checks.
@@ -74,6 +79,7 @@ type doctorConfig struct {
 	role   string
 	assist doctor.AssistConfig
 	shadow doctor.ShadowConfig
+	local  *doctor.ShadowLocalConfig // shadow with the agent on it (two hosts)
 	prod   doctor.ProdConfig
 	// prod only:
 	agentAddr    string
@@ -99,6 +105,11 @@ connection to the shadow (and resets it).
           --to prefix; capture permitted on --iface; the agent owns --listen's port
   shadow: the route for each --to prefix goes via --via (the assist host);
           rp_filter does not drop the forged sources; no input chain drops them
+  shadow --local (two hosts, the agent here): the agent's nftables table, its
+          chain on the output hook before conntrack, one rule per --to pool
+          queueing without bypass to --queue-num; an agent bound to the queue
+          and the kernel dropping none of it; a route for each pool, which
+          the rule takes every packet from first (nothing to a pool leaves)
   prod:   capture and raw sends permitted; GRO/LRO off on --iface; the agent at
           --intercept answers the handshake (with --secret-file, and --tls-ca
           when the agent speaks TLS)
@@ -113,6 +124,7 @@ connection to the shadow (and resets it).
 Examples:
   tcpshadow doctor --role assist --iface eth0 --to 198.19.0.0/16 --to 2001:2:0:ff::/64
   tcpshadow doctor --role shadow --via 198.18.1.3 --to 198.19.0.0/16 --prod 198.18.1.1
+  tcpshadow doctor --role shadow --local --to 198.19.0.0/16 --to 2001:2:0:ff::/64
   tcpshadow doctor --role prod --iface eth0 --intercept 198.18.1.3 --secret-file /etc/tcpshadow/secret \
       --probe --map 80-198.18.1.2:80 --client-pool 198.19.0.0/16`,
 		Args: cobra.NoArgs,
@@ -147,6 +159,8 @@ Examples:
 	f.StringSliceVar(&o.to, "to", nil, "shadow, assist: client pool or client range the shadow's replies go to (repeatable)")
 	f.StringVar(&o.prod, "prod", "", "shadow: prod's address as seen here (finds the interface copies arrive on)")
 	f.StringVar(&o.listen, "listen", ":36524", "assist: the agent's listen address; its port is checked")
+	f.BoolVar(&o.local, "local", false, "shadow: the agent runs here (intercept --local, two hosts): check its rules and queue instead of the route to an assist")
+	f.IntVar(&o.queueNum, "queue-num", divert.DefaultQueueNum, "shadow --local: the agent's --queue-num")
 	return cmd
 }
 
@@ -202,6 +216,9 @@ func (o *doctorOptions) config(fs *pflag.FlagSet) (*doctorConfig, error) {
 }
 
 func (o *doctorOptions) shadowConfig(cfg *doctorConfig, to []netip.Prefix) error {
+	if o.local {
+		return o.localConfig(cfg, to)
+	}
 	if len(o.via) == 0 {
 		return errors.New("--via is required: the assist host's address")
 	}
@@ -358,6 +375,14 @@ func runDoctor(ctx context.Context, cfg *doctorConfig, h doctor.Host, out io.Wri
 	case "assist":
 		emit(doctor.Assist(h, cfg.assist)...)
 	case "shadow":
+		if cfg.local != nil {
+			lh, ok := h.(doctor.LocalHost)
+			if !ok {
+				return errors.New("doctor --local: this host cannot be checked for the two-host mode")
+			}
+			emit(doctor.ShadowLocal(lh, *cfg.local)...)
+			break
+		}
 		emit(doctor.Shadow(h, cfg.shadow)...)
 	case "prod":
 		pc := cfg.prod

@@ -37,6 +37,8 @@ func doctorConfigFrom(t testing.TB, args ...string) (*doctorConfig, error) {
 		send:         flagValue(t, f.GetString, "send"),
 		capture:      flagValue(t, f.GetString, "capture"),
 		mirrorListen: flagValue(t, f.GetDuration, "mirror-listen"),
+		local:        flagValue(t, f.GetBool, "local"),
+		queueNum:     flagValue(t, f.GetInt, "queue-num"),
 	}
 	return o.config(f)
 }

@@ -32,6 +32,7 @@ type interceptOptions struct {
 	maxMemory     string
 	tlsCert       string
 	tlsKey        string
+	local         localOptions // two hosts: the agent on the shadow
 	daemon        daemonOptions
 	from          origin // which options the config file set
 }
@@ -51,8 +52,8 @@ func newInterceptCmd(g *globalOptions) *cobra.Command {
 
 func newInterceptCmdWith(g *globalOptions, o *interceptOptions) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "intercept --iface IFACE --secret-file FILE [--filter 'tcp and src port 80'] [flags]",
-		Short: "Relay the shadow's replies to copy daemons (runs on the assist host)",
+		Use:   "intercept --iface IFACE --secret-file FILE [--filter 'tcp and src port 80'] [flags] | intercept --local --to POOL [--to POOL6] --secret-file FILE [flags]",
+		Short: "Relay the shadow's replies to copy daemons (runs on the assist host, or with --local on the shadow)",
 		Long: fmt.Sprintf(`intercept captures the shadow's replies, which the shadow routes to this host
 where they die (keep ip_forward off here), and relays their IP and TCP headers
 to the copy daemon that registered each flow, over the control channel (TCP
@@ -61,6 +62,15 @@ then authenticates every frame (or run the channel over TLS with --tls-cert):
 the agent refuses to start without one unless --insecure-no-auth is given.
 A copy daemon may register only flows within the client pools it announces,
 and never one another daemon holds.
+
+With --local the agent runs on the shadow host itself (two hosts, no assist):
+it installs nftables rules (table inet tcpshadow_local) that queue every packet
+this host sends to a --to pool to an NFQUEUE it reads and drops, instead of
+capturing on --iface. The rules have no bypass: while no agent reads the queue
+the kernel drops those packets, so none leaves the host. They are removed at
+exit, and a table a killed run left is replaced at start. The host needs a
+route for each pool (any: the rule takes the packets first) and the agent
+CAP_NET_ADMIN.
 
 The secret file holds one line, the secret every copy daemon shares, or
 several lines NAME SECRET, one secret per copy daemon (by its --name), so
@@ -81,7 +91,7 @@ with the length on the wire in each record.`, wire.DefaultPort),
 	}
 	def := daemon.DefaultAgentConfig()
 	f := cmd.Flags()
-	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on")
+	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on (not with --local)")
 	f.StringVar(&o.filter, "filter", def.Capture.Filter, "BPF filter for the shadow's replies, e.g. 'tcp and src port 80' (default: all TCP; the agent's own port is always left out, and replies outside the copy daemons' pools are dropped)")
 	f.StringVarP(&o.listen, "listen", "l", def.Listen, "address to serve copy daemons on")
 	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
@@ -95,6 +105,7 @@ with the length on the wire in each record.`, wire.DefaultPort),
 	f.IntVar(&o.maxConnsPerIP, "max-conns-per-addr", def.Agent.MaxConnsPerAddr, "connections from one address at once; more are closed")
 	f.IntVar(&o.maxCPU, "max-cpu", def.MaxCPU, "CPUs the agent may use at once (GOMAXPROCS); default half the host's")
 	f.StringVar(&o.maxMemory, "max-memory", formatSize(def.MaxMemory), "memory budget: Go heap soft limit; a quarter of it bounds the flow table")
+	o.local.addFlags(f)
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every reply captured (its first 256 bytes)",
 		secret: "the secret copy daemons must prove: one line shared by all, or lines NAME SECRET, one per copy daemon (required unless --insecure-no-auth)",
@@ -107,15 +118,18 @@ with the length on the wire in each record.`, wire.DefaultPort),
 // for errors to name what the user wrote.
 func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 	m := map[string]fieldFlag{
-		"Capture.Interface": {flag: "iface"},
-		"Capture.Filter":    {flag: "filter"},
-		"Listen":            {flag: "listen"},
-		"Agent.FlushDelay":  {flag: "flush-delay"},
-		"Agent.MaxFlows":    {flag: "max-flows"},
-		"Agent.Secret":      {flag: "secret-file"},
-		"Agent.Secrets":     {flag: "secret-file"},
-		"MaxCPU":            {flag: "max-cpu"},
-		"MaxMemory":         {flag: "max-memory", given: o.maxMemory},
+		"Capture.Interface":  {flag: "iface"},
+		"Capture.Filter":     {flag: "filter"},
+		"Listen":             {flag: "listen"},
+		"Local.Pools":        {flag: "to"},
+		"Local.Queue.Num":    {flag: "queue-num"},
+		"Local.Queue.MaxLen": {flag: "queue-len"},
+		"Agent.FlushDelay":   {flag: "flush-delay"},
+		"Agent.MaxFlows":     {flag: "max-flows"},
+		"Agent.Secret":       {flag: "secret-file"},
+		"Agent.Secrets":      {flag: "secret-file"},
+		"MaxCPU":             {flag: "max-cpu"},
+		"MaxMemory":          {flag: "max-memory", given: o.maxMemory},
 	}
 	o.daemon.addFieldFlags(m)
 	return m
@@ -125,7 +139,11 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 // in the config file when the file set it.
 func (o *interceptOptions) config() (*interceptConfig, error) {
 	n := o.from.name
-	if o.iface == "" {
+	local, err := o.local.config(n, o.iface, o.filter)
+	if err != nil {
+		return nil, err
+	}
+	if o.iface == "" && local == nil {
 		return nil, fmt.Errorf("%s is required", o.from.missing("iface"))
 	}
 	if _, port, err := net.SplitHostPort(o.listen); err != nil {
@@ -180,7 +198,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	}
 
 	cfg := daemon.DefaultAgentConfig()
-	cfg.Capture.Interface, cfg.Capture.Filter = o.iface, o.filter
+	cfg.Capture.Interface, cfg.Capture.Filter, cfg.Local = o.iface, o.filter, local
 	o.daemon.setCapture(&cfg.Capture)
 	a := &cfg.Agent
 	a.Name, a.Secret, a.Secrets, a.InsecureNoAuth = shared.name, shared.secret, shared.secrets, o.insecure

@@ -24,6 +24,10 @@ type AgentConfig struct {
 	// read; an empty Filter means all TCP (CaptureConfig). Whatever the
 	// filter, the agent's own control channel is never captured.
 	Capture capture.Config
+	// Local, when set, is the two-host mode (agent_local.go): the shadow's
+	// packets to the pools are read from an NFQUEUE on this host, and
+	// Capture is unused.
+	Local *LocalConfig
 	// Agent is the relay and its control channel. Agent.Secret (or
 	// Agent.Secrets) is required unless Agent.InsecureNoAuth is set.
 	Agent     intercept.AgentConfig
@@ -110,7 +114,11 @@ func (c *AgentConfig) CaptureConfig() capture.Config {
 
 // Validate checks the configuration; errors are *FieldError.
 func (c *AgentConfig) Validate() error {
-	if err := validateCapture(&c.Capture); err != nil {
+	if c.Local != nil {
+		if err := validateLocal(c.Local); err != nil {
+			return err
+		}
+	} else if err := validateCapture(&c.Capture); err != nil {
 		return err
 	}
 	if c.Listen == "" {
@@ -171,10 +179,16 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 	defer stopHangup()
 	h.limit(cfg.MaxCPU, cfg.MaxMemory)
 	ccfg := cfg.CaptureConfig()
-	src, err := h.openCapture(ccfg)
+	var src capture.Source
+	if cfg.Local != nil {
+		src, err = openLocal(*cfg.Local, log)
+	} else {
+		src, err = h.openCapture(ccfg)
+	}
 	if err != nil {
 		return err
 	}
+	queue := src
 	src = &watchdogSource{Source: src, wd: newWatchdog(log)}
 	if dump != nil {
 		// Dumped where the agent reads them, before the relay decides:
@@ -188,7 +202,9 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 		return inField("Listen", err)
 	}
 	agent := intercept.NewAgent(cfg.RelayConfig(), src, ln, log)
-	samples := func() []metrics.Sample { return append(AgentSamples(agent, src), DumpSamples(dump)...) }
+	samples := func() []metrics.Sample {
+		return append(append(AgentSamples(agent, src), LocalSamples(queue)...), DumpSamples(dump)...)
+	}
 	if cfg.MetricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {
 			ln.Close()
@@ -207,8 +223,13 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 			" can register flows within the pools it announces and read the sequence numbers of their replies, " +
 			"and nothing stops frames injected on the path; give it --secret-file")
 	}
-	log.Info("intercepting", "iface", ccfg.Interface, "filter", ccfg.Filter, "listen", ln.Addr().String(),
-		"auth", auth, "tls", cfg.Agent.TLS != nil)
+	if cfg.Local != nil {
+		log.Info("intercepting on this host", "pools", cfg.Local.Pools, "queue", cfg.Local.Queue.Num,
+			"listen", ln.Addr().String(), "auth", auth, "tls", cfg.Agent.TLS != nil)
+	} else {
+		log.Info("intercepting", "iface", ccfg.Interface, "filter", ccfg.Filter, "listen", ln.Addr().String(),
+			"auth", auth, "tls", cfg.Agent.TLS != nil)
+	}
 	if err := sdnotify.Ready(); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}

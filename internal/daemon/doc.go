@@ -1,8 +1,11 @@
 // Package daemon assembles tcpshadow's two daemons from their
 // configurations and runs them until their context ends: the copy daemon
 // (RunCopy: capture or a mirror session → tcpstate engine → raw or
-// datalink sockets, with the control channel's client) and the intercept agent (RunAgent: capture → relay to
-// the copy daemons). It is what etcd's server/embed is to etcd: the CLI
+// datalink sockets, with the control channel's client) and the intercept
+// agent (RunAgent: capture → relay to the copy daemons; on the shadow
+// itself, with Local set, an NFQUEUE its nftables rules fill, installed at
+// start and removed at exit: package divert). It is what etcd's
+// server/embed is to etcd: the CLI
 // fills a config, this package runs it.
 //
 // It owns what concerns the process rather than the packets: each default

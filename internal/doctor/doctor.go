@@ -1,5 +1,6 @@
 // Package doctor checks the host it runs on for one tcpshadow role (prod,
-// shadow or assist) and names the classic deployment failures: forged
+// shadow, the shadow with the agent on it, or assist) and names the
+// classic deployment failures: forged
 // packets dropped on the way (rp_filter), replies routed wrongly or
 // forwarded to real clients, missing capabilities, an agent that cannot be
 // reached or refuses, offloads that merge captured packets. Each check

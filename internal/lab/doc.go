@@ -1,4 +1,5 @@
-// Package lab builds the sealed four-host network used by tcpshadow's
+// Package lab builds the sealed four-host network (or, with
+// Config.TwoHosts, three hosts and no assist: twohost.go) used by tcpshadow's
 // end-to-end tests, the demo and the benchmarks.
 //
 // A Lab is five named network namespaces joined only to each other by veth

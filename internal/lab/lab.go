@@ -121,6 +121,10 @@ type Config struct {
 	DisableOffloads bool
 	// MTU of every lab link. Default 1500; 1280 to 65535.
 	MTU int
+	// TwoHosts builds the two-host topology (twohost.go): no assist
+	// namespace; the shadow routes the client net and the pools toward
+	// prod, so its replies leave unless its agent takes them.
+	TwoHosts bool
 
 	// afterStep, when set, is called after each setup step; an error (or a
 	// panic) aborts setup. Tests use it to inject failures.
@@ -255,7 +259,7 @@ func NewT(t testing.TB, cfg Config) *Lab {
 // Namespaces returns the lab's namespaces: client, prod, shadow, assist,
 // switch.
 func (l *Lab) Namespaces() []*NS {
-	return []*NS{l.Client, l.Prod, l.Shadow, l.Assist, l.Switch}
+	return present(l.Client, l.Prod, l.Shadow, l.Assist, l.Switch)
 }
 
 func (l *Lab) names() []string {
@@ -449,7 +453,7 @@ func (l *Lab) hook(step string) error {
 }
 
 func (l *Lab) addNamespaces(ctx context.Context) error {
-	for _, role := range []string{RoleClient, RoleProd, RoleShadow, RoleAssist, RoleSwitch} {
+	for _, role := range l.roles() {
 		n, err := l.addNamespace(ctx, role)
 		if err != nil {
 			return err
@@ -560,12 +564,12 @@ type veth struct {
 }
 
 func (l *Lab) veths() []veth {
-	return []veth{
+	return presentVeths([]veth{
 		{l.Client, HostLink, l.Prod, ProdClientLink, false},
 		{l.Prod, ProdSegmentLink, l.Switch, "p-" + RoleProd, true},
 		{l.Shadow, HostLink, l.Switch, "p-" + RoleShadow, true},
 		{l.Assist, HostLink, l.Switch, "p-" + RoleAssist, true},
-	}
+	})
 }
 
 func (l *Lab) addLinks(context.Context) error {
@@ -644,6 +648,9 @@ func (l *Lab) addAddresses(context.Context) error {
 		{l.Assist, HostLink, 64, AssistV6},
 	}
 	for _, a := range addrs {
+		if a.ns == nil {
+			continue // TwoHosts: no assist
+		}
 		link, err := a.ns.h.LinkByName(a.link)
 		if err != nil {
 			return fmt.Errorf("find %s in %s: %w", a.link, a.ns.name, err)
@@ -664,16 +671,7 @@ func (l *Lab) addRoutes(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", HostLink, l.Shadow.name, err)
 	}
-	routes := []struct {
-		dst netip.Prefix
-		gw  netip.Addr
-	}{
-		{ClientNetV4, AssistV4},
-		{PoolV4, AssistV4},
-		{ClientNetV6, AssistV6},
-		{PoolV6, AssistV6},
-	}
-	for _, r := range routes {
+	for _, r := range l.shadowRoutes() {
 		route := &netlink.Route{
 			LinkIndex: link.Attrs().Index,
 			Dst:       ipNet(r.dst),
@@ -687,6 +685,9 @@ func (l *Lab) addRoutes(context.Context) error {
 	// IPv6 without a route answers each one with an ICMPv6 "no route"
 	// unreachable, which would abort the shadow's connection attempts.
 	// Blackhole routes make both families drop silently.
+	if l.Assist == nil {
+		return nil
+	}
 	for _, dst := range assistBlackholes {
 		route := &netlink.Route{Dst: ipNet(dst), Type: unix.RTN_BLACKHOLE}
 		if err := l.Assist.h.RouteAdd(route); err != nil {
