@@ -241,9 +241,15 @@ func (h *harness) sent() []sentPkt {
 // the outbound capture sees it, with plen bytes of payload.
 func (h *harness) prodSeg(flags uint8, seq, ack uint32, plen int) {
 	h.t.Helper()
+	h.prodPacket(flags, seq, ack, make([]byte, plen))
+}
+
+// prodPacket feeds one of prod's packets carrying payload.
+func (h *harness) prodPacket(flags uint8, seq, ack uint32, payload []byte) {
+	h.t.Helper()
 	seg := rewrite.Segment{
 		Src: tProd, Dst: h.client, Seq: seq, Ack: ack, Flags: flags,
-		Window: 1000, Payload: make([]byte, plen),
+		Window: 1000, Payload: payload,
 	}
 	pb := getBuf(seg.Len())
 	n, err := seg.Put(pb.b)

@@ -39,23 +39,10 @@ func (h *harness) replyData(flags uint8, seq, ack uint32, payload string) {
 	h.w.Flush(h.now)
 }
 
-// prodData feeds one of prod's data segments to the client, cut as prod's
-// capture cuts it.
+// prodData feeds one of prod's data segments to the client.
 func (h *harness) prodData(seq, ack uint32, payload string) {
 	h.t.Helper()
-	seg := rewrite.Segment{Src: tProd, Dst: h.client, Seq: seq, Ack: ack, Flags: fACK | fPSH, Window: 1000, Payload: []byte(payload)}
-	pb := getBuf(seg.Len())
-	n, err := seg.Put(pb.b)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	pb.b = pb.b[:n]
-	var p rewrite.Packet
-	if err := p.Decode(pb.b); err != nil {
-		h.t.Fatal(err)
-	}
-	h.w.handleProd(pb, p.Layout(), h.wall, 0, h.now)
-	h.w.Flush(h.now)
+	h.prodPacket(fACK|fPSH, seq, ack, []byte(payload))
 }
 
 func (h *harness) pairs() []compare.Pair {
