@@ -94,7 +94,11 @@ func (w *Worker) drain(s *session, reason EndReason, capAt, now int64) {
 		s.lingerEnd = min(s.lingerEnd, now+int64(w.cfg.Linger))
 		w.markDirty(s)
 		return
-	case len(s.q()) == 0 || s.state == stateFinWait || s.state == stateLastAck:
+	case len(s.q()) == 0 && (w.cfg.NoPacing || !s.baseOK), s.state == stateFinWait || s.state == stateLastAck:
+		// Nothing owed, or nothing to wait for. With the queue empty
+		// but pacing on, the shadow may still be working through the
+		// last round (pipelined requests sent before the reset): the
+		// reset waits for its answer as it would behind queued data.
 		w.endSession(s, reason, now)
 		return
 	}

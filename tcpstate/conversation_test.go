@@ -100,6 +100,35 @@ func TestScenario30ResetAfterTheDataProdAccepted(t *testing.T) {
 	}
 }
 
+// TestScenario30ResetWaitsForTheShadowWithNothingQueued: the client's
+// last batch of pipelined requests has reached the shadow and been
+// acknowledged when the client resets; prod had answered 300 bytes of it.
+// The shadow's connection is reset only once the shadow has answered as
+// much, not at once while it is still working through the batch.
+func TestScenario30ResetWaitsForTheShadowWithNothingQueued(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handshake(nil, nil)
+	h.request(tISN+1, 0, "req1req2req3")
+	if got := dataOf(h.sent()); len(got) != 1 {
+		t.Fatalf("the batch did not reach the shadow: %+v", got)
+	}
+	h.reply(fACK|fPSH, tShadowISN+1, tISN+13, 65535, 100, nil) // acknowledged, first answer
+	h.prodSeg(fACK|fPSH, tProdISN+1, tISN+13, 300)
+	h.clientSeg(fRST|fACK, tISN+13, tProdISN+101, "", nil)
+	h.advance(vouchGrace + time.Millisecond)
+	if got := h.sent(); countFlags(got, fRST) != 0 {
+		t.Fatalf("shadow reset with 100 of prod's 300 bytes answered: %+v", got)
+	}
+	h.reply(fACK|fPSH, tShadowISN+101, tISN+13, 65535, 200, nil)
+	h.advance(time.Millisecond)
+	if rst := expectOne(t, h.sent(), "RST"); rst.flags&fRST == 0 || rst.seq != tISN+13 {
+		t.Fatalf("RST = %+v, want seq %d once the shadow answered as much as prod", rst, tISN+13)
+	}
+	if h.ended(EndClientReset) != 1 || h.ctr.c[CtrPacingNoAnswer].Load() != 0 {
+		t.Fatalf("client_reset %d, pacing_no_answer %d: want 1 and 0", h.ended(EndClientReset), h.ctr.c[CtrPacingNoAnswer].Load())
+	}
+}
+
 // TestScenario30DrainCutWhenStuck: a drain that stops moving is cut by
 // DrainTimeout, counted; one that moves is not.
 func TestScenario30DrainCutWhenStuck(t *testing.T) {
