@@ -210,17 +210,34 @@ func TestEngineDispatchZeroAllocs(t *testing.T) {
 	}
 }
 
+// BenchmarkWorkerRequestAnswer: one request/answer round through the
+// worker, without comparison and with it (the pairing and the hand-over
+// to the comparison's ring; the comparison itself is the compare
+// package's BenchmarkConsume).
 func BenchmarkWorkerRequestAnswer(b *testing.B) {
-	s := newSteadyState(b)
-	s.h.w.out = &discard{}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		s.step()
+	for _, prefix := range []int{0, 64} {
+		name := "compare-off"
+		if prefix > 0 {
+			name = "compare-on"
+		}
+		b.Run(name, func(b *testing.B) {
+			s := newSteadyStateWith(b, prefix)
+			s.h.w.out = &discard{}
+			var p compare.Pair
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				s.step()
+				if prefix > 0 {
+					for s.h.w.rec.Next(&p) {
+					}
+				}
+			}
+			// Each round is three packets in (request, prod's answer, the
+			// shadow's) and one out.
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(3*b.N), "ns/packet")
+		})
 	}
-	// Each round is three packets in (request, prod's answer, the
-	// shadow's) and one out.
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(3*b.N), "ns/packet")
 }
 
 func BenchmarkEngineDispatch(b *testing.B) {

@@ -38,6 +38,7 @@ type benchOptions struct {
 	smoke              bool
 	kaRates, connRates string
 	bulkRates, h2Rates string
+	compareRate        int
 	addrs              string
 	idleSessions       int
 	baseline           bool
@@ -77,6 +78,8 @@ type benchConfig struct {
 	idleSessions int      // 0: skip the idle-session memory measurement
 	bulkRates    []int64  // bits/s of the bulk steps (0: max)
 	h2Rates      []int    // requests/s of the HTTP/2 steps (0: max)
+	compareRate  int      // req/s of the steps with and without comparison; -1: none
+	compareRuns  int      // steps each, with and without
 	copyArgs     []string // extra copy flags, appended
 	agentArgs    []string // extra intercept flags, appended
 	verbose      bool
@@ -121,6 +124,7 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.connRates, "conn-rates", "1000,3000,5000,7000,max", "offered connection rates of the one-connection-per-request steps")
 	f.StringVar(&o.bulkRates, "bulk-rates", "500M,1G,2G,max", "offered bit rates of the single-stream upload steps")
 	f.StringVar(&o.h2Rates, "h2-rates", "1000,4000,max", "offered request rates of the HTTP/2 steps")
+	f.IntVar(&o.compareRate, "compare-rate", 10000, "offered request rate of the keep-alive steps run with and without comparison (0: max, -1: skip them)")
 	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
@@ -158,7 +162,12 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		}
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
+		cfg.compareRate, cfg.compareRuns = 1000, 1
 	} else {
+		if o.compareRate < -1 {
+			return nil, fmt.Errorf("--compare-rate %d: want a rate, 0 for max or -1", o.compareRate)
+		}
+		cfg.compareRate, cfg.compareRuns = o.compareRate, compareCostRuns
 		if cfg.bulkRates, err = parseBitRates(o.bulkRates); err != nil {
 			return nil, fmt.Errorf("--bulk-rates: %w", err)
 		}
@@ -287,6 +296,7 @@ type benchResult struct {
 	series   []seriesResult
 	bulk     []*bulkResult
 	h2       []*h2Result
+	compare  *compareCost
 	idle     *idleResult
 	idleCPU  idleCPU
 	took     time.Duration
@@ -407,6 +417,11 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			return nil, err
 		}
 		res.h2 = append(res.h2, r)
+	}
+	if cfg.compareRuns > 0 && cfg.compareRate >= 0 {
+		if res.compare, err = b.measureCompareCost(ctx, cfg.compareRate); err != nil {
+			return nil, err
+		}
 	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))

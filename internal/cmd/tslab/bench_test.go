@@ -16,7 +16,8 @@ import (
 // TestBenchSmoke runs `tslab bench --smoke` in-process: both shapes at
 // 500/s for 2 s through a real copier. The report must have a row for the
 // smoke step of each shape whose copy ratio is 100% (no timing asserts),
-// and the lab must be gone afterwards.
+// a step with and one without comparison, both copied whole and only one
+// compared, and the lab must be gone afterwards.
 func TestBenchSmoke(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("bench: needs root to create network namespaces (run the tests as root)")
@@ -28,7 +29,7 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
-		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md")}
+		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md"), compareRate: 500, compareRuns: 1}
 	var out bytes.Buffer
 	res, err := runBench(ctx, cfg, &out)
 	t.Logf("bench output:\n%s", out.String())
@@ -50,6 +51,22 @@ func TestBenchSmoke(t *testing.T) {
 		// offered | alone | latency | with copier | latency | copied | ...
 		if len(row) < 6 || row[5] != "100%" {
 			t.Errorf("smoke step row %q: copied column is not 100%%", strings.Join(row, " | "))
+		}
+	}
+	// With and without comparison: both copied whole, only one compared.
+	if c := res.compare; c == nil || len(c.on) != 1 || len(c.off) != 1 {
+		t.Fatalf("no steps with and without comparison: %+v", c)
+	} else {
+		for _, r := range []*stepResult{c.on[0], c.off[0]} {
+			if r.prod == 0 || r.copiedN() != r.prod {
+				t.Errorf("comparison cost step: shadow served %d of prod's %d", r.copiedN(), r.prod)
+			}
+		}
+		if on, off := ev(c.on[0].copyDelta, "compare_pairs"), ev(c.off[0].copyDelta, "compare_pairs"); on == 0 || off != 0 {
+			t.Errorf("pairs compared with comparison %.0f, without %.0f: want some and none", on, off)
+		}
+		if !strings.Contains(string(md), "## The cost of comparison") {
+			t.Error("report has no section on the cost of comparison")
 		}
 	}
 	for _, s := range res.series {

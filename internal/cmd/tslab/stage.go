@@ -125,6 +125,12 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	if err := s.waitDaemon(ctx, "agent", s.agent, s.agentMetrics, func(map[string]float64) bool { return true }); err != nil {
 		return err
 	}
+	return s.startCopier(ctx, cfg.bin, secret, cfg.copyArgs)
+}
+
+// startCopier starts the copier on prod with extra flags appended and
+// waits until it is connected to the agent.
+func (s *stage) startCopier(ctx context.Context, bin, secret string, extra []string) error {
 	args := []string{"copy", "--iface", lab.ProdClientLink,
 		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
 		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
@@ -136,7 +142,8 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
 		"--workers", "2", "--secret-file", secret,
 	}
-	s.copier, err = s.lab.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
+	var err error
+	s.copier, err = s.lab.Prod.Start(ctx, bin, append(args, extra...)...)
 	if err != nil {
 		return fmt.Errorf("start copier: %w", err)
 	}
