@@ -16,8 +16,14 @@ const (
 	// count as "other". It bounds every label set and the mismatch matrix.
 	MaxClasses = 32
 	// MaxTopDivergent bounds the divergent request summaries kept per
-	// map; when full, the least counted gives way (space-saving).
+	// map, and the slower ones; when full, the least counted gives way
+	// (space-saving).
 	MaxTopDivergent = 64
+	// SlowerMargin is how much later than prod's the shadow's answer must
+	// come, at least, for its request to count as slower on the shadow;
+	// it must also take at least twice prod's time. Below it, latency is
+	// the histograms' business, not a request's.
+	SlowerMargin = 10 * time.Millisecond
 	// MaxMaps bounds the maps a Comparer takes.
 	MaxMaps = 256
 	// MaxWorkers bounds the Recorders.
@@ -73,6 +79,8 @@ type mapStats struct {
 	sides      [numSides]sideStats
 	pairs      map[[2]string]uint64 // (prod class, shadow class) → count; at most (MaxClasses+1)² keys
 	divergent  map[string]*divergent
+	slower     uint64                // requests both answered, the shadow much later
+	slowest    map[string]*divergent // their summaries
 }
 
 type sideStats struct {
@@ -118,7 +126,7 @@ func New(cfg Config) (*Comparer, error) {
 		}
 		seen[m.Name] = true
 		ms := &mapStats{name: m.Name, configured: m.Protocol, pairs: map[[2]string]uint64{},
-			divergent: map[string]*divergent{}}
+			divergent: map[string]*divergent{}, slowest: map[string]*divergent{}}
 		for s := range ms.sides {
 			ms.sides[s].classes = map[string]uint64{}
 		}
@@ -198,7 +206,9 @@ func (c *Comparer) consume(p *Pair) {
 	}
 	var summary string
 	diverged := class[Prod] != class[Shadow]
-	if diverged {
+	slower := answered[Prod] && answered[Shadow] &&
+		secs[Shadow]-secs[Prod] >= max(SlowerMargin.Seconds(), secs[Prod])
+	if diverged || slower {
 		summary = Summarize(proto, req)
 	}
 
@@ -214,14 +224,18 @@ func (c *Comparer) consume(p *Pair) {
 	m.pairs[[2]string{class[Prod], class[Shadow]}]++
 	diverged = class[Prod] != class[Shadow] // "other" on both sides is no mismatch we can tell
 	if diverged {
-		m.addDivergent(summary, class, secs)
+		addTop(m.divergent, summary, class, secs)
+	}
+	if slower {
+		m.slower++
+		addTop(m.slowest, summary, class, secs)
 	}
 	c.mu.Unlock()
 
-	if diverged && c.divlog != nil {
+	if (diverged || slower) && c.divlog != nil {
 		c.divlog.write(divergenceEntry{
 			Time: c.now().UTC(), Map: m.name, Client: p.Client.String(), Protocol: proto.String(),
-			Request: summary, Prod: class[Prod], Shadow: class[Shadow],
+			Request: summary, Prod: class[Prod], Shadow: class[Shadow], Slower: slower,
 			ProdMS: latencyMS(secs[Prod], answered[Prod]), ShadowMS: latencyMS(secs[Shadow], answered[Shadow]),
 		})
 	}
@@ -274,26 +288,27 @@ func (st *sideStats) count(cl string) string {
 	return cl
 }
 
-// addDivergent counts a divergent request summary, evicting the least
-// counted one when full and giving the newcomer its count plus one, so
-// a frequent summary arriving late still climbs. Locked.
-func (m *mapStats) addDivergent(summary string, class [numSides]string, secs [numSides]float64) {
-	d, ok := m.divergent[summary]
+// addTop counts a request summary in top (divergent or slower ones),
+// evicting the least counted one when full and giving the newcomer its
+// count plus one, so a frequent summary arriving late still climbs.
+// Locked.
+func addTop(top map[string]*divergent, summary string, class [numSides]string, secs [numSides]float64) {
+	d, ok := top[summary]
 	if !ok {
 		var base uint64
-		if len(m.divergent) >= MaxTopDivergent {
+		if len(top) >= MaxTopDivergent {
 			var minKey string
 			var minD *divergent
-			for k, v := range m.divergent {
+			for k, v := range top {
 				if minD == nil || v.count < minD.count || v.count == minD.count && k < minKey {
 					minKey, minD = k, v
 				}
 			}
 			base = minD.count
-			delete(m.divergent, minKey)
+			delete(top, minKey)
 		}
 		d = &divergent{count: base}
-		m.divergent[summary] = d
+		top[summary] = d
 	}
 	d.count++
 	d.prod, d.shadow = class[Prod], class[Shadow]

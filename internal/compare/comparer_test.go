@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -294,5 +295,38 @@ func TestAppendAlloc(t *testing.T) {
 	}
 	if p.Prod.HeadLen != DefaultPrefix || p.Shadow.HeadLen != MaxPrefix || p.RequestLen != RequestHeadLen {
 		t.Fatalf("heads %d %d %d: not held at their limits", p.Prod.HeadLen, p.Shadow.HeadLen, p.RequestLen)
+	}
+}
+
+// TestComparerSlower: a request both sides answer alike counts as slower
+// on the shadow only past SlowerMargin and twice prod's time; the report
+// names those requests, and the text report prints them.
+func TestComparerSlower(t *testing.T) {
+	c := newTestComparer(t, Config{})
+	ms := time.Millisecond
+	var ps []Pair
+	for range 50 {
+		ps = append(ps, mkPair(0, get("/"), ok200, ok200, ms, 3*ms)) // later, within the margin
+	}
+	for range 7 {
+		ps = append(ps, mkPair(0, get("/slow"), ok200, ok200, 2*ms, 45*ms))
+	}
+	for range 3 {
+		ps = append(ps, mkPair(0, get("/heavy"), ok200, ok200, 20*ms, 35*ms)) // past the margin, not twice
+	}
+	feed(t, c, ps...)
+	web := c.Snapshot().Maps[0]
+	if web.Slower != 7 || len(web.TopSlower) != 1 || web.TopSlower[0].Request != "GET /slow HTTP/1.1" || web.TopSlower[0].Count != 7 {
+		t.Fatalf("slower %d, top %+v: want the 7 of /slow", web.Slower, web.TopSlower)
+	}
+	if len(web.TopDivergent) != 0 || len(web.Mismatches) != 0 {
+		t.Fatalf("slower requests counted as divergent: %+v %+v", web.TopDivergent, web.Mismatches)
+	}
+	var b strings.Builder
+	if err := WriteText(&b, c.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "top slower requests") || !strings.Contains(b.String(), "GET /slow HTTP/1.1") {
+		t.Fatalf("text report does not name the slower request:\n%s", b.String())
 	}
 }

@@ -41,8 +41,9 @@ type divergenceEntry struct {
 	Request  string    `json:"request"`
 	Prod     string    `json:"prod"`
 	Shadow   string    `json:"shadow"`
-	ProdMS   *float64  `json:"prod_ms"`   // null: no answer
-	ShadowMS *float64  `json:"shadow_ms"` // null: no answer
+	ProdMS   *float64  `json:"prod_ms"`          // null: no answer
+	ShadowMS *float64  `json:"shadow_ms"`        // null: no answer
+	Slower   bool      `json:"slower,omitempty"` // answered alike, the shadow much later (SlowerMargin)
 }
 
 // divergenceLog writes divergence entries, bounded in size, files and

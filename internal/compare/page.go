@@ -73,6 +73,11 @@ svg text.prod{fill:#1f5fbf}svg text.shadow{fill:#d9700a}
 <tr><th class="name">request</th><th>count</th><th class="prod">prod</th><th class="shadow">shadow</th><th class="prod">prod ms</th><th class="shadow">shadow ms</th></tr>
 {{range $m.TopDivergent}}<tr><td class="name request">{{.Request}}</td><td class="count">{{.Count}}</td><td>{{.Prod}}</td><td>{{.Shadow}}</td><td>{{ms .ProdMS}}</td><td>{{ms .ShadowMS}}</td></tr>
 {{end}}</table>{{end}}
+{{if $m.TopSlower}}<h3>top slower requests ({{$m.Slower}} slower on the shadow)</h3>
+<table class="slower" data-map="{{$m.Map}}">
+<tr><th class="name">request</th><th>count</th><th class="prod">prod</th><th class="shadow">shadow</th><th class="prod">prod ms</th><th class="shadow">shadow ms</th></tr>
+{{range $m.TopSlower}}<tr><td class="name request">{{.Request}}</td><td class="count">{{.Count}}</td><td>{{.Prod}}</td><td>{{.Shadow}}</td><td>{{ms .ProdMS}}</td><td>{{ms .ShadowMS}}</td></tr>
+{{end}}</table>{{end}}
 </section>
 {{end}}
 </body></html>

@@ -128,9 +128,23 @@ func clip(s string) string {
 	return b.String()
 }
 
+// writeTop prints a table of request summaries under title, if any.
+func writeTop(buf *bytes.Buffer, title string, top []Divergent) error {
+	if len(top) == 0 {
+		return nil
+	}
+	fmt.Fprintf(buf, "  %s:\n", title)
+	tw := tabwriter.NewWriter(buf, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "    count\tprod → shadow\tprod ms\tshadow ms\trequest\n")
+	for _, d := range top {
+		fmt.Fprintf(tw, "    %d\t%s → %s\t%.3f\t%.3f\t%s\n", d.Count, clip(d.Prod), clip(d.Shadow), d.ProdMS, d.ShadowMS, clip(d.Request))
+	}
+	return tw.Flush()
+}
+
 // WriteText prints the report per map: requests, the classes side by
 // side with counts and shares, the latency quantiles, the mismatch
-// pairs, and the top divergent requests.
+// pairs, the top divergent requests, and those slower on the shadow.
 func WriteText(w io.Writer, r Report) error {
 	var buf bytes.Buffer
 	if len(r.Maps) == 0 {
@@ -172,16 +186,14 @@ func WriteText(w io.Writer, r Report) error {
 				fmt.Fprintf(&buf, "    %s → %s: %d (%s)\n", clip(x.Prod), clip(x.Shadow), x.Count, share(x.Count, m.Requests))
 			}
 		}
-		if len(m.TopDivergent) > 0 {
-			buf.WriteString("  top divergent requests:\n")
-			tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
-			fmt.Fprintf(tw, "    count\tprod → shadow\tprod ms\tshadow ms\trequest\n")
-			for _, d := range m.TopDivergent {
-				fmt.Fprintf(tw, "    %d\t%s → %s\t%.3f\t%.3f\t%s\n", d.Count, clip(d.Prod), clip(d.Shadow), d.ProdMS, d.ShadowMS, clip(d.Request))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
+		if err := writeTop(&buf, "top divergent requests", m.TopDivergent); err != nil {
+			return err
+		}
+		if m.Slower > 0 {
+			fmt.Fprintf(&buf, "  slower on the shadow (by %v and twice prod's time at least): %d (%s)\n", SlowerMargin, m.Slower, share(m.Slower, m.Requests))
+		}
+		if err := writeTop(&buf, "top slower requests", m.TopSlower); err != nil {
+			return err
 		}
 	}
 	_, err := w.Write(buf.Bytes())

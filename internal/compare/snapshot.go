@@ -38,6 +38,10 @@ type MapReport struct {
 	// the mismatch matrix's diagonal.
 	Matched      map[string]uint64 `json:"matched"`
 	TopDivergent []Divergent       `json:"top_divergent"`
+	// Slower counts the requests both answered, the shadow at least
+	// SlowerMargin and twice prod's time later; TopSlower names them.
+	Slower    uint64      `json:"slower"`
+	TopSlower []Divergent `json:"top_slower"`
 }
 
 // SideReport is one side's classes and latency.
@@ -91,7 +95,7 @@ func (c *Comparer) Snapshot() Report {
 	for _, m := range c.maps {
 		mr := MapReport{Map: m.name, Protocol: m.protocolLocked().String(), Requests: m.requests,
 			Prod: m.sides[Prod].report(), Shadow: m.sides[Shadow].report(),
-			Mismatches: []Mismatch{}, Matched: map[string]uint64{}, TopDivergent: []Divergent{}}
+			Mismatches: []Mismatch{}, Matched: map[string]uint64{}, Slower: m.slower}
 		for k, n := range m.pairs {
 			if k[0] == k[1] {
 				mr.Matched[k[0]] = n
@@ -102,17 +106,23 @@ func (c *Comparer) Snapshot() Report {
 		slices.SortFunc(mr.Mismatches, func(a, b Mismatch) int {
 			return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.Prod, b.Prod), cmp.Compare(a.Shadow, b.Shadow))
 		})
-		for k, d := range m.divergent {
-			mr.TopDivergent = append(mr.TopDivergent, Divergent{Request: k, Count: d.count, Prod: d.prod,
-				Shadow: d.shadow, ProdMS: d.prodS * 1e3, ShadowMS: d.shadowS * 1e3})
-		}
-		slices.SortFunc(mr.TopDivergent, func(a, b Divergent) int {
-			return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.Request, b.Request))
-		})
-		mr.TopDivergent = mr.TopDivergent[:min(len(mr.TopDivergent), topShown)]
+		mr.TopDivergent, mr.TopSlower = topOf(m.divergent), topOf(m.slowest)
 		r.Maps = append(r.Maps, mr)
 	}
 	return r
+}
+
+// topOf lists the topShown most counted summaries of top. Locked.
+func topOf(top map[string]*divergent) []Divergent {
+	out := []Divergent{}
+	for k, d := range top {
+		out = append(out, Divergent{Request: k, Count: d.count, Prod: d.prod,
+			Shadow: d.shadow, ProdMS: d.prodS * 1e3, ShadowMS: d.shadowS * 1e3})
+	}
+	slices.SortFunc(out, func(a, b Divergent) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.Request, b.Request))
+	})
+	return out[:min(len(out), topShown)]
 }
 
 // protocolLocked is the map's protocol as reported: configured, detected,
