@@ -154,11 +154,12 @@ type trafficKind struct {
 
 // kinds returns the demo's loads at scale: at 1, 200 keep-alive GETs over
 // 10 connections, 100 GETs one connection each, 20 POSTs of 1 KiB to
-// 256 KiB and 100 keep-alive GETs over IPv6.
+// 256 KiB, 100 keep-alive GETs over IPv6, and 200 keep-alive GETs of
+// which the shadow fails one in five and answers one in five late.
 func kinds(s *stage, scale float64) []trafficKind {
 	n := func(base int) int { return max(1, int(math.Ceil(float64(base)*scale))) }
 	const conns = 10
-	ka4, short, posts, ka6 := n(20), n(100), n(20), n(10)
+	ka4, short, posts, ka6, cmp := n(20), n(100), n(20), n(10), max(5, n(20))
 	return []trafficKind{
 		{"ka4", fmt.Sprintf("keep-alive GETs, IPv4, %d connections", conns), conns * ka4,
 			func(ctx context.Context, d *driver) { d.keepAlive(ctx, "ka4", s.prodV4, conns, ka4) }},
@@ -168,6 +169,8 @@ func kinds(s *stage, scale float64) []trafficKind {
 			func(ctx context.Context, d *driver) { d.posts(ctx, "upload", s.prodV4, posts, 4) }},
 		{"ka6", fmt.Sprintf("keep-alive GETs, IPv6, %d connections", conns), conns * ka6,
 			func(ctx context.Context, d *driver) { d.keepAlive(ctx, "ka6", s.prodV6, conns, ka6) }},
+		{cmpKey, fmt.Sprintf("keep-alive GETs, some failing or slow on the shadow, %d connections", conns), conns * cmp,
+			func(ctx context.Context, d *driver) { d.keepAlivePaths(ctx, cmpKey, s.prodV4, conns, cmp, cmpPath) }},
 	}
 }
 
@@ -221,13 +224,18 @@ func (d *driver) do(ctx context.Context, c *http.Client, key, method string, to 
 // keepAlive sends per requests on each of conns kept-alive connections,
 // the connections in parallel.
 func (d *driver) keepAlive(ctx context.Context, key string, to netip.AddrPort, conns, per int) {
+	d.keepAlivePaths(ctx, key, to, conns, per, func(c, i int) string { return fmt.Sprintf("/%s/%d/%d", key, c, i) })
+}
+
+// keepAlivePaths is keepAlive with request i of connection c to path(c, i).
+func (d *driver) keepAlivePaths(ctx context.Context, key string, to netip.AddrPort, conns, per int, path func(c, i int) string) {
 	var wg sync.WaitGroup
 	for c := range conns {
 		wg.Go(func() {
 			client := d.ns.HTTPClient(1)
 			defer client.CloseIdleConnections()
 			for i := 0; i < per && ctx.Err() == nil; i++ {
-				d.do(ctx, client, key, http.MethodGet, to, fmt.Sprintf("/%s/%d/%d", key, c, i), nil)
+				d.do(ctx, client, key, http.MethodGet, to, path(c, i), nil)
 			}
 		})
 	}
@@ -293,6 +301,7 @@ type demoResult struct {
 	leaks                       int // packets from the shadow seen in the client namespace
 	copyMetrics, agentMetrics   map[string]float64
 	copyMetricsErr, agentMetErr error
+	cmp                         *comparison // the copy daemon's report on the shadow's failures
 }
 
 // verdict is nil only when every request prod served was copied, from the
@@ -354,6 +363,11 @@ func runDemo(ctx context.Context, cfg *demoConfig, out io.Writer) (_ *demoResult
 	if err := watchShadowLeaks(ctx, st.lab); err != nil {
 		return nil, err
 	}
+	stopSlow, err := startSlowBackend(st.lab.Shadow)
+	if err != nil {
+		return nil, err
+	}
+	defer stopSlow() // before the teardown: it listens in the shadow namespace
 	ks := kinds(st, cfg.scale)
 	d := &driver{ns: st.lab.Client, ok: make(map[string]int)}
 	total := 0
@@ -386,7 +400,7 @@ func runDemo(ctx context.Context, cfg *demoConfig, out io.Writer) (_ *demoResult
 	werr := poll(ctx, cfg.catchUp, func() (bool, error) {
 		var err error
 		checks++
-		res, err = compare(st, ks, d)
+		res, err = matchLogs(st, ks, d)
 		if err != nil {
 			return false, err
 		}
@@ -426,6 +440,8 @@ func runDemo(ctx context.Context, cfg *demoConfig, out io.Writer) (_ *demoResult
 		return nil, err
 	}
 	report(out, st, res)
+	res.cmp = fetchComparison(ctx, st)
+	reportComparison(out, st, res.cmp)
 	if o := st.copier.Output(); res.verdict() != nil && o != "" && !cfg.verbose {
 		fmt.Fprintf(out, "--- copier output (tail) ---\n%s\n", tail(o, 20))
 	}
@@ -435,9 +451,9 @@ func runDemo(ctx context.Context, cfg *demoConfig, out io.Writer) (_ *demoResult
 	return res, nil
 }
 
-// compare reads both access logs and matches the shadow's requests to
+// matchLogs reads both access logs and matches the shadow's requests to
 // prod's, kind by kind.
-func compare(st *stage, ks []trafficKind, d *driver) (*demoResult, error) {
+func matchLogs(st *stage, ks []trafficKind, d *driver) (*demoResult, error) {
 	prod, err := st.prod.requests()
 	if err != nil {
 		return nil, err

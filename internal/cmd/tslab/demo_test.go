@@ -100,6 +100,18 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out.String(), "(copied 100%)") {
 			t.Error(`report lacks "(copied 100%)"`)
 		}
+		// The comparison: every /cmp/fail/ prod served is a 200 → 500,
+		// /cmp/slow/ is slower on the shadow, and the report names both.
+		c := res.cmp
+		if c == nil || c.err != nil {
+			t.Fatalf("no comparison report: %+v", c)
+		}
+		if c.prodFail == 0 || c.failed != uint64(c.prodFail) || !c.failNamed {
+			t.Errorf("prod served /cmp/fail/ %d times; the report counts %d 200 → 500 (named: %v)", c.prodFail, c.failed, c.failNamed)
+		}
+		if c.prodSlow == 0 || c.slower == 0 || !c.slowNamed {
+			t.Errorf("prod served /cmp/slow/ %d times; the report counts %d slower (named: %v)", c.prodSlow, c.slower, c.slowNamed)
+		}
 	})
 
 	t.Run("ReportsMissingCopies", func(t *testing.T) {

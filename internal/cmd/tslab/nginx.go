@@ -70,8 +70,19 @@ http {
 		location @stored {
 			return 201 "stored by %[1]s\n";
 		}
-	}
+%[4]s	}
 }
+`
+
+// shadowOnlyConf is what only the shadow's nginx does, for the demo's
+// comparison: it fails one path and answers another late, through a
+// backend of the demo's own (startSlowBackend).
+const shadowOnlyConf = `		location /cmp/fail/ {
+			return 500 "failed on the shadow\n";
+		}
+		location /cmp/slow/ {
+			proxy_pass http://%s;
+		}
 `
 
 // startNginx writes a config for name listening on addrs and starts nginx
@@ -111,7 +122,11 @@ func startNginx(ctx context.Context, bin string, ns *lab.NS, name string, addrs 
 		fmt.Fprintf(&listen, "\t\tlisten %s http2;\n", netip.AddrPortFrom(a.Addr(), h2Port))
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, name, dir, listen.String()), 0o644); err != nil {
+	var extra string
+	if name == "shadow" {
+		extra = fmt.Sprintf(shadowOnlyConf, slowBackend)
+	}
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, name, dir, listen.String(), extra), 0o644); err != nil {
 		return nil, fmt.Errorf("nginx %s: %w", name, err)
 	}
 	n.proc, err = ns.Start(ctx, bin, "-c", conf, "-p", dir, "-e", filepath.Join(dir, "error.log"))

@@ -141,6 +141,7 @@ func (s *stage) startCopier(ctx context.Context, bin, secret string, extra []str
 		"--metrics", s.copyMetricsAddr(),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
 		"--workers", "2", "--secret-file", secret,
+		"--divergence-log", filepath.Join(filepath.Dir(secret), "divergence.jsonl"),
 	}
 	var err error
 	s.copier, err = s.lab.Prod.Start(ctx, bin, append(args, extra...)...)
