@@ -140,9 +140,7 @@ func LocalSamples(src capture.Source) []metrics.Sample {
 		return nil
 	}
 	st := s.QueueStats()
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: "tcpshadow_intercept_queue_" + name + "_total", Help: help, Value: float64(v)}
-	}
+	c := metrics.Counters("tcpshadow_intercept_queue_")
 	return []metrics.Sample{
 		c("read", "Packets to the pools read from the NFQUEUE (each dropped).", st.Read),
 		c("malformed", "NFQUEUE messages not parsable as a packet.", st.Malformed),

@@ -125,9 +125,7 @@ func MirrorSamples(src capture.Source) []metrics.Sample {
 		return nil
 	}
 	st := ms.MirrorStats()
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: "tcpshadow_mirror_" + name + "_total", Help: help, Value: float64(v)}
-	}
+	c := metrics.Counters("tcpshadow_mirror_")
 	return []metrics.Sample{
 		c("datagrams", "Mirror session datagrams received.", st.Datagrams),
 		c("frames", "Inner IP packets handed to the engine.", st.Frames),
@@ -144,9 +142,7 @@ func MirrorSamples(src capture.Source) []metrics.Sample {
 // LinkSamples renders the datalink send path's counters.
 func LinkSamples(r *linksock.Resolver) []metrics.Sample {
 	st := r.Stats()
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: "tcpshadow_datalink_" + name + "_total", Help: help, Value: float64(v)}
-	}
+	c := metrics.Counters("tcpshadow_datalink_")
 	return []metrics.Sample{
 		c("no_neighbour", "Packets dropped: the next hop's MAC address was not resolved yet.", st.NoNeighbour),
 		c("no_route", "Packets dropped: no next hop known for their destination.", st.NoRoute),

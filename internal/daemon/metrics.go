@@ -82,9 +82,7 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 	st := a.Stats()
 	cs := src.Stats()
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: "tcpshadow_intercept_" + name + "_total", Help: help, Value: float64(v)}
-	}
+	c := metrics.Counters("tcpshadow_intercept_")
 	g := func(name, help string, v int64) metrics.Sample {
 		return metrics.Sample{Name: "tcpshadow_intercept_" + name, Help: help, Kind: metrics.Gauge, Value: float64(v)}
 	}

@@ -54,6 +54,14 @@ type Sample struct {
 	Buckets map[float64]uint64
 }
 
+// Counters returns a function making counter samples named
+// prefix+name+"_total": the shape of every package's counter list.
+func Counters(prefix string) func(name, help string, v uint64) Sample {
+	return func(name, help string, v uint64) Sample {
+		return Sample{Name: prefix + name + "_total", Help: help, Value: float64(v)}
+	}
+}
+
 // Source produces the current samples; it is called on every scrape and
 // every summary, from any goroutine.
 type Source func() []Sample
