@@ -110,6 +110,7 @@ func TestRunCopyAndAgent(t *testing.T) {
 	ccfg := validCopy()
 	ccfg.Client.Addr, ccfg.Client.Secret, ccfg.MaxCPU = addr, acfg.Agent.Secret, 1
 	ccfg.Dump.Path = filepath.Join(dir, "copy.pcap")
+	ccfg.StatsInterval = 20 * time.Millisecond // to see the registrations written
 	copyCtx, stopCopy := context.WithCancel(context.Background())
 	defer stopCopy()
 	copyErr := make(chan error, 1)
@@ -154,6 +155,12 @@ func TestRunCopyAndAgent(t *testing.T) {
 		accept(netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i)))
 	}
 	waitFor(t, "every SYN sent", 5*time.Second, func() bool { return len(sent.sent(t)) == sessions+1 })
+	// Every registration written before the shutdown deregisters them: a
+	// flow registered and deregistered before the writer ran is rightly
+	// never written, and would leave both counts short.
+	waitFor(t, "every registration written", 5*time.Second, func() bool {
+		return logHas(&copyLog, fmt.Sprintf("agent_registrations=%d ", sessions))
+	})
 
 	stopCopy()
 	if err := <-copyErr; err != nil {
