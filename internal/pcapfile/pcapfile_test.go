@@ -270,10 +270,10 @@ func TestPcapng(t *testing.T) {
 	le, be := binary.LittleEndian, binary.BigEndian
 	var b []byte
 	b = append(b, ngSection(le)...)
-	b = append(b, ngIDBlock(le, LinkEthernet, -1, 0)...)    // iface 0: microseconds
-	b = append(b, ngIDBlock(le, LinkSLL2, 9, 0)...)         // iface 1: nanoseconds
-	b = append(b, ngIDBlock(le, LinkRaw, 0x80|20, 100)...)  // iface 2: 2^-20 s, 100 s offset
-	b = append(b, ngBlock(le, 5, make([]byte, 16))...)      // interface statistics: skipped
+	b = append(b, ngIDBlock(le, LinkEthernet, -1, 0)...)   // iface 0: microseconds
+	b = append(b, ngIDBlock(le, LinkSLL2, 9, 0)...)        // iface 1: nanoseconds
+	b = append(b, ngIDBlock(le, LinkRaw, 0x80|20, 100)...) // iface 2: 2^-20 s, 100 s offset
+	b = append(b, ngBlock(le, 5, make([]byte, 16))...)     // interface statistics: skipped
 	b = append(b, ngEPBlock(le, 0, 5_000001, ether(etherTypeIPv4, 0, ipv4(1)))...)
 	b = append(b, ngEPBlock(le, 1, 5_000000002, sll2(0, etherTypeIPv6, ipv6(2)))...)
 	b = append(b, ngEPBlock(le, 2, 3<<20|1<<19, ipv4(3))...) // 3.5 s + 100 s
