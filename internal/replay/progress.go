@@ -16,7 +16,7 @@ type Progress struct {
 	Passes    int
 	PassGap   time.Duration // wall time between passes, not played
 	Speed     float64       // asked for
-	Packets   uint64  // handed over
+	Packets   uint64        // handed over
 	Bytes     uint64
 	Reordered uint64 // handed over at once: earlier than one before them
 	NonIP     uint64 // records without an IP packet, skipped
