@@ -354,8 +354,9 @@ func showProgress(ctx context.Context, cfg *ReplayConfig, progress func() replay
 	}
 }
 
-// stampSender notes the time of every packet s accepts; a batching
-// sender stays one.
+// stampSender notes the time of every packet carrying data that s
+// accepts (the files' requests, not the engine's own ACKs, FINs and
+// RSTs, which follow the shadow's timing); a batching sender stays one.
 func stampSender(s tcpstate.Sender, at *atomic.Int64) tcpstate.Sender {
 	st := stamped{Sender: s, at: at}
 	if f, ok := s.(tcpstate.Flusher); ok {
@@ -371,10 +372,28 @@ type stamped struct {
 
 func (s stamped) Send(pkt []byte) error {
 	err := s.Sender.Send(pkt)
-	if err == nil {
+	if err == nil && hasPayload(pkt) {
 		s.at.Store(time.Now().UnixNano())
 	}
 	return err
+}
+
+// hasPayload reports whether an IPv4 or IPv6 TCP packet (no IPv6
+// extension headers: the engine builds none) carries data.
+func hasPayload(pkt []byte) bool {
+	var ipLen, total int
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		ipLen, total = int(pkt[0]&0x0f)*4, int(pkt[2])<<8|int(pkt[3])
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		ipLen, total = 40, 40+(int(pkt[4])<<8|int(pkt[5]))
+	default:
+		return false
+	}
+	if len(pkt) < ipLen+13 {
+		return false
+	}
+	return total > ipLen+int(pkt[ipLen+12]>>4)*4
 }
 
 type stampedFlusher struct {
