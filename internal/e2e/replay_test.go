@@ -32,10 +32,10 @@ const (
 	replayPre     = 5 // requests of the early connection on each side of the capture's start
 )
 
-// captureReplayTraffic starts the captures (each a tcpdump in prod),
-// makes the traffic, stops them, and returns the requests captured per
-// connection, in order: path prefix → paths.
-func captureReplayTraffic(t *testing.T, e *env, files map[string][]string) map[string][]string {
+// captureReplayTraffic starts the captures (start, which returns what
+// stops them), makes the traffic, stops them, and returns the requests
+// captured per connection, in order: path prefix → paths.
+func captureReplayTraffic(t *testing.T, e *env, start func() (stop func())) map[string][]string {
 	t.Helper()
 	host := net.JoinHostPort(lab.ProdClientSideV4.String(), "80")
 	get := func(c *http.Client, path string) {
@@ -55,20 +55,7 @@ func captureReplayTraffic(t *testing.T, e *env, files map[string][]string) map[s
 	for i := range replayPre {
 		get(early, fmt.Sprintf("/rp/pre/%d", i)) // before the capture: not in the files
 	}
-	var dumps []*lab.Process
-	for _, args := range files {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // bounds tcpdump
-		t.Cleanup(cancel)
-		p, err := e.lab.Prod.Start(ctx, "tcpdump", append([]string{"-Z", "root", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-n"}, append(args, "tcp port 80")...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Stop(5 * time.Second) })
-		dumps = append(dumps, p)
-	}
-	for _, p := range dumps {
-		waitFor(t, "tcpdump listening", 10*time.Second, func() bool { return strings.Contains(p.Output(), "listening on") })
-	}
+	stop := start()
 	for i := replayPre; i < 2*replayPre; i++ {
 		p := fmt.Sprintf("/rp/pre/%d", i)
 		get(early, p)
@@ -103,16 +90,40 @@ func captureReplayTraffic(t *testing.T, e *env, files map[string][]string) map[s
 		t.Fatalf("the early connection was dialled %d times, want 1", n)
 	}
 	time.Sleep(500 * time.Millisecond) // the last FINs
-	for _, p := range dumps {
-		p.Stop(5 * time.Second)
-		if out := p.Output(); !strings.Contains(out, "packets captured") || !strings.Contains(out, "\n0 packets dropped by kernel") {
-			// A capture that lost packets replays as one: its sessions end
-			// at the gap (scenario 11), which is not what this test is about.
-			t.Fatalf("tcpdump did not capture every packet:\n%s", out)
-		}
-		t.Logf("tcpdump: %s", strings.TrimSpace(p.Output()))
-	}
+	stop()
 	return want
+}
+
+// tcpdumps returns a start for captureReplayTraffic running a tcpdump in
+// prod for each argument list.
+func tcpdumps(t *testing.T, e *env, captures ...[]string) func() func() {
+	return func() func() {
+		var dumps []*lab.Process
+		for _, args := range captures {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // bounds tcpdump
+			t.Cleanup(cancel)
+			p, err := e.lab.Prod.Start(ctx, "tcpdump", append([]string{"-Z", "root", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-n"}, append(args, "tcp port 80")...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Stop(5 * time.Second) })
+			dumps = append(dumps, p)
+		}
+		for _, p := range dumps {
+			waitFor(t, "tcpdump listening", 10*time.Second, func() bool { return strings.Contains(p.Output(), "listening on") })
+		}
+		return func() {
+			for _, p := range dumps {
+				p.Stop(5 * time.Second)
+				if out := p.Output(); !strings.Contains(out, "packets captured") || !strings.Contains(out, "\n0 packets dropped by kernel") {
+					// A capture that lost packets replays as one: its sessions
+					// end at the gap (scenario 11), not this test's subject.
+					t.Fatalf("tcpdump did not capture every packet:\n%s", out)
+				}
+				t.Logf("tcpdump: %s", strings.TrimSpace(p.Output()))
+			}
+		}
+	}
 }
 
 // runReplay replays files in prod and returns its output; args are extra
@@ -185,11 +196,11 @@ func TestReplay(t *testing.T) {
 	shadow := startNginx(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), 30*time.Second)
 	dir := t.TempDir()
 	eth, sll, sll2 := filepath.Join(dir, "eth.pcap"), filepath.Join(dir, "sll.pcap"), filepath.Join(dir, "sll2.pcap")
-	want := captureReplayTraffic(t, e, map[string][]string{
-		"eth":  {"-i", lab.ProdClientLink, "-w", eth},
-		"sll":  {"-i", "any", "-y", "LINUX_SLL", "-w", sll},
-		"sll2": {"-i", "any", "-y", "LINUX_SLL2", "-w", sll2},
-	})
+	want := captureReplayTraffic(t, e, tcpdumps(t, e,
+		[]string{"-i", lab.ProdClientLink, "-w", eth},
+		[]string{"-i", "any", "-y", "LINUX_SLL", "-w", sll},
+		[]string{"-i", "any", "-y", "LINUX_SLL2", "-w", sll2},
+	))
 	ng := filepath.Join(dir, "eth.pcapng")
 	toPcapng(t, eth, ng)
 	for path, link := range map[string]pcapfile.LinkType{eth: pcapfile.LinkEthernet, sll: pcapfile.LinkSLL, sll2: pcapfile.LinkSLL2, ng: pcapfile.LinkEthernet} {
@@ -355,4 +366,40 @@ func tcpdumpCount(t *testing.T, e *env, path string) int {
 		}
 	}
 	return n
+}
+
+// TestRecordReplay: copy --record, while the copier copies live traffic
+// to the shadow, writes both directions to rotating pcap files; once it
+// stopped, the directory replayed at --speed 2 makes the shadow serve
+// every recorded request again, in order per connection.
+func TestRecordReplay(t *testing.T) {
+	e := newEnv(t, envOptions{lateCopier: true, noProdHTTP: true, noShadowHTTP: true})
+	startNginx(t, e.lab.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), 30*time.Second)
+	shadow := startNginx(t, e.lab.Shadow, netip.AddrPortFrom(lab.ShadowV4, 80), 30*time.Second)
+	dir := t.TempDir()
+	e.opts.copyArgs = []string{"--record", dir, "--record-size", "1MiB", "--no-divergence-log"}
+	want := captureReplayTraffic(t, e, func() func() {
+		e.startCopier()
+		return func() {
+			e.drained(t, 20*time.Second)
+			if err := e.copier.Stop(10 * time.Second); err != nil {
+				t.Fatalf("copy daemon: %v\n%s", err, e.copier.Output())
+			}
+		}
+	})
+	live := len(shadow.accessed(t, "/rp/"))
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, en := range ents {
+		names = append(names, en.Name())
+	}
+	if len(names) != 1 || !strings.HasSuffix(names[0], ".pcap") {
+		t.Fatalf("the recording holds %v, want one completed .pcap", names)
+	}
+	out, err := e.runReplay(t, []string{dir}, "--speed", "2", "--pool-seed", "7")
+	t.Logf("replay:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReplayed(t, shadow, live, want, 1)
 }
