@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,7 @@ type replayOptions struct {
 	settle     time.Duration
 	every      time.Duration
 	noProgress bool
+	json       bool
 }
 
 // replayCopyFlags are the copy command's flags a replay has: all but
@@ -86,6 +88,7 @@ goes to standard error (a bar on a terminal, a line every
 	f.DurationVar(&o.settle, "settle", def.Settle, "once the files are played, stop after the shadow was sent nothing this long (sessions the files leave open are then reset)")
 	f.DurationVar(&o.every, "progress-interval", def.ProgressEvery, "how often the progress line is written when standard error is not a terminal")
 	f.BoolVar(&o.noProgress, "no-progress", false, "write no progress, only the summary")
+	f.BoolVar(&o.json, "json", false, "write the summary as one JSON object")
 	return cmd
 }
 
@@ -142,6 +145,9 @@ func (o *replayOptions) run(cmd *cobra.Command, g *globalOptions, files []string
 	pr, err := daemon.RunReplay(cmd.Context(), cfg, log)
 	if err != nil {
 		return o.copy.from.explain(err, o.fieldFlags())
+	}
+	if o.json {
+		return json.NewEncoder(cmd.OutOrStdout()).Encode(pr.Report())
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), pr.Summary())
 	return nil

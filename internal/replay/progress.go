@@ -166,3 +166,39 @@ func bytesStr(n uint64) string {
 	}
 	return fmt.Sprintf("%d B", n)
 }
+
+// Report is a replay's summary for machines (replay --json): durations
+// in seconds.
+type Report struct {
+	Packets        uint64  `json:"packets"`
+	Passes         int     `json:"passes"`
+	Sessions       uint64  `json:"sessions"`
+	Joined         uint64  `json:"sessions_joined"`
+	Requests       uint64  `json:"requests"`
+	SentBytes      uint64  `json:"bytes_sent"`
+	SpeedAsked     float64 `json:"speed_asked"`
+	SpeedAchieved  float64 `json:"speed_achieved"`
+	FileSeconds    float64 `json:"file_seconds"`
+	WallSeconds    float64 `json:"wall_seconds"`
+	LateP50        float64 `json:"late_p50_seconds"`
+	LateP99        float64 `json:"late_p99_seconds"`
+	LateMax        float64 `json:"late_max_seconds"`
+	PacingDrift    float64 `json:"pacing_drift_mean_seconds"`
+	NonIP          uint64  `json:"records_not_ip"`
+	OtherHost      uint64  `json:"records_other_host"`
+	EngineIgnored  uint64  `json:"engine_ignored"`
+	EngineShed     uint64  `json:"engine_shed"`
+	OutOfTimeOrder uint64  `json:"out_of_time_order"`
+}
+
+// Report returns the summary's numbers.
+func (pr *Progress) Report() Report {
+	return Report{
+		Packets: pr.Packets, Passes: pr.Passes, Sessions: pr.Sessions, Joined: pr.Joined,
+		Requests: pr.Requests, SentBytes: pr.SentBytes, SpeedAsked: pr.Speed, SpeedAchieved: pr.Achieved(),
+		FileSeconds: (time.Duration(pr.Passes) * pr.FileLen).Seconds(), WallSeconds: pr.wall().Seconds(),
+		LateP50: pr.LateP50.Seconds(), LateP99: pr.LateP99.Seconds(), LateMax: pr.LateMax.Seconds(),
+		PacingDrift: pr.PacingDrift.Seconds(), NonIP: pr.NonIP, OtherHost: pr.OtherHost,
+		EngineIgnored: pr.Ignored, EngineShed: pr.Shed, OutOfTimeOrder: pr.Reordered,
+	}
+}
