@@ -83,6 +83,7 @@ func renderReport(r *benchResult) string {
 	}
 	renderBulk(&b, r.bulk)
 	renderH2(&b, r.h2)
+	renderReplay(&b, r.replay, r.cfg.replayRate, r.cfg.step)
 	if r.idle != nil {
 		in := r.idle
 		fmt.Fprintf(&b, "## Idle sessions\n\n")
