@@ -16,6 +16,7 @@ import (
 // TestBenchSmoke runs `tslab bench --smoke` in-process: both shapes at
 // 500/s for 2 s through a real copier. The report must have a row for the
 // smoke step of each shape whose copy ratio is 100% (no timing asserts),
+// each replay of the recorded step must serve every recorded request,
 // and the lab must be gone afterwards.
 func TestBenchSmoke(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -28,7 +29,8 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
-		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md")}
+		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md"),
+		replayRate: 500, replaySpeeds: []float64{1, 4}}
 	var out bytes.Buffer
 	res, err := runBench(ctx, cfg, &out)
 	t.Logf("bench output:\n%s", out.String())
@@ -50,6 +52,14 @@ func TestBenchSmoke(t *testing.T) {
 		// offered | alone | latency | with copier | latency | copied | ...
 		if len(row) < 6 || row[5] != "100%" {
 			t.Errorf("smoke step row %q: copied column is not 100%%", strings.Join(row, " | "))
+		}
+	}
+	if len(res.replay) != 2 || !strings.Contains(string(md), "## Replay") {
+		t.Fatalf("%d replays, want 2, and their table", len(res.replay))
+	}
+	for _, r := range res.replay {
+		if r.recorded == 0 || r.served != r.recorded {
+			t.Errorf("replay at %gx: the shadow served %d of the %d recorded requests", r.speed, r.served, r.recorded)
 		}
 	}
 	for _, s := range res.series {
