@@ -97,7 +97,12 @@ func (c *ReplayConfig) Validate() error {
 	if cc.Capture.Interface == "" {
 		cc.Capture.Interface = replayInterface
 	}
-	return inField("Copy", cc.Validate())
+	err := cc.Validate()
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return &FieldError{Field: "Copy." + fe.Field, Value: fe.Value, Err: fe.Err}
+	}
+	return err
 }
 
 // RunReplay plays the files through the copy daemon's engine to the
@@ -251,10 +256,10 @@ func runReplay(ctx context.Context, cfg ReplayConfig, log *slog.Logger, h host) 
 	if err == nil && ctx.Err() == nil {
 		settle(ctx, eng, &lastSent, cfg.Settle)
 	}
-	pr := progress() // before the engine's final resets
 	stopProgress()
 	<-progDone
 	stop()
+	pr := progress() // with the rounds the engine's stop ended
 	log.Info("replayed", "summary", metrics.Summary(samples(), metricPrefix))
 	return pr, err
 }
@@ -303,10 +308,12 @@ func settle(ctx context.Context, eng *tcpstate.Engine, lastSent *atomic.Int64, q
 func addEngine(pr *replay.Progress, st tcpstate.Snapshot) {
 	pr.Sessions = st.Get(tcpstate.CtrSessionsStarted)
 	pr.Joined = st.Get(tcpstate.CtrJoinedMidstream)
-	pr.Requests = st.Get(tcpstate.CtrRequests)
+	// The comparison pairs every request; the pacing counts those after
+	// each connection's first (which waits for nothing).
+	pr.Requests = max(st.Get(tcpstate.CtrRequests), st.Get(tcpstate.CtrComparePairs)+st.Get(tcpstate.CtrCompareDropped))
 	pr.SentBytes = st.Get(tcpstate.CtrBytesSent)
-	if pr.Requests > 0 {
-		pr.PacingDrift = time.Duration(st.Get(tcpstate.CtrDriftMicros)/pr.Requests) * time.Microsecond
+	if n := st.Get(tcpstate.CtrRequests); n > 0 {
+		pr.PacingDrift = time.Duration(st.Get(tcpstate.CtrDriftMicros)/n) * time.Microsecond
 	}
 	for _, c := range []tcpstate.Counter{
 		tcpstate.CtrIgnoredTruncated, tcpstate.CtrIgnoredBadHeader, tcpstate.CtrIgnoredFragment,

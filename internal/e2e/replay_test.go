@@ -235,6 +235,13 @@ func TestReplay(t *testing.T) {
 			if !strings.Contains(out, "(1 joined mid-stream)") && run.loop == 1 {
 				t.Errorf("the early connection was not joined mid-stream")
 			}
+			total := 0
+			for _, paths := range want {
+				total += len(paths) * run.loop
+			}
+			if !strings.Contains(out, fmt.Sprintf(", %d requests,", total)) {
+				t.Errorf("the summary does not count the %d requests replayed", total)
+			}
 			checkReplayed(t, shadow, before, want, run.loop)
 		})
 	}

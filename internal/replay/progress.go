@@ -28,7 +28,7 @@ type Progress struct {
 	// The engine's side.
 	Sessions  uint64 // started with a handshake, or joined mid-stream
 	Joined    uint64 // of those, joined mid-stream
-	Requests  uint64 // paced requests sent
+	Requests  uint64 // requests sent: as the comparison paired them, or paced (each connection's first aside) without it
 	SentBytes uint64 // bytes sent to the shadow
 	// PacingDrift is the mean of how much later than in the file, against
 	// the previous request, each request reached the shadow.
