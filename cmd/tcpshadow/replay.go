@@ -41,7 +41,7 @@ var (
 		"max-session-bytes", "max-sessions", "compare-prefix", "protocol", "divergence-log", "no-divergence-log",
 		"log-file", "dump", "dump-max-mb", "dump-files", "secret-file", "name", "metrics", "debug-pprof",
 	}
-	replayOptionalFlags = []string{"sample", "multiply", "max-new-sessions", "ramp"}
+	replayOptionalFlags = []string{"sample", "sample-seed", "multiply", "max-new-sessions", "ramp"}
 )
 
 func newReplayCmd(g *globalOptions) *cobra.Command { return newReplayCmdWith(g, &replayOptions{}) }
