@@ -71,6 +71,7 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON \
             ./intercept/divert:FuzzParsePacket
+FUZZ     += ./internal/pcapfile:FuzzReader
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each

@@ -51,8 +51,13 @@ type copyOptions struct {
 	protocols       []string
 	divergenceLog   string
 	noDivergenceLog bool
-	daemon          daemonOptions
-	from            origin // which options the config file set
+	// recording, for replays
+	recordDir   string
+	recordSize  string
+	recordAge   time.Duration
+	recordFiles int
+	daemon      daemonOptions
+	from        origin // which options the config file set
 }
 
 // copyConfig is what the copy command runs: the daemon's validated
@@ -129,6 +134,10 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.BoolVar(&o.noDivergenceLog, "no-divergence-log", false, "write no divergence log")
 	f.Uint64Var(&o.poolSeed, "pool-seed", 0, "seed of the client-address mapping into the pool")
 	f.StringVar(&o.poolSlot, "pool-slot", "0/1", "SLOT/SLOTS: forge only from this share of the pool, so that copy daemons sharing it (each its own slot, the same SLOTS) never forge the same address")
+	f.StringVar(&o.recordDir, "record", "", "write what the captures read (both directions of the maps' traffic) to rotating pcap files in this directory, for tcpshadow replay (off if empty)")
+	f.StringVar(&o.recordSize, "record-size", formatSize(def.Record.MaxBytes), "start a new recording file when the current one would grow past this size (tcpdump -C)")
+	f.DurationVar(&o.recordAge, "record-age", def.Record.MaxAge, "start a new recording file when the current one is this old (tcpdump -G; 0: no age bound)")
+	f.IntVar(&o.recordFiles, "record-files", def.Record.MaxFiles, "recording files kept, the oldest removed (tcpdump -W)")
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every packet sent to the shadow",
 		secret: "the control channel's shared secret",
@@ -165,6 +174,10 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 		"Engine.ComparePrefix":    {flag: "compare-prefix"},
 		"Compare.Protocols":       {flag: "protocol", given: o.protocols},
 		"Compare":                 {flag: "divergence-log", given: o.divergenceLog},
+		"Record.Dir":              {flag: "record"},
+		"Record.MaxBytes":         {flag: "record-size", given: o.recordSize},
+		"Record.MaxAge":           {flag: "record-age"},
+		"Record.MaxFiles":         {flag: "record-files"},
 	}
 	o.daemon.addFieldFlags(m)
 	return m
@@ -241,6 +254,10 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s %q: want a size of at least 16MiB, such as 512MiB or 2GiB", n("max-memory"), o.maxMemory)
 	}
+	recordSize, err := parseSize(o.recordSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: want a size such as 100MiB", n("record-size"), o.recordSize)
+	}
 	shared, err := o.daemon.read(o.from, false)
 	if err != nil {
 		return nil, err
@@ -265,6 +282,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	}
 	cfg.Client.Addr, cfg.Client.Name, cfg.Client.Secret, cfg.Client.TLS = agent, shared.name, shared.secret, tlsCfg
 	cfg.MaxCPU, cfg.MaxMemory = o.maxCPU, maxMemory
+	cfg.Record.Dir, cfg.Record.MaxBytes, cfg.Record.MaxAge, cfg.Record.MaxFiles = o.recordDir, recordSize, o.recordAge, o.recordFiles
 	cfg.Mirror, cfg.Send = mirror, daemon.SendMode(o.send)
 	cfg.MetricsAddr, cfg.Pprof, cfg.StatsInterval, cfg.Dump = o.daemon.metricsAddr, o.daemon.pprof, o.daemon.statsInterval, o.daemon.dump.config()
 	if err := cfg.Validate(); err != nil {

@@ -33,7 +33,7 @@ service, at real load and timing, without sitting in the request path.
 	}
 	g.addFlags(root.PersistentFlags())
 	root.AddCommand(newCopyCmd(g), newInterceptCmd(g), newRouteCmd(g), newVersionCmd(), newDoctorCmd(g))
-	root.AddCommand(newConfigCmd(), newStatsCmd(), newReportCmd())
+	root.AddCommand(newConfigCmd(), newStatsCmd(), newReportCmd(), newReplayCmd(g))
 	return root
 }
 

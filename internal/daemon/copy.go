@@ -16,6 +16,7 @@ import (
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
+	"github.com/tcpshadow/tcpshadow/internal/record"
 	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
@@ -47,6 +48,7 @@ type CopyConfig struct {
 	Pprof         bool            // also serve Go's profiler on MetricsAddr
 	StatsInterval time.Duration   // log the counters this often; 0: never
 	Dump          pcapdump.Config // every packet sent to the shadow; empty Path: off
+	Record        record.Config   // what the captures read, for a replay; empty Dir: off
 }
 
 // minMemory is the smallest MaxMemory: its quarter holds 4096 sessions.
@@ -64,6 +66,7 @@ func DefaultCopyConfig() CopyConfig {
 		MaxMemory:     1 << 30,
 		StatsInterval: 30 * time.Second,
 		Dump:          pcapdump.DefaultConfig(),
+		Record:        record.DefaultConfig(),
 		Compare:       CompareConfig{DivergenceLog: DefaultDivergenceLog, DivergenceLogOptional: true},
 		Mirror:        capture.MirrorConfig{VNI: capture.AnyVNI},
 		Send:          SendRaw,
@@ -161,6 +164,9 @@ func (c *CopyConfig) Validate() error {
 	if err := validateMetrics(c.MetricsAddr, c.Pprof); err != nil {
 		return err
 	}
+	if err := c.validateRecord(); err != nil {
+		return err
+	}
 	if c.MaxMemory < minMemory {
 		return fieldErr("MaxMemory", c.MaxMemory, "want a size of at least 16MiB, such as 512MiB or 2GiB")
 	}
@@ -251,6 +257,13 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err != nil {
 		return inField("Engine", err)
 	}
+	rec, err := openRecord(cfg.Record, log)
+	if err != nil {
+		return err
+	}
+	if rec != nil {
+		defer rec.Close() // after the captures close: what they read is written
+	}
 	src, err := cfg.openSource(h, ccfg)
 	if err != nil {
 		return err
@@ -271,6 +284,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	samples := func() []metrics.Sample {
 		out := append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+		out = append(out, RecordSamples(rec)...)
 		out = append(append(out, MirrorSamples(src)...), sendSamples()...)
 		if cmp != nil {
 			out = append(out, cmp.Samples()...)
@@ -315,14 +329,14 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	prodErr := make(chan error, 1)
 	if prodSrc != nil {
 		go func() {
-			err := captureLoop(capCtx, prodSrc, eng.NewInput(), &watchdog{}) // the loop below pets it
+			err := captureLoop(capCtx, recorded(prodSrc, rec), eng.NewInput(), &watchdog{}) // the loop below pets it
 			stopCapture()
 			prodErr <- err
 		}()
 	} else {
 		prodErr <- nil
 	}
-	err = captureLoop(capCtx, src, eng.NewInput(), newWatchdog(log))
+	err = captureLoop(capCtx, recorded(src, rec), eng.NewInput(), newWatchdog(log))
 	stopCapture()
 	if perr := <-prodErr; err == nil && perr != nil {
 		err = fmt.Errorf("capture prod's side: %w", perr)

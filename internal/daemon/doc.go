@@ -4,7 +4,9 @@
 // datalink sockets, with the control channel's client) and the intercept
 // agent (RunAgent: capture → relay to the copy daemons; on the shadow
 // itself, with Local set, an NFQUEUE its nftables rules fill, installed at
-// start and removed at exit: package divert). It is what etcd's
+// start and removed at exit: package divert); and a replay of capture
+// files through the copy daemon's engine (RunReplay: package replay's
+// player → the engine built from a CopyConfig). It is what etcd's
 // server/embed is to etcd: the CLI
 // fills a config, this package runs it.
 //

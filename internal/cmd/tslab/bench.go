@@ -41,6 +41,8 @@ type benchOptions struct {
 	compareRate        int
 	addrs              string
 	idleSessions       int
+	replayRate         int
+	replaySpeeds       string
 	baseline           bool
 	copyFlags          []string
 	agentFlags         []string
@@ -75,13 +77,15 @@ type benchConfig struct {
 	smoke        bool
 	baseline     bool // measure prod alone first
 	series       []series
-	idleSessions int      // 0: skip the idle-session memory measurement
-	bulkRates    []int64  // bits/s of the bulk steps (0: max)
-	h2Rates      []int    // requests/s of the HTTP/2 steps (0: max)
-	compareRate  int      // req/s of the steps with and without comparison; -1: none
-	compareRuns  int      // steps each, with and without
-	copyArgs     []string // extra copy flags, appended
-	agentArgs    []string // extra intercept flags, appended
+	idleSessions int       // 0: skip the idle-session memory measurement
+	bulkRates    []int64   // bits/s of the bulk steps (0: max)
+	h2Rates      []int     // requests/s of the HTTP/2 steps (0: max)
+	compareRate  int       // req/s of the steps with and without comparison; -1: none
+	compareRuns  int       // steps each, with and without
+	replayRate   int       // requests/s of the step the replays play
+	replaySpeeds []float64 // of the replays; none: no replay steps
+	copyArgs     []string  // extra copy flags, appended
+	agentArgs    []string  // extra intercept flags, appended
 	verbose      bool
 }
 
@@ -129,6 +133,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
 	f.StringArrayVar(&o.agentFlags, "agent-flag", nil, "extra flag for tcpshadow intercept, e.g. --agent-flag=--flush-delay=1ms (repeatable)")
+	f.IntVar(&o.replayRate, "replay-rate", 2000, "offered request rate of the keep-alive step recorded for the replays")
+	f.StringVar(&o.replaySpeeds, "replay-speeds", "1,2,5,10,20,50", "speeds the recorded step is replayed at (empty: no replay steps)")
 	f.IntVar(&o.idleSessions, "idle-sessions", 800, fmt.Sprintf("idle connections for the memory measurement (0 skips it; at most %d)", maxIdleSessions))
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
 	return cmd
@@ -163,11 +169,19 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
 		cfg.compareRate, cfg.compareRuns = 1000, 1
+		cfg.replayRate, cfg.replaySpeeds = 500, []float64{1, 4}
 	} else {
 		if o.compareRate < -1 {
 			return nil, fmt.Errorf("--compare-rate %d: want a rate, 0 for max or -1", o.compareRate)
 		}
 		cfg.compareRate, cfg.compareRuns = o.compareRate, compareCostRuns
+		if cfg.replaySpeeds, err = parseSpeeds(o.replaySpeeds); err != nil {
+			return nil, fmt.Errorf("--replay-speeds: %w", err)
+		}
+		if o.replayRate < 1 || o.replayRate > 100000 {
+			return nil, fmt.Errorf("--replay-rate %d: want 1 to 100000", o.replayRate)
+		}
+		cfg.replayRate = o.replayRate
 		if cfg.bulkRates, err = parseBitRates(o.bulkRates); err != nil {
 			return nil, fmt.Errorf("--bulk-rates: %w", err)
 		}
@@ -297,6 +311,7 @@ type benchResult struct {
 	bulk     []*bulkResult
 	h2       []*h2Result
 	compare  *compareCost
+	replay   []*replayResult
 	idle     *idleResult
 	idleCPU  idleCPU
 	took     time.Duration
@@ -425,6 +440,11 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
+	}
+	if len(cfg.replaySpeeds) > 0 { // last: it stops the copier
+		if res.replay, err = b.replaySteps(ctx, cfg.replayRate, cfg.replaySpeeds); err != nil {
+			return nil, err
+		}
 	}
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)

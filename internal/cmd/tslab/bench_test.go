@@ -17,7 +17,8 @@ import (
 // 500/s for 2 s through a real copier. The report must have a row for the
 // smoke step of each shape whose copy ratio is 100% (no timing asserts),
 // a step with and one without comparison, both copied whole and only one
-// compared, and the lab must be gone afterwards.
+// compared, each replay of the recorded step must serve every recorded
+// request, and the lab must be gone afterwards.
 func TestBenchSmoke(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("bench: needs root to create network namespaces (run the tests as root)")
@@ -29,7 +30,8 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
-		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md"), compareRate: 500, compareRuns: 1}
+		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md"),
+		compareRate: 500, compareRuns: 1, replayRate: 500, replaySpeeds: []float64{1, 4}}
 	var out bytes.Buffer
 	res, err := runBench(ctx, cfg, &out)
 	t.Logf("bench output:\n%s", out.String())
@@ -67,6 +69,14 @@ func TestBenchSmoke(t *testing.T) {
 		}
 		if !strings.Contains(string(md), "## The cost of comparison") {
 			t.Error("report has no section on the cost of comparison")
+		}
+	}
+	if len(res.replay) != 2 || !strings.Contains(string(md), "## Replay") {
+		t.Fatalf("%d replays, want 2, and their table", len(res.replay))
+	}
+	for _, r := range res.replay {
+		if r.recorded == 0 || r.served != r.recorded {
+			t.Errorf("replay at %gx: the shadow served %d of the %d recorded requests", r.speed, r.served, r.recorded)
 		}
 	}
 	for _, s := range res.series {

@@ -84,6 +84,7 @@ func renderReport(r *benchResult) string {
 	renderBulk(&b, r.bulk)
 	renderH2(&b, r.h2)
 	renderCompareCost(&b, r.compare)
+	renderReplay(&b, r.replay, r.cfg.replayRate, r.cfg.step)
 	if r.idle != nil {
 		in := r.idle
 		fmt.Fprintf(&b, "## Idle sessions\n\n")
