@@ -23,6 +23,7 @@ const (
 	slowBackend = "127.0.0.1:8085" // in the shadow namespace, behind its nginx
 	slowDelay   = 40 * time.Millisecond
 	cmpKey      = "cmp"
+	reportWait  = 10 * time.Second // the report comparing every request prod served
 )
 
 // cmpPath is request i of connection c of the comparison's traffic: one
@@ -85,7 +86,11 @@ func fetchComparison(ctx context.Context, st *stage) *comparison {
 		c.err = err
 		return c
 	}
+	v4 := 0 // prod's requests on the IPv4 map: the report's, once it has them all
 	for _, e := range entries {
+		if e.remote.Is4() {
+			v4++
+		}
 		switch {
 		case strings.HasPrefix(e.path, "/"+cmpKey+"/fail/"):
 			c.prodFail++
@@ -96,12 +101,26 @@ func fetchComparison(ctx context.Context, st *stage) *comparison {
 	hc := st.lab.Prod.HTTPClient(1)
 	defer hc.CloseIdleConnections()
 	hc.Timeout = 5 * time.Second
-	r, _, err := compare.FetchReport(ctx, hc, "http://"+st.copyMetricsAddr()+"/report.json")
-	if err != nil {
-		c.err = err
+	want := net.JoinHostPort(lab.ProdClientSideV4.String(), "80")
+	var r compare.Report
+	// A session's last request is compared when the session ends, which
+	// may be after the shadow's log caught up: wait for it, bounded.
+	perr := poll(ctx, reportWait, func() (bool, error) {
+		var err error
+		if r, _, err = compare.FetchReport(ctx, hc, "http://"+st.copyMetricsAddr()+"/report.json"); err != nil {
+			return false, err
+		}
+		for _, m := range r.Maps {
+			if strings.HasPrefix(m.Map, want+"-") {
+				return m.Requests >= uint64(v4), nil
+			}
+		}
+		return false, nil
+	})
+	if perr != nil && !errors.Is(perr, errTimedOut) {
+		c.err = perr
 		return c
 	}
-	want := net.JoinHostPort(lab.ProdClientSideV4.String(), "80")
 	var shown []compare.MapReport
 	for _, m := range r.Maps {
 		if m.Requests > 0 {
