@@ -45,7 +45,7 @@ import (
 const maxPendingRounds = 16
 
 // maxComparedSessions bounds, per worker, the sessions whose rounds are
-// kept: about 12 KiB each, 12 MiB a worker at most; past it sessions are
+// kept: about 16 KiB each, 16 MiB a worker at most; past it sessions are
 // not compared, counted (compare_skipped): a sample.
 const maxComparedSessions = 1024
 
@@ -56,6 +56,10 @@ type round struct {
 	prodSeq  Seq  // where prod's answer starts, once one came
 	released bool // sent to the shadow: its replies belong to it now
 	started  bool // the shadow's answer to it has begun
+	// phantoms counts the rounds dropped just before this one (the
+	// shadow lagging, compare_overflow): sent to the shadow all the
+	// same, their answers begin before this one's, and are skipped.
+	phantoms uint16
 	greeting bool // what the server said first: compared only if prod said something
 }
 
@@ -75,11 +79,17 @@ type rounds struct {
 	// shadow's stream when it is an ordered one.
 	proto  compare.Protocol
 	starts compare.Starts
+	// carry is the phantoms for the next round to open; skipping is set
+	// while the shadow's bytes continue a phantom's answer.
+	carry    uint16
+	skipping bool
 }
 
 // earlyAnswers is how many of prod's segments a session keeps in case
-// they answer a request not yet seen.
-const earlyAnswers = 4
+// they answer a request not yet seen: as many as rounds pending, since a
+// block of the client's capture can come after a block of prod's holding
+// the answers to all its requests.
+const earlyAnswers = maxPendingRounds
 
 func (rs *rounds) keepEarly(seq Seq, at int64, payload []byte, prefix int) {
 	e := &rs.early[rs.earlyNext]
@@ -117,12 +127,15 @@ func (rs *rounds) newestReleased() *round {
 	return nil
 }
 
-// oldestUnstarted returns the oldest round sent to the shadow that has
-// no answer from it yet.
+// oldestUnstarted returns the oldest round without an answer from the
+// shadow yet that was sent to it, or that phantoms precede.
 func (rs *rounds) oldestUnstarted() *round {
 	for i := 0; i < rs.n; i++ {
-		if r := rs.at(i); r.released && !r.started && !shadowEnded(r) {
-			return r
+		if r := rs.at(i); !r.started && !shadowEnded(r) {
+			if r.released || r.phantoms > 0 {
+				return r
+			}
+			return nil
 		}
 	}
 	return nil
@@ -144,12 +157,25 @@ func shadowEnded(r *round) bool {
 
 // dropOldestUnreleased removes the oldest round not sent to the shadow,
 // or the oldest of all if every one was.
+// Either way the round still reaches the shadow, or did: it becomes a
+// phantom of the round after it, whose answer its answer precedes.
 func (rs *rounds) dropOldestUnreleased() {
 	i := 0
 	for i < rs.n && rs.at(i).released {
 		i++
 	}
 	if i == rs.n {
+		i = 0
+	}
+	if r := rs.at(i); !r.started {
+		ph := r.phantoms + 1
+		if i+1 < rs.n {
+			rs.at(i + 1).phantoms += ph
+		} else {
+			rs.carry += ph
+		}
+	}
+	if i == 0 {
 		rs.pop()
 		return
 	}
@@ -209,7 +235,8 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 	prev := rs.newest()
 	r := rs.at(rs.n)
 	rs.n++
-	*r = round{ack: ack}
+	*r = round{ack: ack, phantoms: rs.carry}
+	rs.carry = 0
 	r.pair.Map = uint16(s.key.mapIdx)
 	r.pair.Client = s.key.client.SrcAddrPort()
 	r.pair.AppendRequest(payload)
@@ -220,6 +247,9 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 		r.pair.Prod, r.prodSeq = prev.pair.Prod, prev.prodSeq
 		r.pair.Prod.Sent = capAt
 		prev.pair.Prod = compare.Response{Sent: prev.pair.Prod.Sent}
+		if prev.greeting && rs.n == 2 {
+			rs.pop() // no greeting: the shadow's first answer is r's (r stays where it is)
+		}
 	} else {
 		w.takeEarly(rs, prev, r, ack, capAt)
 	}
@@ -365,6 +395,7 @@ func (w *Worker) pairFlush(rs *rounds, now int64) {
 			if next == nil {
 				return
 			}
+			next.phantoms += old.phantoms
 			rs.pop() // never sent to the shadow: nothing to compare
 			continue
 		case next == nil && !ended:
@@ -439,7 +470,7 @@ func (w *Worker) pairShadow(s *session, payload []byte, plen int, now int64) {
 		w.pairShadowNewest(rs, payload, now)
 		return
 	}
-	if cont != nil && (k == 0 || offs[0] > 0) {
+	if cont != nil && !rs.skipping && (k == 0 || offs[0] > 0) {
 		end := len(payload)
 		if k > 0 {
 			end = int(offs[0])
@@ -451,6 +482,10 @@ func (w *Worker) pairShadow(s *session, payload []byte, plen int, now int64) {
 		if r == nil {
 			w.ctr.inc(CtrCompareUnpaired) // an answer to no request released
 			break
+		}
+		if rs.skipping = r.phantoms > 0; rs.skipping {
+			r.phantoms-- // a dropped round's answer
+			continue
 		}
 		end := len(payload)
 		if i+1 < k {
@@ -470,9 +505,10 @@ func (w *Worker) pairShadowNewest(rs *rounds, payload []byte, now int64) {
 		return
 	}
 	r.pair.Shadow.Append(payload, w.cfg.ComparePrefix, now)
+	rs.skipping = false
 	for i := 0; i < rs.n; i++ {
 		if o := rs.at(i); o.released {
-			o.started = true
+			o.started, o.phantoms = true, 0
 		}
 	}
 }

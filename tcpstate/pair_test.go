@@ -223,14 +223,24 @@ func TestScenario42AnswerOvertakesItsRequest(t *testing.T) {
 	}
 }
 
-// TestScenario42SeveralAnswersOvertake: prod's answers to two requests
-// reach the worker before either request: each is paired with its own.
+// TestScenario42SeveralAnswersOvertake: prod's answers to two requests,
+// or to a dozen (a block of the client's capture delivered after a block
+// of prod's), reach the worker before the requests: each is paired with
+// its own.
 func TestScenario42SeveralAnswersOvertake(t *testing.T) {
+	t.Run("2", func(t *testing.T) { testAnswersOvertake(t, 3) })
+	t.Run("12", func(t *testing.T) { testAnswersOvertake(t, 13) })
+}
+
+func testAnswersOvertake(t *testing.T, n int) {
 	h := comparingHarness(t)
 	h.prodAcks = false
 	h.handshake(nil, nil)
-	reqs := []string{"GET /1 HTTP/1.1\r\n\r\n", "GET /2 HTTP/1.1\r\n\r\n", "GET /3 HTTP/1.1\r\n\r\n"}
-	answers := []string{"HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 500 Oops\r\n\r\n"}
+	var reqs, answers []string
+	for i := range n {
+		reqs = append(reqs, "GET /"+itoa(i)+" HTTP/1.1\r\n\r\n")
+		answers = append(answers, []string{"HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 500 Oops\r\n\r\n"}[i%3])
+	}
 	seq, pseq := uint32(tISN+1), uint32(tProdISN+1)
 	var acks []uint32
 	for i := range reqs {
@@ -257,8 +267,11 @@ func TestScenario42SeveralAnswersOvertake(t *testing.T) {
 	}
 	h.reply(fRST|fACK, shseq, seq, 0, 0, nil)
 	got := h.pairs()
-	if len(got) != 3 {
-		t.Fatalf("%d pairs, want 3", len(got))
+	if len(got) != n {
+		for _, p := range got {
+			t.Logf("%q: prod %q shadow %q", p.Request[:p.RequestLen], head(&p.Prod), head(&p.Shadow))
+		}
+		t.Fatalf("%d pairs, want %d", len(got), n)
 	}
 	for i := range got {
 		if head(&got[i].Prod) != answers[i] || head(&got[i].Shadow) != answers[i] {
