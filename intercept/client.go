@@ -36,7 +36,11 @@ type ClientConfig struct {
 	// (as many as the reply has, up to this): 0..wire.MaxReplyPrefix, 0
 	// for the headers alone. A copy daemon that compares responses asks
 	// for DefaultReplyPrefix.
-	ReplyPrefix  int
+	ReplyPrefix int
+	// H2Ports are the shadow ports whose replies the copier compares as
+	// HTTP/2: it asks the agent (Hello.H2Ports) for their frame records
+	// instead of a payload prefix. At most wire.MaxH2Ports.
+	H2Ports      []uint16
 	DialTimeout  time.Duration // bounds one connect
 	RetryMin     time.Duration // first reconnect delay
 	RetryMax     time.Duration // longest reconnect delay
@@ -407,7 +411,7 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	r := wire.NewHandshakeReader(conn)
 	s, err := handshake(conn, r, handshakeConfig{
 		role: wire.RoleCopier, name: c.cfg.Name, secret: c.cfg.Secret,
-		flowIdle: c.cfg.FlowIdle, pools: c.cfg.Pools, replyPrefix: uint16(c.cfg.ReplyPrefix), deadline: deadline,
+		flowIdle: c.cfg.FlowIdle, pools: c.cfg.Pools, replyPrefix: uint16(c.cfg.ReplyPrefix), h2Ports: c.cfg.H2Ports, deadline: deadline,
 	})
 	if err != nil {
 		err = refusalBehind(conn, err)

@@ -100,8 +100,9 @@ func FuzzHandshake(f *testing.F) {
 		append(bytes.Clone(agentHello), wire.AppendAuth(nil, [32]byte{1}, "assist")...),
 		append(bytes.Clone(copierHello), wire.AppendAuth(nil, [32]byte{2}, "")...),
 		wire.AppendHello(nil, &wire.Hello{Version: 1, Role: wire.RoleCopier}),
-		v2Hello(f, wire.Hello{Role: wire.RoleCopier, Caps: wire.CapAuth, Name: "old", Pools: testPools}),
-		v2Hello(f, wire.Hello{Role: wire.RoleAgent}),
+		oldHello(f, 2, wire.Hello{Role: wire.RoleCopier, Caps: wire.CapAuth, Name: "old", Pools: testPools}),
+		oldHello(f, 3, wire.Hello{Role: wire.RoleCopier, Name: "v3"}),
+		oldHello(f, 2, wire.Hello{Role: wire.RoleAgent}),
 		wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Role: wire.RoleCopier, ReplyPrefix: wire.MaxReplyPrefix + 1, Pools: testPools}),
 		wire.AppendError(nil, wire.CodeAuth, "no"),
 		append([]byte{0x00, 0x10, 0x00, 0x00, byte(wire.TypeHello)}, make([]byte, 64<<10)...), // a megabyte announced

@@ -71,6 +71,7 @@ type handshakeConfig struct {
 	flowIdle    time.Duration
 	pools       []wire.Pool
 	replyPrefix uint16
+	h2Ports     []uint16
 	deadline    time.Time // for the whole handshake
 }
 
@@ -108,7 +109,7 @@ func handshake(conn net.Conn, r *wire.Reader, c handshakeConfig) (session, error
 		own.Name = c.name
 	}
 	if c.role == wire.RoleCopier {
-		own.FlowIdle, own.Pools, own.ReplyPrefix = c.flowIdle, c.pools, c.replyPrefix
+		own.FlowIdle, own.Pools, own.ReplyPrefix, own.H2Ports = c.flowIdle, c.pools, c.replyPrefix, c.h2Ports
 	}
 	if _, err := io.ReadFull(rand.Reader, own.Nonce[:]); err != nil {
 		return session{}, fmt.Errorf("nonce: %w", err)

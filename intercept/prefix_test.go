@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -256,27 +257,38 @@ func nextPeerError(t testing.TB, rd *wire.Reader) *wire.PeerError {
 	}
 }
 
-// v2Hello returns a Hello frame as version 2 wrote it: no reply prefix
-// between the flow idle time and the pool count.
-func v2Hello(t testing.TB, h wire.Hello) []byte {
+// oldHello returns a Hello frame as version 2 or 3 wrote it: no HTTP/2
+// ports after the pools, and in version 2 no reply prefix between the
+// flow idle time and the pool count.
+func oldHello(t testing.TB, version uint16, h wire.Hello) []byte {
 	t.Helper()
-	h.Version = 2
+	h.Version, h.H2Ports = version, nil
 	f := wire.AppendHello(nil, &h)
-	off := 5 + 44 + len(h.Name) + 4 // frame header, fixed part, name, flow idle ms
-	f = append(f[:off:off], f[off+2:]...)
-	f[3] -= 2 // the length prefix (a hello is short)
+	f = f[:len(f)-1] // the empty list of HTTP/2 ports
+	f[3]--           // the length prefix (a hello is short)
+	if version == 2 {
+		off := 5 + 44 + len(h.Name) + 4 // frame header, fixed part, name, flow idle ms
+		f = append(f[:off:off], f[off+2:]...)
+		f[3] -= 2
+	}
 	return f
 }
 
-// TestVersion2PeersRefusedOnBothSides: a version 2 copy daemon is told by
-// the agent, and a version 2 agent by the client, that the versions
-// differ, naming both.
-func TestVersion2PeersRefusedOnBothSides(t *testing.T) {
-	const want = "version mismatch: this side speaks version 3, the peer version 2"
+// TestOlderPeersRefusedOnBothSides: a version 2 or 3 copy daemon is told
+// by the agent, and a version 2 or 3 agent by the client, that the
+// versions differ, naming both.
+func TestOlderPeersRefusedOnBothSides(t *testing.T) {
+	for _, v := range []uint16{2, 3} {
+		t.Run(fmt.Sprint(v), func(t *testing.T) { testOlderPeerRefused(t, v) })
+	}
+}
+
+func testOlderPeerRefused(t *testing.T, version uint16) {
+	want := fmt.Sprintf("version mismatch: this side speaks version %d, the peer version %d", wire.Version, version)
 	r := newRig(t, AgentConfig{}, ClientConfig{})
 	r.connected()
 	c, rd := rawPeer(t, r)
-	go c.Write(v2Hello(t, wire.Hello{Role: wire.RoleCopier, Caps: wire.CapAuth, Name: "old", FlowIdle: time.Minute, Pools: testPools}))
+	go c.Write(oldHello(t, version, wire.Hello{Role: wire.RoleCopier, Caps: wire.CapAuth, Name: "old", FlowIdle: time.Minute, Pools: testPools}))
 	if pe := nextPeerError(t, rd); pe.Code != wire.CodeVersion || pe.Msg != want {
 		t.Fatalf("agent's refusal of a version 2 daemon: %v", pe)
 	}
@@ -289,7 +301,7 @@ func TestVersion2PeersRefusedOnBothSides(t *testing.T) {
 	t.Cleanup(func() { mine.Close(); theirs.Close() })
 	heard := make(chan *wire.PeerError, 1)
 	go func() {
-		_, _ = theirs.Write(v2Hello(t, wire.Hello{Role: wire.RoleAgent, Caps: wire.CapAuth}))
+		_, _ = theirs.Write(oldHello(t, version, wire.Hello{Role: wire.RoleAgent, Caps: wire.CapAuth}))
 		rd := wire.NewHandshakeReader(theirs)
 		if typ, _, err := rd.Next(); err != nil || typ != wire.TypeHello {
 			heard <- nil

@@ -2,6 +2,8 @@ package tcpstate
 
 import (
 	"encoding/binary"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,11 +26,25 @@ const (
 	ssAnsLen = 1000
 )
 
-func newSteadyState(tb testing.TB) *steadyState { return newSteadyStateWith(tb, 0) }
+func newSteadyState(tb testing.TB) *steadyState { return newSteadyStateWith(tb, 0, false) }
+
+// respPayload is n bytes of RESP: a command of one bulk argument, or a
+// bulk reply.
+func respPayload(n int, command bool) []byte {
+	head := ""
+	if command {
+		head = "*1\r\n"
+	}
+	// n = len(head) + len("$") + 3 digits + len("\r\n") + body + len("\r\n"), for the lengths used
+	body := n - len(head) - 1 - 4 - 3
+	return []byte(head + "$" + strconv.Itoa(body) + "\r\n" + strings.Repeat("v", body) + "\r\n")
+}
 
 // newSteadyStateWith compares responses when prefix > 0: the shadow's
-// answers are relayed with that many payload bytes, and paired.
-func newSteadyStateWith(tb testing.TB, prefix int) *steadyState {
+// answers are relayed with that many payload bytes, and paired; with
+// resp, requests and answers are Redis's, whose answers are attributed
+// by their starts.
+func newSteadyStateWith(tb testing.TB, prefix int, resp bool) *steadyState {
 	h := newHarness(tb, func(c *Config) { c.ComparePrefix = prefix })
 	if prefix > 0 {
 		h.w.rec = compare.NewRecorder(64)
@@ -38,6 +54,9 @@ func newSteadyStateWith(tb testing.TB, prefix int) *steadyState {
 	seg := rewrite.Segment{
 		Src: h.client, Dst: tProd, Flags: fACK | fPSH, Window: 502,
 		Options: rewrite.AppendTimestamps(nil, 2, 2), Payload: make([]byte, ssReqLen),
+	}
+	if resp {
+		seg.Payload = respPayload(ssReqLen, true)
 	}
 	s.req = make([]byte, seg.Len())
 	if _, err := seg.Put(s.req); err != nil {
@@ -52,6 +71,9 @@ func newSteadyStateWith(tb testing.TB, prefix int) *steadyState {
 		Src: tProd, Dst: h.client, Flags: fACK | fPSH, Window: 1000,
 		Options: rewrite.AppendTimestamps(nil, 4, 2), Payload: make([]byte, ssAnsLen),
 	}
+	if resp {
+		prod.Payload = respPayload(ssAnsLen, false)
+	}
 	pbuf := make([]byte, prod.Len())
 	if _, err := prod.Put(pbuf); err != nil {
 		tb.Fatal(err)
@@ -65,6 +87,9 @@ func newSteadyStateWith(tb testing.TB, prefix int) *steadyState {
 	ans := rewrite.Segment{
 		Src: tShadow, Dst: h.forged, Flags: fACK | fPSH, Window: 65535,
 		Options: rewrite.AppendTimestamps(nil, 3, 3), Payload: make([]byte, ssAnsLen),
+	}
+	if resp {
+		ans.Payload = respPayload(ssAnsLen, false)
 	}
 	buf := make([]byte, ans.Len())
 	if _, err := ans.Put(buf); err != nil {
@@ -117,12 +142,18 @@ func (s *steadyState) step() {
 }
 
 // TestSteadyStateZeroAllocsComparing: pairing each request with both
-// answers allocates nothing per packet either.
+// answers allocates nothing per packet either, by arrival (bytes of no
+// protocol) or by the starts of Redis's answers.
 func TestSteadyStateZeroAllocsComparing(t *testing.T) {
+	t.Run("arrival", func(t *testing.T) { testZeroAllocsComparing(t, false) })
+	t.Run("redis", func(t *testing.T) { testZeroAllocsComparing(t, true) })
+}
+
+func testZeroAllocsComparing(t *testing.T, resp bool) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop buffers")
 	}
-	s := newSteadyStateWith(t, 64)
+	s := newSteadyStateWith(t, 64, resp)
 	s.h.w.out = &discard{}
 	var p compare.Pair
 	drain := func() {
@@ -140,6 +171,9 @@ func TestSteadyStateZeroAllocsComparing(t *testing.T) {
 	}
 	if got := s.h.ctr.c[CtrComparePairs].Load() - before; got < 1000 {
 		t.Fatalf("%d pairs in 1001 rounds: the test is not pairing", got)
+	}
+	if n := s.h.ctr.c[CtrCompareResync].Load(); n != 0 {
+		t.Fatalf("compare_resync = %d: the walk lost the answers", n)
 	}
 	if string(p.Shadow.Head[:4]) != string(p.Prod.Head[:4]) || p.Prod.HeadLen != 64 || p.Shadow.HeadLen != 64 {
 		t.Fatalf("last pair: prod head %d bytes, shadow %d", p.Prod.HeadLen, p.Shadow.HeadLen)

@@ -142,9 +142,9 @@ func (w *Worker) dropUnvouched(s *session) {
 // shadow rejections, only after a backoff, and not for ever (32).
 func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
 	if reason == EndShadowReset {
-		w.pairShadowEnded(s, compare.Reset)
+		w.pairShadowEnded(s, compare.Reset, now)
 	} else {
-		w.pairShadowEnded(s, compare.Closed)
+		w.pairShadowEnded(s, compare.Closed, now)
 	}
 	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
 	w.end(s, reason, now)
@@ -241,6 +241,9 @@ func (w *Worker) reconnect(old *session, now int64) *session {
 	}
 	w.setState(old, stateClosed)
 	s.rounds, old.rounds = old.rounds, nil // prod's answers come on the flow, not the connection
+	if s.rounds != nil {
+		s.rounds.starts = compare.Starts{} // the shadow's stream starts over
+	}
 	s.compareSkipped = old.compareSkipped
 	s.rejections = old.rejections
 	s.clientNxt, s.clientWnd = old.clientNxt, old.clientWnd

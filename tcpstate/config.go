@@ -88,6 +88,10 @@ type Config struct {
 	// Recorders, one per worker, take the paired requests.
 	ComparePrefix int
 	Recorders     []*compare.Recorder
+	// CompareProtocols are the maps' protocols, by map index (missing or
+	// compare.Auto: detected per session from its first bytes): the
+	// shadow's answers to an ordered one are attributed by their starts.
+	CompareProtocols []compare.Protocol
 
 	// IsLocal reports whether addr is one of this host's own addresses.
 	// When set, a map without a local address (port only) copies only

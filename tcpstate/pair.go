@@ -13,9 +13,21 @@ import (
 // relayed by the agent, and handed to the comparison (scenario 42). The
 // two sides see the same rounds in the same order: prod's as they are
 // captured, the shadow's as they are released to it, usually later. So a
-// session keeps a short FIFO of rounds: prod's bytes go to the newest
-// round, the shadow's to the newest released one, and a round is handed
-// over once a later one is released, or when the session ends.
+// session keeps a short FIFO of rounds: prod's bytes go to the round
+// whose request they answer by sequence (below), and a round is handed
+// over once the shadow is done with it, or when the session ends.
+//
+// The shadow's bytes: for the protocols that answer each request in
+// order with one response (compare.Ordered: HTTP/1, Redis, PostgreSQL,
+// MySQL), the i-th response start (found by a compare.Starts walking the
+// relayed prefixes) goes to the oldest released round without one, and
+// the bytes after a start to the round that got it: the pacing, crediting
+// a longer answer to the next rounds, may release a round before the
+// shadow's answer to the previous one came, so arrival says nothing. Such
+// a round is over on the shadow's side once a later one got a start. For
+// other protocols, and while the walker is out of sync, the shadow's
+// bytes go to the newest released round, which is over once a later one
+// is released.
 //
 // Latencies: prod's from the capture of the request's last byte to that
 // of prod's first response byte, both capture timestamps; the shadow's
@@ -33,7 +45,7 @@ import (
 const maxPendingRounds = 16
 
 // maxComparedSessions bounds, per worker, the sessions whose rounds are
-// kept: about 12 KiB each, 12 MiB a worker at most; past it sessions are
+// kept: about 16 KiB each, 16 MiB a worker at most; past it sessions are
 // not compared, counted (compare_skipped): a sample.
 const maxComparedSessions = 1024
 
@@ -43,6 +55,11 @@ type round struct {
 	ack      Seq  // the request's ACK in prod's stream: the round's key
 	prodSeq  Seq  // where prod's answer starts, once one came
 	released bool // sent to the shadow: its replies belong to it now
+	started  bool // the shadow's answer to it has begun
+	// phantoms counts the rounds dropped just before this one (the
+	// shadow lagging, compare_overflow): sent to the shadow all the
+	// same, their answers begin before this one's, and are skipped.
+	phantoms uint16
 	greeting bool // what the server said first: compared only if prod said something
 }
 
@@ -57,11 +74,22 @@ type rounds struct {
 	// overtook it (the two directions are captured apart).
 	early     [earlyAnswers]earlyAnswer
 	earlyNext int
+	// proto is the session's protocol once known (the map's, or detected
+	// from the first request or prod's greeting); starts walks the
+	// shadow's stream when it is an ordered one.
+	proto  compare.Protocol
+	starts compare.Starts
+	// carry is the phantoms for the next round to open; skipping is set
+	// while the shadow's bytes continue a phantom's answer.
+	carry    uint16
+	skipping bool
 }
 
 // earlyAnswers is how many of prod's segments a session keeps in case
-// they answer a request not yet seen.
-const earlyAnswers = 4
+// they answer a request not yet seen: as many as rounds pending, since a
+// block of the client's capture can come after a block of prod's holding
+// the answers to all its requests.
+const earlyAnswers = maxPendingRounds
 
 func (rs *rounds) keepEarly(seq Seq, at int64, payload []byte, prefix int) {
 	e := &rs.early[rs.earlyNext]
@@ -99,14 +127,55 @@ func (rs *rounds) newestReleased() *round {
 	return nil
 }
 
+// oldestUnstarted returns the oldest round without an answer from the
+// shadow yet that was sent to it, or that phantoms precede.
+func (rs *rounds) oldestUnstarted() *round {
+	for i := 0; i < rs.n; i++ {
+		if r := rs.at(i); !r.started && !shadowEnded(r) {
+			if r.released || r.phantoms > 0 {
+				return r
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// latestStarted returns the newest round the shadow's answer began on.
+func (rs *rounds) latestStarted() *round {
+	for i := rs.n - 1; i >= 0; i-- {
+		if r := rs.at(i); r.started {
+			return r
+		}
+	}
+	return nil
+}
+
+func shadowEnded(r *round) bool {
+	return r.pair.Shadow.Outcome == compare.Reset || r.pair.Shadow.Outcome == compare.Closed
+}
+
 // dropOldestUnreleased removes the oldest round not sent to the shadow,
 // or the oldest of all if every one was.
+// Either way the round still reaches the shadow, or did: it becomes a
+// phantom of the round after it, whose answer its answer precedes.
 func (rs *rounds) dropOldestUnreleased() {
 	i := 0
 	for i < rs.n && rs.at(i).released {
 		i++
 	}
 	if i == rs.n {
+		i = 0
+	}
+	if r := rs.at(i); !r.started {
+		ph := r.phantoms + 1
+		if i+1 < rs.n {
+			rs.at(i + 1).phantoms += ph
+		} else {
+			rs.carry += ph
+		}
+	}
+	if i == 0 {
 		rs.pop()
 		return
 	}
@@ -166,7 +235,8 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 	prev := rs.newest()
 	r := rs.at(rs.n)
 	rs.n++
-	*r = round{ack: ack}
+	*r = round{ack: ack, phantoms: rs.carry}
+	rs.carry = 0
 	r.pair.Map = uint16(s.key.mapIdx)
 	r.pair.Client = s.key.client.SrcAddrPort()
 	r.pair.AppendRequest(payload)
@@ -177,6 +247,9 @@ func (w *Worker) pairRequest(s *session, ack Seq, payload []byte, capAt int64) {
 		r.pair.Prod, r.prodSeq = prev.pair.Prod, prev.prodSeq
 		r.pair.Prod.Sent = capAt
 		prev.pair.Prod = compare.Response{Sent: prev.pair.Prod.Sent}
+		if prev.greeting && rs.n == 2 {
+			rs.pop() // no greeting: the shadow's first answer is r's (r stays where it is)
+		}
 	} else {
 		w.takeEarly(rs, prev, r, ack, capAt)
 	}
@@ -314,7 +387,7 @@ func (w *Worker) pairFlush(rs *rounds, now int64) {
 		if rs.n > 1 {
 			next = rs.at(1)
 		}
-		shadowEnded := old.pair.Shadow.Outcome == compare.Reset || old.pair.Shadow.Outcome == compare.Closed
+		ended := shadowEnded(old)
 		switch {
 		case next != nil && !next.released:
 			return
@@ -322,10 +395,13 @@ func (w *Worker) pairFlush(rs *rounds, now int64) {
 			if next == nil {
 				return
 			}
+			next.phantoms += old.phantoms
 			rs.pop() // never sent to the shadow: nothing to compare
 			continue
-		case next == nil && !shadowEnded:
+		case next == nil && !ended:
 			return // the shadow may still answer it
+		case compare.Ordered(rs.proto) && next != nil && !next.started && !ended && !shadowEnded(next):
+			return // the shadow's answer to it may go on, or not have begun
 		case old.pair.Prod.Outcome == compare.NoAnswer:
 			since := old.pair.Shadow.Sent
 			if next != nil {
@@ -340,26 +416,115 @@ func (w *Worker) pairFlush(rs *rounds, now int64) {
 	}
 }
 
-// pairShadow takes the shadow's response bytes, relayed at now: they
-// answer the newest round released to it.
-func (w *Worker) pairShadow(s *session, payload []byte, now int64) {
-	if s.rounds == nil || len(payload) == 0 {
+// resolveProto settles the session's protocol once it can: the map's, or
+// detected from the first round (its request, or prod's greeting).
+func (w *Worker) resolveProto(s *session) {
+	rs := s.rounds
+	if rs.proto != compare.Auto {
 		return
 	}
-	if r := s.rounds.newestReleased(); r != nil {
-		r.pair.Shadow.Append(payload, w.cfg.ComparePrefix, now)
+	if i := int(s.key.mapIdx); i < len(w.cfg.CompareProtocols) && w.cfg.CompareProtocols[i] != compare.Auto {
+		rs.proto = w.cfg.CompareProtocols[i]
+		return
+	}
+	if rs.n == 0 {
+		return
+	}
+	r := rs.at(0)
+	if r.greeting {
+		if r.pair.Prod.Outcome == compare.Answered {
+			rs.proto = compare.DetectResponse(r.pair.Prod.Head[:min(int(r.pair.Prod.HeadLen), compare.MaxPrefix)])
+			if rs.proto == compare.Unknown {
+				rs.proto = compare.Auto // maybe MySQL's greeting is yet to come, whole
+			}
+		}
+		return
+	}
+	if r.pair.RequestLen > 0 {
+		rs.proto = compare.Detect(r.pair.Request[:min(int(r.pair.RequestLen), compare.RequestHeadLen)])
+	}
+}
+
+// pairShadow takes a packet of the shadow's response bytes, relayed at
+// now: payload is the relayed prefix of its plen bytes.
+func (w *Worker) pairShadow(s *session, payload []byte, plen int, now int64) {
+	rs := s.rounds
+	if rs == nil || len(payload) == 0 {
+		return
+	}
+	w.resolveProto(s)
+	if !compare.Ordered(rs.proto) {
+		w.pairShadowNewest(rs, payload, now)
+		return
+	}
+	var offs [compare.MaxStarts]uint16
+	lost := rs.starts.Lost()
+	k := rs.starts.Packet(rs.proto, payload, plen, offs[:])
+	if rs.starts.Lost() != lost {
+		w.ctr.inc(CtrCompareResync)
+	}
+	cont := rs.latestStarted()
+	if k == 0 && (cont == nil || rs.starts.OutOfSync()) {
+		// Out of sync (or bytes before any start): by arrival, as for
+		// protocols that are not ordered.
+		w.pairShadowNewest(rs, payload, now)
+		return
+	}
+	if cont != nil && !rs.skipping && (k == 0 || offs[0] > 0) {
+		end := len(payload)
+		if k > 0 {
+			end = int(offs[0])
+		}
+		cont.pair.Shadow.Append(payload[:end], w.cfg.ComparePrefix, now)
+	}
+	for i := range k {
+		r := rs.oldestUnstarted()
+		if r == nil {
+			w.ctr.inc(CtrCompareUnpaired) // an answer to no request released
+			break
+		}
+		if rs.skipping = r.phantoms > 0; rs.skipping {
+			r.phantoms-- // a dropped round's answer
+			continue
+		}
+		end := len(payload)
+		if i+1 < k {
+			end = int(offs[i+1])
+		}
+		r.started = true
+		r.pair.Shadow.Append(payload[offs[i]:end], w.cfg.ComparePrefix, now)
+	}
+	w.pairFlush(rs, now)
+}
+
+// pairShadowNewest gives the shadow's bytes to the newest round released
+// to it; the rounds before it, released, take no more of its answers.
+func (w *Worker) pairShadowNewest(rs *rounds, payload []byte, now int64) {
+	r := rs.newestReleased()
+	if r == nil {
+		return
+	}
+	r.pair.Shadow.Append(payload, w.cfg.ComparePrefix, now)
+	rs.skipping = false
+	for i := 0; i < rs.n; i++ {
+		if o := rs.at(i); o.released {
+			o.started, o.phantoms = true, 0
+		}
 	}
 }
 
 // pairShadowEnded marks how the shadow ended the connection, for the
-// round it had not answered.
-func (w *Worker) pairShadowEnded(s *session, o compare.Outcome) {
+// rounds it had not answered: those before are over on its side.
+func (w *Worker) pairShadowEnded(s *session, o compare.Outcome, now int64) {
 	if s.rounds == nil {
 		return
 	}
-	if r := s.rounds.newestReleased(); r != nil && r.pair.Shadow.Outcome != compare.Answered {
-		r.pair.Shadow.Outcome = o
+	for i := 0; i < s.rounds.n; i++ {
+		if r := s.rounds.at(i); r.released && !r.started && r.pair.Shadow.Outcome != compare.Answered {
+			r.pair.Shadow.Outcome = o
+		}
 	}
+	w.pairFlush(s.rounds, now)
 }
 
 // pairEnded hands over the session's rounds when it ends, if prod has

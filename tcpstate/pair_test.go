@@ -1,6 +1,7 @@
 package tcpstate
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,8 +59,9 @@ func head(r *compare.Response) string { return string(r.Head[:r.HeadLen]) }
 
 // TestScenario42PairsRequestsWithBothAnswers: each request (a round of
 // the pacing) is paired with prod's answer and the shadow's, their first
-// bytes and latencies, and handed over once the next round reaches the
-// shadow, or the session ends.
+// bytes and latencies, and handed over once the shadow's answer to the
+// next round begins (HTTP/1 answers in order), the shadow ends the
+// connection, or the session ends.
 func TestScenario42PairsRequestsWithBothAnswers(t *testing.T) {
 	h := comparingHarness(t)
 	h.handshake(nil, nil)
@@ -80,9 +82,15 @@ func TestScenario42PairsRequestsWithBothAnswers(t *testing.T) {
 	h.advance(time.Millisecond)
 	h.request(tISN+1+uint32(len(reqA)), uint32(len(prodA)), reqB)
 	h.advance(100 * time.Millisecond) // think time kept, quiet period passed
+	if got := h.pairs(); len(got) != 0 {
+		t.Fatalf("%d pairs after the second request went: the shadow's answer to A may go on", len(got))
+	}
+	// The shadow resets instead of answering B: A is over, B is paired
+	// once prod's answer is in, with the shadow's outcome a reset.
+	h.reply(fRST|fACK, tShadowISN+1+uint32(len(shA)), tISN+1+uint32(len(reqA)+len(reqB)), 0, 0, nil)
 	got := h.pairs()
 	if len(got) != 1 {
-		t.Fatalf("%d pairs after the second request went, want 1", len(got))
+		t.Fatalf("%d pairs after the shadow's reset, want A's", len(got))
 	}
 	p := got[0]
 	if string(p.Request[:p.RequestLen]) != reqA || head(&p.Prod) != prodA || head(&p.Shadow) != shA {
@@ -100,9 +108,6 @@ func TestScenario42PairsRequestsWithBothAnswers(t *testing.T) {
 	if p.Client != tClient || p.Map != 0 {
 		t.Fatalf("client %v map %d", p.Client, p.Map)
 	}
-	// The shadow resets instead of answering B: B is paired once prod's
-	// answer is in, with the shadow's outcome a reset.
-	h.reply(fRST|fACK, tShadowISN+1+uint32(len(shA)), tISN+1+uint32(len(reqA)+len(reqB)), 0, 0, nil)
 	if got := h.pairs(); len(got) != 0 {
 		t.Fatalf("B paired before prod answered it: %+v", got)
 	}
@@ -165,6 +170,10 @@ func TestScenario42Greeting(t *testing.T) {
 	h.prodData(tProdISN+1, tISN+1, greet)
 	h.replyData(fACK|fPSH, tShadowISN+1, tISN+1, greet)
 	h.request(tISN+1, uint32(len(greet)), "login")
+	if got := h.pairs(); len(got) != 0 {
+		t.Fatalf("greeting paired before the shadow answered the login: %+v", got)
+	}
+	h.replyData(fACK|fPSH, tShadowISN+1+uint32(len(greet)), tISN+1+5, "\x07\x00\x00\x02\x00\x00\x00\x02\x00\x00\x00")
 	got := h.pairs()
 	if len(got) != 1 || got[0].RequestLen != 0 || head(&got[0].Prod) != greet || head(&got[0].Shadow) != greet {
 		t.Fatalf("greeting pair: %+v", got)
@@ -214,14 +223,24 @@ func TestScenario42AnswerOvertakesItsRequest(t *testing.T) {
 	}
 }
 
-// TestScenario42SeveralAnswersOvertake: prod's answers to two requests
-// reach the worker before either request: each is paired with its own.
+// TestScenario42SeveralAnswersOvertake: prod's answers to two requests,
+// or to a dozen (a block of the client's capture delivered after a block
+// of prod's), reach the worker before the requests: each is paired with
+// its own.
 func TestScenario42SeveralAnswersOvertake(t *testing.T) {
+	t.Run("2", func(t *testing.T) { testAnswersOvertake(t, 3) })
+	t.Run("12", func(t *testing.T) { testAnswersOvertake(t, 13) })
+}
+
+func testAnswersOvertake(t *testing.T, n int) {
 	h := comparingHarness(t)
 	h.prodAcks = false
 	h.handshake(nil, nil)
-	reqs := []string{"GET /1 HTTP/1.1\r\n\r\n", "GET /2 HTTP/1.1\r\n\r\n", "GET /3 HTTP/1.1\r\n\r\n"}
-	answers := []string{"HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 500 Oops\r\n\r\n"}
+	var reqs, answers []string
+	for i := range n {
+		reqs = append(reqs, "GET /"+itoa(i)+" HTTP/1.1\r\n\r\n")
+		answers = append(answers, []string{"HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 500 Oops\r\n\r\n"}[i%3])
+	}
 	seq, pseq := uint32(tISN+1), uint32(tProdISN+1)
 	var acks []uint32
 	for i := range reqs {
@@ -248,8 +267,11 @@ func TestScenario42SeveralAnswersOvertake(t *testing.T) {
 	}
 	h.reply(fRST|fACK, shseq, seq, 0, 0, nil)
 	got := h.pairs()
-	if len(got) != 3 {
-		t.Fatalf("%d pairs, want 3", len(got))
+	if len(got) != n {
+		for _, p := range got {
+			t.Logf("%q: prod %q shadow %q", p.Request[:p.RequestLen], head(&p.Prod), head(&p.Shadow))
+		}
+		t.Fatalf("%d pairs, want %d", len(got), n)
 	}
 	for i := range got {
 		if head(&got[i].Prod) != answers[i] || head(&got[i].Shadow) != answers[i] {
@@ -257,3 +279,65 @@ func TestScenario42SeveralAnswersOvertake(t *testing.T) {
 		}
 	}
 }
+
+// TestScenario42OrderedAnswersAfterCredit: Redis answers in order, so the
+// shadow's answers go to the requests by their starts, not by arrival. A
+// renamed command's error is longer than prod's answer; the pacing
+// credits the difference to the next rounds, which go before the
+// shadow's answers to them: those still pair with their own requests,
+// coalesced in one packet or not.
+func TestScenario42OrderedAnswersAfterCredit(t *testing.T) {
+	for _, coalesced := range []bool{false, true} {
+		h := comparingHarness(t)
+		h.handshake(nil, nil)
+		cmd := func(args ...string) string {
+			s := "*" + itoa(len(args)) + "\r\n"
+			for _, a := range args {
+				s += "$" + itoa(len(a)) + "\r\n" + a + "\r\n"
+			}
+			return s
+		}
+		reqs := []string{cmd("SETNX", "k", "v"), cmd("GET", "k"), cmd("SET", "k", "w"), cmd("GET", "k")}
+		prod := []string{":1\r\n", "$1\r\nv\r\n", "+OK\r\n", "$1\r\nw\r\n"}
+		shadow := []string{"-ERR unknown command 'SETNX', with args beginning with: 'k' 'v' \r\n", "$-1\r\n", "+OK\r\n", "$1\r\nw\r\n"}
+		seq, prodAt, shAt := uint32(tISN+1), uint32(0), uint32(0)
+		for i := range 3 {
+			h.request(seq, prodAt, reqs[i])
+			seq += uint32(len(reqs[i]))
+			h.prodData(tProdISN+1+prodAt, seq, prod[i])
+			prodAt += uint32(len(prod[i]))
+			if i == 0 {
+				h.replyData(fACK|fPSH, tShadowISN+1, seq, shadow[0])
+				shAt += uint32(len(shadow[0]))
+			}
+		}
+		for _, s := range h.w.byForged {
+			if s.rounds.n != 3 || !s.rounds.at(2).released {
+				t.Fatal("the credit did not release the third round before the shadow's second answer")
+			}
+		}
+		if coalesced {
+			h.replyData(fACK|fPSH, tShadowISN+1+shAt, seq, shadow[1]+shadow[2])
+			shAt += uint32(len(shadow[1]) + len(shadow[2]))
+		} else {
+			for _, a := range shadow[1:3] {
+				h.replyData(fACK|fPSH, tShadowISN+1+shAt, seq, a)
+				shAt += uint32(len(a))
+			}
+		}
+		h.request(seq, prodAt, reqs[3])
+		h.prodData(tProdISN+1+prodAt, seq+uint32(len(reqs[3])), prod[3])
+		h.replyData(fACK|fPSH, tShadowISN+1+shAt, seq+uint32(len(reqs[3])), shadow[3])
+		got := h.pairs()
+		if len(got) != 3 {
+			t.Fatalf("coalesced %v: %d pairs, want the first 3", coalesced, len(got))
+		}
+		for i, p := range got {
+			if string(p.Request[:p.RequestLen]) != reqs[i] || head(&p.Prod) != prod[i] || head(&p.Shadow) != shadow[i][:min(len(shadow[i]), 64)] {
+				t.Errorf("coalesced %v, pair %d: request %q, prod %q, shadow %q", coalesced, i, p.Request[:p.RequestLen], head(&p.Prod), head(&p.Shadow))
+			}
+		}
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -128,7 +128,7 @@ func (w *Worker) shadowConnected(s *session, p *rewrite.Packet, now int64) {
 	switch {
 	case plen > 0 || fin:
 		if s.rounds != nil && seq == s.rcvNxt {
-			w.pairShadow(s, p.Payload(), now) // the relayed prefix of new data
+			w.pairShadow(s, p.Payload(), plen, now) // the relayed prefix of new data
 		}
 		if !w.shadowData(s, seq, plen, fin, now) {
 			return

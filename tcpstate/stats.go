@@ -65,6 +65,8 @@ const (
 	CtrCompareDropped   // of those, refused by a full comparison queue
 	CtrCompareOverflow  // rounds left unpaired: the shadow lagged more than maxPendingRounds behind
 	CtrCompareSkipped   // sessions not compared: maxComparedSessions were
+	CtrCompareResync    // the walk of the shadow's responses lost sync: a boundary out of the relayed prefix
+	CtrCompareUnpaired  // shadow responses that began with no request released left to answer
 	numCounters
 )
 
@@ -124,6 +126,8 @@ var counterNames = [numCounters]string{
 	CtrCompareDropped:     "compare_dropped",
 	CtrCompareOverflow:    "compare_overflow",
 	CtrCompareSkipped:     "compare_skipped",
+	CtrCompareResync:      "compare_resync",
+	CtrCompareUnpaired:    "compare_unpaired",
 }
 
 func (c Counter) String() string { return counterNames[c] }

@@ -53,6 +53,10 @@ type Hello struct {
 	// Pools are, from a copier, the client pools it forges addresses
 	// from: the agent refuses registrations outside them.
 	Pools []Pool
+	// H2Ports are, from a copier, the shadow ports it compares as
+	// HTTP/2: replies from them carry H2 records instead of a payload
+	// prefix. Ports beyond MaxH2Ports, and 0, are left out on encoding.
+	H2Ports []uint16
 }
 
 // Pool is one announced client pool: Prefix, of which the copier uses only
@@ -87,7 +91,13 @@ func AppendHello(dst []byte, h *Hello) []byte {
 			pools++
 		}
 	}
-	dst = appendFrameHeader(dst, TypeHello, helloFixed+len(name)+helloTail+pools*poolLen)
+	ports := 0
+	for _, p := range h.H2Ports {
+		if p != 0 && ports < MaxH2Ports {
+			ports++
+		}
+	}
+	dst = appendFrameHeader(dst, TypeHello, helloFixed+len(name)+helloTail+pools*poolLen+1+2*ports)
 	dst = append(dst, magic...)
 	dst = be.AppendUint16(dst, h.Version)
 	dst = append(dst, byte(h.Role))
@@ -108,6 +118,16 @@ func AppendHello(dst []byte, h *Hello) []byte {
 		}
 		pools--
 		dst = appendPool(dst, p)
+	}
+	dst = append(dst, byte(ports))
+	for _, p := range h.H2Ports {
+		if ports == 0 {
+			break
+		}
+		if p != 0 {
+			ports--
+			dst = be.AppendUint16(dst, p)
+		}
 	}
 	return dst
 }
@@ -191,9 +211,17 @@ func ParseHello(p []byte) (Hello, error) {
 	if count > 0 {
 		h.Pools = make([]Pool, 0, count)
 	}
-	for off += helloTail; off < len(p); off += poolLen {
+	off += helloTail
+	for range count {
 		pl, _ := readPool(p[off : off+poolLen])
 		h.Pools = append(h.Pools, pl)
+		off += poolLen
+	}
+	if ports := int(p[off]); ports > 0 {
+		h.H2Ports = make([]uint16, ports)
+		for i := range h.H2Ports {
+			h.H2Ports[i] = be.Uint16(p[off+1+2*i:])
+		}
 	}
 	return h, nil
 }
@@ -225,8 +253,17 @@ func checkHello(p []byte) (int, error) {
 	}
 	off := helloFixed + n
 	count := int(p[off+helloTail-1])
-	if count > MaxPools || len(p) != off+helloTail+count*poolLen {
+	portsAt := off + helloTail + count*poolLen
+	if count > MaxPools || len(p) <= portsAt {
 		return 0, fmt.Errorf("hello: length %d, %d pools: %w", len(p), count, ErrMalformed)
+	}
+	if ports := int(p[portsAt]); ports > MaxH2Ports || len(p) != portsAt+1+2*ports {
+		return 0, fmt.Errorf("hello: length %d, %d HTTP/2 ports: %w", len(p), ports, ErrMalformed)
+	}
+	for i := portsAt + 1; i < len(p); i += 2 {
+		if be.Uint16(p[i:]) == 0 {
+			return 0, fmt.Errorf("hello: HTTP/2 port 0: %w", ErrMalformed)
+		}
 	}
 	for i, o := 0, off+helloTail; i < count; i, o = i+1, o+poolLen {
 		if _, ok := readPool(p[o : o+poolLen]); !ok {

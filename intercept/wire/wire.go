@@ -12,10 +12,11 @@
 //	[..] payload
 //	[16] tag       sealed sessions only (Sealer, Opener)
 //
-// with all integers big-endian. The payloads are (version 3)
+// with all integers big-endian. The payloads are (version 4)
 //
 //	Hello       "TSHD" | version u16 | role u8 | caps u32 | nonce [32] | name len u8 (≤ 64) | name
 //	            | flow idle ms u32 | reply prefix u16 | pool count u8 (≤ MaxPools) | count × pool
+//	            | h2 port count u8 (≤ MaxH2Ports) | count × port u16
 //	  pool      family u8 (4 or 6) | bits u8 | addr [16] (IPv4 in the first 4, zeros after) | slot u16 | slots u16
 //	Auth        mac [32] (ComputeMAC) | name len u8 (≤ 64) | name
 //	Error       code u16 | msg len u16 (≤ 1024) | msg
@@ -23,7 +24,8 @@
 //	Deregister  count u16 (1..MaxFlowsPerFrame) | count × (src addr [16] | src port u16 | dst addr [16] | dst port u16)
 //	Replies     count u16 (1..MaxRepliesPerFrame) | count × (ts i64 | len u16 (MinReplyHeader..MaxReplyLen) | reply [len])
 //	  reply     the reply's IP and TCP headers, then the first bytes of its TCP payload:
-//	            as many as it has, up to the copier's reply prefix (none when 0)
+//	            as many as it has, up to the copier's reply prefix (none when 0);
+//	            (from one of the copier's HTTP/2 ports, its frame records: H2 records, below)
 //	Ping, Pong  token u64
 //
 // A reply record does not say where its headers end: the IP and TCP
@@ -31,6 +33,16 @@
 // keeps the payload length the shadow sent, so a receiver knows how much
 // of the payload it was not sent. The reply prefix is a copier's to ask
 // for (Hello.ReplyPrefix) and the agent's to refuse above MaxReplyPrefix.
+//
+// H2 records: for replies from a source port the copier named in
+// Hello.H2Ports, the agent walks the HTTP/2 frames of the flow's whole
+// payloads and relays, in place of the payload prefix, one record per
+// HEADERS or RST_STREAM frame that ends in the reply, each a frame the
+// copier's classifiers read (compare.H2StatusFrame): a 9-byte frame header
+// on the frame's stream, then the :status alone. As many whole records as
+// fit the prefix; a flow whose walk lost sync (a gap in the capture)
+// relays none. Version 4 carries the ports; the agent's relay does not
+// produce the records yet, and relays those ports' prefixes as any.
 //
 // A connection opens with a Hello from each side; the magic and the version
 // lead the Hello in every version, so a peer of another version is told so
@@ -70,8 +82,9 @@ const (
 	// Version is the protocol version sent in Hello. Version 2 added the
 	// announced pools and flow idle time to Hello, the name to Auth, the
 	// transcript binding and per-frame sealing; version 3 the reply
-	// prefix in Hello and the payload bytes after each relayed header.
-	Version = 3
+	// prefix in Hello and the payload bytes after each relayed header;
+	// version 4 the HTTP/2 ports in Hello and their frame records.
+	Version = 4
 	// DefaultPort is the agent's default listening port (the old tool's).
 	DefaultPort = 36524
 	// MaxFrameLen bounds L, the length of type byte plus payload.
@@ -104,6 +117,8 @@ const (
 	MaxErrorMsgLen = 1024
 	// MaxPools bounds the pools a Hello announces.
 	MaxPools = 8
+	// MaxH2Ports bounds the HTTP/2 ports a Hello names.
+	MaxH2Ports = 16
 	// TagLen is the length of a sealed frame's tag.
 	TagLen = 16
 	// MaxHandshakeFrameLen bounds L while the handshake runs: the largest
@@ -119,7 +134,7 @@ const (
 	helloFixed  = 4 + 2 + 1 + 4 + 32 + 1 // magic to name length: every version's prefix
 	helloTail   = 4 + 2 + 1              // flow idle ms, reply prefix and pool count
 	poolLen     = 1 + 1 + 16 + 2 + 2
-	helloMax    = helloFixed + MaxNameLen + helloTail + MaxPools*poolLen
+	helloMax    = helloFixed + MaxNameLen + helloTail + MaxPools*poolLen + 1 + 2*MaxH2Ports
 	authMax     = 32 + 1 + MaxNameLen
 	errorMax    = 4 + MaxErrorMsgLen
 	magic       = "TSHD"

@@ -170,6 +170,7 @@ func samples() []sample {
 		{"hello copier", TypeHello, Hello{Version: Version, Role: RoleCopier, Caps: CapAuth, Nonce: nonce(1), Name: "prod-1",
 			FlowIdle: 150 * time.Second, ReplyPrefix: 64, Pools: []Pool{pool4, pool6}}},
 		{"hello copier max prefix", TypeHello, Hello{Version: Version, Role: RoleCopier, ReplyPrefix: MaxReplyPrefix}},
+		{"hello copier h2 ports", TypeHello, Hello{Version: Version, Role: RoleCopier, ReplyPrefix: 64, H2Ports: []uint16{80, 8080}}},
 		// The wire carries any prefix; refusing one is the agent's policy.
 		{"hello copier prefix beyond max", TypeHello, Hello{Version: Version, Role: RoleCopier, ReplyPrefix: 0xffff}},
 		{"hello agent empty name", TypeHello, Hello{Version: Version, Role: RoleAgent, Nonce: nonce(100)}},
@@ -223,8 +224,9 @@ func TestRoundTrip(t *testing.T) {
 // a round trip through a symmetric bug would not catch.
 func TestGolden(t *testing.T) {
 	aa := strings.Repeat("aa", 32)
-	hello := Hello{Version: 3, Role: RoleCopier, Caps: CapAuth, Name: "ag", FlowIdle: 2*time.Second + 7*time.Microsecond, ReplyPrefix: 0x140,
-		Pools: []Pool{{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slot: 1, Slots: 3}, {Prefix: netip.MustParsePrefix("2001:2:0:ff::/64")}}}
+	hello := Hello{Version: 4, Role: RoleCopier, Caps: CapAuth, Name: "ag", FlowIdle: 2*time.Second + 7*time.Microsecond, ReplyPrefix: 0x140,
+		Pools:   []Pool{{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Slot: 1, Slots: 3}, {Prefix: netip.MustParsePrefix("2001:2:0:ff::/64")}},
+		H2Ports: []uint16{8080, 0, 443}}
 	for i := range hello.Nonce {
 		hello.Nonce[i] = 0xaa
 	}
@@ -243,9 +245,10 @@ func TestGolden(t *testing.T) {
 		{"pong", AppendPong(nil, 1), "00000009 08 0000000000000001"},
 		{"auth", AppendAuth(nil, nonce(0), "ab"), "00000024 02 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 02 6162"},
 		{"error", AppendError(nil, CodeNotAllowed, "no"), "00000007 03 0003 0002 6e6f"},
-		{"hello", AppendHello(nil, &hello), "00000062 01 54534844 0003 01 00000001" + aa + "02 6167 000007d0 0140 02" +
+		{"hello", AppendHello(nil, &hello), "00000067 01 54534844 0004 01 00000001" + aa + "02 6167 000007d0 0140 02" +
 			" 04 10 c6130000000000000000000000000000 0001 0003" +
-			" 06 40 20010002000000ff0000000000000000 0000 0001"},
+			" 06 40 20010002000000ff0000000000000000 0000 0001" +
+			" 02 1f90 01bb"},
 		{"register", AppendFlows(nil, TypeRegister, []rewrite.Tuple{rewrite.TupleOf(
 			netip.MustParseAddrPort("10.0.0.1:1000"), netip.MustParseAddrPort("192.0.2.7:80"))}),
 			"00000027 04 0001 00000000000000000000ffff0a000001 03e8 00000000000000000000ffffc0000207 0050"},
@@ -268,12 +271,12 @@ func TestGolden(t *testing.T) {
 func TestHelloVersions(t *testing.T) {
 	// A hello of another version in this version's layout gives the
 	// fields up to the name; the rest is not read.
-	h := Hello{Version: 4, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x", FlowIdle: time.Second, ReplyPrefix: 9, Pools: []Pool{pool4}}
+	h := Hello{Version: 5, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x", FlowIdle: time.Second, ReplyPrefix: 9, Pools: []Pool{pool4}}
 	frame := AppendHello(nil, &h)
-	want := Hello{Version: 4, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
+	want := Hello{Version: 5, Role: RoleAgent, Caps: 6, Nonce: nonce(3), Name: "x"}
 	got, err := ParseHello(frame[frameHeader:])
 	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Fatalf("version 4: %+v, %v", got, err)
+		t.Fatalf("version 5: %+v, %v", got, err)
 	}
 	// Version 2's hello (no reply prefix) is read up to its name, so that
 	// the mismatch can be reported; it is not misread as version 3's.
@@ -310,6 +313,39 @@ func TestHelloVersions(t *testing.T) {
 	}
 }
 
+// TestHelloH2Ports: a copier's HTTP/2 ports go through, 0 and those
+// beyond MaxH2Ports left out; a parser refuses port 0, a count past the
+// bytes or past MaxH2Ports.
+func TestHelloH2Ports(t *testing.T) {
+	var ports []uint16
+	for i := range MaxH2Ports + 2 {
+		ports = append(ports, uint16(8000+i))
+	}
+	h := Hello{Version: Version, Role: RoleCopier, H2Ports: append([]uint16{0}, ports...)}
+	p := AppendHello(nil, &h)[frameHeader:]
+	got, err := ParseHello(p)
+	if err != nil || !reflect.DeepEqual(got.H2Ports, ports[:MaxH2Ports]) {
+		t.Fatalf("ports %v, %v; want the first %d", got.H2Ports, err, MaxH2Ports)
+	}
+	for name, mutate := range map[string]func(p []byte) []byte{
+		"port 0":         func(p []byte) []byte { p[len(p)-1], p[len(p)-2] = 0, 0; return p },
+		"count too high": func(p []byte) []byte { p[len(p)-1-2*MaxH2Ports]++; return p },
+		"count too many": func(p []byte) []byte {
+			p[len(p)-1-2*MaxH2Ports] = MaxH2Ports + 1
+			return append(p, 0x1f, 0x90)
+		},
+		"no count": func(p []byte) []byte { return p[:len(p)-1-2*MaxH2Ports] },
+	} {
+		q := mutate(bytes.Clone(p))
+		if _, err := ParseHello(q); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+		if err := Validate(TypeHello, q); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Validate %v, want ErrMalformed", name, err)
+		}
+	}
+}
+
 // TestHelloPools: what AppendHello leaves out, and the pool records a
 // parser refuses.
 func TestHelloPools(t *testing.T) {
@@ -331,7 +367,7 @@ func TestHelloPools(t *testing.T) {
 		t.Fatalf("pools %v, %v", got.Pools, err)
 	}
 	good := AppendHello(nil, &Hello{Version: Version, Pools: []Pool{pool4}})[frameHeader:]
-	rec := len(good) - poolLen
+	rec := len(good) - 1 - poolLen // the pool, then an empty list of HTTP/2 ports
 	for name, mutate := range map[string]func(p []byte){
 		"family 5":       func(p []byte) { p[rec] = 5 },
 		"bits 33":        func(p []byte) { p[rec+1] = 33 },

@@ -78,6 +78,10 @@ func startCompare(ctx context.Context, c CompareConfig, ecfg *tcpstate.Config, l
 		return nil, nil, fmt.Errorf("compare: %w", err)
 	}
 	ecfg.Recorders = make([]*compare.Recorder, ecfg.Workers)
+	ecfg.CompareProtocols = make([]compare.Protocol, len(maps))
+	for i, m := range maps {
+		ecfg.CompareProtocols[i] = m.Protocol
+	}
 	for i := range ecfg.Recorders {
 		ecfg.Recorders[i] = cmp.Recorder(i)
 	}

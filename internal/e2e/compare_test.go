@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,17 +61,25 @@ func mismatches(mr compare.MapReport, prod, shadow string) uint64 {
 //     /gone/ and waits 40 ms on /slow/; the report's 200→500 and 200→404
 //     counts equal what prod served on those paths, and the shadow's p99
 //     is above prod's;
-//   - PostgreSQL: a table missing on the shadow: 42P01 for those queries.
+//   - PostgreSQL: a table missing on the shadow: 42P01 for those queries;
+//   - Redis (redis-server): SETNX renamed away on the shadow; a mix of
+//     commands from many connections: -ERR exactly for the SETNX prod
+//     served, every other command alike.
 func TestCompareThroughTheCopier(t *testing.T) {
-	const pgPort = 5432
+	const pgPort, redisPort = 5432, 6379
 	at := func(a netip.Addr, port int) netip.AddrPort { return netip.AddrPortFrom(a, uint16(port)) }
 	mapOf := func(port int) string {
 		return at(lab.ProdClientSideV4, port).String() + "-" + at(lab.ShadowV4, port).String()
 	}
-	maps := []string{mapOf(80), mapOf(pgPort)}
+	maps := []string{mapOf(80), mapOf(pgPort), mapOf(redisPort)}
 	e := newEnv(t, envOptions{
-		maps:        maps,
-		agentFilter: fmt.Sprintf("tcp and (src port 80 or src port %d)", pgPort),
+		maps: maps,
+		// Responses are attributed to requests by where each begins (Redis,
+		// PostgreSQL and HTTP/1 answer in order): a prefix covering the
+		// longest reply (Redis's unknown-command error is 67 bytes) keeps
+		// every boundary in view when replies share a packet.
+		copyArgs:    []string{"--compare-prefix", "256"},
+		agentFilter: fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d)", pgPort, redisPort),
 		wrap: func(side string, h http.Handler) http.Handler {
 			if side != "shadow" {
 				return h
@@ -147,4 +159,122 @@ func TestCompareThroughTheCopier(t *testing.T) {
 		}
 		t.Logf("PostgreSQL: %d requests, mismatches %+v", mr.Requests, mr.Mismatches)
 	})
+
+	t.Run("Redis", func(t *testing.T) {
+		prodAddr := at(lab.ProdClientSideV4, redisPort)
+		startRedis(t, e.lab.Prod, prodAddr)
+		startRedisConf(t, e.lab.Shadow, at(lab.ShadowV4, redisPort), "rename-command SETNX \"\"\n")
+		// Many connections at once, each a dozen commands one after the
+		// other: SETNX among SET, GET, INCR and DEL. The copier's rounds
+		// take the relay's round trip, longer than prod's: a connection
+		// stays within the 16 rounds a session keeps pending (past them
+		// rounds go unpaired, compare_overflow).
+		const conns, perConn = 24, 12
+		var setnx atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, conns)
+		for c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rc, err := dialRESP(e.lab.Client, prodAddr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer rc.Close()
+				for i := range perConn {
+					key := fmt.Sprintf("k%d.%d", c, i%5)
+					var cmd []string
+					switch i % 5 {
+					case 0:
+						cmd = []string{"SET", key, "v"}
+					case 1:
+						cmd = []string{"SETNX", key, "w"}
+						setnx.Add(1)
+					case 2:
+						cmd = []string{"GET", key}
+					case 3:
+						cmd = []string{"INCR", fmt.Sprintf("n%d", c)}
+					default:
+						cmd = []string{"DEL", key}
+					}
+					r, err := rc.do(cmd...)
+					if err == nil {
+						if re, ok := r.(respError); ok {
+							err = re
+						}
+					}
+					if err != nil {
+						errs <- fmt.Errorf("%v: %w", cmd, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		served := redisCalls(t, e.lab.Prod, prodAddr, "setnx")
+		e.drained(t, 30*time.Second)
+		mr := mapReport(t, e.report(t), maps[2])
+		if served != setnx.Load() {
+			t.Errorf("prod served SETNX %d times, the clients sent %d", served, setnx.Load())
+		}
+		if got := mismatches(mr, "value", "-ERR"); got != uint64(served) || mr.Protocol != "redis" {
+			t.Errorf("%s: value→-ERR %d, prod served SETNX %d times; mismatches %+v", mr.Protocol, got, served, mr.Mismatches)
+		}
+		if len(mr.Mismatches) != 1 || mr.Requests != conns*perConn {
+			t.Errorf("%d requests (want %d), mismatches %+v: want only value→-ERR", mr.Requests, conns*perConn, mr.Mismatches)
+		}
+		if t.Failed() && e.divergenceLog != "" {
+			if b, err := os.ReadFile(e.divergenceLog); err == nil {
+				t.Logf("divergence log:\n%s", b[max(0, len(b)-8000):])
+			}
+		}
+		m, _ := e.copyMetrics()
+		if n := m[`tcpshadow_copy_events_total{event="compare_overflow"}`]; n != 0 {
+			t.Errorf("compare_overflow %v: the copier fell more than 16 rounds behind prod on a connection", n)
+		}
+		if t.Failed() {
+			for k, v := range m {
+				if strings.Contains(k, "events_total") && v > 0 {
+					t.Logf("%s %v", k, v)
+				}
+			}
+		}
+		t.Logf("Redis: %d requests, SETNX %d, mismatches %+v, resyncs %v", mr.Requests, served, mr.Mismatches,
+			m[`tcpshadow_copy_events_total{event="compare_resync"}`])
+	})
+}
+
+// redisCalls returns how many times the redis-server on addr ran cmd,
+// from its INFO commandstats.
+func redisCalls(t *testing.T, ns *lab.NS, addr netip.AddrPort, cmd string) int64 {
+	t.Helper()
+	c, err := dialRESP(ns, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.do("INFO", "commandstats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := r.(string)
+	for _, line := range strings.Split(info, "\r\n") {
+		rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls=")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+		if err != nil {
+			t.Fatalf("commandstats %q: %v", line, err)
+		}
+		return n
+	}
+	t.Fatalf("no %s in commandstats:\n%s", cmd, info)
+	return 0
 }

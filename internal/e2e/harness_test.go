@@ -345,7 +345,8 @@ func (e *env) startCopier() {
 		copyArgs = append(slices.Clone(copyArgs), "--secret-file", e.secret)
 	}
 	switch {
-	case hasFlag(copyArgs, "--divergence-log", "--no-divergence-log", "--compare-prefix"):
+	case hasFlag(copyArgs, "--divergence-log", "--no-divergence-log", "--compare-prefix=0") ||
+		slices.Index(copyArgs, "--compare-prefix") >= 0 && slices.Index(copyArgs, "0") == slices.Index(copyArgs, "--compare-prefix")+1:
 	case e.opts.prefix != nil:
 		// A daemon run as another user cannot write in the test's
 		// directory.
