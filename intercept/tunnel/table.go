@@ -3,6 +3,7 @@ package tunnel
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 )
 
 // Peer is one copy daemon's tunnel as the agent holds it: the keys of its
@@ -63,3 +64,14 @@ func (p *Peer) Allows(src netip.Addr) bool {
 	}
 	return false
 }
+
+// Current holds the Sealer of the control channel's current connection,
+// for the copy daemon's senders: nil while it is down. The client stores
+// it, the senders load it for every datagram.
+type Current struct{ p atomic.Pointer[Sealer] }
+
+// Store makes s the sealer; nil: no session.
+func (c *Current) Store(s *Sealer) { c.p.Store(s) }
+
+// Load returns the sealer, or nil.
+func (c *Current) Load() *Sealer { return c.p.Load() }

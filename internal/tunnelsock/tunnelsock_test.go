@@ -193,8 +193,8 @@ func TestRefusals(t *testing.T) {
 		make([]byte, tunnel.Overhead),    // zeros: version 0
 		make([]byte, tunnel.MaxDatagram+100),
 		otherSeal.Seal(make([]byte, len(good)+tunnel.Overhead), tunnel.TypePacket, good),
-		sealed(segment(t, ap("198.18.9.9:40000"), ap("198.18.1.2:80"), 10)),  // not from the pool
-		sealed(segment(t, ap("198.19.3.4:40000"), ap("198.18.7.7:80"), 10)),  // not to this host
+		sealed(segment(t, ap("198.18.9.9:40000"), ap("198.18.1.2:80"), 10)), // not from the pool
+		sealed(segment(t, ap("198.19.3.4:40000"), ap("198.18.7.7:80"), 10)), // not to this host
 		sealed([]byte("not an ip packet, though sealed correctly")),
 	}
 	for _, d := range send {
