@@ -124,6 +124,7 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 		"Local.Pools":        {flag: "to"},
 		"Local.Queue.Num":    {flag: "queue-num"},
 		"Local.Queue.MaxLen": {flag: "queue-len"},
+		"Local.TunnelPort":   {flag: "tunnel-port"},
 		"Agent.FlushDelay":   {flag: "flush-delay"},
 		"Agent.MaxFlows":     {flag: "max-flows"},
 		"Agent.Secret":       {flag: "secret-file"},

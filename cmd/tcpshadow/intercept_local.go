@@ -16,6 +16,7 @@ type localOptions struct {
 	to       []string
 	queueNum int
 	queueLen int
+	tunnel   int
 }
 
 func (o *localOptions) addFlags(f *pflag.FlagSet) {
@@ -23,6 +24,7 @@ func (o *localOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.on, "local", false, "run on the shadow host itself (two hosts, no assist): take this host's packets to the --to pools away from the network with nftables rules and an NFQUEUE, instead of capturing on --iface")
 	f.StringSliceVar(&o.to, "to", nil, "--local: a client pool whose packets are taken (the copy daemons' --client-pool; repeatable, one per family)")
 	f.IntVar(&o.queueNum, "queue-num", int(def.Num), "--local: the NFQUEUE number the rules queue to")
+	f.IntVar(&o.tunnel, "tunnel-port", daemon.DefaultLocalConfig().TunnelPort, "--local: the UDP port copy daemons' --transport udp datagrams are received on, at --listen's address (0: none)")
 	f.IntVar(&o.queueLen, "queue-len", int(def.MaxLen), "--local: packets the kernel holds for the agent; more are dropped (counted), never sent")
 }
 
@@ -60,6 +62,9 @@ func (o *localOptions) config(n func(string) string, iface, filter string) (*dae
 	if o.queueLen < 1 {
 		return nil, fmt.Errorf("%s %d: want at least 1", n("queue-len"), o.queueLen)
 	}
-	c.Queue.Num, c.Queue.MaxLen = uint16(o.queueNum), uint32(o.queueLen)
+	if o.tunnel < 0 || o.tunnel > 65535 {
+		return nil, fmt.Errorf("%s %d: want 0..65535 (0: no tunnel)", n("tunnel-port"), o.tunnel)
+	}
+	c.Queue.Num, c.Queue.MaxLen, c.TunnelPort = uint16(o.queueNum), uint32(o.queueLen), o.tunnel
 	return &c, nil
 }
