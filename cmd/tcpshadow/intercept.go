@@ -125,6 +125,7 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 		"Local.Queue.Num":    {flag: "queue-num"},
 		"Local.Queue.MaxLen": {flag: "queue-len"},
 		"Local.TunnelPort":   {flag: "tunnel-port"},
+		"Local.Tunnel":       {flag: "tunnel"},
 		"Agent.FlushDelay":   {flag: "flush-delay"},
 		"Agent.MaxFlows":     {flag: "max-flows"},
 		"Agent.Secret":       {flag: "secret-file"},

@@ -54,25 +54,37 @@ func TestCopyConfigTransport(t *testing.T) {
 	}
 }
 
-// TestInterceptLocalTunnelPort: the two-host agent receives the tunnel on
-// the default port unless told another, or none (0).
-func TestInterceptLocalTunnelPort(t *testing.T) {
+// TestInterceptLocalTunnel: the two-host agent receives the tunnel with
+// --tunnel, on the default port unless told another; it needs --local
+// and a secret.
+func TestInterceptLocalTunnel(t *testing.T) {
+	secret := writeSecret(t, "0123456789abcdef-tunnel\n")
 	for _, tc := range []struct {
-		args []string
-		want int
+		args   []string
+		tunnel bool
+		port   int
 	}{
-		{nil, tunnel.DefaultPort},
-		{[]string{"--tunnel-port", "4000"}, 4000},
-		{[]string{"--tunnel-port", "0"}, 0},
+		{nil, false, tunnel.DefaultPort},
+		{[]string{"--tunnel"}, true, tunnel.DefaultPort},
+		{[]string{"--tunnel", "--tunnel-port", "4000"}, true, 4000},
 	} {
-		args := append([]string{"--local", "--to", "198.19.0.0/16", "--insecure-no-auth"}, tc.args...)
+		args := append([]string{"--local", "--to", "198.19.0.0/16", "--secret-file", secret}, tc.args...)
 		cfg, err := interceptOptionsFrom(t, args...).config()
-		if err != nil || cfg.Local.TunnelPort != tc.want {
-			t.Fatalf("%v: %v, tunnel port %d, want %d", tc.args, err, cfg.Local.TunnelPort, tc.want)
+		if err != nil || cfg.Local.Tunnel != tc.tunnel || cfg.Local.TunnelPort != tc.port {
+			t.Fatalf("%v: %v, %+v", tc.args, err, cfg.Local)
 		}
 	}
-	_, err := interceptOptionsFrom(t, "--local", "--to", "198.19.0.0/16", "--insecure-no-auth", "--tunnel-port", "70000").config()
-	if err == nil || !strings.Contains(err.Error(), "--tunnel-port 70000") {
-		t.Fatalf("--tunnel-port 70000: %v", err)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--local", "--to", "198.19.0.0/16", "--secret-file", secret, "--tunnel", "--tunnel-port", "70000"}, "--tunnel-port 70000"},
+		{[]string{"--local", "--to", "198.19.0.0/16", "--insecure-no-auth", "--tunnel"}, "--tunnel"},
+		{[]string{"-i", "eth0", "--secret-file", secret, "--tunnel"}, "--tunnel needs --local"},
+	} {
+		_, err := interceptOptionsFrom(t, tc.args...).config()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
 	}
 }

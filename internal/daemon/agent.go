@@ -144,6 +144,9 @@ func (c *AgentConfig) Validate() error {
 	if len(c.Agent.Secret) > 0 && len(c.Agent.Secrets) > 0 {
 		return fieldErr("Agent.Secrets", nil, "want a shared secret or one per copy daemon, not both")
 	}
+	if c.Local != nil && c.Local.Tunnel && len(c.Agent.Secret) == 0 && len(c.Agent.Secrets) == 0 {
+		return fieldErr("Local.Tunnel", true, "needs a secret: the tunnel's keys derive from it")
+	}
 	if len(c.Agent.Secret) == 0 && len(c.Agent.Secrets) == 0 && !c.Agent.InsecureNoAuth {
 		return fieldErr("Agent.Secret", nil,
 			"is required: without it anyone who reaches the agent could register flows and read their replies (unless the agent is to run insecure on purpose)")
@@ -205,7 +208,7 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 	}
 	relay := cfg.RelayConfig()
 	var tun *tunnelsock.Receiver
-	if cfg.Local != nil && cfg.Local.TunnelPort > 0 {
+	if cfg.Local != nil && cfg.Local.Tunnel {
 		relay.Tunnels = tunnel.NewTable()
 		var stopTunnel func()
 		if tun, stopTunnel, err = openTunnel(cfg.Listen, cfg.Local.TunnelPort, relay.Tunnels, log); err != nil {

@@ -24,14 +24,15 @@ type LocalConfig struct {
 	// daemons' --client-pool prefixes, at most one per family is usual.
 	Pools []netip.Prefix
 	Queue divert.Config
-	// TunnelPort is the UDP port the copy daemons' tunnel (copy
-	// --transport udp) is received on, at the control channel's listening
-	// address; 0: no tunnel.
+	// Tunnel receives the copy daemons' tunnel (copy --transport udp) on
+	// TunnelPort at the control channel's listening address, injecting
+	// through raw sockets (CAP_NET_RAW).
+	Tunnel     bool
 	TunnelPort int
 }
 
 // DefaultLocalConfig returns the two-host mode's defaults: divert's, and
-// the tunnel on its default port.
+// no tunnel, on its default port when asked for.
 func DefaultLocalConfig() LocalConfig {
 	return LocalConfig{Queue: divert.DefaultConfig(), TunnelPort: tunnel.DefaultPort}
 }
@@ -48,8 +49,8 @@ func validateLocal(c *LocalConfig) error {
 			return fieldErr("Local.Pools", p, fmt.Sprintf("want a prefix of at least /%d", minPoolBits(p)))
 		}
 	}
-	if c.TunnelPort < 0 || c.TunnelPort > 65535 {
-		return fieldErr("Local.TunnelPort", c.TunnelPort, "want 0..65535 (0: no tunnel)")
+	if c.Tunnel && (c.TunnelPort < 1 || c.TunnelPort > 65535) {
+		return fieldErr("Local.TunnelPort", c.TunnelPort, "want 1..65535")
 	}
 	if c.Queue.MaxLen < 1 {
 		return fieldErr("Local.Queue.MaxLen", c.Queue.MaxLen, "want at least 1")
