@@ -214,37 +214,28 @@ func TestRefusals(t *testing.T) {
 
 func TestProbe(t *testing.T) {
 	g := newRig(t)
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(g.r.Addr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	seal := g.link.Keys.Load()
 	tr := sha256.Sum256([]byte(t.Name()))
 	_, open, err := tunnel.Keys([]byte("secret"), tr, wire.RoleCopier)
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := []byte("doctor's token")
-	if _, err := conn.Write(seal.Seal(make([]byte, 64+tunnel.Overhead), tunnel.TypeProbe, token)); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 256)
-	n, err := conn.Read(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, v := tunnel.Parse(buf[:n])
-	if v != tunnel.OK || h.Type() != tunnel.TypeProbeAck {
-		t.Fatalf("ack: %v type %v", v, h)
-	}
-	got, v := open.Open(buf[:n])
-	if v != tunnel.OK || !bytes.Equal(got, token) {
-		t.Fatalf("ack opened: %v %q", v, got)
+	if err := Ping(context.Background(), g.r.Addr(), seal, open, 5*time.Second); err != nil {
+		t.Fatalf("ping: %v", err)
 	}
 	if st := g.r.Stats(); st.Probes != 1 || st.Injected != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+	// A session the agent does not hold gets no answer.
+	other, _ := keys(t, "another session")
+	_, otherOpen, _ := tunnel.Keys([]byte("secret"), sha256.Sum256([]byte("another session")), wire.RoleCopier)
+	if err := Ping(context.Background(), g.r.Addr(), other, otherOpen, 300*time.Millisecond); err != ErrNoAck {
+		t.Fatalf("ping of an unknown session: %v, want ErrNoAck", err)
+	}
+	// Nothing listening: refused or no answer, an error either way.
+	g.stop()
+	if err := Ping(context.Background(), g.r.Addr(), seal, open, 300*time.Millisecond); err == nil {
+		t.Fatal("ping answered with the receiver closed")
 	}
 }
 
