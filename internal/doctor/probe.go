@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -137,7 +138,11 @@ func Probe(ctx context.Context, c ProbeConfig, env ProbeEnv) Result {
 		if p.DecodeHeader(hdr) != nil || p.Tuple() != flow.Reverse() {
 			continue // not the probe's
 		}
-		return judgeReply(c, p.TCP(), ch.AgentName(), time.Since(start))
+		r := judgeReply(c, p.TCP(), ch.AgentName(), time.Since(start))
+		if c.Transport == TransportUDP && r.Status == OK {
+			r.Detail = strings.Replace(r.Detail, "prod → shadow → assist → prod works", "prod → tunnel → shadow → agent → prod works", 1)
+		}
+		return r
 	}
 	return noReply(ctx, c, env)
 }
@@ -169,6 +174,9 @@ func judgeReply(c ProbeConfig, tcp rewrite.TCP, agent string, took time.Duration
 func noReply(ctx context.Context, c ProbeConfig, env ProbeEnv) Result {
 	r := Result{Check: "probe " + c.Target.String(), Status: Fail}
 	head := fmt.Sprintf("no reply at the assist host within %v", c.Timeout)
+	if c.AgentOnShadow || c.Transport == TransportUDP {
+		head = fmt.Sprintf("no reply relayed by the agent on the shadow within %v", c.Timeout)
+	}
 	dctx, cancel := context.WithTimeout(ctx, directTimeout)
 	err := env.Direct(dctx, c.Target)
 	cancel()
