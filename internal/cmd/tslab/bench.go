@@ -44,6 +44,8 @@ type benchOptions struct {
 	copyFlags          []string
 	agentFlags         []string
 	verbose            bool
+	modes              string
+	modeRate           int
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -80,6 +82,12 @@ type benchConfig struct {
 	copyArgs     []string // extra copy flags, appended
 	agentArgs    []string // extra intercept flags, appended
 	verbose      bool
+	// modes are the deployment modes measured after the rest
+	// (benchmodes.go): a keep-alive step at modeRate and a bulk step at
+	// modeBulk bits/s (0: max) each.
+	modes    []string
+	modeRate int
+	modeBulk int64
 }
 
 func newBenchCmd() *cobra.Command {
@@ -127,6 +135,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringArrayVar(&o.agentFlags, "agent-flag", nil, "extra flag for tcpshadow intercept, e.g. --agent-flag=--flush-delay=1ms (repeatable)")
 	f.IntVar(&o.idleSessions, "idle-sessions", 800, fmt.Sprintf("idle connections for the memory measurement (0 skips it; at most %d)", maxIdleSessions))
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
+	f.StringVar(&o.modes, "modes", strings.Join(allModes, ","), "deployment modes measured in the two-host lab, each with a keep-alive step at --mode-rate and a bulk upload (\"\" skips them)")
+	f.IntVar(&o.modeRate, "mode-rate", 10000, "offered keep-alive request rate of the modes' step")
 	return cmd
 }
 
@@ -150,7 +160,14 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		}
 	}
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
-		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose}
+		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose,
+		modeRate: o.modeRate}
+	if cfg.modes, err = parseModes(o.modes); err != nil {
+		return nil, fmt.Errorf("--modes: %w", err)
+	}
+	if o.modeRate < 1 || o.modeRate > maxPerSecond {
+		return nil, fmt.Errorf("--mode-rate %d: want 1 to %d", o.modeRate, maxPerSecond)
+	}
 	if o.smoke {
 		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
 		if !o.stepSet {
@@ -158,6 +175,7 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		}
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
+		cfg.modeRate, cfg.modeBulk = 500, 200e6
 	} else {
 		if cfg.bulkRates, err = parseBitRates(o.bulkRates); err != nil {
 			return nil, fmt.Errorf("--bulk-rates: %w", err)
@@ -187,8 +205,8 @@ func (o *benchOptions) config() (*benchConfig, error) {
 				cfg.series = append(cfg.series, series{shape: connPerReq, addrs: a, conns: connPerReqFlight, rates: conn})
 			}
 		}
-		if len(cfg.series) == 0 {
-			return nil, errors.New("--keepalive-rates and --conn-rates are both empty: nothing to run")
+		if len(cfg.series) == 0 && len(cfg.modes) == 0 {
+			return nil, errors.New("--keepalive-rates, --conn-rates and --modes are all empty: nothing to run")
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -292,6 +310,7 @@ type benchResult struct {
 	took     time.Duration
 	labName  string
 	warnings []string
+	modes    []*modeResult
 }
 
 type seriesResult struct {
@@ -310,6 +329,9 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	res := &benchResult{cfg: cfg, machine: describeMachine(ctx, cfg.bin, cfg.nginx)}
+	if len(cfg.series) == 0 {
+		return runModesOnly(ctx, cfg, res, start, out, log)
+	}
 
 	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
@@ -410,6 +432,9 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
+	}
+	if res.modes, err = runModes(ctx, cfg, out, log); err != nil {
+		return nil, err
 	}
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)
