@@ -2,11 +2,11 @@ package tunnelsock
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -36,12 +36,12 @@ type RecvStats struct {
 	Probes    uint64 // probes answered
 }
 
-// rcvBuf is the socket receive buffer asked for: a burst of a copy
-// daemon's batches.
-const rcvBuf = 8 << 20
-
-// readTimeout is how often a blocked read looks at its context.
-const readTimeout = 100 * time.Millisecond
+// rcvBuf is the socket receive buffer asked for: a copy daemon splits
+// each captured 64 KiB aggregate into ~50 datagrams at once, and at 1
+// Gbit/s of copies an 8 MiB buffer overflowed in the lab whenever the
+// agent's one goroutine was off the CPU for tens of milliseconds; 64 MiB
+// is half a second of that, charged only while it holds datagrams.
+const rcvBuf = 64 << 20
 
 // localEvery is how often the host's addresses are read again.
 const localEvery = time.Second
@@ -50,7 +50,9 @@ const localEvery = time.Second
 // handling of a batch happen on one goroutine, which owns the peers'
 // windows; Stats may be called from any.
 type Receiver struct {
-	fd     int
+	conn   *net.UDPConn // nil in tests that feed batches directly
+	raw    syscall.RawConn
+	fd     int // conn's, for probe acks; -1 without conn
 	peers  *tunnel.Table
 	inject Injector
 	local  map[netip.Addr]struct{} // this host's addresses; owned by Run
@@ -69,35 +71,23 @@ type Receiver struct {
 // Listen opens the tunnel's socket on addr (an unspecified address: every
 // address, both families).
 func Listen(addr netip.AddrPort, peers *tunnel.Table, inject Injector) (*Receiver, error) {
-	fam := unix.AF_INET6
-	if addr.Addr().Is4() {
-		fam = unix.AF_INET
-	}
-	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
-		return nil, fmt.Errorf("open tunnel socket: %w", err)
-	}
-	if fam == unix.AF_INET6 {
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
-	}
-	tv := unix.NsecToTimeval(readTimeout.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tunnel socket: %w", err)
-	}
-	sa := sockaddr(addr)
-	if fam == unix.AF_INET6 {
-		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
 		return nil, fmt.Errorf("listen on udp %v: %w", addr, err)
 	}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tunnel socket: %w", err)
+	}
 	r := newReceiver(peers, inject)
-	r.fd = fd
+	r.conn, r.raw = conn, raw
+	_ = raw.Control(func(fd uintptr) {
+		r.fd = int(fd)
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+		}
+	})
 	return r, nil
 }
 
@@ -116,17 +106,7 @@ func newReceiver(peers *tunnel.Table, inject Injector) *Receiver {
 
 // Addr returns the socket's address.
 func (r *Receiver) Addr() netip.AddrPort {
-	sa, err := unix.Getsockname(r.fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
+	return r.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // Stats returns the counters.
@@ -140,28 +120,43 @@ func (r *Receiver) Stats() RecvStats {
 
 // Run reads and handles batches until ctx is done, then closes the
 // socket. Only a socket that cannot be read at all ends it early.
+//
+// Reads wait in Go's netpoller and take what is queued with one
+// non-blocking recvmmsg: a blocking read would hand the goroutine's P to
+// another thread and back for every batch, which at tens of thousands of
+// datagrams a second costs more than the datagrams and lets the socket's
+// buffer overflow.
 func (r *Receiver) Run(ctx context.Context) error {
-	defer unix.Close(r.fd)
-	for ctx.Err() == nil {
+	stop := context.AfterFunc(ctx, func() { r.conn.Close() })
+	defer stop()
+	defer r.conn.Close()
+	var n uintptr
+	var errno syscall.Errno
+	read := func(fd uintptr) bool {
 		for i := range r.msgs {
 			r.msgs[i].Hdr.Namelen = unix.SizeofSockaddrAny
 			r.msgs[i].Hdr.Flags = 0
 		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(r.fd), uintptr(unsafe.Pointer(&r.msgs[0])),
-			MaxBatch, unix.MSG_WAITFORONE, 0, 0)
-		if errno != 0 {
-			switch {
-			case errno == unix.EAGAIN, errno == unix.EINTR:
-				continue
-			case errors.Is(errno, unix.ECONNREFUSED): // an ICMP error for a probe ack
-				continue
+		n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])),
+			MaxBatch, unix.MSG_DONTWAIT, 0, 0)
+		return errno != unix.EAGAIN
+	}
+	for {
+		if err := r.raw.Read(read); err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
+			return fmt.Errorf("read tunnel: %w", err)
+		}
+		switch {
+		case errno == 0:
+			r.refreshLocal(time.Now())
+			r.handle(int(n))
+		case errno == unix.EINTR, errno == unix.ECONNREFUSED: // an ICMP error for a probe ack
+		default:
 			return fmt.Errorf("read tunnel: %w", errno)
 		}
-		r.refreshLocal(time.Now())
-		r.handle(int(n))
 	}
-	return nil
 }
 
 // handle opens the first n datagrams of the batch and injects what

@@ -46,6 +46,7 @@ type benchOptions struct {
 	verbose            bool
 	modes              string
 	modeRate           int
+	modeBulk           string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -83,11 +84,11 @@ type benchConfig struct {
 	agentArgs    []string // extra intercept flags, appended
 	verbose      bool
 	// modes are the deployment modes measured after the rest
-	// (benchmodes.go): a keep-alive step at modeRate and a bulk step at
+	// (benchmodes.go): a keep-alive step at modeRate and bulk steps at
 	// modeBulk bits/s (0: max) each.
 	modes    []string
 	modeRate int
-	modeBulk int64
+	modeBulk []int64
 }
 
 func newBenchCmd() *cobra.Command {
@@ -137,6 +138,7 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
 	f.StringVar(&o.modes, "modes", strings.Join(allModes, ","), "deployment modes measured in the two-host lab, each with a keep-alive step at --mode-rate and a bulk upload (\"\" skips them)")
 	f.IntVar(&o.modeRate, "mode-rate", 10000, "offered keep-alive request rate of the modes' step")
+	f.StringVar(&o.modeBulk, "mode-bulk-rates", "200M,500M,1G", "offered bit rates of the modes' bulk upload steps")
 	return cmd
 }
 
@@ -168,6 +170,9 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	if o.modeRate < 1 || o.modeRate > maxPerSecond {
 		return nil, fmt.Errorf("--mode-rate %d: want 1 to %d", o.modeRate, maxPerSecond)
 	}
+	if cfg.modeBulk, err = parseBitRates(o.modeBulk); err != nil {
+		return nil, fmt.Errorf("--mode-bulk-rates: %w", err)
+	}
 	if o.smoke {
 		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
 		if !o.stepSet {
@@ -175,7 +180,7 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		}
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
-		cfg.modeRate, cfg.modeBulk = 500, 200e6
+		cfg.modeRate, cfg.modeBulk = 500, []int64{200e6}
 	} else {
 		if cfg.bulkRates, err = parseBitRates(o.bulkRates); err != nil {
 			return nil, fmt.Errorf("--bulk-rates: %w", err)

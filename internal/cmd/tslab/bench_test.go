@@ -236,7 +236,7 @@ func TestBenchModesSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
-		modes: allModes, modeRate: 500, modeBulk: 200e6, out: filepath.Join(t.TempDir(), "modes.md")}
+		modes: allModes, modeRate: 500, modeBulk: []int64{200e6}, out: filepath.Join(t.TempDir(), "modes.md")}
 	var out bytes.Buffer
 	res, err := runBench(ctx, cfg, &out)
 	t.Logf("bench output:\n%s", out.String())
@@ -250,7 +250,10 @@ func TestBenchModesSmoke(t *testing.T) {
 		if k := r.keepAlive; k.prod == 0 || k.copiedN() != k.prod {
 			t.Errorf("%s: the shadow served %d of prod's %d", r.mode, k.copiedN(), k.prod)
 		}
-		if u := r.bulk; u.prod == 0 || u.shadow < u.prod {
+		if len(r.bulk) != 1 {
+			t.Fatalf("%s: %d bulk steps, want 1", r.mode, len(r.bulk))
+		}
+		if u := r.bulk[0]; u.prod == 0 || u.shadow < u.prod {
 			t.Errorf("%s: the shadow read %d of prod's %d bulk bytes", r.mode, u.shadow, u.prod)
 		}
 		if r.mode == modeTunnel && r.spoofed != 0 {
