@@ -70,7 +70,7 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON \
-            ./intercept/divert:FuzzParsePacket
+            ./intercept/divert:FuzzParsePacket ./intercept/tunnel:FuzzOpen ./internal/tunnelsock:FuzzReceive
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each
