@@ -70,7 +70,7 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON \
-            ./intercept/divert:FuzzParsePacket
+            ./intercept/divert:FuzzParsePacket ./intercept/tunnel:FuzzOpen ./internal/tunnelsock:FuzzReceive
 FUZZ     += ./internal/pcapfile:FuzzReader
 FUZZTIME ?= 30s
 

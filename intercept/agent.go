@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/capture"
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
@@ -70,6 +71,10 @@ type AgentConfig struct {
 	// interfaces' addresses (net.InterfaceAddrs), read again every
 	// localAddrsEvery.
 	LocalAddrs func() []netip.Addr
+	// Tunnels, if set, is given the tunnel keys of every authenticated
+	// copy daemon while it is connected (intercept --local with the UDP
+	// transport; package tunnelsock reads it).
+	Tunnels *tunnel.Table
 }
 
 // DefaultAgentConfig returns the configuration with every default filled

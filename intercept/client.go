@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
@@ -51,6 +52,10 @@ type ClientConfig struct {
 	ResyncInterval time.Duration
 	// Dial connects to Addr; nil uses a TCP dialer. Tests plug in pipes.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Tunnel, if set, is given the tunnel's Sealer of every connection
+	// (copy --transport udp), and nil while there is none: the tunnel
+	// needs a Secret.
+	Tunnel *tunnel.Current
 }
 
 // DefaultReplyPrefix is the reply prefix a copy daemon that compares the
@@ -319,6 +324,7 @@ type clientConn struct {
 	conn     net.Conn
 	r        *wire.Reader
 	seal     *wire.Sealer // nil: frames are not sealed
+	tunnel   *tunnel.Sealer
 	agent    string       // the agent's name
 	lastRecv atomic.Int64 // unix ns of the last frame read; written by readLoop, read by ping
 }
@@ -420,6 +426,12 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	}
 	r.Resize(clientReadBuf, wire.MaxFrameLen)
 	cc := &clientConn{conn: conn, r: r, seal: s.seal, agent: s.name}
+	if c.cfg.Tunnel != nil {
+		if cc.tunnel, _, err = s.tunnelKeys(wire.RoleCopier); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
 	cc.lastRecv.Store(time.Now().UnixNano())
 	return cc, nil
 }
@@ -432,6 +444,9 @@ func (l *clientLoop) onConnected(cc *clientConn) {
 	l.connectedAt = time.Now()
 	clear(l.sent)
 	c.connected.Store(true)
+	if c.cfg.Tunnel != nil {
+		c.cfg.Tunnel.Store(cc.tunnel)
+	}
 	c.connects.Add(1)
 	if ok, suppressed := l.logs.up.allow(time.Now()); ok {
 		c.log.Info("intercept agent connected", "agent", c.cfg.Addr, "name", cc.agent, "flows", c.flows.Load(),
@@ -639,6 +654,9 @@ func (l *clientLoop) drop(cc *clientConn, why error) {
 	l.cur.conn.Close()
 	l.cur = nil
 	c.connected.Store(false)
+	if c.cfg.Tunnel != nil {
+		c.cfg.Tunnel.Store(nil)
+	}
 	c.disconnects.Add(1)
 	lived := time.Since(l.connectedAt)
 	if ok, suppressed := l.logs.down.allow(time.Now()); ok {
@@ -662,5 +680,8 @@ func (l *clientLoop) stop() {
 		l.cur.conn.Close()
 	}
 	l.c.connected.Store(false)
+	if l.c.cfg.Tunnel != nil {
+		l.c.cfg.Tunnel.Store(nil)
+	}
 	l.releaseFlushes(^uint64(0))
 }

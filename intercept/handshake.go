@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 )
 
@@ -84,6 +85,16 @@ type session struct {
 	// seal seals what this side sends; nil when frames are not sealed
 	// (TLS, or no authentication). The Reader has the matching Opener.
 	seal *wire.Sealer
+	// secret and transcript are what the tunnel's keys derive from
+	// (package tunnel); secret is nil without authentication.
+	secret     []byte
+	transcript [32]byte
+}
+
+// tunnelKeys returns the tunnel's keys of this session for role; an error
+// when the session authenticated nothing.
+func (s *session) tunnelKeys(role wire.Role) (*tunnel.Sealer, *tunnel.Opener, error) {
+	return tunnel.Keys(s.secret, s.transcript, role)
 }
 
 // handshake runs the opening on conn, reading with r (a handshake
@@ -180,6 +191,7 @@ func handshake(conn net.Conn, r *wire.Reader, c handshakeConfig) (session, error
 	if err != nil {
 		return s, err
 	}
+	s.secret, s.transcript = secret, tr
 	if !isTLS {
 		seal, open, err := wire.SessionKeys(secret, tr, c.role)
 		if err != nil {

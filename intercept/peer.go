@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
@@ -27,6 +28,7 @@ type agentPeer struct {
 	lease  time.Duration // a flow of this daemon idle longer is expired
 	prefix int           // payload bytes relayed after each reply's headers (its hello's ReplyPrefix)
 	seal   *wire.Sealer  // owned by writePeer; nil: frames are not sealed
+	tunnel *tunnel.Peer  // in AgentConfig.Tunnels while connected; nil: none
 	out    chan outFrame // to writePeer; full: the relay drops, counted
 	done   chan struct{} // closed by close: writePeer stops
 	once   sync.Once
@@ -217,9 +219,15 @@ func (a *Agent) servePeer(ctx context.Context, conn net.Conn, remote netip.Addr)
 		p.close()
 		return
 	}
+	if p.tunnel != nil {
+		a.cfg.Tunnels.Add(p.tunnel)
+	}
 	go a.writePeer(p)
 	err := a.readPeer(ctx, p, r)
 	p.close()
+	if p.tunnel != nil {
+		a.cfg.Tunnels.Remove(p.tunnel.Open.Session())
+	}
 	// The relay may have returned (the agent is stopping): then it has
 	// dropped every peer itself, and nobody would take this op.
 	a.sendOp(nil, flowOp{kind: opPeerDown, peer: p})
@@ -265,12 +273,23 @@ func (a *Agent) admit(ctx context.Context, conn net.Conn, remote netip.Addr) (*a
 	if s.hello.FlowIdle > 0 {
 		lease = 2 * s.hello.FlowIdle
 	}
-	return &agentPeer{
+	p := &agentPeer{
 		conn: conn, name: s.name, addr: conn.RemoteAddr().String(), remote: remote,
 		pools: s.hello.Pools, lease: lease, prefix: int(s.hello.ReplyPrefix), seal: s.seal,
 		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]*flowEntry),
 		done: make(chan struct{}),
-	}, r
+	}
+	if a.cfg.Tunnels != nil && s.secret != nil {
+		// Without a secret there are no keys: that daemon's datagrams
+		// are refused (no session).
+		if seal, open, err := s.tunnelKeys(wire.RoleAgent); err == nil {
+			p.tunnel = &tunnel.Peer{Open: open, Seal: seal}
+			for _, pool := range s.hello.Pools {
+				p.tunnel.Pools = append(p.tunnel.Pools, pool.Prefix)
+			}
+		}
+	}
+	return p, r
 }
 
 func (a *Agent) allowed(addr netip.Addr) bool {

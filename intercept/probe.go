@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
@@ -40,14 +41,18 @@ type ProbeConfig struct {
 // times out leaves the stream intact); the methods are for one caller
 // goroutine at a time.
 type ProbeConn struct {
-	conn    net.Conn
-	agent   string
-	seal    *wire.Sealer // nil: frames are not sealed; under wmu
-	token   uint64       // last ping token; the caller's goroutine only
-	replies chan []byte  // relayed headers, copies; full: dropped
-	pongs   chan uint64
-	done    chan struct{} // closed when the read loop ends
-	err     error         // why it ended; read only after done is closed
+	conn  net.Conn
+	agent string
+	seal  *wire.Sealer // nil: frames are not sealed; under wmu
+	// tunnelSeal and tunnelOpen are the session's tunnel keys; nil
+	// without a secret.
+	tunnelSeal *tunnel.Sealer
+	tunnelOpen *tunnel.Opener
+	token      uint64      // last ping token; the caller's goroutine only
+	replies    chan []byte // relayed headers, copies; full: dropped
+	pongs      chan uint64
+	done       chan struct{} // closed when the read loop ends
+	err        error         // why it ended; read only after done is closed
 
 	wmu sync.Mutex // serialises writes: the caller's and the read loop's pongs
 }
@@ -95,9 +100,15 @@ func DialProbe(ctx context.Context, cfg ProbeConfig) (*ProbeConn, error) {
 		conn: conn, agent: s.name, seal: s.seal,
 		replies: make(chan []byte, probeQueue), pongs: make(chan uint64, 1), done: make(chan struct{}),
 	}
+	p.tunnelSeal, p.tunnelOpen, _ = s.tunnelKeys(wire.RoleCopier) // none without a secret
 	go p.readLoop(r)
 	return p, nil
 }
+
+// TunnelKeys returns the session's tunnel keys (copy --transport udp's):
+// what seals the probe's datagrams and opens the agent's answers. Both
+// are nil when the session authenticated nothing.
+func (p *ProbeConn) TunnelKeys() (*tunnel.Sealer, *tunnel.Opener) { return p.tunnelSeal, p.tunnelOpen }
 
 // Probe connects to the agent as cfg says, completes the handshake and
 // one ping round trip, and returns the name the agent announced. Errors

@@ -255,7 +255,7 @@ func BenchmarkWorkerRequestAnswer(b *testing.B) {
 			name = "compare-on"
 		}
 		b.Run(name, func(b *testing.B) {
-			s := newSteadyStateWith(b, prefix)
+			s := newSteadyStateWith(b, prefix, false)
 			s.h.w.out = &discard{}
 			var p compare.Pair
 			b.ReportAllocs()

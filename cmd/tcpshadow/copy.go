@@ -23,6 +23,8 @@ type copyOptions struct {
 	iface        string
 	capture      string // a mirror session's URL, replacing iface
 	send         string
+	transport    string
+	tunnelPort   int
 	maps         []string
 	agent        string
 	tlsCA        string
@@ -85,6 +87,8 @@ On a mirror target (nothing of tcpshadow on prod), --capture replaces
 or geneve://ADDR[:PORT][?vni=N] (GCP Packet Mirroring, AWS Gateway Load
 Balancer, VXLAN inside it too). --send datalink sends at the datalink to the
 next hop's MAC address, past the host's netfilter rules and conntrack.
+--transport udp seals every packet into a UDP datagram to the agent on the
+shadow host (intercept --local), for networks that drop forged sources.
 
 Maps (-x, repeatable or comma-separated):
   80-198.18.1.2:80                    port 80 on any local address
@@ -107,6 +111,8 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringVarP(&o.iface, "iface", "i", "", "interface to capture client packets on (\"any\" for all)")
 	f.StringVar(&o.capture, "capture", "", "read a traffic-mirroring session instead of --iface: vxlan://ADDR[:PORT][?vni=N] or geneve://ADDR[:PORT][?vni=N]")
 	f.StringVar(&o.send, "send", string(def.Send), "how packets leave for the shadow: raw (IP sockets, through the host's netfilter and conntrack) or datalink (to the next hop's MAC, past them)")
+	f.StringVar(&o.transport, "transport", string(def.Transport), "how packets reach the shadow: direct (forged packets on the network) or udp (sealed in datagrams from this host's own address to the agent on the shadow host, intercept --local; needs --secret-file and --client-pool)")
+	f.IntVar(&o.tunnelPort, "tunnel-port", def.TunnelPort, "--transport udp: the agent's tunnel port on the --intercept host")
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "what to copy where: [LOCALADDR:]PORT-TARGETADDR:PORT (repeatable)")
 	f.StringVarP(&o.agent, "intercept", "s", "", fmt.Sprintf("intercept agent address HOST[:PORT] (default port %d)", wire.DefaultPort))
 	f.StringVar(&o.tlsCA, "tls-ca", "", "talk to the agent over TLS, verifying its certificate against these PEM CA certificates")
@@ -157,6 +163,8 @@ func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 		"Mirror.VNI":              {flag: "capture", given: o.capture},
 		"Engine.TrustInbound":     {flag: "trust-inbound"},
 		"Send":                    {flag: "send", given: o.send},
+		"Transport":               {flag: "transport", given: o.transport},
+		"TunnelPort":              {flag: "tunnel-port"},
 		"Client.Addr":             {flag: "intercept", given: o.agent},
 		"MaxCPU":                  {flag: "max-cpu"},
 		"MaxMemory":               {flag: "max-memory", given: o.maxMemory},
@@ -284,6 +292,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	cfg.MaxCPU, cfg.MaxMemory = o.maxCPU, maxMemory
 	cfg.Record.Dir, cfg.Record.MaxBytes, cfg.Record.MaxAge, cfg.Record.MaxFiles = o.recordDir, recordSize, o.recordAge, o.recordFiles
 	cfg.Mirror, cfg.Send = mirror, daemon.SendMode(o.send)
+	cfg.Transport, cfg.TunnelPort = daemon.Transport(o.transport), o.tunnelPort
 	cfg.MetricsAddr, cfg.Pprof, cfg.StatsInterval, cfg.Dump = o.daemon.metricsAddr, o.daemon.pprof, o.daemon.statsInterval, o.daemon.dump.config()
 	if err := cfg.Validate(); err != nil {
 		return nil, o.from.explain(err, o.fieldFlags())

@@ -21,9 +21,11 @@ import (
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
 	"github.com/tcpshadow/tcpshadow/intercept/divert"
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/doctor"
 	"github.com/tcpshadow/tcpshadow/internal/rawsock"
+	"github.com/tcpshadow/tcpshadow/internal/tunnelsock"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
@@ -45,6 +47,8 @@ type doctorOptions struct {
 	prod         string
 	listen       string
 	send         string
+	transport    string
+	tunnelPort   int
 	capture      string
 	mirrorListen time.Duration
 	local        bool
@@ -68,6 +72,8 @@ var doctorFlagRoles = map[string][]string{
 	"prod":            {"shadow"},
 	"listen":          {"assist"},
 	"send":            {"prod"},
+	"transport":       {"prod"},
+	"tunnel-port":     {"prod"},
 	"capture":         {"prod"},
 	"mirror-listen":   {"prod"},
 	"local":           {"shadow"},
@@ -89,6 +95,8 @@ type doctorConfig struct {
 	probes       []tcpstate.Map // empty without --probe
 	pool         []netip.Prefix
 	probeTimeout time.Duration
+	transport    string // copy's --transport
+	tunnelPort   int
 }
 
 func newDoctorCmd(g *globalOptions) *cobra.Command {
@@ -119,7 +127,11 @@ connection to the shadow (and resets it).
           --mirror-listen instead of checking --iface: nothing delivered, only
           another VNI or garbage, or truncated frames are named
   prod --probe: one forged SYN per --map from --client-pool through the whole
-          path (prod → shadow → assist → prod); says which hop failed
+          path (prod → shadow → assist → prod); says which hop failed; a SYN
+          that never reaches the shadow is named anti-spoofing on the path
+  prod --probe --transport udp: a probe datagram the agent on the shadow must
+          answer on --tunnel-port (else the UDP port is named blocked), then
+          the SYN through the tunnel
 
 Examples:
   tcpshadow doctor --role assist --iface eth0 --to 198.19.0.0/16 --to 2001:2:0:ff::/64
@@ -152,6 +164,8 @@ Examples:
 	f.StringSliceVarP(&o.maps, "map", "x", nil, "prod --probe: [LOCALADDR:]PORT-TARGETADDR:PORT, as for copy (repeatable)")
 	f.StringSliceVarP(&o.pools, "client-pool", "c", nil, "prod --probe: the client pool to forge the probe's source from (one per family)")
 	f.StringVar(&o.send, "send", doctor.SendRaw, "prod: the send path copy uses, raw or datalink (as copy --send)")
+	f.StringVar(&o.transport, "transport", doctor.TransportDirect, "prod --probe: how copy's packets reach the shadow, direct or udp (as copy --transport): udp probes the tunnel's port first and sends the SYN through it")
+	f.IntVar(&o.tunnelPort, "tunnel-port", tunnel.DefaultPort, "prod --probe --transport udp: the agent's tunnel port (as copy --tunnel-port)")
 	f.StringVar(&o.capture, "capture", "", "prod: the mirror session copy reads, replacing --iface (as copy --capture)")
 	f.DurationVar(&o.mirrorListen, "mirror-listen", doctor.MirrorListen, "prod --capture: how long to listen to the mirror session")
 	f.DurationVar(&o.probeTimeout, "probe-timeout", 3*time.Second, "prod --probe: how long to wait for the shadow's relayed reply")
@@ -329,6 +343,24 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 	} else {
 		cfg.probes = nil
 	}
+	switch o.transport {
+	case "":
+		o.transport = doctor.TransportDirect
+	case doctor.TransportDirect:
+	case doctor.TransportUDP:
+		if len(secret) == 0 {
+			return errors.New("--transport udp needs --secret-file: the tunnel's keys derive from the control channel's secret")
+		}
+	default:
+		return fmt.Errorf("--transport %q: want direct or udp", o.transport)
+	}
+	if o.tunnelPort == 0 {
+		o.tunnelPort = tunnel.DefaultPort
+	}
+	if o.tunnelPort < 1 || o.tunnelPort > 65535 {
+		return fmt.Errorf("--tunnel-port %d: want 1..65535", o.tunnelPort)
+	}
+	cfg.transport, cfg.tunnelPort = o.transport, o.tunnelPort
 	host, _ := os.Hostname()
 	cfg.name = "doctor@" + host
 	cfg.agentAddr, cfg.secret, cfg.pool, cfg.probeTimeout = agent, secret, pool, o.probeTimeout
@@ -421,15 +453,32 @@ func probeMap(ctx context.Context, cfg *doctorConfig, m tcpstate.Map) doctor.Res
 	c := doctor.ProbeConfig{
 		Target: m.Target, Source: src, Pool: pool, Assist: assist,
 		ISN: rand.Uint32(), Timeout: cfg.probeTimeout,
+		Transport: cfg.transport, TunnelPort: cfg.tunnelPort,
+	}
+	if a, err := netip.ParseAddr(assist); err == nil && a.Unmap() == m.Target.Addr().Unmap() {
+		c.AgentOnShadow = true
 	}
 	var sender *rawsock.Sender
+	var tun *tunnelsock.Sender
 	env := doctor.ProbeEnv{
 		Open: func(ctx context.Context) (doctor.ProbeChannel, error) {
 			ctx, cancel := context.WithTimeout(ctx, agentCheckTimeout)
 			defer cancel()
 			return intercept.DialProbe(ctx, cfg.agentProbe())
 		},
+		Tunnel: func(ctx context.Context, ch doctor.ProbeChannel) error {
+			var err error
+			tun, err = openProbeTunnel(ctx, ch, assist, cfg.tunnelPort)
+			return err
+		},
 		Send: func(pkt []byte) error {
+			if tun != nil {
+				if err := tun.Send(pkt); err != nil {
+					return err
+				}
+				_, err := tun.Flush()
+				return err
+			}
 			if sender == nil {
 				s, err := rawsock.Open()
 				if err != nil {
@@ -452,6 +501,40 @@ func probeMap(ctx context.Context, cfg *doctorConfig, m tcpstate.Map) doctor.Res
 		if sender != nil {
 			sender.Close()
 		}
+		if tun != nil {
+			tun.Close()
+		}
 	}()
 	return doctor.Probe(ctx, c, env)
+}
+
+// tunnelAckWait bounds the wait for the agent's answer to the tunnel's
+// probe datagrams.
+const tunnelAckWait = 2 * time.Second
+
+// openProbeTunnel checks the tunnel to the agent's host with the probe
+// connection's keys and returns a sender through it.
+func openProbeTunnel(ctx context.Context, ch doctor.ProbeChannel, host string, port int) (*tunnelsock.Sender, error) {
+	pc, ok := ch.(*intercept.ProbeConn)
+	if !ok {
+		return nil, errors.New("no tunnel keys on this channel")
+	}
+	seal, open := pc.TunnelKeys()
+	if seal == nil {
+		return nil, errors.New("the control channel authenticated nothing: no tunnel keys (--secret-file)")
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(addrs) == 0 {
+		return nil, fmt.Errorf("the agent's address %q: %w", host, err)
+	}
+	dst := netip.AddrPortFrom(addrs[0].Unmap(), uint16(port))
+	if err := tunnelsock.Ping(ctx, dst, seal, open, tunnelAckWait); err != nil {
+		if errors.Is(err, tunnelsock.ErrNoAck) {
+			return nil, fmt.Errorf("%w: %w", doctor.ErrNoTunnelAck, err)
+		}
+		return nil, err
+	}
+	link := &tunnelsock.Link{Dst: dst}
+	link.Keys.Store(seal)
+	return tunnelsock.Open(link)
 }

@@ -124,6 +124,8 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 		"Local.Pools":        {flag: "to"},
 		"Local.Queue.Num":    {flag: "queue-num"},
 		"Local.Queue.MaxLen": {flag: "queue-len"},
+		"Local.TunnelPort":   {flag: "tunnel-port"},
+		"Local.Tunnel":       {flag: "tunnel"},
 		"Agent.FlushDelay":   {flag: "flush-delay"},
 		"Agent.MaxFlows":     {flag: "max-flows"},
 		"Agent.Secret":       {flag: "secret-file"},

@@ -16,6 +16,8 @@ type localOptions struct {
 	to       []string
 	queueNum int
 	queueLen int
+	tunnel   bool
+	port     int
 }
 
 func (o *localOptions) addFlags(f *pflag.FlagSet) {
@@ -23,6 +25,8 @@ func (o *localOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.on, "local", false, "run on the shadow host itself (two hosts, no assist): take this host's packets to the --to pools away from the network with nftables rules and an NFQUEUE, instead of capturing on --iface")
 	f.StringSliceVar(&o.to, "to", nil, "--local: a client pool whose packets are taken (the copy daemons' --client-pool; repeatable, one per family)")
 	f.IntVar(&o.queueNum, "queue-num", int(def.Num), "--local: the NFQUEUE number the rules queue to")
+	f.BoolVar(&o.tunnel, "tunnel", false, "--local: receive copy daemons' --transport udp datagrams (sealed with the control channel's keys) and inject their packets into this host's stack; needs --secret-file and CAP_NET_RAW")
+	f.IntVar(&o.port, "tunnel-port", daemon.DefaultLocalConfig().TunnelPort, "--tunnel: the UDP port, at --listen's address")
 	f.IntVar(&o.queueLen, "queue-len", int(def.MaxLen), "--local: packets the kernel holds for the agent; more are dropped (counted), never sent")
 }
 
@@ -33,7 +37,7 @@ func (o *localOptions) config(n func(string) string, iface, filter string) (*dae
 		for _, f := range []struct {
 			name string
 			set  bool
-		}{{"to", len(o.to) > 0}} {
+		}{{"to", len(o.to) > 0}, {"tunnel", o.tunnel}} {
 			if f.set {
 				return nil, fmt.Errorf("%s needs %s", n(f.name), n("local"))
 			}
@@ -60,6 +64,10 @@ func (o *localOptions) config(n func(string) string, iface, filter string) (*dae
 	if o.queueLen < 1 {
 		return nil, fmt.Errorf("%s %d: want at least 1", n("queue-len"), o.queueLen)
 	}
+	if o.port < 1 || o.port > 65535 {
+		return nil, fmt.Errorf("%s %d: want 1..65535", n("tunnel-port"), o.port)
+	}
 	c.Queue.Num, c.Queue.MaxLen = uint16(o.queueNum), uint32(o.queueLen)
+	c.Tunnel, c.TunnelPort = o.tunnel, o.port
 	return &c, nil
 }

@@ -11,11 +11,13 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
 	"github.com/tcpshadow/tcpshadow/internal/sdnotify"
+	"github.com/tcpshadow/tcpshadow/internal/tunnelsock"
 )
 
 // AgentConfig configures the intercept agent.
@@ -142,6 +144,9 @@ func (c *AgentConfig) Validate() error {
 	if len(c.Agent.Secret) > 0 && len(c.Agent.Secrets) > 0 {
 		return fieldErr("Agent.Secrets", nil, "want a shared secret or one per copy daemon, not both")
 	}
+	if c.Local != nil && c.Local.Tunnel && len(c.Agent.Secret) == 0 && len(c.Agent.Secrets) == 0 {
+		return fieldErr("Local.Tunnel", true, "needs a secret: the tunnel's keys derive from it")
+	}
 	if len(c.Agent.Secret) == 0 && len(c.Agent.Secrets) == 0 && !c.Agent.InsecureNoAuth {
 		return fieldErr("Agent.Secret", nil,
 			"is required: without it anyone who reaches the agent could register flows and read their replies (unless the agent is to run insecure on purpose)")
@@ -201,9 +206,22 @@ func runAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger, logFile *l
 		src.Close()
 		return inField("Listen", err)
 	}
-	agent := intercept.NewAgent(cfg.RelayConfig(), src, ln, log)
+	relay := cfg.RelayConfig()
+	var tun *tunnelsock.Receiver
+	if cfg.Local != nil && cfg.Local.Tunnel {
+		relay.Tunnels = tunnel.NewTable()
+		var stopTunnel func()
+		if tun, stopTunnel, err = openTunnel(cfg.Listen, cfg.Local.TunnelPort, relay.Tunnels, log); err != nil {
+			ln.Close()
+			src.Close()
+			return err
+		}
+		defer stopTunnel()
+	}
+	agent := intercept.NewAgent(relay, src, ln, log)
 	samples := func() []metrics.Sample {
-		return append(append(AgentSamples(agent, src), LocalSamples(queue)...), DumpSamples(dump)...)
+		out := append(append(AgentSamples(agent, src), LocalSamples(queue)...), DumpSamples(dump)...)
+		return append(out, TunnelRecvSamples(tun)...)
 	}
 	if cfg.MetricsAddr != "" {
 		if err := metrics.Serve(ctx, cfg.MetricsAddr, samples, cfg.Pprof, log); err != nil {

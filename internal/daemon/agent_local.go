@@ -9,6 +9,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept/divert"
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 )
 
@@ -23,10 +24,18 @@ type LocalConfig struct {
 	// daemons' --client-pool prefixes, at most one per family is usual.
 	Pools []netip.Prefix
 	Queue divert.Config
+	// Tunnel receives the copy daemons' tunnel (copy --transport udp) on
+	// TunnelPort at the control channel's listening address, injecting
+	// through raw sockets (CAP_NET_RAW).
+	Tunnel     bool
+	TunnelPort int
 }
 
-// DefaultLocalConfig returns the two-host mode's defaults: divert's.
-func DefaultLocalConfig() LocalConfig { return LocalConfig{Queue: divert.DefaultConfig()} }
+// DefaultLocalConfig returns the two-host mode's defaults: divert's, and
+// no tunnel, on its default port when asked for.
+func DefaultLocalConfig() LocalConfig {
+	return LocalConfig{Queue: divert.DefaultConfig(), TunnelPort: tunnel.DefaultPort}
+}
 
 // validateLocal checks the two-host settings; errors are *FieldError.
 func validateLocal(c *LocalConfig) error {
@@ -39,6 +48,9 @@ func validateLocal(c *LocalConfig) error {
 		if !p.IsValid() || p.Bits() < minPoolBits(p) {
 			return fieldErr("Local.Pools", p, fmt.Sprintf("want a prefix of at least /%d", minPoolBits(p)))
 		}
+	}
+	if c.Tunnel && (c.TunnelPort < 1 || c.TunnelPort > 65535) {
+		return fieldErr("Local.TunnelPort", c.TunnelPort, "want 1..65535")
 	}
 	if c.Queue.MaxLen < 1 {
 		return fieldErr("Local.Queue.MaxLen", c.Queue.MaxLen, "want at least 1")

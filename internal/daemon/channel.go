@@ -32,6 +32,7 @@ func (c *CopyConfig) ClientConfig() intercept.ClientConfig {
 	// The shadow's answers are compared from the first bytes the agent
 	// relays of each reply: one knob for both.
 	cc.ReplyPrefix = e.ComparePrefix
+	cc.Tunnel = c.tunnel
 	if cc.Pools != nil {
 		return cc
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept"
+	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/internal/logfile"
 	"github.com/tcpshadow/tcpshadow/internal/metrics"
 	"github.com/tcpshadow/tcpshadow/internal/pcapdump"
@@ -40,6 +41,11 @@ type CopyConfig struct {
 	// Mirror.BufferSize does).
 	Mirror capture.MirrorConfig
 	Send   SendMode // how packets leave for the shadow
+	// Transport, when TransportUDP, seals them into datagrams to the
+	// agent's TunnelPort on the shadow host instead (tunnel.go).
+	Transport  Transport
+	TunnelPort int
+	tunnel     *tunnel.Current // the tunnel's keys, from the client to the senders
 
 	MaxCPU    int   // CPUs used at once (GOMAXPROCS)
 	MaxMemory int64 // bytes: the Go heap's soft limit (GOMEMLIMIT) and the engine's budgets
@@ -70,6 +76,8 @@ func DefaultCopyConfig() CopyConfig {
 		Compare:       CompareConfig{DivergenceLog: DefaultDivergenceLog, DivergenceLogOptional: true},
 		Mirror:        capture.MirrorConfig{VNI: capture.AnyVNI},
 		Send:          SendRaw,
+		Transport:     TransportDirect,
+		TunnelPort:    tunnel.DefaultPort,
 	}
 	// The copier must never see what it sends itself, whatever the filter.
 	c.Capture.InboundOnly = true
@@ -90,6 +98,9 @@ func (c *CopyConfig) EngineConfig() tcpstate.Config {
 	}
 	e.MaxBufferBytes = c.MaxMemory / 2
 	e.MaxSessions = min(e.MaxSessions, int(c.MaxMemory/4/1024))
+	if c.Transport == TransportUDP {
+		e.MSS = min(e.MSS, TunnelMSS)
+	}
 	return e
 }
 

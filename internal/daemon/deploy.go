@@ -61,6 +61,9 @@ func (c *CopyConfig) validateSource() error {
 
 // validateSend checks the send mode.
 func (c *CopyConfig) validateSend() error {
+	if err := c.validateTunnel(); err != nil {
+		return err
+	}
 	switch c.Send {
 	case SendRaw, SendDatalink:
 		return nil
@@ -92,6 +95,10 @@ func (c *CopyConfig) openSource(h host, cc capture.Config) (capture.Source, erro
 // are closed. With SendDatalink a resolver keeps the targets' next hops.
 func (c *CopyConfig) senders(h host, log *slog.Logger) (open func() (tcpstate.Sender, io.Closer, error), samples func() []metrics.Sample, stop func(), err error) {
 	none := func() []metrics.Sample { return nil }
+	if c.Transport == TransportUDP {
+		open, samples, err := c.tunnelSenders(log)
+		return open, samples, func() {}, err
+	}
 	if c.Send != SendDatalink {
 		return h.openSender, none, func() {}, nil
 	}
@@ -153,12 +160,12 @@ func LinkSamples(r *linksock.Resolver) []metrics.Sample {
 
 // logDeployment logs what a mode changed, if anything.
 func (c *CopyConfig) logDeployment(log *slog.Logger, cc capture.Config) {
-	if !c.mirrored() && c.Send == SendRaw {
+	if !c.mirrored() && c.Send == SendRaw && c.Transport != TransportUDP {
 		return
 	}
 	src := cc.Interface
 	if c.mirrored() {
 		src = c.Mirror.String()
 	}
-	log.Info("deployment", "reading", src, "send", string(c.Send))
+	log.Info("deployment", "reading", src, "send", string(c.Send), "transport", string(c.Transport))
 }

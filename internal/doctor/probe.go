@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,7 +23,22 @@ type ProbeConfig struct {
 	// Timeout bounds the wait for the relayed reply (default 3 s); the SYN
 	// is sent again once after Resend (default 1 s), as TCP would.
 	Timeout, Resend time.Duration
+	// Transport is copy's: TransportDirect sends the forged SYN itself,
+	// TransportUDP through the tunnel to TunnelPort on the agent's host,
+	// which ProbeEnv.Tunnel checks first.
+	Transport  string
+	TunnelPort int
+	// AgentOnShadow: the agent runs on the shadow host (intercept
+	// --local): its rules take every reply whatever the routes, so a SYN
+	// nobody answers never reached the shadow.
+	AgentOnShadow bool
 }
+
+// The transports, as copy --transport names them.
+const (
+	TransportDirect = "direct"
+	TransportUDP    = "udp"
+)
 
 // ProbeChannel is the control connection the probe registers its flow on
 // (*intercept.ProbeConn).
@@ -43,6 +59,10 @@ type ProbeEnv struct {
 	// Direct opens (and closes) a plain TCP connection from this host's own
 	// address to target: it tells a spoofing problem from a path problem.
 	Direct func(ctx context.Context, target netip.AddrPort) error
+	// Tunnel, with TransportUDP, checks the tunnel with the channel's
+	// keys (a probe datagram the agent must answer) and readies Send to
+	// use it; an error says why not (tunnelsock.Ping's).
+	Tunnel func(ctx context.Context, ch ProbeChannel) error
 }
 
 // directTimeout bounds the plain connection made to explain a failure.
@@ -73,6 +93,11 @@ func Probe(ctx context.Context, c ProbeConfig, env ProbeEnv) Result {
 		return r
 	}
 	defer ch.Deregister(flow, time.Now().Add(time.Second))
+	if c.Transport == TransportUDP {
+		if err := env.Tunnel(ctx, ch); err != nil {
+			return tunnelFailure(c, ch.AgentName(), err)
+		}
+	}
 
 	syn, err := segment(c.Source, c.Target, c.ISN, 0, rewrite.FlagSYN)
 	if err != nil {
@@ -113,7 +138,11 @@ func Probe(ctx context.Context, c ProbeConfig, env ProbeEnv) Result {
 		if p.DecodeHeader(hdr) != nil || p.Tuple() != flow.Reverse() {
 			continue // not the probe's
 		}
-		return judgeReply(c, p.TCP(), ch.AgentName(), time.Since(start))
+		r := judgeReply(c, p.TCP(), ch.AgentName(), time.Since(start))
+		if c.Transport == TransportUDP && r.Status == OK {
+			r.Detail = strings.Replace(r.Detail, "prod → shadow → assist → prod works", "prod → tunnel → shadow → agent → prod works", 1)
+		}
+		return r
 	}
 	return noReply(ctx, c, env)
 }
@@ -145,15 +174,29 @@ func judgeReply(c ProbeConfig, tcp rewrite.TCP, agent string, took time.Duration
 func noReply(ctx context.Context, c ProbeConfig, env ProbeEnv) Result {
 	r := Result{Check: "probe " + c.Target.String(), Status: Fail}
 	head := fmt.Sprintf("no reply at the assist host within %v", c.Timeout)
+	if c.AgentOnShadow || c.Transport == TransportUDP {
+		head = fmt.Sprintf("no reply relayed by the agent on the shadow within %v", c.Timeout)
+	}
 	dctx, cancel := context.WithTimeout(ctx, directTimeout)
 	err := env.Direct(dctx, c.Target)
 	cancel()
 	switch {
+	case err == nil && c.Transport == TransportUDP:
+		r.Detail = fmt.Sprintf("%s, though the agent answered the tunnel's probe and the shadow accepts plain connections from this host: "+
+			"the SYN injected on the shadow from %v got no reply the agent took: its rules for %v are missing or shadowed, "+
+			"or rp_filter or an input rule on the shadow drops the pool's sources", head, c.Source.Addr(), c.Pool)
+		r.Fix = fmt.Sprintf("on the shadow: tcpshadow doctor --role shadow --local --to %v", c.Pool)
+	case err == nil && c.AgentOnShadow:
+		r.Detail = fmt.Sprintf("%s, while the shadow accepts plain connections from this host and the agent runs on the shadow, whose rules "+
+			"take any reply: the forged SYN from %v never reached the shadow: anti-spoofing on the path drops sources that are not "+
+			"this host's own (a cloud's source/destination check, a switch, a CNI), or rp_filter on the shadow does", head, c.Source.Addr())
+		r.Fix = tunnelFix(c)
 	case err == nil:
 		r.Detail = fmt.Sprintf("%s, while the shadow accepts plain connections from this host: the forged SYN from %v was dropped on the way "+
-			"(rp_filter or anti-spoofing on the path or on the shadow), or the shadow's route for %v does not lead to the assist host "+
+			"(anti-spoofing on the path, which drops sources that are not this host's own, or rp_filter on the shadow), or the shadow's route for %v does not lead to the assist host "+
 			"(or the agent's --filter misses replies from port %d)", head, c.Source.Addr(), c.Pool, c.Target.Port())
-		r.Fix = fmt.Sprintf("on the shadow: tcpshadow doctor --role shadow --via %s --to %v", c.Assist, c.Pool)
+		r.Fix = fmt.Sprintf("on the shadow: tcpshadow doctor --role shadow --via %s --to %v; where the network drops forged sources: %s",
+			c.Assist, c.Pool, tunnelFix(c))
 	case errors.Is(err, syscall.ECONNREFUSED):
 		r.Detail = fmt.Sprintf("%s, and the shadow refuses plain connections from this host: nothing listens on %v; "+
 			"its reset to the forged SYN did not reach the assist host either, so check the shadow's route for %v too",

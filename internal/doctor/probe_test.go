@@ -57,6 +57,8 @@ type probeRig struct {
 	answer  func(syn rewrite.Packet) []byte
 	direct  error
 	openErr error
+	tunnel  error // what the tunnel's check returns, with TransportUDP
+	tunnels int   // times it was asked
 }
 
 func newProbeRig(t *testing.T) *probeRig {
@@ -94,6 +96,7 @@ func (r *probeRig) run() Result {
 			return nil
 		},
 		Direct: func(context.Context, netip.AddrPort) error { return r.direct },
+		Tunnel: func(context.Context, ProbeChannel) error { r.tunnels++; return r.tunnel },
 	}
 	res := Probe(context.Background(), r.cfg, env)
 	r.t.Logf("%v", res)

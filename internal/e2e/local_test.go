@@ -48,6 +48,10 @@ type localEnvOptions struct {
 	agentPrefix []string // run in front of the agent's binary (setpriv ...)
 	bin         string   // the binary, when not binPath
 	secretUID   int      // owner of the secret file
+	// antiSpoofing: the switch drops prod's frames from forged sources;
+	// tunnel: the agent receives the tunnel and the copier sends through
+	// it (tunnel_test.go).
+	antiSpoofing, tunnel bool
 }
 
 func newLocalEnv(t *testing.T) *localEnv { return newLocalEnvWith(t, localEnvOptions{}) }
@@ -60,7 +64,7 @@ func newLocalEnvWith(t *testing.T, o localEnvOptions) *localEnv {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl not installed")
 	}
-	l := lab.NewT(t, lab.Config{Prefix: "tslocal", TwoHosts: true})
+	l := lab.NewT(t, lab.Config{Prefix: "tslocal", TwoHosts: true, AntiSpoofing: o.antiSpoofing})
 	e := &localEnv{t: t, lab: l, opts: o}
 	e.watchLeaks()
 	e.prod4 = startNginx(t, l.Prod, netip.AddrPortFrom(lab.ProdClientSideV4, 80), time.Minute)
@@ -72,6 +76,9 @@ func newLocalEnvWith(t *testing.T, o localEnvOptions) *localEnv {
 		"--listen", net.JoinHostPort(lab.ShadowV4.String(), agentPort),
 		"--metrics", net.JoinHostPort(lab.ShadowV4.String(), metricsPort),
 		"--stats-interval", "0", "--secret-file", e.secret}
+	if o.tunnel {
+		e.agentArgs = append(e.agentArgs, "--tunnel")
+	}
 	e.startAgent()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -89,6 +96,9 @@ func newLocalEnvWith(t *testing.T, o localEnvOptions) *localEnv {
 		"--metrics", net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s", "--workers", "2",
 		"--secret-file", writeSecretFile(t, localSecret, 0)} // the copier wants its own file root's
+	if o.tunnel {
+		args = append(args, "--transport", "udp")
+	}
 	var err error
 	e.copier, err = l.Prod.Start(context.Background(), binPath, args...)
 	if err != nil {

@@ -125,6 +125,9 @@ type Config struct {
 	// namespace; the shadow routes the client net and the pools toward
 	// prod, so its replies leave unless its agent takes them.
 	TwoHosts bool
+	// AntiSpoofing makes the switch drop frames from prod whose IP source
+	// is not prod's segment address (antispoof.go).
+	AntiSpoofing bool
 
 	// afterStep, when set, is called after each setup step; an error (or a
 	// panic) aborts setup. Tests use it to inject failures.
@@ -428,6 +431,7 @@ func (l *Lab) setup(ctx context.Context) error {
 		{"addresses", l.addAddresses},
 		{"routes", l.addRoutes},
 		{"offloads", l.disableOffloads},
+		{"anti-spoofing", l.addAntiSpoofing},
 		{"settle", l.settle},
 	}
 	for _, s := range steps {

@@ -47,6 +47,9 @@ type benchOptions struct {
 	copyFlags          []string
 	agentFlags         []string
 	verbose            bool
+	modes              string
+	modeRate           int
+	modeBulk           string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -87,6 +90,12 @@ type benchConfig struct {
 	copyArgs     []string  // extra copy flags, appended
 	agentArgs    []string  // extra intercept flags, appended
 	verbose      bool
+	// modes are the deployment modes measured after the rest
+	// (benchmodes.go): a keep-alive step at modeRate and bulk steps at
+	// modeBulk bits/s (0: max) each.
+	modes    []string
+	modeRate int
+	modeBulk []int64
 }
 
 func newBenchCmd() *cobra.Command {
@@ -137,6 +146,9 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.replaySpeeds, "replay-speeds", "1,2,5,10,20,50", "speeds the recorded step is replayed at (empty: no replay steps)")
 	f.IntVar(&o.idleSessions, "idle-sessions", 800, fmt.Sprintf("idle connections for the memory measurement (0 skips it; at most %d)", maxIdleSessions))
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show the lab's log and the daemons' output")
+	f.StringVar(&o.modes, "modes", strings.Join(allModes, ","), "deployment modes measured in the two-host lab, each with a keep-alive step at --mode-rate and a bulk upload (\"\" skips them)")
+	f.IntVar(&o.modeRate, "mode-rate", 10000, "offered keep-alive request rate of the modes' step")
+	f.StringVar(&o.modeBulk, "mode-bulk-rates", "200M,500M,1G", "offered bit rates of the modes' bulk upload steps")
 	return cmd
 }
 
@@ -160,7 +172,17 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		}
 	}
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
-		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose}
+		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose,
+		modeRate: o.modeRate}
+	if cfg.modes, err = parseModes(o.modes); err != nil {
+		return nil, fmt.Errorf("--modes: %w", err)
+	}
+	if o.modeRate < 1 || o.modeRate > maxPerSecond {
+		return nil, fmt.Errorf("--mode-rate %d: want 1 to %d", o.modeRate, maxPerSecond)
+	}
+	if cfg.modeBulk, err = parseBitRates(o.modeBulk); err != nil {
+		return nil, fmt.Errorf("--mode-bulk-rates: %w", err)
+	}
 	if o.smoke {
 		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
 		if !o.stepSet {
@@ -170,6 +192,7 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
 		cfg.compareRate, cfg.compareRuns = 1000, 1
 		cfg.replayRate, cfg.replaySpeeds = 500, []float64{1, 4}
+		cfg.modeRate, cfg.modeBulk = 500, []int64{200e6}
 	} else {
 		if o.compareRate < -1 {
 			return nil, fmt.Errorf("--compare-rate %d: want a rate, 0 for max or -1", o.compareRate)
@@ -210,8 +233,8 @@ func (o *benchOptions) config() (*benchConfig, error) {
 				cfg.series = append(cfg.series, series{shape: connPerReq, addrs: a, conns: connPerReqFlight, rates: conn})
 			}
 		}
-		if len(cfg.series) == 0 {
-			return nil, errors.New("--keepalive-rates and --conn-rates are both empty: nothing to run")
+		if len(cfg.series) == 0 && len(cfg.modes) == 0 {
+			return nil, errors.New("--keepalive-rates, --conn-rates and --modes are all empty: nothing to run")
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -317,6 +340,7 @@ type benchResult struct {
 	took     time.Duration
 	labName  string
 	warnings []string
+	modes    []*modeResult
 }
 
 type seriesResult struct {
@@ -335,6 +359,9 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	res := &benchResult{cfg: cfg, machine: describeMachine(ctx, cfg.bin, cfg.nginx)}
+	if len(cfg.series) == 0 {
+		return runModesOnly(ctx, cfg, res, start, out, log)
+	}
 
 	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
@@ -440,6 +467,9 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
+	}
+	if res.modes, err = runModes(ctx, cfg, out, log); err != nil {
+		return nil, err
 	}
 	if len(cfg.replaySpeeds) > 0 { // last: it stops the copier
 		if res.replay, err = b.replaySteps(ctx, cfg.replayRate, cfg.replaySpeeds); err != nil {

@@ -247,3 +247,53 @@ func TestReadResponse(t *testing.T) {
 		})
 	}
 }
+
+// TestBenchModesSmoke runs the deployment modes alone, smoke-sized: each
+// mode's keep-alive step copies 100% and its bulk upload reaches the
+// shadow whole; through the tunnel the switch dropped no forged frame;
+// the report has one row per mode, and no lab is left.
+func TestBenchModesSmoke(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("bench: needs root to create network namespaces (run the tests as root)")
+	}
+	if _, err := os.Stat(defaultNginx); err != nil {
+		t.Skipf("bench: needs nginx-light (%v)", err)
+	}
+	bin := buildTcpshadow(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
+		modes: allModes, modeRate: 500, modeBulk: []int64{200e6}, out: filepath.Join(t.TempDir(), "modes.md")}
+	var out bytes.Buffer
+	res, err := runBench(ctx, cfg, &out)
+	t.Logf("bench output:\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.modes) != len(allModes) {
+		t.Fatalf("%d modes measured, want %d", len(res.modes), len(allModes))
+	}
+	for _, r := range res.modes {
+		if k := r.keepAlive; k.prod == 0 || k.copiedN() != k.prod {
+			t.Errorf("%s: the shadow served %d of prod's %d", r.mode, k.copiedN(), k.prod)
+		}
+		if len(r.bulk) != 1 {
+			t.Fatalf("%s: %d bulk steps, want 1", r.mode, len(r.bulk))
+		}
+		if u := r.bulk[0]; u.prod == 0 || u.shadow < u.prod {
+			t.Errorf("%s: the shadow read %d of prod's %d bulk bytes", r.mode, u.shadow, u.prod)
+		}
+		if r.mode == modeTunnel && r.spoofed != 0 {
+			t.Errorf("tunnel: the switch dropped %d forged frames", r.spoofed)
+		}
+	}
+	md, err := os.ReadFile(cfg.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range allModes {
+		if !strings.Contains(string(md), "| "+m+" | ") {
+			t.Errorf("the report has no row for %s:\n%s", m, md)
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
 )
 
 // The cost of comparison: the same keep-alive step with the copier
@@ -38,7 +40,7 @@ func (b *bencher) measureCompareCost(ctx context.Context, rate int) (*compareCos
 		if err := b.st.copier.Stop(5 * time.Second); err != nil && !b.st.copier.Exited() {
 			return fmt.Errorf("stop copier: %w", err)
 		}
-		if err := b.st.startCopier(ctx, b.cfg.bin, secret, extra); err != nil {
+		if err := b.st.startCopier(ctx, stageConfig{bin: b.cfg.bin, copyArgs: extra}, b.st.copierArgs(lab.AssistV4, secret)); err != nil {
 			return fmt.Errorf("restart copier: %w", err)
 		}
 		b.daemonsUp()

@@ -85,11 +85,17 @@ func renderReport(r *benchResult) string {
 	renderH2(&b, r.h2)
 	renderCompareCost(&b, r.compare)
 	renderReplay(&b, r.replay, r.cfg.replayRate, r.cfg.step)
+	renderModes(&b, r.cfg, r.modes)
 	if r.idle != nil {
 		in := r.idle
 		fmt.Fprintf(&b, "## Idle sessions\n\n")
 		fmt.Fprintf(&b, "%d keep-alive connections, one request each, held idle %v on a fresh copier (%d failed): the copier held %.0f more sessions, its RSS went %s → %s, **%s a session** (an upper bound: the Go heap grows in steps).\n\n",
 			in.opened, idleHold, in.errs, in.sessions, mib(in.rssBefore), mib(in.rssWith), kib(in.perSession()))
+	}
+	for _, m := range r.modes {
+		for _, w := range m.warnings {
+			r.warnings = append(r.warnings, m.mode+": "+w)
+		}
 	}
 	if len(r.warnings) > 0 {
 		b.WriteString("## Warnings\n\n")

@@ -39,6 +39,7 @@ type stage struct {
 	agent, copier        *lab.Process
 	prodV4, prodV6       netip.AddrPort // where clients connect
 	secretDir            string         // holds the control channel's secret; removed by close
+	mode                 string         // a deployment mode's two-host stage (benchmodes.go); "": the assist's
 }
 
 type stageConfig struct {
@@ -49,8 +50,11 @@ type stageConfig struct {
 	// noDaemons leaves the agent and copier out (startDaemons adds them
 	// later): the benchmark measures prod alone first.
 	noDaemons bool
-	progress  io.Writer
-	log       *slog.Logger // lab messages
+	// mode, when set, builds the two-host stage of a deployment mode
+	// (benchmodes.go) instead of the one with an assist host.
+	mode     string
+	progress io.Writer
+	log      *slog.Logger // lab messages
 }
 
 // upStage builds the stage. Processes are started with ctx, so cancelling
@@ -63,12 +67,12 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 		t0 = time.Now()
 		return d
 	}
-	l, err := lab.New(ctx, lab.Config{Prefix: labPrefix}, cfg.log)
+	l, err := lab.New(ctx, modeLab(cfg.mode), cfg.log)
 	if err != nil {
 		return nil, err
 	}
 	s := &stage{
-		lab:    l,
+		lab: l, mode: cfg.mode,
 		prodV4: netip.AddrPortFrom(lab.ProdClientSideV4, httpPort),
 		prodV6: netip.AddrPortFrom(lab.ProdClientSideV6, httpPort),
 	}
@@ -103,7 +107,11 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 	if err := s.startDaemons(ctx, cfg); err != nil {
 		return s, err
 	}
-	fmt.Fprintf(cfg.progress, "agent and copier up (%v): tcpshadow intercept in assist, tcpshadow copy in prod, connected\n", since())
+	where := "tcpshadow intercept in assist"
+	if cfg.mode != "" {
+		where = "tcpshadow intercept --local in shadow"
+	}
+	fmt.Fprintf(cfg.progress, "agent and copier up (%v): %s, tcpshadow copy in prod, connected\n", since(), where)
 	return s, nil
 }
 
@@ -113,6 +121,9 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	secret, err := s.writeSecret()
 	if err != nil {
 		return err
+	}
+	if s.mode != "" {
+		return s.startModeDaemons(ctx, cfg, secret)
 	}
 	s.agent, err = s.lab.Assist.Start(ctx, cfg.bin, append([]string{"intercept", "--iface", lab.HostLink,
 		"--filter", fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d)", h2Port, bulkPort), "--listen", net.JoinHostPort(lab.AssistV4.String(), agentPort),
@@ -125,26 +136,29 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 	if err := s.waitDaemon(ctx, "agent", s.agent, s.agentMetrics, func(map[string]float64) bool { return true }); err != nil {
 		return err
 	}
-	return s.startCopier(ctx, cfg.bin, secret, cfg.copyArgs)
+	return s.startCopier(ctx, cfg, s.copierArgs(lab.AssistV4, secret))
 }
 
-// startCopier starts the copier on prod with extra flags appended and
-// waits until it is connected to the agent.
-func (s *stage) startCopier(ctx context.Context, bin, secret string, extra []string) error {
-	args := []string{"copy", "--iface", lab.ProdClientLink,
+// copierArgs are the copy daemon's flags, its agent at agent.
+func (s *stage) copierArgs(agent netip.Addr, secret string) []string {
+	return []string{"copy", "--iface", lab.ProdClientLink,
 		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
 		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
 		"--map", fmt.Sprintf("%s:%d-%s:%d", lab.ProdClientSideV4, h2Port, lab.ShadowV4, h2Port),
 		"--map", fmt.Sprintf("%s:%d-%s:%d", lab.ProdClientSideV4, bulkPort, lab.ShadowV4, bulkPort),
-		"--intercept", lab.AssistV4.String(),
+		"--intercept", agent.String(),
 		"--client-pool", lab.PoolV4.String(), "--client-pool", lab.PoolV6.String(),
 		"--metrics", s.copyMetricsAddr(),
 		"--stats-interval", "0", "--linger", "1s", "--idle-timeout", "10s",
 		"--workers", "2", "--secret-file", secret,
 		"--divergence-log", filepath.Join(filepath.Dir(secret), "divergence.jsonl"),
 	}
-	var err error
-	s.copier, err = s.lab.Prod.Start(ctx, bin, append(args, extra...)...)
+}
+
+// startCopier starts the copy daemon with args and cfg's extra flags and
+// waits until it is connected to the agent.
+func (s *stage) startCopier(ctx context.Context, cfg stageConfig, args []string) (err error) {
+	s.copier, err = s.lab.Prod.Start(ctx, cfg.bin, append(args, cfg.copyArgs...)...)
 	if err != nil {
 		return fmt.Errorf("start copier: %w", err)
 	}
@@ -247,6 +261,9 @@ func (s *stage) copyMetricsAddr() string {
 }
 
 func (s *stage) agentMetricsAddr() string {
+	if s.mode != "" {
+		return net.JoinHostPort(lab.ShadowV4.String(), metricsPort)
+	}
 	return net.JoinHostPort(lab.AssistV4.String(), metricsPort)
 }
 
