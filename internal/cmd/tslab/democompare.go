@@ -72,6 +72,7 @@ type comparison struct {
 	err                error  // fetching it
 	prodFail, prodSlow int    // prod's /cmp/fail/ and /cmp/slow/ requests
 	failed             uint64 // the report's 200 → 500
+	shadow500          uint64 // the shadow's answers the report classed 500
 	slower             uint64 // the report's requests slower on the shadow
 	slowNamed          bool   // a /cmp/slow/ request among the top slower
 	failNamed          bool   // a /cmp/fail/ request among the top divergent
@@ -135,6 +136,7 @@ func fetchComparison(ctx context.Context, st *stage) *comparison {
 			}
 		}
 		c.slower = m.Slower
+		c.shadow500 = m.Shadow.Classes["500"]
 		for _, d := range m.TopDivergent {
 			c.failNamed = c.failNamed || strings.Contains(d.Request, "/"+cmpKey+"/fail/")
 		}
@@ -162,8 +164,8 @@ func reportComparison(out io.Writer, st *stage, c *comparison) {
 	for _, l := range strings.Split(strings.TrimRight(c.text, "\n"), "\n") {
 		fmt.Fprintf(out, "  %s\n", l)
 	}
-	fmt.Fprintf(out, "the shadow fails /%s/fail/ (prod served it %d times): the report counts %d as 200 → 500%s\n",
-		cmpKey, c.prodFail, c.failed, named(c.failNamed))
+	fmt.Fprintf(out, "the shadow fails /%s/fail/ (prod served it %d times): the report counts %d shadow answers 500, %d paired as 200 → 500%s\n",
+		cmpKey, c.prodFail, c.shadow500, c.failed, named(c.failNamed))
 	fmt.Fprintf(out, "the shadow answers /%s/slow/ %v late (prod served it %d times): the report counts %d slower%s\n",
 		cmpKey, slowDelay, c.prodSlow, c.slower, named(c.slowNamed))
 }
