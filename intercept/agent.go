@@ -172,6 +172,7 @@ type Agent struct {
 	hdrs      chan capturedHdr // capture → relay; full: dropped, counted
 	ops       chan flowOp      // peers → relay; a peer waits here, the capture never does
 	relayDone chan struct{}    // closed when the relay has returned: nobody takes ops any more
+	serving   sync.WaitGroup   // the servePeer goroutines: Run returns after the last
 
 	// st holds the counters: atomics, so the per-packet path takes no lock.
 	st struct {
@@ -266,6 +267,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ln.Close()
 	a.src.Close()
 	wg.Wait()
+	// The relay has closed every peer's connection; each servePeer now
+	// returns after removing what it registered (its tunnel keys).
+	a.serving.Wait()
 	return <-errc
 }
 

@@ -192,7 +192,11 @@ func (a *Agent) admitConn(ctx context.Context, conn net.Conn) {
 		}
 		return
 	}
-	go a.servePeer(ctx, conn, remote)
+	a.serving.Add(1)
+	go func() {
+		defer a.serving.Done()
+		a.servePeer(ctx, conn, remote)
+	}()
 }
 
 // refuseNow writes a refusal to a connection just accepted, whose send
