@@ -71,7 +71,7 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON \
             ./intercept/divert:FuzzParsePacket ./intercept/tunnel:FuzzOpen ./internal/tunnelsock:FuzzReceive
-FUZZ     += ./internal/pcapfile:FuzzReader
+FUZZ     += ./internal/pcapfile:FuzzReader ./cmd/tcpshadow:FuzzParseMapsAndShare
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each
