@@ -328,8 +328,11 @@ func TestSampleCopiesWholeConnections(t *testing.T) {
 	if got := m[`tcpshadow_copy_events_total{event="sessions_started"}`]; int(got) != copied {
 		t.Errorf("sessions_started %v, want the %d copied", got, copied)
 	}
-	if got := m[`tcpshadow_copy_events_total{event="sessions_skipped_sample"}`]; int(got) < n-copied {
-		t.Errorf("sessions_skipped_sample %v, want at least %d", got, n-copied)
+	// Counted at the SYN, as captured: a capture that misses one (the
+	// kernel's ring) misses its count, so within 1% (the unit tests
+	// count exactly).
+	if got := m[`tcpshadow_copy_events_total{event="sessions_skipped_sample"}`]; got < 0.99*float64(n-copied) {
+		t.Errorf("sessions_skipped_sample %v, want about %d", got, n-copied)
 	}
 	t.Logf("copied %d of %d connections (%.2f%%), each whole", copied, n, 100*float64(copied)/n)
 }

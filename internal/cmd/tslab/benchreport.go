@@ -84,6 +84,7 @@ func renderReport(r *benchResult) string {
 	renderBulk(&b, r.bulk)
 	renderH2(&b, r.h2)
 	renderCompareCost(&b, r.compare)
+	renderMultiplyCost(&b, r.multiply)
 	renderReplay(&b, r.replay, r.cfg.replayRate, r.cfg.step)
 	renderModes(&b, r.cfg, r.modes)
 	if r.idle != nil {
