@@ -79,6 +79,9 @@ func renderReport(r *benchResult) string {
 `)
 	renderSummary(&b, r)
 	for i := range r.series {
+		if r.cfg.multiplyOnly {
+			break // not run
+		}
 		renderSeries(&b, &r.series[i], r.cfg.baseline)
 	}
 	renderBulk(&b, r.bulk)
