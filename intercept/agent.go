@@ -159,6 +159,12 @@ type AgentStats struct {
 	BadFrames        uint64 // frames from a daemon that failed authentication, skipped
 	PeerThrottled    uint64 // times a daemon's reads waited for its flow rate
 	Batches          uint64 // reply frames written
+	// HTTP/2 walks (h2relay.go), of flows on a port a daemon named.
+	H2Walked  uint64 // replies with payload walked
+	H2Records uint64 // H2 records relayed
+	H2Dropped uint64 // HEADERS or RST_STREAM frames whose record did not fit its reply's
+	H2Lost    uint64 // flows whose walk lost sync (a segment missed or cut by the capture)
+	H2NotH2   uint64 // flows whose reply did not begin like HTTP/2: relayed as any
 }
 
 // Agent relays the shadow's reply headers to the copy daemons that
@@ -179,10 +185,12 @@ type Agent struct {
 		captured, bad, relayed, outsidePools, noOwner, parked, parkedDelivered, parkedExpired   atomic.Uint64
 		droppedQueue, droppedPeer, flowsRejected, flowsConflict, flowsOutsidePool, flowsExpired atomic.Uint64
 		flowsLocal                                                                              atomic.Uint64
+		h2Walked, h2Records, h2Dropped, h2Lost, h2NotH2                                         atomic.Uint64
 		peersRefused, peerErrors, connsShed, acceptErrors, badFrames, peerThrottled, batches    atomic.Uint64
 		flows, peers                                                                            atomic.Int64
 	}
 
+	h2      h2Table // walked HTTP/2 flows: the relay adds and removes, the capture walks
 	conns   connLimits
 	refused *refusalLog
 	logs    struct{ accept, shed rateLimit } // per-event log lines that a flood would repeat
@@ -223,6 +231,8 @@ func (a *Agent) Stats() AgentStats {
 		Peers: s.peers.Load(), PeersRefused: s.peersRefused.Load(), PeerErrors: s.peerErrors.Load(),
 		ConnsShed: s.connsShed.Load(), AcceptErrors: s.acceptErrors.Load(), BadFrames: s.badFrames.Load(),
 		PeerThrottled: s.peerThrottled.Load(), Batches: s.batches.Load(),
+		H2Walked: s.h2Walked.Load(), H2Records: s.h2Records.Load(), H2Dropped: s.h2Dropped.Load(),
+		H2Lost: s.h2Lost.Load(), H2NotH2: s.h2NotH2.Load(),
 	}
 }
 
@@ -301,11 +311,15 @@ type capturedHdr struct {
 	hdr  [wire.MaxReplyLen]byte
 	key  rewrite.Tuple // reply direction: shadow → forged client
 	park bool          // SYN-ACK or RST: may beat its registration
+	recs bool          // the payload bytes are H2 records, relayed whole (h2relay.go)
 }
 
 // cut returns the reply as a peer asking for prefix bytes of each reply's
 // payload is sent it: the headers and up to prefix bytes after them.
 func (h *capturedHdr) cut(prefix int) []byte {
+	if h.recs {
+		return h.hdr[:h.n]
+	}
 	return h.hdr[:int(h.hl)+min(int(h.n)-int(h.hl), prefix)]
 }
 
@@ -333,6 +347,7 @@ func (a *Agent) captureLoop(ctx context.Context) error {
 			continue
 		}
 		h.ts = ts.UnixNano()
+		a.h2Walk(pkt, &h)
 		select {
 		case a.hdrs <- h:
 		default:

@@ -42,7 +42,10 @@
 //   - Interpret TCP beyond finding the flow key (and whether a reply is a
 //     SYN-ACK or RST, which may be parked): sequence numbers, windows and
 //     session state are tcpstate's; what the payload prefix says is the
-//     comparison's. The agent only cuts it at the length asked for.
+//     comparison's. The agent only cuts it at the length asked for, or,
+//     for the HTTP/2 ports a daemon names, walks the frames of its flows
+//     with compare's walker to relay one record per HEADERS or RST_STREAM
+//     (h2relay.go): a few bytes of state per flow, nothing of the payload.
 //   - Hold memory that grows with the prefix asked for: captured replies
 //     are fixed-size records, and a daemon's batches are sent once they
 //     reach 128 KiB, so its write queue is bounded in bytes.

@@ -27,6 +27,7 @@ type agentPeer struct {
 	pools  []wire.Pool
 	lease  time.Duration // a flow of this daemon idle longer is expired
 	prefix int           // payload bytes relayed after each reply's headers (its hello's ReplyPrefix)
+	h2     []uint16      // shadow ports whose replies are relayed as H2 records (its hello's H2Ports)
 	seal   *wire.Sealer  // owned by writePeer; nil: frames are not sealed
 	tunnel *tunnel.Peer  // in AgentConfig.Tunnels while connected; nil: none
 	out    chan outFrame // to writePeer; full: the relay drops, counted
@@ -279,7 +280,7 @@ func (a *Agent) admit(ctx context.Context, conn net.Conn, remote netip.Addr) (*a
 	}
 	p := &agentPeer{
 		conn: conn, name: s.name, addr: conn.RemoteAddr().String(), remote: remote,
-		pools: s.hello.Pools, lease: lease, prefix: int(s.hello.ReplyPrefix), seal: s.seal,
+		pools: s.hello.Pools, lease: lease, prefix: int(s.hello.ReplyPrefix), h2: s.hello.H2Ports, seal: s.seal,
 		out: make(chan outFrame, a.cfg.PeerQueue), flows: make(map[rewrite.Tuple]*flowEntry),
 		done: make(chan struct{}),
 	}

@@ -40,6 +40,7 @@ type flowEntry struct {
 	peer *agentPeer
 	seen time.Duration // relay clock of its last registration or reply
 	idx  int           // its place in relay.entries
+	h2   bool          // walked for H2 records (h2relay.go)
 }
 
 const (
@@ -67,6 +68,7 @@ type relay struct {
 	epoch   time.Time             // the relay clock's zero
 	local   map[netip.Addr]bool   // this host's addresses, read at localAt
 	localAt time.Time
+	h2Ports map[uint16]int // shadow port → live daemons naming it in H2Ports
 }
 
 // localAddrsEvery is how often the host's addresses are read again.
@@ -94,7 +96,7 @@ func (a *Agent) relayLoop(ctx context.Context) {
 	r := &relay{
 		a: a, owners: make(map[rewrite.Tuple]*flowEntry), peers: make(map[*agentPeer]struct{}),
 		park: make([]parkedReply, a.cfg.MaxParked), parkAt: make(map[rewrite.Tuple]int),
-		timer: time.NewTimer(time.Hour), epoch: time.Now(),
+		timer: time.NewTimer(time.Hour), epoch: time.Now(), h2Ports: make(map[uint16]int),
 	}
 	defer r.timer.Stop()
 	sweep := time.NewTicker(sweepEvery)
@@ -270,6 +272,12 @@ func (r *relay) addPeer(p *agentPeer) {
 	}
 	r.peers[p] = struct{}{}
 	r.pools = append(r.pools, p.pools...)
+	if len(p.h2) > 0 {
+		for _, port := range p.h2 {
+			r.h2Ports[port]++
+		}
+		r.a.h2.setPorts(r.h2Ports)
+	}
 	r.a.st.peers.Add(1) // here, so that a daemon counted is one whose pools the relay knows
 }
 
@@ -327,7 +335,10 @@ func (r *relay) register(p *agentPeer, flows []rewrite.Tuple, now time.Time) {
 			st.flowsRejected.Add(1)
 			continue
 		}
-		e := &flowEntry{key: key, peer: p, seen: r.clock(now), idx: len(r.entries)}
+		e := &flowEntry{key: key, peer: p, seen: r.clock(now), idx: len(r.entries), h2: p.namesH2(key.SrcPort)}
+		if e.h2 {
+			r.a.h2.add(key)
+		}
 		r.entries = append(r.entries, e)
 		r.owners[key] = e
 		p.flows[key] = e
@@ -366,6 +377,9 @@ func (r *relay) deregister(p *agentPeer, flows []rewrite.Tuple) {
 func (r *relay) remove(e *flowEntry) {
 	delete(r.owners, e.key)
 	delete(e.peer.flows, e.key)
+	if e.h2 {
+		r.a.h2.remove(e.key)
+	}
 	last := len(r.entries) - 1
 	moved := r.entries[last]
 	r.entries[e.idx] = moved
@@ -402,6 +416,14 @@ func (r *relay) dropPeer(p *agentPeer) {
 	}
 	delete(r.peers, p)
 	r.a.st.peers.Add(-1)
+	if len(p.h2) > 0 {
+		for _, port := range p.h2 {
+			if r.h2Ports[port]--; r.h2Ports[port] <= 0 {
+				delete(r.h2Ports, port)
+			}
+		}
+		r.a.h2.setPorts(r.h2Ports)
+	}
 	for _, e := range p.flows {
 		r.remove(e)
 	}

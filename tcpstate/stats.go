@@ -67,6 +67,9 @@ const (
 	CtrCompareSkipped   // sessions not compared: maxComparedSessions were
 	CtrCompareResync    // the walk of the shadow's responses lost sync: a boundary out of the relayed prefix
 	CtrCompareUnpaired  // shadow responses that began with no request released left to answer
+	CtrSkippedSample    // client connections --sample (on its ramp) left out, counted at their SYN (43, 45)
+	CtrSkippedRate      // shadow sessions not started: --max-new-sessions (46)
+	CtrIgnoredSkipped   // packets of connections (or copies) the controls left out
 	numCounters
 )
 
@@ -128,6 +131,9 @@ var counterNames = [numCounters]string{
 	CtrCompareSkipped:     "compare_skipped",
 	CtrCompareResync:      "compare_resync",
 	CtrCompareUnpaired:    "compare_unpaired",
+	CtrSkippedSample:      "sessions_skipped_sample",
+	CtrSkippedRate:        "sessions_skipped_max_new",
+	CtrIgnoredSkipped:     "ignored_skipped",
 }
 
 func (c Counter) String() string { return counterNames[c] }

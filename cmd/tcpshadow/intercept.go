@@ -20,6 +20,7 @@ import (
 type interceptOptions struct {
 	iface         string
 	filter        string
+	snaplen       int
 	listen        string
 	allow         []string
 	insecure      bool
@@ -93,6 +94,7 @@ with the length on the wire in each record.`, wire.DefaultPort),
 	f := cmd.Flags()
 	f.StringVarP(&o.iface, "iface", "i", "", "interface the shadow's replies arrive on (not with --local)")
 	f.StringVar(&o.filter, "filter", def.Capture.Filter, "BPF filter for the shadow's replies, e.g. 'tcp and src port 80' (default: all TCP; the agent's own port is always left out, and replies outside the copy daemons' pools are dropped)")
+	f.IntVar(&o.snaplen, "snaplen", def.Capture.SnapLen, "bytes captured of each reply: the default covers every reply prefix a copy daemon may ask for; a copy daemon comparing HTTP/2 needs whole replies (262144)")
 	f.StringVarP(&o.listen, "listen", "l", def.Listen, "address to serve copy daemons on")
 	f.StringSliceVar(&o.allow, "allow", nil, "copy daemon addresses or prefixes allowed to connect (default: any)")
 	f.BoolVar(&o.insecure, "insecure-no-auth", def.Agent.InsecureNoAuth, "run without --secret-file: anyone who reaches the agent may register flows and read their replies (tests only)")
@@ -120,6 +122,7 @@ func (o *interceptOptions) fieldFlags() map[string]fieldFlag {
 	m := map[string]fieldFlag{
 		"Capture.Interface":  {flag: "iface"},
 		"Capture.Filter":     {flag: "filter"},
+		"Capture.SnapLen":    {flag: "snaplen"},
 		"Listen":             {flag: "listen"},
 		"Local.Pools":        {flag: "to"},
 		"Local.Queue.Num":    {flag: "queue-num"},
@@ -200,7 +203,7 @@ func (o *interceptOptions) config() (*interceptConfig, error) {
 	}
 
 	cfg := daemon.DefaultAgentConfig()
-	cfg.Capture.Interface, cfg.Capture.Filter, cfg.Local = o.iface, o.filter, local
+	cfg.Capture.Interface, cfg.Capture.Filter, cfg.Capture.SnapLen, cfg.Local = o.iface, o.filter, o.snaplen, local
 	o.daemon.setCapture(&cfg.Capture)
 	a := &cfg.Agent
 	a.Name, a.Secret, a.Secrets, a.InsecureNoAuth = shared.name, shared.secret, shared.secrets, o.insecure

@@ -350,7 +350,8 @@ func interceptStages(rows map[string]statRow) []stage {
 			"interface_dropped_total", "non_ip_total"))},
 		{"relay", take(rows, i("relayed_total", "outside_pools_total", "no_owner_total", "parked_total", "parked_delivered_total",
 			"parked_expired_total", "dropped_queue_total", "dropped_peer_total", "flows", "flows_rejected_total",
-			"flows_conflict_total", "flows_outside_pool_total", "flows_local_total", "flows_expired_total", "batches_total"))},
+			"flows_conflict_total", "flows_outside_pool_total", "flows_local_total", "flows_expired_total", "batches_total",
+			"h2_walked_total", "h2_records_total", "h2_dropped_total", "h2_lost_total", "h2_not_h2_total"))},
 		{"peers", take(rows, i("peers", "peers_refused_total", "peer_errors_total", "conns_shed_total",
 			"accept_errors_total", "bad_frames_total", "peer_throttled_total"))},
 	}

@@ -39,10 +39,15 @@
 // payloads and relays, in place of the payload prefix, one record per
 // HEADERS or RST_STREAM frame that ends in the reply, each a frame the
 // copier's classifiers read (compare.H2StatusFrame): a 9-byte frame header
-// on the frame's stream, then the :status alone. As many whole records as
-// fit the prefix; a flow whose walk lost sync (a gap in the capture)
-// relays none. Version 4 carries the ports; the agent's relay does not
-// produce the records yet, and relays those ports' prefixes as any.
+// on the frame's stream, then the :status alone (a RST_STREAM frame for a
+// reset). As many whole records as fit MaxReplyPrefix, whatever prefix
+// was asked for (the rest are counted by the agent); a flow whose walk
+// lost sync (a gap in the capture) relays none from then on; a flow whose
+// reply does not begin like HTTP/2 (a SETTINGS frame) is relayed as any.
+// Records are read after the TCP header up to the reply record's end: they
+// may run past the payload length the IP header keeps (a frame's record
+// is relayed with the segment it ends in, which may hold its last byte
+// only).
 //
 // A connection opens with a Hello from each side; the magic and the version
 // lead the Hello in every version, so a peer of another version is told so

@@ -83,6 +83,10 @@ func (w *H2Walker) Start(seq uint32) { w.next, w.started = seq, true }
 // Lost reports whether the walker lost sync for good.
 func (w *H2Walker) Lost() bool { return w.lost }
 
+// Lose makes the walker lose sync for good: its caller saw a gap the
+// sequence numbers do not show (a segment cut by the capture).
+func (w *H2Walker) Lose() { w.lose() }
+
 // Dropped returns how many events did not fit the out slices given.
 func (w *H2Walker) Dropped() uint32 { return w.dropped }
 
@@ -191,6 +195,10 @@ func (w *H2Walker) frame(out []H2Event, k *int) bool {
 		w.prio = 0
 		if flags&h2FlagPriority != 0 {
 			w.prio = h2PriorityLen
+			if n < w.prio {
+				w.lose() // shorter than its own priority fields
+				return false
+			}
 		}
 		switch {
 		case flags&h2FlagPadded != 0 && n > 0:

@@ -77,6 +77,20 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 	return out
 }
 
+// ControlSamples renders the load-test controls in effect (they change
+// on SIGHUP) and the copied share now, on its ramp.
+func ControlSamples(eng *tcpstate.Engine) []metrics.Sample {
+	c, share := eng.ControlsNow()
+	g := func(control string, v float64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_copy_control", Help: "Load-test controls in effect: sample (share), share_now (on its ramp), multiply, ramp_seconds, max_new_sessions (0: no cap).",
+			Kind: metrics.Gauge, Labels: []string{"control", control}, Value: v}
+	}
+	return []metrics.Sample{
+		g("sample", c.Sample), g("share_now", share), g("multiply", float64(c.Multiply)),
+		g("ramp_seconds", c.Ramp.Seconds()), g("max_new_sessions", c.MaxNewSessions),
+	}
+}
+
 // AgentSamples renders the agent's counters and its capture's as metric
 // samples.
 func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
@@ -109,6 +123,11 @@ func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 		c("bad_frames", "Frames from copy daemons that failed authentication, skipped.", st.BadFrames),
 		c("peer_throttled", "Times a copy daemon's reads waited for its flow rate.", st.PeerThrottled),
 		c("batches", "Reply frames written.", st.Batches),
+		c("h2_walked", "Replies of HTTP/2 flows walked for H2 records.", st.H2Walked),
+		c("h2_records", "H2 records (one per HEADERS or RST_STREAM frame) relayed.", st.H2Records),
+		c("h2_dropped", "HEADERS or RST_STREAM frames whose record did not fit its reply's.", st.H2Dropped),
+		c("h2_lost", "HTTP/2 flows whose walk lost sync: none of their records relayed after.", st.H2Lost),
+		c("h2_not_h2", "Flows on an HTTP/2 port whose reply did not begin like HTTP/2: relayed as any.", st.H2NotH2),
 		g("flows", "Registered flows.", st.Flows),
 		g("peers", "Connected copy daemons.", st.Peers),
 		c("kernel_received", "Packets the kernel passed the filter (pcap_stats).", cs.KernelRecv),
