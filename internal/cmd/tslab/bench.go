@@ -55,6 +55,7 @@ type benchOptions struct {
 	vsConnRates        string
 	vsConnAddrs        int
 	vsRuns             int
+	plot               string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -106,6 +107,7 @@ type benchConfig struct {
 	ctool  *ctool
 	vs     []series
 	vsRuns int
+	plot   string // the SVG written beside out; "": none
 }
 
 func newBenchCmd() *cobra.Command {
@@ -164,6 +166,7 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.vsConnRates, "vs-conn-rates", "1000,7000", "one-connection-per-request rates run by both tools, with --tcpcopy-dir")
 	f.IntVar(&o.vsConnAddrs, "vs-conn-addrs", maxClientAddrs, "client addresses of the one-connection-per-request steps run by both tools")
 	f.IntVar(&o.vsRuns, "vs-runs", 1, "runs of each step by each tool, alternated (1 to 5)")
+	f.StringVar(&o.plot, "plot", "docs/bench-cpu.svg", "with --out, write the SVG plot of CPU a request and copy ratio against offered rate here (\"\": none)")
 	return cmd
 }
 
@@ -189,6 +192,9 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
 		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose,
 		modeRate: o.modeRate}
+	if o.out != "" {
+		cfg.plot = o.plot
+	}
 	if cfg.modes, err = parseModes(o.modes); err != nil {
 		return nil, fmt.Errorf("--modes: %w", err)
 	}
@@ -377,6 +383,7 @@ type benchResult struct {
 	warnings []string
 	modes    []*modeResult
 	vs       []*vsStep
+	plotMD   string // the plot's section, once written
 }
 
 type seriesResult struct {
@@ -531,6 +538,9 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)
 	res.warnings = b.warnings
+	if res.plotMD, err = writePlot(res, cfg.plot, cfg.out); err != nil {
+		return nil, err
+	}
 	md := renderReport(res)
 	fmt.Fprintf(out, "\n%s\n", md)
 	if cfg.out != "" {

@@ -82,6 +82,7 @@ func renderReport(r *benchResult) string {
 `)
 	renderSummary(&b, r)
 	renderVersus(&b, r.cfg.ctool, r.vs, r.cfg.vsRuns)
+	b.WriteString(r.plotMD)
 	for i := range r.series {
 		renderSeries(&b, &r.series[i], r.cfg.baseline)
 	}
