@@ -56,6 +56,7 @@ type benchOptions struct {
 	vsConnAddrs        int
 	vsRuns             int
 	plot               string
+	profileDir         string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -108,6 +109,9 @@ type benchConfig struct {
 	vs     []series
 	vsRuns int
 	plot   string // the SVG written beside out; "": none
+	// profileDir, when set, gets the copier's CPU profile of each of
+	// tcpshadow's steps (benchprofile.go).
+	profileDir string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -166,6 +170,7 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.vsConnRates, "vs-conn-rates", "1000,7000", "one-connection-per-request rates run by both tools, with --tcpcopy-dir")
 	f.IntVar(&o.vsConnAddrs, "vs-conn-addrs", maxClientAddrs, "client addresses of the one-connection-per-request steps run by both tools")
 	f.IntVar(&o.vsRuns, "vs-runs", 1, "runs of each step by each tool, alternated (1 to 5)")
+	f.StringVar(&o.profileDir, "profile-dir", "", "record the copier's CPU profile over each tcpshadow step into this directory (runs it with --debug-pprof)")
 	f.StringVar(&o.plot, "plot", "docs/bench-cpu.svg", "with --out, write the SVG plot of CPU a request and copy ratio against offered rate here (\"\": none)")
 	return cmd
 }
@@ -194,6 +199,11 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		modeRate: o.modeRate}
 	if o.out != "" {
 		cfg.plot = o.plot
+	}
+	if cfg.profileDir = o.profileDir; cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--profile-dir: %w", err)
+		}
 	}
 	if cfg.modes, err = parseModes(o.modes); err != nil {
 		return nil, fmt.Errorf("--modes: %w", err)
@@ -406,7 +416,7 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 		return runModesOnly(ctx, cfg, res, start, out, log)
 	}
 
-	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
+	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, pprof: cfg.profileDir != "", copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)

@@ -139,8 +139,13 @@ func (b *bencher) step(ctx context.Context, s series, rate int, withCopier bool)
 	if err != nil {
 		return nil, err
 	}
+	wait := func() {}
+	if withCopier && !b.st.ctool && b.cfg.profileDir != "" {
+		wait = b.startProfile(ctx, fmt.Sprintf("%s-%s-%daddr-%s", key, strings.ReplaceAll(shortShape(s.shape), "/", ""), s.addrs, rateStr(rate)), b.cfg.step)
+	}
 	t0 := time.Now()
 	load := runLoad(ctx, b.d, spec)
+	wait()
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
