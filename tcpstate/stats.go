@@ -67,6 +67,8 @@ const (
 	CtrCompareSkipped   // sessions not compared: maxComparedSessions were
 	CtrCompareResync    // the walk of the shadow's responses lost sync: a boundary out of the relayed prefix
 	CtrCompareUnpaired  // shadow responses that began with no request released left to answer
+	CtrCompareH2Lost    // HTTP/2 connections whose walk lost sync on a side: their pending streams unpaired
+	CtrCompareH2Bad     // replies of an HTTP/2 map relayed without H2 records (a payload prefix)
 	numCounters
 )
 
@@ -128,6 +130,8 @@ var counterNames = [numCounters]string{
 	CtrCompareSkipped:     "compare_skipped",
 	CtrCompareResync:      "compare_resync",
 	CtrCompareUnpaired:    "compare_unpaired",
+	CtrCompareH2Lost:      "compare_h2_lost",
+	CtrCompareH2Bad:       "compare_h2_bad",
 }
 
 func (c Counter) String() string { return counterNames[c] }
