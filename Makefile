@@ -54,8 +54,11 @@ demo: deps build ## run the copier on a built-in lab and show what prod and shad
 bench-go: ## microbenchmarks of the datapath
 	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)
 
-bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md)
-	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md
+# TCPCOPY_DIR: a build of the C tool (README, "Against the C tool"); when
+# set, the bench runs its steps beside tcpshadow's.
+TCPCOPY_DIR ?=
+bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md; TCPCOPY_DIR=dir adds the C tool)
+	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md --tcpcopy-dir '$(TCPCOPY_DIR)'
 
 bench-smoke: build bench-go-smoke ## every microbenchmark once, then one short lab step per shape (stdout only)
 	$(GO) run ./internal/cmd/tslab bench --smoke --bin $(BIN)
@@ -71,7 +74,7 @@ FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:Fuzz
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON ./internal/compare:FuzzH2Walk ./internal/compare:FuzzH2Record \
             ./intercept/divert:FuzzParsePacket ./intercept/tunnel:FuzzOpen ./internal/tunnelsock:FuzzReceive
-FUZZ     += ./internal/pcapfile:FuzzReader
+FUZZ     += ./internal/pcapfile:FuzzReader ./cmd/tcpshadow:FuzzParseMapsAndShare
 FUZZTIME ?= 30s
 
 fuzz: ## run every fuzz target for FUZZTIME (30s) each

@@ -56,6 +56,7 @@ func TestZeroAllocs(t *testing.T) {
 				sink.tuple = TupleOf(netip.AddrPortFrom(a, 1), netip.AddrPortFrom(a, 2)).Reverse()
 			}},
 			{"Pool.Map", func() { sink.addr = pool.Map(a) }},
+			{"Pool.MapCopy", func() { sink.addr = pool.MapCopy(a, 7) }},
 			{"HashAddrPort", func() { sink.hash = HashAddrPort(a.As16(), 1, 2) }},
 			{"Sum", func() { sink.sum = Sum(b, 0) }},
 			{"Segment.Put", func() { sink.n, _ = seg.Put(segBuf) }},

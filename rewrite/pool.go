@@ -124,7 +124,14 @@ func (p *Pool) Has(a netip.Addr) bool {
 
 // Map returns the forged address for client address a, or a itself when
 // the pool has no prefix for its family.
-func (p *Pool) Map(a netip.Addr) netip.Addr {
+func (p *Pool) Map(a netip.Addr) netip.Addr { return p.MapCopy(a, 0) }
+
+// MapCopy returns the forged address of copy k of client address a's
+// connections (copy 0: Map's): the slot's offsets after Map's, in turn,
+// so that the copies of one client use distinct addresses while the slot
+// holds more than k. The session layer still keeps tuples unique where
+// they meet another client's.
+func (p *Pool) MapCopy(a netip.Addr, k int) netip.Addr {
 	if p == nil {
 		return a
 	}
@@ -141,7 +148,7 @@ func (p *Pool) Map(a netip.Addr) netip.Addr {
 		// The slot's offsets are slot+1, slot+1+slots, ...: as many as
 		// fit in 1..count.
 		n := (r.count-p.slot-1)/p.slots + 1
-		off := (mix(a.As16(), p.seed)%n)*p.slots + p.slot + 1
+		off := ((mix(a.As16(), p.seed)%n+uint64(k))%n)*p.slots + p.slot + 1
 		if r.bits == 127 {
 			off-- // a /31 or /127 uses both addresses
 		}

@@ -384,3 +384,40 @@ func TestPoolSlots(t *testing.T) {
 		t.Fatalf("/30 in two slots: %v %v", err0, err1)
 	}
 }
+
+// TestPoolMapCopy checks the copies of a client's address: copy 0 is
+// Map's, the copies are distinct while the slot holds more addresses,
+// inside the prefix and the slot, and a pure function of the address.
+func TestPoolMapCopy(t *testing.T) {
+	base := mustPool(t, 5, "198.19.0.0/24", "2001:2:0:ff::/120")
+	for _, slot := range []int{0, 1, 2} {
+		p, err := base.WithSlot(slot, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range []netip.Addr{netip.MustParseAddr("198.18.0.7"), netip.MustParseAddr("2001:2::7")} {
+			if p.MapCopy(a, 0) != p.Map(a) {
+				t.Errorf("slot %d: copy 0 of %v is %v, Map's %v", slot, a, p.MapCopy(a, 0), p.Map(a))
+			}
+			seen := map[netip.Addr]bool{}
+			for k := 0; k < 84; k++ { // the slot holds 84 of the 254 addresses
+				f := p.MapCopy(a, k)
+				if seen[f] {
+					t.Fatalf("slot %d: copy %d of %v repeats %v", slot, k, a, f)
+				}
+				seen[f] = true
+				pfx := p.Prefixes()[0]
+				if a.Is6() {
+					pfx = p.Prefixes()[1]
+				}
+				off := int(f.As16()[15]) - int(pfx.Addr().As16()[15])
+				if !pfx.Contains(f) || (off-1)%3 != slot {
+					t.Fatalf("slot %d: copy %d of %v is %v: outside the prefix or the slot", slot, k, a, f)
+				}
+				if p.MapCopy(a, k) != f {
+					t.Fatal("not a pure function")
+				}
+			}
+		}
+	}
+}

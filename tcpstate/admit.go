@@ -51,6 +51,12 @@ func (w *Worker) clientSYN(s *session, key sessionKey, pb *pktBuf, p *rewrite.Pa
 			w.removeSession(s)
 		}
 	}
+	if !w.selectOpen(key, isn, false, now) {
+		if reuseRegistered {
+			w.reg.Deregister(reuse)
+		}
+		return false
+	}
 	s = w.newSession(key, isn, capAt, now, reuse)
 	if s == nil {
 		if reuseRegistered {
@@ -110,7 +116,7 @@ func (w *Worker) newSession(key sessionKey, isn Seq, capAt, now int64, prefer re
 		return nil
 	}
 	m := &w.cfg.Maps[key.mapIdx]
-	forged, ok := w.allocForged(key.client, m.Target, prefer)
+	forged, ok := w.allocForged(key, m.Target, prefer)
 	if !ok {
 		w.ctr.inc(CtrShedPorts)
 		return nil
@@ -204,18 +210,21 @@ const copyTTL = 64
 // worker scanning 65,535 ports per packet.
 const maxPortProbes = 256
 
-// allocForged returns the forged tuple for a client tuple: the pool
-// address with the client's port, or, if another session holds that tuple,
-// the next port that hashes to this worker and is free, within
-// maxPortProbes of this worker's.
-func (w *Worker) allocForged(client rewrite.Tuple, target netip.AddrPort, prefer rewrite.Tuple) (rewrite.Tuple, bool) {
+// allocForged returns the forged tuple for a client tuple's copy: the
+// copy's pool address with the client's port, or, if another session
+// holds that tuple, the next port that hashes to this worker and is free,
+// within maxPortProbes of this worker's. The Input queues every packet of
+// the copy to the worker of its pool address and the client's port, and
+// every tuple that worker forges hashes to it: the worker's table alone
+// keeps forged tuples unique, whatever the copies and clients.
+func (w *Worker) allocForged(key sessionKey, target netip.AddrPort, prefer rewrite.Tuple) (rewrite.Tuple, bool) {
 	if prefer != (rewrite.Tuple{}) {
 		if _, used := w.byForged[prefer]; !used {
 			return prefer, true
 		}
 	}
-	src := client.SrcAddrPort()
-	addr := w.cfg.Pool.Map(src.Addr())
+	src := key.client.SrcAddrPort()
+	addr := w.cfg.Pool.MapCopy(src.Addr(), int(key.copy))
 	t := rewrite.TupleOf(netip.AddrPortFrom(addr, src.Port()), target)
 	if _, used := w.byForged[t]; !used {
 		return t, true
@@ -250,6 +259,9 @@ func (w *Worker) startHandshake(s *session, now int64) {
 // before it.
 func (w *Worker) joinMidstream(key sessionKey, p *rewrite.Packet, capAt, now int64) *session {
 	tcp := p.TCP()
+	if !w.selectOpen(key, 0, true, now) {
+		return nil
+	}
 	s := w.newSession(key, Seq(tcp.Seq())-1, capAt, now, rewrite.Tuple{})
 	if s == nil {
 		return nil

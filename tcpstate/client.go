@@ -11,17 +11,17 @@ import (
 // the worker now owns; lay is where the engine found its headers. pb is
 // freed here unless a session kept it: the one release point of a
 // captured packet.
-func (w *Worker) handleCaptured(pb *pktBuf, lay rewrite.Layout, capAt int64, mapIdx int, now int64) {
+func (w *Worker) handleCaptured(pb *pktBuf, lay rewrite.Layout, capAt int64, r route, now int64) {
 	p := lay.View(pb.b)
-	if !w.captured(pb, &p, capAt, mapIdx, now) {
+	if !w.captured(pb, &p, capAt, r, now) {
 		pb.free()
 	}
 }
 
 // captured finds or starts the packet's session and hands the packet to
 // it. It reports whether a session kept pb.
-func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int, now int64) bool {
-	key := sessionKey{client: p.Tuple(), mapIdx: uint8(mapIdx)}
+func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, r route, now int64) bool {
+	key := sessionKey{client: p.Tuple(), mapIdx: r.mapIdx(), copy: r.copyIdx()}
 	flags := p.TCP().Flags()
 	s := w.sessions[key]
 	if flags&rewrite.FlagSYN != 0 {
@@ -33,6 +33,9 @@ func (w *Worker) captured(pb *pktBuf, p *rewrite.Packet, capAt int64, mapIdx int
 	}
 	if s == nil {
 		if p.PayloadLen() == 0 || flags&rewrite.FlagRST != 0 {
+			if flags&(rewrite.FlagFIN|rewrite.FlagRST) != 0 {
+				w.skipped.forget(key) // the connection is over
+			}
 			w.ctr.inc(CtrIgnoredNoSession) // scenario 5: pure ACK/FIN/RST
 			return false
 		}

@@ -11,10 +11,15 @@ import (
 )
 
 // Map says which captured traffic goes where: packets to Local (any
-// address when Local.Addr() is invalid) are copied to Target.
+// address when Local.Addr() is invalid) are copied to Target. A map with
+// several targets (a shadow fleet without a load balancer) is one Map
+// per target, Of of them: each copies the sessions whose flow hash picks
+// its Share, 0..Of-1, so each session (each copy of one) goes to one.
 type Map struct {
 	Local  netip.AddrPort
 	Target netip.AddrPort
+	Share  uint8 // this target's place among the map's Of
+	Of     uint8 // targets sharing the map's sessions; 0 or 1: Target alone
 }
 
 // Matches reports whether a packet to addr:port belongs to the map.
@@ -83,6 +88,10 @@ type Config struct {
 	MaxSessions     int // across all workers
 	QueueLen        int // per-worker queue of captured packets and replies
 
+	// Controls are the load-test controls at the start; SetControls
+	// changes them while the engine runs.
+	Controls Controls
+
 	// ComparePrefix is how many of each response's first payload bytes,
 	// prod's and the shadow's, are kept for comparison; 0 turns it off.
 	// Recorders, one per worker, take the paired requests.
@@ -133,6 +142,7 @@ func DefaultConfig() Config {
 		MaxSessions:      1 << 20,
 		QueueLen:         8192,
 		ComparePrefix:    compare.DefaultPrefix,
+		Controls:         DefaultControls(),
 	}
 }
 
@@ -158,6 +168,7 @@ func (c *Config) Defaults() {
 	orDefault(&c.MaxBufferBytes, d.MaxBufferBytes)
 	orDefault(&c.MaxSessions, d.MaxSessions)
 	orDefault(&c.QueueLen, d.QueueLen)
+	c.Controls.defaults()
 }
 
 func orDefault[T comparable](field *T, def T) {
@@ -215,6 +226,9 @@ func (c *Config) Validate() error {
 				return fieldErr(field, m, "given twice")
 			}
 		}
+		if m.Of > 1 && m.Share >= m.Of {
+			return fieldErr(field, m, fmt.Sprintf("target share %d of %d", m.Share, m.Of))
+		}
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		return fieldErr("Workers", c.Workers, "want 1..1024")
@@ -264,5 +278,5 @@ func (c *Config) Validate() error {
 	if c.QueueLen < 1 {
 		return fieldErr("QueueLen", c.QueueLen, "want at least 1")
 	}
-	return nil
+	return c.Controls.Validate()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -30,6 +31,9 @@ type Engine struct {
 
 	inMu   sync.Mutex  // guards inputs
 	inputs []*counters // every Input's, for Stats
+
+	sh     *shared
+	liveMu sync.Mutex // serialises SetControls
 }
 
 // capPkt is a captured packet on its way to a worker: a copy of its bytes
@@ -40,7 +44,8 @@ type capPkt struct {
 	capAt    int64
 	lay      rewrite.Layout
 	mapIdx   uint8
-	fromProd bool // prod's packet to the client, cut after ProdPrefix bytes of payload
+	copyIdx  uint8 // which of the connection's copies (Controls.Multiply)
+	fromProd bool  // prod's packet to the client, cut after ProdPrefix bytes of payload
 }
 
 // replyMsg is a relayed reply header on its way to a worker, copied by
@@ -85,6 +90,8 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 	e := &Engine{cfg: cfg, log: log, start: time.Now()}
 	e.input = e.NewInput()
 	sh := &shared{log: log, hinted: make([]atomic.Bool, len(cfg.Maps))}
+	sh.live.Store(newLive(cfg.Controls, len(senders)))
+	e.sh = sh
 	for i, s := range senders {
 		l := &loop{
 			pkts:    make(chan capPkt, cfg.QueueLen),
@@ -145,10 +152,10 @@ func (l *loop) run(ctx context.Context, e *Engine) {
 
 func (l *loop) captured(cp capPkt, now int64) {
 	if cp.fromProd {
-		l.w.handleProd(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), now)
+		l.w.handleProd(cp.pb, cp.lay, cp.capAt, routeOf(cp.mapIdx, cp.copyIdx), now)
 		return
 	}
-	l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, int(cp.mapIdx), now)
+	l.w.handleCaptured(cp.pb, cp.lay, cp.capAt, routeOf(cp.mapIdx, cp.copyIdx), now)
 }
 
 // drainBatch bounds the events handled between two Flushes, and
@@ -232,7 +239,9 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 		return
 	}
 	tcp := p.TCP()
+	src, sport := p.SrcAddr(), tcp.SrcPort()
 	dst, dport := p.DstAddr(), tcp.DstPort()
+	l := e.sh.live.Load()
 	matched := false
 	for i := range e.cfg.Maps {
 		m := &e.cfg.Maps[i]
@@ -254,13 +263,17 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 			c.inc(CtrIgnoredTruncated) // the client's bytes are what is copied
 			return
 		}
-		forged := e.cfg.Pool.Map(p.SrcAddr()).As16()
-		in.queue(&p, len(p.Bytes()), forged, tcp.SrcPort(), ts, i, false)
+		if !in.sampled(l, src, sport) {
+			if tcp.Flags()&(rewrite.FlagSYN|rewrite.FlagACK) == rewrite.FlagSYN {
+				c.inc(CtrSkippedSample)
+			}
+			return
+		}
+		in.fanOut(&p, len(p.Bytes()), src, sport, ts, i, false, l)
 	}
 	if matched {
 		return
 	}
-	src, sport := p.SrcAddr(), tcp.SrcPort()
 	for i := range e.cfg.Maps {
 		m := &e.cfg.Maps[i]
 		if !m.Matches(src, sport) || m.Target.Addr().Is4() == p.IsV6() {
@@ -273,21 +286,50 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 			matched = true
 			c.inc(CtrFromProd)
 		}
+		if !in.sampled(l, dst, dport) {
+			return
+		}
 		n := len(p.Headers()) + min(len(p.Payload()), max(ProdPrefix, e.cfg.ComparePrefix))
 		if e.cfg.ComparePrefix > 0 && i < len(e.cfg.CompareProtocols) && e.cfg.CompareProtocols[i] == compare.HTTP2 {
 			n = len(p.Bytes()) // whole: the worker walks its frames (h2pair.go)
 		}
-		forged := e.cfg.Pool.Map(dst).As16()
-		in.queue(&p, n, forged, dport, ts, i, true)
+		in.fanOut(&p, n, dst, dport, ts, i, true, l)
 	}
 	if !matched {
 		c.inc(CtrIgnoredNoMap)
 	}
 }
 
+// sampled reports whether the connection of client addr:port may be
+// copied: whether a share in effect since the start chose it. Its packets
+// are dropped here otherwise, counted, before they cost a copy.
+func (in *Input) sampled(l *live, addr netip.Addr, port uint16) bool {
+	if l.hiThr == math.MaxUint64 || sampleHash(addr.As16(), port, l.c.SampleSeed) < l.hiThr {
+		return true
+	}
+	in.ctr.inc(CtrIgnoredSkipped)
+	return false
+}
+
+// fanOut queues the first n bytes of p once per copy of the connection
+// of client addr:port (Controls.Multiply), each to the worker owning that
+// copy's forged endpoint; a map sharing its traffic with others (Map.Of)
+// takes only the copies its flow hash gives it.
+func (in *Input) fanOut(p *rewrite.Packet, n int, addr netip.Addr, port uint16, ts time.Time, mapIdx int, fromProd bool, l *live) {
+	e := in.e
+	m := &e.cfg.Maps[mapIdx]
+	for k := 0; k < l.fanout; k++ {
+		if m.Of > 1 && targetOf(addr.As16(), port, k, e.cfg.Seed, m.Of) != m.Share {
+			continue
+		}
+		forged := e.cfg.Pool.MapCopy(addr, k).As16()
+		in.queue(p, n, forged, port, ts, mapIdx, k, fromProd)
+	}
+}
+
 // queue copies the first n bytes of p to the worker owning the forged
 // client endpoint forged:port.
-func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, ts time.Time, mapIdx int, fromProd bool) {
+func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, ts time.Time, mapIdx, copyIdx int, fromProd bool) {
 	e, c := in.e, in.ctr
 	l := e.loops[workerFor(forged, port, e.cfg.Seed, len(e.loops))]
 	pb := getBuf(n)
@@ -296,7 +338,7 @@ func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, t
 		return
 	}
 	copy(pb.b, p.Bytes()[:n])
-	cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(mapIdx), fromProd: fromProd}
+	cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(mapIdx), copyIdx: uint8(copyIdx), fromProd: fromProd}
 	select {
 	case l.pkts <- cp:
 	default:
@@ -386,6 +428,7 @@ func (e *Engine) Stats() Snapshot {
 type shared struct {
 	log    *slog.Logger
 	hinted []atomic.Bool // per map: the shadow-rejection hint was logged
+	live   liveState     // the load-test controls in effect
 }
 
 // hintRejections logs, once per map, that the shadow rejects copied

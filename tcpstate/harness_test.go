@@ -111,6 +111,8 @@ type harness struct {
 	client  netip.AddrPort
 	forged  netip.AddrPort
 	tsClock uint32
+	// route is the map and copy the packets are fed as.
+	route route
 	// prodAcks makes prod acknowledge every client segment as soon as it
 	// is captured, as a healthy prod does: tests of what prod accepts
 	// turn it off.
@@ -167,7 +169,7 @@ func (h *harness) clientSeg(flags uint8, seq, ack uint32, payload string, opts [
 	if err := p.Decode(pb.b); err != nil {
 		h.t.Fatal(err)
 	}
-	h.w.handleCaptured(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.handleCaptured(pb, p.Layout(), h.wall, h.route, h.now)
 	h.w.Flush(h.now)
 	if h.prodAcks && flags&(rewrite.FlagSYN|rewrite.FlagRST) == 0 && (len(payload) > 0 || flags&rewrite.FlagFIN != 0) {
 		end := seq + uint32(len(payload))
@@ -191,7 +193,7 @@ func (h *harness) capturedRaw(b []byte) {
 	if err := p.Decode(pb.b); err != nil {
 		h.t.Fatal(err)
 	}
-	h.w.handleCaptured(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.handleCaptured(pb, p.Layout(), h.wall, h.route, h.now)
 	h.w.Flush(h.now)
 }
 
@@ -261,7 +263,7 @@ func (h *harness) prodPacket(flags uint8, seq, ack uint32, payload []byte) {
 	if err := p.Decode(pb.b); err != nil {
 		h.t.Fatal(err)
 	}
-	h.w.handleProd(pb, p.Layout(), h.wall, 0, h.now)
+	h.w.handleProd(pb, p.Layout(), h.wall, h.route, h.now)
 	h.w.Flush(h.now)
 }
 

@@ -17,14 +17,14 @@ import (
 // handleProd processes one of prod's packets to a client, held in pb (its
 // payload cut to ProdPrefix bytes), which is freed here: the one release
 // point of prod's packets.
-func (w *Worker) handleProd(pb *pktBuf, lay rewrite.Layout, capAt int64, mapIdx int, now int64) {
+func (w *Worker) handleProd(pb *pktBuf, lay rewrite.Layout, capAt int64, r route, now int64) {
 	p := lay.View(pb.b)
-	w.prodPacket(&p, capAt, mapIdx, now)
+	w.prodPacket(&p, capAt, r, now)
 	pb.free()
 }
 
-func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, mapIdx int, now int64) {
-	key := sessionKey{client: p.Tuple().Reverse(), mapIdx: uint8(mapIdx)}
+func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, r route, now int64) {
+	key := sessionKey{client: p.Tuple().Reverse(), mapIdx: r.mapIdx(), copy: r.copyIdx()}
 	tcp := p.TCP()
 	flags := tcp.Flags()
 	seq, ack := Seq(tcp.Seq()), Seq(tcp.Ack())

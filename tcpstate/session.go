@@ -80,11 +80,22 @@ const (
 )
 
 // sessionKey identifies a captured flow: the client's tuple as prod sees
-// it plus the map that copies it (one flow may be copied by several maps).
+// it plus the map that copies it (one flow may be copied by several maps)
+// and which of its copies this is (Controls.Multiply).
 type sessionKey struct {
 	client rewrite.Tuple
 	mapIdx uint8
+	copy   uint8
 }
+
+// route is what a captured packet is handed to a worker as: its map's
+// index, and its copy's in the next byte.
+type route int
+
+func routeOf(mapIdx, copyIdx uint8) route { return route(mapIdx) | route(copyIdx)<<8 }
+
+func (r route) mapIdx() uint8  { return uint8(r) }
+func (r route) copyIdx() uint8 { return uint8(r >> 8) }
 
 // segment is one captured client segment waiting to be sent or acknowledged
 // by the shadow. Its packet is already rewritten toward the shadow; only

@@ -69,6 +69,9 @@ const (
 	CtrCompareUnpaired  // shadow responses that began with no request released left to answer
 	CtrCompareH2Lost    // HTTP/2 connections whose walk lost sync on a side: their pending streams unpaired
 	CtrCompareH2Bad     // replies of an HTTP/2 map relayed without H2 records (a payload prefix)
+	CtrSkippedSample    // client connections --sample (on its ramp) left out, counted at their SYN (43, 45)
+	CtrSkippedRate      // shadow sessions not started: --max-new-sessions (46)
+	CtrIgnoredSkipped   // packets of connections (or copies) the controls left out
 	numCounters
 )
 
@@ -132,6 +135,9 @@ var counterNames = [numCounters]string{
 	CtrCompareUnpaired:    "compare_unpaired",
 	CtrCompareH2Lost:      "compare_h2_lost",
 	CtrCompareH2Bad:       "compare_h2_bad",
+	CtrSkippedSample:      "sessions_skipped_sample",
+	CtrSkippedRate:        "sessions_skipped_max_new",
+	CtrIgnoredSkipped:     "ignored_skipped",
 }
 
 func (c Counter) String() string { return counterNames[c] }

@@ -56,6 +56,8 @@ type Worker struct {
 	mapCtr          []mapCounters // per map, this worker's share
 	prodResp        []respTime    // per map: prod's response times, as this worker saw them
 	reconnectTokens tokenBucket   // fresh connections after the shadow closed (19, 32)
+	newTokens       tokenBucket   // new sessions, under Controls.MaxNewSessions (46)
+	skipped         skipSet       // connections the rate cap skipped (46)
 	early           earlyProds    // prod's packets that came before their session
 	fastOpen        map[*session]fastOpenData
 	sleep           func(time.Duration)       // Shutdown's pacing; tests replace it
@@ -77,21 +79,24 @@ func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters,
 		prodResp: make([]respTime, len(cfg.Maps)),
 		fastOpen: make(map[*session]fastOpenData),
 		sleep:    time.Sleep,
+		skipped:  skipSet{ttl: int64(cfg.IdleTimeout)},
 	}
 }
 
 // tokenBucket is a rate limit in a worker's clock: take spends one token
-// of a bucket refilled at rate per second, holding a second's worth.
+// of a bucket refilled at rate per second, holding a second's worth (at
+// least one token, so that a rate below one a second still passes).
 type tokenBucket struct {
 	tokens float64
 	at     int64
 }
 
 func (b *tokenBucket) take(now int64, rate float64) bool {
+	room := max(rate, 1)
 	if b.at != 0 {
-		b.tokens = min(rate, b.tokens+rate*float64(now-b.at)/1e9)
+		b.tokens = min(room, b.tokens+rate*float64(now-b.at)/1e9)
 	} else {
-		b.tokens = rate
+		b.tokens = room
 	}
 	b.at = now
 	if b.tokens < 1 {

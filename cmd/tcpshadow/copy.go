@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
@@ -58,8 +61,14 @@ type copyOptions struct {
 	recordSize  string
 	recordAge   time.Duration
 	recordFiles int
-	daemon      daemonOptions
-	from        origin // which options the config file set
+	// load-test controls, changeable on SIGHUP
+	sample     string
+	sampleSeed uint64
+	multiply   int
+	ramp       time.Duration
+	maxNew     int
+	daemon     daemonOptions
+	from       origin // which options the config file set
 }
 
 // copyConfig is what the copy command runs: the daemon's validated
@@ -94,6 +103,16 @@ Maps (-x, repeatable or comma-separated):
   80-198.18.1.2:80                    port 80 on any local address
   198.18.0.1:80-198.18.1.2:8080       one local address only
   [2001:2::1]:80-[2001:2:0:1::2]:80   IPv6
+  80-198.18.1.2:80,198.18.1.3:80      sessions spread over two targets by flow hash
+
+Load tests: --sample copies a share of the client connections (each whole
+or not at all, chosen by a hash of the client's address and port and
+--sample-seed), --multiply sends each copied connection N times from N
+forged tuples, --ramp raises the copied share linearly from 0 over a
+duration, --max-new-sessions caps the shadow sessions started a second.
+SIGHUP re-reads these four from the --config file (flags on the command
+line still win) and applies them to connections that open from then on;
+the values in effect are exported as tcpshadow_copy_control{control}.
 
 Every flag can also be set in the [copy] table of a TOML file given with
 --config (see tcpshadow config check); flags on the command line win.
@@ -102,6 +121,7 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDaemon(cmd, g, "copy", &o.daemon, &o.from, o.config,
 				func(ctx context.Context, cfg *copyConfig, log *slog.Logger, lf *logfile.File) error {
+					cfg.Reload = o.reloader(cmd.Flags())
 					return o.from.explain(daemon.RunCopy(ctx, cfg.CopyConfig, log, lf), o.fieldFlags())
 				})
 		},
@@ -144,6 +164,12 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 	f.StringVar(&o.recordSize, "record-size", formatSize(def.Record.MaxBytes), "start a new recording file when the current one would grow past this size (tcpdump -C)")
 	f.DurationVar(&o.recordAge, "record-age", def.Record.MaxAge, "start a new recording file when the current one is this old (tcpdump -G; 0: no age bound)")
 	f.IntVar(&o.recordFiles, "record-files", def.Record.MaxFiles, "recording files kept, the oldest removed (tcpdump -W)")
+	ctl := def.Engine.Controls
+	f.StringVar(&o.sample, "sample", formatShare(ctl.Sample), "copy this share of the client connections, each whole or not at all, chosen by a hash of the client's address and port (30% or 0.3; SIGHUP re-reads it)")
+	f.Uint64Var(&o.sampleSeed, "sample-seed", ctl.SampleSeed, "seed of --sample's hash: daemons with the same seed choose the same connections")
+	f.IntVar(&o.multiply, "multiply", ctl.Multiply, fmt.Sprintf("send each copied connection to the shadow this many times, each copy from a forged tuple of its own (1..%d; SIGHUP re-reads it)", tcpstate.MaxMultiply))
+	f.DurationVar(&o.ramp, "ramp", ctl.Ramp, "raise the copied share linearly from 0 to --sample over this long after the start, and from the share then after SIGHUP changes --sample (0: at once)")
+	f.IntVar(&o.maxNew, "max-new-sessions", int(ctl.MaxNewSessions), "start at most this many shadow sessions a second, each copy counting; sessions beyond are skipped, counted (0: no cap; SIGHUP re-reads it)")
 	o.daemon.addFlags(f, daemonHelp{
 		dumped: "every packet sent to the shadow",
 		secret: "the control channel's shared secret",
@@ -156,39 +182,96 @@ SIGHUP reopens --log-file and --dump, for logrotate.`,
 // them, for errors to name what the user wrote.
 func (o *copyOptions) fieldFlags() map[string]fieldFlag {
 	m := map[string]fieldFlag{
-		"Capture.Interface":       {flag: "iface"},
-		"Capture.SnapLen":         {flag: "snaplen"},
-		"Mirror.Proto":            {flag: "capture", given: o.capture},
-		"Mirror.Addr":             {flag: "capture", given: o.capture},
-		"Mirror.VNI":              {flag: "capture", given: o.capture},
-		"Engine.TrustInbound":     {flag: "trust-inbound"},
-		"Send":                    {flag: "send", given: o.send},
-		"Transport":               {flag: "transport", given: o.transport},
-		"TunnelPort":              {flag: "tunnel-port"},
-		"Client.Addr":             {flag: "intercept", given: o.agent},
-		"MaxCPU":                  {flag: "max-cpu"},
-		"MaxMemory":               {flag: "max-memory", given: o.maxMemory},
-		"Engine.Maps":             {flag: "map", given: o.maps},
-		"Engine.Workers":          {flag: "workers"},
-		"Engine.MSS":              {flag: "mss"},
-		"Engine.HandshakeTimeout": {flag: "handshake-timeout"},
-		"Engine.ResponseTimeout":  {flag: "response-timeout"},
-		"Engine.DrainTimeout":     {flag: "drain-timeout"},
-		"Engine.IdleTimeout":      {flag: "idle-timeout"},
-		"Engine.Linger":           {flag: "linger"},
-		"Engine.QuietPeriod":      {flag: "quiet-period"},
-		"Engine.MaxSessionBytes":  {flag: "max-session-bytes"},
-		"Engine.MaxSessions":      {flag: "max-sessions", given: o.maxSessions},
-		"Engine.ComparePrefix":    {flag: "compare-prefix"},
-		"Compare.Protocols":       {flag: "protocol", given: o.protocols},
-		"Compare":                 {flag: "divergence-log", given: o.divergenceLog},
-		"Record.Dir":              {flag: "record"},
-		"Record.MaxBytes":         {flag: "record-size", given: o.recordSize},
-		"Record.MaxAge":           {flag: "record-age"},
-		"Record.MaxFiles":         {flag: "record-files"},
+		"Capture.Interface":              {flag: "iface"},
+		"Capture.SnapLen":                {flag: "snaplen"},
+		"Mirror.Proto":                   {flag: "capture", given: o.capture},
+		"Mirror.Addr":                    {flag: "capture", given: o.capture},
+		"Mirror.VNI":                     {flag: "capture", given: o.capture},
+		"Engine.TrustInbound":            {flag: "trust-inbound"},
+		"Send":                           {flag: "send", given: o.send},
+		"Transport":                      {flag: "transport", given: o.transport},
+		"TunnelPort":                     {flag: "tunnel-port"},
+		"Client.Addr":                    {flag: "intercept", given: o.agent},
+		"MaxCPU":                         {flag: "max-cpu"},
+		"MaxMemory":                      {flag: "max-memory", given: o.maxMemory},
+		"Engine.Maps":                    {flag: "map", given: o.maps},
+		"Engine.Workers":                 {flag: "workers"},
+		"Engine.MSS":                     {flag: "mss"},
+		"Engine.HandshakeTimeout":        {flag: "handshake-timeout"},
+		"Engine.ResponseTimeout":         {flag: "response-timeout"},
+		"Engine.DrainTimeout":            {flag: "drain-timeout"},
+		"Engine.IdleTimeout":             {flag: "idle-timeout"},
+		"Engine.Linger":                  {flag: "linger"},
+		"Engine.QuietPeriod":             {flag: "quiet-period"},
+		"Engine.MaxSessionBytes":         {flag: "max-session-bytes"},
+		"Engine.MaxSessions":             {flag: "max-sessions", given: o.maxSessions},
+		"Engine.ComparePrefix":           {flag: "compare-prefix"},
+		"Compare.Protocols":              {flag: "protocol", given: o.protocols},
+		"Compare":                        {flag: "divergence-log", given: o.divergenceLog},
+		"Record.Dir":                     {flag: "record"},
+		"Record.MaxBytes":                {flag: "record-size", given: o.recordSize},
+		"Record.MaxAge":                  {flag: "record-age"},
+		"Record.MaxFiles":                {flag: "record-files"},
+		"Engine.Controls.Sample":         {flag: "sample", given: o.sample},
+		"Engine.Controls.Multiply":       {flag: "multiply"},
+		"Engine.Controls.Ramp":           {flag: "ramp"},
+		"Engine.Controls.MaxNewSessions": {flag: "max-new-sessions"},
 	}
 	o.daemon.addFieldFlags(m)
 	return m
+}
+
+// liveFlags are the flags SIGHUP re-reads from the config file.
+var liveFlags = []string{"sample", "multiply", "ramp", "max-new-sessions"}
+
+// reloader returns how SIGHUP re-reads the controls: the config file
+// applied to a fresh copy command under the live flags given on fs's
+// command line, which still win, as at the start. nil without a file.
+func (o *copyOptions) reloader(fs *pflag.FlagSet) func() (tcpstate.Controls, error) {
+	path := o.daemon.configFile
+	if path == "" {
+		return nil
+	}
+	given := make(map[string]string)
+	for _, name := range append(slices.Clone(liveFlags), "sample-seed") {
+		f := fs.Lookup(name)
+		if _, fromFile := o.from.keys[name]; f != nil && f.Changed && !fromFile {
+			given[name] = f.Value.String()
+		}
+	}
+	return func() (tcpstate.Controls, error) {
+		cmd, _, opts := daemonCmd("copy")
+		fresh := opts.(*copyOptions)
+		for name, v := range given {
+			if err := cmd.Flags().Set(name, v); err != nil {
+				return tcpstate.Controls{}, err
+			}
+		}
+		from, err := applyConfigFile(cmd.Flags(), "copy", path)
+		if err != nil {
+			return tcpstate.Controls{}, err
+		}
+		fresh.from = from
+		return fresh.controls()
+	}
+}
+
+// controls returns the load-test controls the options hold.
+func (o *copyOptions) controls() (tcpstate.Controls, error) {
+	n := o.from.name
+	share, err := parseShare(o.sample)
+	if err != nil {
+		return tcpstate.Controls{}, fmt.Errorf("%s %q: %w", n("sample"), o.sample, err)
+	}
+	c := tcpstate.Controls{Sample: share, SampleSeed: o.sampleSeed, Multiply: o.multiply, Ramp: o.ramp, MaxNewSessions: float64(o.maxNew)}
+	if err := c.Validate(); err != nil {
+		var fe *tcpstate.FieldError
+		if errors.As(err, &fe) {
+			err = &daemon.FieldError{Field: "Engine." + fe.Field, Value: fe.Value, Err: fe.Err}
+		}
+		return tcpstate.Controls{}, o.from.explain(err, o.fieldFlags())
+	}
+	return c, nil
 }
 
 // config validates the options; every error names its flag, or its key
@@ -211,13 +294,13 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	if len(o.maps) == 0 {
 		return nil, fmt.Errorf("%s is required: what to copy where, e.g. 80-198.18.1.2:80", o.from.missing("map"))
 	}
-	var maps []tcpstate.Map
-	for i, s := range o.maps {
-		m, err := parseMap(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s %q: %w", o.from.item("map", i), s, err)
-		}
-		maps = append(maps, m)
+	maps, err := parseMaps(o.maps, func(i int) string { return o.from.item("map", i) })
+	if err != nil {
+		return nil, err
+	}
+	controls, err := o.controls()
+	if err != nil {
+		return nil, err
 	}
 	if o.agent == "" {
 		return nil, fmt.Errorf("%s is required: the intercept agent's address", o.from.missing("intercept"))
@@ -281,6 +364,7 @@ func (o *copyOptions) config() (*copyConfig, error) {
 	e.IdleTimeout, e.Linger, e.MaxSessionBytes, e.MaxSessions = o.idle, o.linger, o.maxSessBytes, o.maxSessions
 	e.Seed = o.poolSeed ^ 0x5eed
 	e.ComparePrefix = o.comparePrefix
+	e.Controls = controls
 	cfg.Compare.Protocols = o.protocols
 	switch {
 	case o.noDivergenceLog:

@@ -73,6 +73,73 @@ func mebibytes(n int) int {
 	return n << 20
 }
 
+// parseShare parses a share of connections: "30%" or a fraction, "0.3";
+// above 0 and at most all.
+func parseShare(s string) (float64, error) {
+	t := strings.TrimSpace(s)
+	pct := strings.HasSuffix(t, "%")
+	v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(t, "%")), 64)
+	if err == nil && pct {
+		v /= 100
+	}
+	if err != nil || math.IsNaN(v) || v <= 0 || v > 1 || !pct && v > 1 {
+		return 0, errors.New("want a share above 0 and at most 100%, such as 30% or 0.3")
+	}
+	return v, nil
+}
+
+// formatShare writes a share as parseShare reads it.
+func formatShare(v float64) string { return strconv.FormatFloat(v*100, 'g', -1, 64) + "%" }
+
+// parseMaps parses the --map values: each [LOCALADDR:]PORT-TARGET, and
+// after one, further targets sharing its sessions (80-A:80,B:80, which
+// the flag splits at the comma): one Map per target, spread by flow
+// hash. index(i) names the i-th value for errors.
+func parseMaps(values []string, index func(int) string) ([]tcpstate.Map, error) {
+	var maps []tcpstate.Map
+	group := -1 // where the current map's targets start in maps
+	for i, s := range values {
+		if !strings.Contains(s, "-") && group >= 0 {
+			first := maps[group]
+			t, err := parseTarget(s, first.Local.Port())
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: want [LOCALADDR:]PORT-TARGETADDR:PORT, or TARGETADDR:PORT after a map for another target of it", index(i), s)
+			}
+			if t.Addr().Is4() != first.Target.Addr().Is4() {
+				return nil, fmt.Errorf("%s %q: another target of %s: of another address family", index(i), s, first)
+			}
+			n := len(maps) - group
+			if n >= math.MaxUint8 {
+				return nil, fmt.Errorf("%s %q: at most %d targets for one map", index(i), s, math.MaxUint8)
+			}
+			maps = append(maps, tcpstate.Map{Local: first.Local, Target: t, Share: uint8(n)})
+			for j := group; j < len(maps); j++ {
+				maps[j].Of = uint8(n + 1)
+			}
+			continue
+		}
+		m, err := parseMap(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", index(i), s, err)
+		}
+		group = len(maps)
+		maps = append(maps, m)
+	}
+	return maps, nil
+}
+
+// parseTarget parses a target, ADDR:PORT, or ADDR taking port.
+func parseTarget(s string, port uint16) (netip.AddrPort, error) {
+	s = strings.TrimSpace(s)
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), port), nil
+	}
+	return netip.AddrPort{}, errors.New("want ADDR:PORT ([ADDR]:PORT for IPv6)")
+}
+
 // parseMap parses [LOCALADDR:]PORT-TARGETADDR[:PORT].
 func parseMap(s string) (tcpstate.Map, error) {
 	local, target, ok := strings.Cut(strings.TrimSpace(s), "-")

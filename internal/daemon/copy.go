@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tcpshadow/tcpshadow/capture"
@@ -55,6 +56,11 @@ type CopyConfig struct {
 	StatsInterval time.Duration   // log the counters this often; 0: never
 	Dump          pcapdump.Config // every packet sent to the shadow; empty Path: off
 	Record        record.Config   // what the captures read, for a replay; empty Dir: off
+
+	// Reload, if set, returns the load-test controls again (the command
+	// re-reads its config file): called on SIGHUP, its controls then
+	// replace the engine's; an error keeps them, logged.
+	Reload func() (tcpstate.Controls, error)
 }
 
 // minMemory is the smallest MaxMemory: its quarter holds 4096 sessions.
@@ -230,7 +236,8 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 		// Deferred first, so closed last: after the engine's final RSTs.
 		defer dump.Close()
 	}
-	stopHangup := reopenOnHangup(log, logFile, dump)
+	var running atomic.Pointer[tcpstate.Engine] // for SIGHUP, once it runs
+	stopHangup := reopenOnHangup(log, logFile, dump, func() { reloadControls(cfg.Reload, running.Load(), log) })
 	defer stopHangup()
 	h.limit(cfg.MaxCPU, cfg.MaxMemory)
 	openSender, sendSamples, stopSend, err := cfg.senders(h, log)
@@ -271,6 +278,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if err != nil {
 		return inField("Engine", err)
 	}
+	running.Store(eng)
 	rec, err := openRecord(cfg.Record, log)
 	if err != nil {
 		return err
@@ -298,6 +306,7 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	}
 	samples := func() []metrics.Sample {
 		out := append(CopySamples(eng, client, src, prodSrc), DumpSamples(dump)...)
+		out = append(out, ControlSamples(eng)...)
 		out = append(out, RecordSamples(rec)...)
 		out = append(append(out, MirrorSamples(src)...), sendSamples()...)
 		if cmp != nil {
@@ -371,6 +380,25 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	wg.Wait()
 	log.Info("stopped", "summary", metrics.Summary(samples(), metricPrefix))
 	return err
+}
+
+// reloadControls applies the controls reload returns to eng (SIGHUP);
+// nothing without a reload or before the engine exists.
+func reloadControls(reload func() (tcpstate.Controls, error), eng *tcpstate.Engine, log *slog.Logger) {
+	if reload == nil || eng == nil {
+		return
+	}
+	c, err := reload()
+	if err == nil {
+		err = eng.SetControls(c)
+	}
+	if err != nil {
+		log.Error("re-read the controls on SIGHUP; keeping those in effect", "err", err)
+		return
+	}
+	now, share := eng.ControlsNow()
+	log.Info("controls changed on SIGHUP", "sample", now.Sample, "share_now", share, "multiply", now.Multiply,
+		"ramp", now.Ramp, "max_new_sessions", now.MaxNewSessions)
 }
 
 // deregisterBound bounds how long a stopping copy daemon waits for its

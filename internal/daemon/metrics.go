@@ -77,6 +77,20 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 	return out
 }
 
+// ControlSamples renders the load-test controls in effect (they change
+// on SIGHUP) and the copied share now, on its ramp.
+func ControlSamples(eng *tcpstate.Engine) []metrics.Sample {
+	c, share := eng.ControlsNow()
+	g := func(control string, v float64) metrics.Sample {
+		return metrics.Sample{Name: "tcpshadow_copy_control", Help: "Load-test controls in effect: sample (share), share_now (on its ramp), multiply, ramp_seconds, max_new_sessions (0: no cap).",
+			Kind: metrics.Gauge, Labels: []string{"control", control}, Value: v}
+	}
+	return []metrics.Sample{
+		g("sample", c.Sample), g("share_now", share), g("multiply", float64(c.Multiply)),
+		g("ramp_seconds", c.Ramp.Seconds()), g("max_new_sessions", c.MaxNewSessions),
+	}
+}
+
 // AgentSamples renders the agent's counters and its capture's as metric
 // samples.
 func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {

@@ -145,8 +145,9 @@ func openDump(cfg pcapdump.Config, log *slog.Logger) (*pcapdump.Dump, error) {
 }
 
 // reopenOnHangup reopens the log file and the dump (either may be nil) on
-// every SIGHUP until the returned stop is called.
-func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) (stop func()) {
+// every SIGHUP until the returned stop is called, then calls each of also
+// (the copy daemon's re-reading of its controls).
+func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump, also ...func()) (stop func()) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -160,6 +161,9 @@ func reopenOnHangup(log *slog.Logger, lf *logfile.File, dump *pcapdump.Dump) (st
 				return
 			case <-sig:
 				reopen(log, lf, dump)
+				for _, f := range also {
+					f()
+				}
 			}
 		}
 	}()

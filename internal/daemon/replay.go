@@ -185,7 +185,7 @@ func runReplay(ctx context.Context, cfg ReplayConfig, log *slog.Logger, h host) 
 	src := playerSource{player}
 	samples := func() []metrics.Sample {
 		out := append(CopySamples(eng, client, src, nil), DumpSamples(dump)...)
-		out = append(out, sendSamples()...)
+		out = append(append(out, ControlSamples(eng)...), sendSamples()...)
 		if cmp != nil {
 			out = append(out, cmp.Samples()...)
 		}

@@ -37,6 +37,7 @@ type bencher struct {
 	pids               map[string][]int // role → its processes
 	next               int              // step number, for the paths
 	warnings           []string
+	noSettle           bool // the daemons stop after each step (versus)
 }
 
 func newBencher(st *stage, d *lab.Dialer, cfg *benchConfig, out io.Writer) *bencher {
@@ -87,7 +88,7 @@ func (b *bencher) snap(metrics bool) (snapshot, error) {
 	if s.busy, s.total, err = machineCPU(); err != nil {
 		return s, err
 	}
-	if metrics && b.st.copier != nil {
+	if metrics && b.st.copier != nil && !b.st.ctool {
 		if s.copyM, err = b.st.copyMetrics(); err != nil {
 			return s, fmt.Errorf("scrape copier: %w", err)
 		}
@@ -222,6 +223,9 @@ func (b *bencher) waitLogs(ctx context.Context, r *stepResult, withCopier bool) 
 // settle waits, bounded, for the copier's sessions of the last step to
 // leave its table, so they do not cost the next step.
 func (b *bencher) settle(ctx context.Context, bound time.Duration) error {
+	if b.noSettle || b.st.ctool {
+		return nil
+	}
 	err := poll(ctx, bound, func() (bool, error) {
 		m, err := b.st.copyMetrics()
 		return err == nil && m["tcpshadow_copy_sessions_active"] == 0, nil

@@ -40,6 +40,7 @@ type stage struct {
 	prodV4, prodV6       netip.AddrPort // where clients connect
 	secretDir            string         // holds the control channel's secret; removed by close
 	mode                 string         // a deployment mode's two-host stage (benchmodes.go); "": the assist's
+	ctool                bool           // copier and agent are the C tool's tcpcopy and intercept (benchctool.go)
 }
 
 type stageConfig struct {
