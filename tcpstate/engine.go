@@ -228,7 +228,8 @@ func (e *Engine) HandleCaptured(pkt []byte, ts time.Time) { e.input.Handle(pkt, 
 // Handle takes one captured IP packet, valid only during the call. A
 // client's packet must be whole; one of prod's may be cut short after its
 // headers (a small snap length): only ProdPrefix bytes of its payload are
-// kept.
+// kept (ComparePrefix if more), but all of it for a map compared as
+// HTTP/2, whose frames the worker walks.
 func (in *Input) Handle(pkt []byte, ts time.Time) {
 	c, e := in.ctr, in.e
 	c.inc(CtrCaptured)
@@ -289,6 +290,9 @@ func (in *Input) Handle(pkt []byte, ts time.Time) {
 			return
 		}
 		n := len(p.Headers()) + min(len(p.Payload()), max(ProdPrefix, e.cfg.ComparePrefix))
+		if e.cfg.ComparePrefix > 0 && i < len(e.cfg.CompareProtocols) && e.cfg.CompareProtocols[i] == compare.HTTP2 {
+			n = len(p.Bytes()) // whole: the worker walks its frames (h2pair.go)
+		}
 		in.fanOut(&p, n, dst, dport, ts, i, true, l)
 	}
 	if !matched {
@@ -381,7 +385,9 @@ func (e *Engine) HandleReply(hdr []byte) {
 	t := p.Tuple() // shadow → forged client
 	l := e.loops[workerFor(t.Dst, t.DstPort, e.cfg.Seed, len(e.loops))]
 	m := replyMsg{lay: p.Layout()}
-	m.n = uint16(copy(m.hdr[:], p.Bytes()))
+	// All of it, not p.Bytes(): H2 records may run past the payload
+	// length the IP header keeps (wire's doc).
+	m.n = uint16(copy(m.hdr[:], hdr))
 	select {
 	case l.replies <- m:
 	default:
