@@ -54,8 +54,11 @@ demo: deps build ## run the copier on a built-in lab and show what prod and shad
 bench-go: ## microbenchmarks of the datapath
 	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)
 
-bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md)
-	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md
+# TCPCOPY_DIR: a build of the C tool (README, "Against the C tool"); when
+# set, the bench runs its steps beside tcpshadow's.
+TCPCOPY_DIR ?=
+bench: deps build bench-go ## microbenchmarks, then the lab benchmark (writes BENCHMARKS.md; TCPCOPY_DIR=dir adds the C tool)
+	$(GO) run ./internal/cmd/tslab bench --bin $(BIN) --out BENCHMARKS.md --tcpcopy-dir '$(TCPCOPY_DIR)'
 
 bench-smoke: build bench-go-smoke ## every microbenchmark once, then one short lab step per shape (stdout only)
 	$(GO) run ./internal/cmd/tslab bench --smoke --bin $(BIN)

@@ -28,9 +28,10 @@ import (
 // A flow's reply must begin like HTTP/2 (a server's first frame is
 // SETTINGS, RFC 9113 §3.4); one that does not (an HTTP/1 answer on that
 // port) is relayed as any, with the prefix asked for. A walk that lost
-// sync (a gap: the capture dropped a segment) relays nothing of that
-// flow's payloads from then on: the copier counts its streams as
-// unanswered rather than pair them wrong.
+// sync (a gap: the capture dropped a segment) relays, in each of that
+// flow's replies from then on, the lost record (compare.H2LostRecord)
+// alone: the copier stops pairing that connection's streams rather than
+// pair them wrong, or count them unanswered.
 
 // h2Flow is one walked flow's state; the capture goroutine's, under
 // h2Table.mu.
@@ -134,6 +135,7 @@ func (a *Agent) h2Walk(pkt []byte, h *capturedHdr) {
 	}
 	h.recs, h.n = true, uint16(h.hl) // the records replace the prefix
 	if f.mode == h2Lost {
+		h.n += uint16(copy(h.hdr[h.n:], compare.H2LostRecord))
 		return
 	}
 	a.st.h2Walked.Add(1)
@@ -145,9 +147,11 @@ func (a *Agent) h2Walk(pkt []byte, h *capturedHdr) {
 				"captured", len(payload), "payload", p.PayloadLen())
 		}
 	}
+	room := wire.MaxReplyPrefix
 	if f.w.Lost() {
 		f.mode = h2Lost
 		a.st.h2Lost.Add(1)
+		room -= len(compare.H2LostRecord)
 	}
 	var rec [16]byte
 	n := int(h.n)
@@ -158,7 +162,7 @@ func (a *Agent) h2Walk(pkt []byte, h *capturedHdr) {
 			status = compare.H2Status(e.HeaderBlock())
 		}
 		b := compare.H2StatusFrame(&rec, e.Stream, status)
-		if n+len(b) > int(h.hl)+wire.MaxReplyPrefix {
+		if n+len(b) > int(h.hl)+room {
 			a.st.h2Dropped.Add(uint64(k - i))
 			break
 		}
@@ -168,6 +172,9 @@ func (a *Agent) h2Walk(pkt []byte, h *capturedHdr) {
 	if d := f.w.Dropped(); d != f.dropped {
 		a.st.h2Dropped.Add(uint64(d - f.dropped))
 		f.dropped = d
+	}
+	if f.mode == h2Lost {
+		n += copy(h.hdr[n:], compare.H2LostRecord)
 	}
 	h.n = uint16(n)
 }

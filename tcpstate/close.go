@@ -143,8 +143,10 @@ func (w *Worker) dropUnvouched(s *session) {
 func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
 	if reason == EndShadowReset {
 		w.pairShadowEnded(s, compare.Reset, now)
+		w.h2Ended(s, true, compare.Reset, now)
 	} else {
 		w.pairShadowEnded(s, compare.Closed, now)
+		w.h2Ended(s, true, compare.Closed, now)
 	}
 	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
 	w.end(s, reason, now)
@@ -320,6 +322,7 @@ func (w *Worker) freeQueue(s *session) {
 // registered, and releases whatever buffers it still holds.
 func (w *Worker) removeSession(s *session) {
 	w.pairEnd(s)
+	w.h2End(s)
 	w.freeQueue(s)
 	if s.syn != nil {
 		w.release(s, s.syn)

@@ -340,7 +340,11 @@ func (w *Worker) pairProd(s *session, seq Seq, payload []byte, capAt, now int64)
 
 // pairProdEnded marks how prod ended the connection at seq, for the round
 // it ended if prod had not answered it.
-func (w *Worker) pairProdEnded(s *session, seq Seq, o compare.Outcome) {
+func (w *Worker) pairProdEnded(s *session, seq Seq, o compare.Outcome, now int64) {
+	if s.h2 != nil {
+		w.h2Ended(s, false, o, now)
+		return
+	}
 	if s.rounds == nil {
 		return
 	}

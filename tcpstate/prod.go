@@ -29,10 +29,10 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, r route, now int64) 
 	flags := tcp.Flags()
 	seq, ack := Seq(tcp.Seq()), Seq(tcp.Ack())
 	s := w.sessions[key]
-	if s != nil && s.state == stateClosed && s.rounds != nil {
+	if s != nil && s.state == stateClosed && (s.rounds != nil || s.h2 != nil) {
 		// An ended session's rounds wait for prod's answers.
 		if plen := p.PayloadLen(); plen > 0 {
-			w.pairProd(s, seq, p.Payload(), capAt, now)
+			w.pairProdData(s, seq, p.Payload(), capAt, now)
 		}
 	}
 	if s == nil || s.state == stateClosed {
@@ -69,7 +69,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, r route, now int64) 
 		}
 		s.markProdData(start.Add(plen), capAt)
 		if w.rec != nil {
-			w.pairProd(s, start, p.Payload(), capAt, now)
+			w.pairProdData(s, start, p.Payload(), capAt, now)
 		}
 		if s.prodWaitFrom != 0 {
 			w.prodAnswered(s, time.Duration(capAt-s.prodWaitFrom))
@@ -78,7 +78,7 @@ func (w *Worker) prodPacket(p *rewrite.Packet, capAt int64, r route, now int64) 
 	}
 	if flags&rewrite.FlagFIN != 0 {
 		s.prodFin = true
-		w.pairProdEnded(s, seq.Add(p.PayloadLen()), compare.Closed)
+		w.pairProdEnded(s, seq.Add(p.PayloadLen()), compare.Closed, now)
 	}
 }
 
@@ -163,7 +163,7 @@ func (w *Worker) applyEarly(s *session, now int64) {
 		s.prodAcked, s.prodAckOK = ep.ack, true
 	}
 	if ep.dataLen > 0 && w.rec != nil {
-		w.pairProd(s, ep.dataSeq, ep.data[:ep.dataLen], ep.dataAt, now)
+		w.pairProdData(s, ep.dataSeq, ep.data[:ep.dataLen], ep.dataAt, now)
 	}
 }
 
@@ -243,7 +243,7 @@ func (s *session) prodEndBy(at int64) Seq {
 // acknowledged before still reaches the shadow (scenario 30); the rest is
 // dropped, counted, and the shadow's connection reset after it.
 func (w *Worker) prodReset(s *session, seq Seq, capAt, now int64) {
-	w.pairProdEnded(s, seq, compare.Reset)
+	w.pairProdEnded(s, seq, compare.Reset, now)
 	if s.state == stateProdOpening {
 		// Prod refused the connection, or data of a connection it does
 		// not know: nothing of it may reach the shadow.

@@ -64,6 +64,9 @@ func (w *Worker) trySend(s *session, now int64) {
 		if s.rounds != nil {
 			w.pairSent(s, g.ack, now)
 		}
+		if s.h2 != nil {
+			w.h2Sent(s, g.end, now)
+		}
 		s.nsent++
 		if g.end.After(s.sndNxt) {
 			s.sndNxt = g.end

@@ -166,6 +166,7 @@ type session struct {
 	clientNxt      Seq // end of the client data queued so far
 	qbuf           []segment
 	rounds         *rounds // requests being paired with both responses, when comparing
+	h2             *h2Conn // streams being paired, on a map compared as HTTP/2 (h2pair.go)
 	qhead          int
 	nsent          int // queued segments already sent: q()[:nsent]
 	qBytes         int // buffer bytes held by queued segments

@@ -130,6 +130,9 @@ func (w *Worker) shadowConnected(s *session, p *rewrite.Packet, now int64) {
 		if s.rounds != nil && seq == s.rcvNxt {
 			w.pairShadow(s, p.Payload(), plen, now) // the relayed prefix of new data
 		}
+		if s.h2 != nil {
+			w.h2Shadow(s, p.Payload(), now) // its H2 records: the agent walked its bytes once
+		}
 		if !w.shadowData(s, seq, plen, fin, now) {
 			return
 		}

@@ -67,6 +67,8 @@ const (
 	CtrCompareSkipped   // sessions not compared: maxComparedSessions were
 	CtrCompareResync    // the walk of the shadow's responses lost sync: a boundary out of the relayed prefix
 	CtrCompareUnpaired  // shadow responses that began with no request released left to answer
+	CtrCompareH2Lost    // HTTP/2 connections whose walk lost sync on a side: their pending streams unpaired
+	CtrCompareH2Bad     // replies of an HTTP/2 map relayed without H2 records (a payload prefix)
 	CtrSkippedSample    // client connections --sample (on its ramp) left out, counted at their SYN (43, 45)
 	CtrSkippedRate      // shadow sessions not started: --max-new-sessions (46)
 	CtrIgnoredSkipped   // packets of connections (or copies) the controls left out
@@ -131,6 +133,8 @@ var counterNames = [numCounters]string{
 	CtrCompareSkipped:     "compare_skipped",
 	CtrCompareResync:      "compare_resync",
 	CtrCompareUnpaired:    "compare_unpaired",
+	CtrCompareH2Lost:      "compare_h2_lost",
+	CtrCompareH2Bad:       "compare_h2_bad",
 	CtrSkippedSample:      "sessions_skipped_sample",
 	CtrSkippedRate:        "sessions_skipped_max_new",
 	CtrIgnoredSkipped:     "ignored_skipped",

@@ -60,9 +60,11 @@ type Worker struct {
 	skipped         skipSet       // connections the rate cap skipped (46)
 	early           earlyProds    // prod's packets that came before their session
 	fastOpen        map[*session]fastOpenData
-	sleep           func(time.Duration) // Shutdown's pacing; tests replace it
-	rec             *compare.Recorder   // where paired requests go; nil: comparison off
-	compared        int                 // sessions whose rounds are kept
+	sleep           func(time.Duration)       // Shutdown's pacing; tests replace it
+	rec             *compare.Recorder         // where paired requests go; nil: comparison off
+	compared        int                       // sessions whose rounds are kept
+	h2pair          compare.Pair              // h2Put's: a Pair is built here, not on the stack
+	h2ev            [h2Events]compare.H2Event // a walk's events (h2pair.go)
 }
 
 func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters, sh *shared) *Worker {

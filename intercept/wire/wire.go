@@ -42,7 +42,8 @@
 // on the frame's stream, then the :status alone (a RST_STREAM frame for a
 // reset). As many whole records as fit MaxReplyPrefix, whatever prefix
 // was asked for (the rest are counted by the agent); a flow whose walk
-// lost sync (a gap in the capture) relays none from then on; a flow whose
+// lost sync (a gap in the capture) relays from then on a lost record
+// alone (compare.H2LostRecord: a bodiless GOAWAY on stream 0); a flow whose
 // reply does not begin like HTTP/2 (a SETTINGS frame) is relayed as any.
 // Records are read after the TCP header up to the reply record's end: they
 // may run past the payload length the IP header keeps (a frame's record

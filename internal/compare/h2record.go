@@ -15,12 +15,21 @@ type H2Record struct {
 	Status uint16
 }
 
+// H2StatusLost is the status of the record that says the walk lost sync:
+// the records of that connection stop there (H2LostRecord).
+const H2StatusLost uint16 = 2
+
+// H2LostRecord is the record a walk that lost sync relays instead of any:
+// a GOAWAY frame with no payload on stream 0, a shape no HTTP/2 frame has
+// (a GOAWAY holds 8 bytes at least, RFC 9113 §6.8).
+const H2LostRecord = "\x00\x00\x00\x07\x00\x00\x00\x00\x00"
+
 // h2RecordMax is the longest record H2StatusFrame writes.
 const h2RecordMax = h2FrameHeaderLen + 5
 
 // ParseH2Record parses the record b begins with and returns the rest; ok
 // is false when b does not begin with one: a frame of another type or
-// shape, stream 0, or cut short. It never allocates.
+// shape, stream 0 (but H2LostRecord's), or cut short. It never allocates.
 func ParseH2Record(b []byte) (r H2Record, rest []byte, ok bool) {
 	if len(b) < h2FrameHeaderLen {
 		return H2Record{}, b, false
@@ -32,6 +41,9 @@ func ParseH2Record(b []byte) (r H2Record, rest []byte, ok bool) {
 	r.Stream = binary.BigEndian.Uint32(b[h2StreamOffset:]) & 0x7fffffff
 	typ, p := b[h2TypeOffset], b[h2FrameHeaderLen:h2FrameHeaderLen+n]
 	rest = b[h2FrameHeaderLen+n:]
+	if string(b[:h2FrameHeaderLen]) == H2LostRecord {
+		return H2Record{Status: H2StatusLost}, rest, true
+	}
 	if r.Stream == 0 {
 		return H2Record{}, b, false
 	}

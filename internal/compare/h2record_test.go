@@ -17,6 +17,8 @@ func TestH2RecordRoundTrip(t *testing.T) {
 		all = append(all, H2StatusFrame(&dst, r.Stream, st)...)
 		want = append(want, r)
 	}
+	all = append(all, H2LostRecord...)
+	want = append(want, H2Record{Status: H2StatusLost})
 	if !ValidH2Records(all) || !ValidH2Records(nil) {
 		t.Fatal("records refused")
 	}
@@ -60,8 +62,11 @@ func FuzzH2Record(f *testing.F) {
 			}
 			return
 		}
-		if len(rest) >= len(b) || r.Stream == 0 {
-			t.Fatalf("record %+v consumed nothing", r)
+		if len(rest) >= len(b) || (r.Stream == 0) != (r.Status == H2StatusLost) {
+			t.Fatalf("record %+v consumed nothing, or stream 0", r)
+		}
+		if r.Status == H2StatusLost {
+			return
 		}
 		again, _, ok := ParseH2Record(H2StatusFrame(&dst, r.Stream, r.Status))
 		if !ok || again != r {

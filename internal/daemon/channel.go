@@ -32,6 +32,9 @@ func (c *CopyConfig) ClientConfig() intercept.ClientConfig {
 	// The shadow's answers are compared from the first bytes the agent
 	// relays of each reply: one knob for both.
 	cc.ReplyPrefix = e.ComparePrefix
+	if e.ComparePrefix > 0 && cc.H2Ports == nil {
+		cc.H2Ports = c.h2Ports()
+	}
 	cc.Tunnel = c.tunnel
 	if cc.Pools != nil {
 		return cc

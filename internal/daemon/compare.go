@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
+	"github.com/tcpshadow/tcpshadow/intercept/wire"
 	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
@@ -93,4 +95,32 @@ func startCompare(ctx context.Context, c CompareConfig, ecfg *tcpstate.Config, l
 		}
 	}()
 	return cmp, ch, nil
+}
+
+// h2Ports returns the shadow ports of the maps compared as HTTP/2, for
+// the agent to walk (Hello.H2Ports), at most wire.MaxH2Ports; none when
+// comparison is off.
+//
+// Only maps whose protocol is named http2: a map left to detection (auto)
+// is not walked per stream. The hello precedes any detection, and pairing
+// per stream needs prod's whole payloads from the first packet on, which
+// copying for every auto map would cost every protocol; such a map's
+// HTTP/2 connections are compared by the pacing's rounds, as before.
+func (c *CopyConfig) h2Ports() []uint16 {
+	if c.Engine.ComparePrefix == 0 {
+		return nil
+	}
+	maps := c.EngineConfig().Maps
+	cfgs, err := c.Compare.protocols(maps)
+	if err != nil {
+		return nil
+	}
+	var ports []uint16
+	for i, m := range cfgs {
+		p := maps[i].Target.Port()
+		if m.Protocol == compare.HTTP2 && !slices.Contains(ports, p) && len(ports) < wire.MaxH2Ports {
+			ports = append(ports, p)
+		}
+	}
+	return ports
 }

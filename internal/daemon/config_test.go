@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 	"github.com/tcpshadow/tcpshadow/tcpstate"
 )
@@ -219,5 +220,36 @@ func TestClientAnnouncement(t *testing.T) {
 	cc = c.ClientConfig()
 	if len(cc.Pools) != 1 || cc.Pools[0].String() != "198.19.0.0/16 slot 2/5" {
 		t.Errorf("with a pool: %v", cc.Pools)
+	}
+}
+
+// TestHTTP2MapsAskForRecords: the maps named http2 have the agent walk
+// their shadow ports (once each) and prod captured whole; auto maps, or
+// comparison off, ask for nothing of the kind.
+func TestHTTP2MapsAskForRecords(t *testing.T) {
+	c := validCopy()
+	c.Engine.Maps = append(c.Engine.Maps,
+		tcpstate.Map{Local: netip.AddrPortFrom(netip.Addr{}, 8080), Target: netip.MustParseAddrPort("198.18.1.2:8443")},
+		tcpstate.Map{Local: netip.AddrPortFrom(netip.Addr{}, 8081), Target: netip.MustParseAddrPort("198.18.1.3:8443")},
+		tcpstate.Map{Local: netip.AddrPortFrom(netip.Addr{}, 6379), Target: netip.MustParseAddrPort("198.18.1.2:6379")})
+	if got := c.ClientConfig().H2Ports; got != nil {
+		t.Fatalf("every map auto: H2 ports %v", got)
+	}
+	if pc, _ := c.ProdCaptureConfig(); pc.SnapLen != prodSnapLen {
+		t.Fatalf("prod's snap length %d without an http2 map", pc.SnapLen)
+	}
+	c.Compare.Protocols = []string{"8080=http2", "8081=http2", "6379=redis"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ClientConfig().H2Ports; len(got) != 1 || got[0] != 8443 {
+		t.Fatalf("H2 ports %v, want [8443]", got)
+	}
+	if pc, _ := c.ProdCaptureConfig(); pc.SnapLen != capture.MaxSnapLen {
+		t.Fatalf("prod's snap length %d with an http2 map", pc.SnapLen)
+	}
+	c.Engine.ComparePrefix = 0
+	if got := c.ClientConfig().H2Ports; got != nil {
+		t.Fatalf("comparison off: H2 ports %v", got)
 	}
 }

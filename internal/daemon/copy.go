@@ -139,6 +139,9 @@ func (c *CopyConfig) ProdCaptureConfig() (cc capture.Config, ok bool) {
 	cc = c.Capture
 	cc.InboundOnly, cc.OutboundOnly = false, true
 	cc.SnapLen = max(prodSnapLen, prodSnapLen-tcpstate.ProdPrefix+c.Engine.ComparePrefix)
+	if len(c.h2Ports()) > 0 {
+		cc.SnapLen = capture.MaxSnapLen // prod's HTTP/2 frames are walked whole (one capture for every map)
+	}
 	cc.BufferSize = max(c.Capture.BufferSize/4, 1<<20)
 	locals, targets := c.endpoints()
 	cc.Filter = capture.FilterFrom(locals, targets)

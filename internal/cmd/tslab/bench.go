@@ -52,6 +52,13 @@ type benchOptions struct {
 	modes              string
 	modeRate           int
 	modeBulk           string
+	ctoolDir           string
+	vsKARates          string
+	vsConnRates        string
+	vsConnAddrs        int
+	vsRuns             int
+	plot               string
+	profileDir         string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -100,6 +107,15 @@ type benchConfig struct {
 	modes    []string
 	modeRate int
 	modeBulk []int64
+	// ctool, when set, runs the vs steps with both tools, vsRuns times
+	// each, alternated (benchctool.go).
+	ctool  *ctool
+	vs     []series
+	vsRuns int
+	plot   string // the SVG written beside out; "": none
+	// profileDir, when set, gets the copier's CPU profile of each of
+	// tcpshadow's steps (benchprofile.go).
+	profileDir string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -155,6 +171,13 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.modes, "modes", strings.Join(allModes, ","), "deployment modes measured in the two-host lab, each with a keep-alive step at --mode-rate and a bulk upload (\"\" skips them)")
 	f.IntVar(&o.modeRate, "mode-rate", 10000, "offered keep-alive request rate of the modes' step")
 	f.StringVar(&o.modeBulk, "mode-bulk-rates", "200M,500M,1G", "offered bit rates of the modes' bulk upload steps")
+	f.StringVar(&o.ctoolDir, "tcpcopy-dir", os.Getenv("TCPCOPY_DIR"), "a build of the C tool (tcpcopy and intercept in DIR, DIR/sbin or DIR/objs; default $TCPCOPY_DIR): run its steps with both tools")
+	f.StringVar(&o.vsKARates, "vs-keepalive-rates", "1000,10000,max", "keep-alive rates (1 address) run by both tools, with --tcpcopy-dir")
+	f.StringVar(&o.vsConnRates, "vs-conn-rates", "1000,7000", "one-connection-per-request rates run by both tools, with --tcpcopy-dir")
+	f.IntVar(&o.vsConnAddrs, "vs-conn-addrs", maxClientAddrs, "client addresses of the one-connection-per-request steps run by both tools")
+	f.IntVar(&o.vsRuns, "vs-runs", 1, "runs of each step by each tool, alternated (1 to 5)")
+	f.StringVar(&o.profileDir, "profile-dir", "", "record the copier's CPU profile over each tcpshadow step into this directory (runs it with --debug-pprof)")
+	f.StringVar(&o.plot, "plot", "docs/bench-cpu.svg", "with --out, write the SVG plot of CPU a request and copy ratio against offered rate here (\"\": none)")
 	return cmd
 }
 
@@ -184,6 +207,14 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		// The steps need the daemons up and nothing else.
 		cfg.multiplyOnly, cfg.baseline, cfg.idleSessions = true, false, 0
 	}
+	if o.out != "" {
+		cfg.plot = o.plot
+	}
+	if cfg.profileDir = o.profileDir; cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--profile-dir: %w", err)
+		}
+	}
 	if cfg.modes, err = parseModes(o.modes); err != nil {
 		return nil, fmt.Errorf("--modes: %w", err)
 	}
@@ -192,6 +223,26 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	}
 	if cfg.modeBulk, err = parseBitRates(o.modeBulk); err != nil {
 		return nil, fmt.Errorf("--mode-bulk-rates: %w", err)
+	}
+	if o.ctoolDir != "" && !o.smoke {
+		if cfg.ctool, err = findCTool(context.Background(), o.ctoolDir); err != nil {
+			return nil, fmt.Errorf("--tcpcopy-dir: %w", err)
+		}
+		ka, err := parseRates(o.vsKARates)
+		if err != nil {
+			return nil, fmt.Errorf("--vs-keepalive-rates: %w", err)
+		}
+		conn, err := parseRates(o.vsConnRates)
+		if err != nil {
+			return nil, fmt.Errorf("--vs-conn-rates: %w", err)
+		}
+		if o.vsConnAddrs < 1 || o.vsConnAddrs > maxClientAddrs {
+			return nil, fmt.Errorf("--vs-conn-addrs %d: want 1 to %d", o.vsConnAddrs, maxClientAddrs)
+		}
+		if o.vsRuns < 1 || o.vsRuns > 5 {
+			return nil, fmt.Errorf("--vs-runs %d: want 1 to 5", o.vsRuns)
+		}
+		cfg.vs, cfg.vsRuns = vsSeries(ka, conn, o.vsConnAddrs), o.vsRuns
 	}
 	if o.smoke {
 		cfg.smoke, cfg.baseline, cfg.idleSessions = true, false, 0
@@ -248,8 +299,8 @@ func (o *benchOptions) config() (*benchConfig, error) {
 				cfg.series = append(cfg.series, series{shape: connPerReq, addrs: a, conns: connPerReqFlight, rates: conn})
 			}
 		}
-		if len(cfg.series) == 0 && len(cfg.modes) == 0 {
-			return nil, errors.New("--keepalive-rates, --conn-rates and --modes are all empty: nothing to run")
+		if len(cfg.series) == 0 && len(cfg.modes) == 0 && len(cfg.vs) == 0 {
+			return nil, errors.New("--keepalive-rates, --conn-rates and --modes are all empty, and no --tcpcopy-dir: nothing to run")
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -357,6 +408,8 @@ type benchResult struct {
 	labName  string
 	warnings []string
 	modes    []*modeResult
+	vs       []*vsStep
+	plotMD   string // the plot's section, once written
 }
 
 type seriesResult struct {
@@ -375,11 +428,11 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	res := &benchResult{cfg: cfg, machine: describeMachine(ctx, cfg.bin, cfg.nginx)}
-	if len(cfg.series) == 0 {
+	if len(cfg.series) == 0 && len(cfg.vs) == 0 {
 		return runModesOnly(ctx, cfg, res, start, out, log)
 	}
 
-	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
+	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, pprof: cfg.profileDir != "", copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)
@@ -404,7 +457,7 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 		}()
 	}
 	most := 1
-	for _, s := range cfg.series {
+	for _, s := range append(append([]series{}, cfg.series...), cfg.vs...) {
 		most = max(most, s.addrs)
 	}
 	if most > 1 {
@@ -468,6 +521,22 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			sr.copied = append(sr.copied, r)
 		}
 	}
+	if cfg.ctool != nil && len(cfg.vs) > 0 {
+		if err := st.stopDaemons(); err != nil {
+			return nil, fmt.Errorf("stop daemons: %w", err)
+		}
+		b.noSettle = true
+		res.vs, err = b.versus(ctx, cfg.ctool, cfg.vs, cfg.vsRuns)
+		b.noSettle = false
+		if err != nil {
+			return nil, err
+		}
+		versusProgress(out, res.vs)
+		if err := st.startDaemons(ctx, stageConfig{bin: cfg.bin, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs}); err != nil {
+			return nil, fmt.Errorf("restart daemons: %w", err)
+		}
+		b.daemonsUp()
+	}
 	for _, rate := range cfg.bulkRates {
 		r, err := b.bulkStep(ctx, rate)
 		if err != nil {
@@ -511,6 +580,10 @@ func finishBench(res *benchResult, cfg *benchConfig, b *bencher, start time.Time
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)
 	res.warnings = b.warnings
+	var err error
+	if res.plotMD, err = writePlot(res, cfg.plot, cfg.out); err != nil {
+		return nil, err
+	}
 	md := renderReport(res)
 	fmt.Fprintf(out, "\n%s\n", md)
 	if cfg.out != "" {

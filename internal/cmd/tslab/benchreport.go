@@ -50,6 +50,9 @@ func renderReport(r *benchResult) string {
 	fmt.Fprintf(&b, "| commit | %s |\n", m.commit)
 	fmt.Fprintf(&b, "| daemon | %s |\n", m.daemon)
 	fmt.Fprintf(&b, "| servers | nginx %s, 1 worker each, in prod and shadow namespaces |\n", m.nginx)
+	if r.cfg.ctool != nil {
+		fmt.Fprintf(&b, "| C tool | %s |\n", r.cfg.ctool.version)
+	}
 	fmt.Fprintf(&b, "| load average (1, 5, 15 min) | %s at the start, %s at the end |\n", m.loadStart, m.loadEnd)
 	fmt.Fprintf(&b, "| steps | %v each |\n", r.cfg.step)
 	if len(r.cfg.copyArgs) > 0 {
@@ -78,6 +81,8 @@ func renderReport(r *benchResult) string {
 
 `)
 	renderSummary(&b, r)
+	renderVersus(&b, r.cfg.ctool, r.vs, r.cfg.vsRuns)
+	b.WriteString(r.plotMD)
 	for i := range r.series {
 		if r.cfg.multiplyOnly {
 			break // not run

@@ -37,6 +37,7 @@ type bencher struct {
 	pids               map[string][]int // role → its processes
 	next               int              // step number, for the paths
 	warnings           []string
+	noSettle           bool // the daemons stop after each step (versus)
 	// copies is how many times the copier sends each request (its
 	// --multiply; 0 means 1): the shadow catches up at that many.
 	copies int
@@ -90,7 +91,7 @@ func (b *bencher) snap(metrics bool) (snapshot, error) {
 	if s.busy, s.total, err = machineCPU(); err != nil {
 		return s, err
 	}
-	if metrics && b.st.copier != nil {
+	if metrics && b.st.copier != nil && !b.st.ctool {
 		if s.copyM, err = b.st.copyMetrics(); err != nil {
 			return s, fmt.Errorf("scrape copier: %w", err)
 		}
@@ -141,8 +142,13 @@ func (b *bencher) step(ctx context.Context, s series, rate int, withCopier bool)
 	if err != nil {
 		return nil, err
 	}
+	wait := func() {}
+	if withCopier && !b.st.ctool && b.cfg.profileDir != "" {
+		wait = b.startProfile(ctx, fmt.Sprintf("%s-%s-%daddr-%s", key, strings.ReplaceAll(shortShape(s.shape), "/", ""), s.addrs, rateStr(rate)), b.cfg.step)
+	}
 	t0 := time.Now()
 	load := runLoad(ctx, b.d, spec)
+	wait()
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
@@ -225,6 +231,9 @@ func (b *bencher) waitLogs(ctx context.Context, r *stepResult, withCopier bool) 
 // settle waits, bounded, for the copier's sessions of the last step to
 // leave its table, so they do not cost the next step.
 func (b *bencher) settle(ctx context.Context, bound time.Duration) error {
+	if b.noSettle || b.st.ctool {
+		return nil
+	}
 	err := poll(ctx, bound, func() (bool, error) {
 		m, err := b.st.copyMetrics()
 		return err == nil && m["tcpshadow_copy_sessions_active"] == 0, nil
