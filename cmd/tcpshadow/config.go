@@ -195,7 +195,11 @@ func copyDerived(o *copyOptions, cfg *copyConfig) [][2]string {
 		if !m.Local.Addr().IsValid() {
 			local = fmt.Sprintf("any:%d", m.Local.Port())
 		}
-		maps = append(maps, local+" → "+m.Target.String())
+		share := ""
+		if m.Of > 1 {
+			share = fmt.Sprintf(" (target %d of %d, by flow hash)", m.Share+1, m.Of)
+		}
+		maps = append(maps, local+" → "+m.Target.String()+share)
 	}
 	return [][2]string{
 		{"copies", strings.Join(maps, ", ")},

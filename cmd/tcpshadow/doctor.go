@@ -314,13 +314,11 @@ func (o *doctorOptions) prodConfig(cfg *doctorConfig) error {
 		return errors.New("--tls-server-name needs --tls-ca")
 	}
 	cfg.tls = tlsCfg
-	for _, s := range o.maps {
-		m, err := parseMap(s)
-		if err != nil {
-			return fmt.Errorf("--map %q: %w", s, err)
-		}
-		cfg.probes = append(cfg.probes, m)
+	probes, err := parseMaps(o.maps, func(int) string { return "--map" })
+	if err != nil {
+		return err
 	}
+	cfg.probes = append(cfg.probes, probes...) // every target of a map is probed
 	pool, err := prefixes("--client-pool", o.pools)
 	if err != nil {
 		return err
