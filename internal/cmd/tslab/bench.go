@@ -39,6 +39,8 @@ type benchOptions struct {
 	kaRates, connRates string
 	bulkRates, h2Rates string
 	compareRate        int
+	multiplyRate       int
+	multiplyOnly       bool
 	addrs              string
 	idleSessions       int
 	replayRate         int
@@ -92,6 +94,8 @@ type benchConfig struct {
 	h2Rates      []int     // requests/s of the HTTP/2 steps (0: max)
 	compareRate  int       // req/s of the steps with and without comparison; -1: none
 	compareRuns  int       // steps each, with and without
+	multiplyRate int       // req/s of the steps at --multiply 1 and 10; -1: none
+	multiplyOnly bool      // run only those
 	replayRate   int       // requests/s of the step the replays play
 	replaySpeeds []float64 // of the replays; none: no replay steps
 	copyArgs     []string  // extra copy flags, appended
@@ -154,6 +158,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.bulkRates, "bulk-rates", "500M,1G,2G,max", "offered bit rates of the single-stream upload steps")
 	f.StringVar(&o.h2Rates, "h2-rates", "1000,4000,max", "offered request rates of the HTTP/2 steps")
 	f.IntVar(&o.compareRate, "compare-rate", 10000, "offered request rate of the keep-alive steps run with and without comparison (0: max, -1: skip them)")
+	f.IntVar(&o.multiplyRate, "multiply-rate", 1000, "offered request rate of the keep-alive steps run with the copier at --multiply 1 and 10 (0: max, -1: skip them)")
+	f.BoolVar(&o.multiplyOnly, "multiply-only", false, "run only the --multiply 1 and 10 steps (a quick measure of a copy's cost)")
 	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
@@ -197,6 +203,10 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
 		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose,
 		modeRate: o.modeRate}
+	if o.multiplyOnly {
+		// The steps need the daemons up and nothing else.
+		cfg.multiplyOnly, cfg.baseline, cfg.idleSessions = true, false, 0
+	}
 	if o.out != "" {
 		cfg.plot = o.plot
 	}
@@ -242,6 +252,7 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
 		cfg.compareRate, cfg.compareRuns = 1000, 1
+		cfg.multiplyRate = 500
 		cfg.replayRate, cfg.replaySpeeds = 500, []float64{1, 4}
 		cfg.modeRate, cfg.modeBulk = 500, []int64{200e6}
 	} else {
@@ -249,6 +260,10 @@ func (o *benchOptions) config() (*benchConfig, error) {
 			return nil, fmt.Errorf("--compare-rate %d: want a rate, 0 for max or -1", o.compareRate)
 		}
 		cfg.compareRate, cfg.compareRuns = o.compareRate, compareCostRuns
+		if o.multiplyRate < -1 || o.multiplyRate > maxPerSecond {
+			return nil, fmt.Errorf("--multiply-rate %d: want a rate up to %d, 0 for max or -1", o.multiplyRate, maxPerSecond)
+		}
+		cfg.multiplyRate = o.multiplyRate
 		if cfg.replaySpeeds, err = parseSpeeds(o.replaySpeeds); err != nil {
 			return nil, fmt.Errorf("--replay-speeds: %w", err)
 		}
@@ -385,6 +400,7 @@ type benchResult struct {
 	bulk     []*bulkResult
 	h2       []*h2Result
 	compare  *compareCost
+	multiply *multiplyCost
 	replay   []*replayResult
 	idle     *idleResult
 	idleCPU  idleCPU
@@ -478,6 +494,12 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 		fmt.Fprintf(out, "agent and copier up (%v)\n", time.Since(t0).Round(10*time.Millisecond))
 	}
 	b.daemonsUp()
+	if cfg.multiplyOnly {
+		if res.multiply, err = b.measureMultiplyCost(ctx, cfg.multiplyRate); err != nil {
+			return nil, err
+		}
+		return finishBench(res, cfg, b, start, out)
+	}
 	if res.idleCPU, err = b.measureIdleCPU(ctx); err != nil {
 		return nil, err
 	}
@@ -534,6 +556,11 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			return nil, err
 		}
 	}
+	if cfg.multiplyRate >= 0 {
+		if res.multiply, err = b.measureMultiplyCost(ctx, cfg.multiplyRate); err != nil {
+			return nil, err
+		}
+	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
 	}
@@ -545,9 +572,15 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			return nil, err
 		}
 	}
+	return finishBench(res, cfg, b, start, out)
+}
+
+// finishBench renders the report to out and cfg.out.
+func finishBench(res *benchResult, cfg *benchConfig, b *bencher, start time.Time, out io.Writer) (*benchResult, error) {
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)
 	res.warnings = b.warnings
+	var err error
 	if res.plotMD, err = writePlot(res, cfg.plot, cfg.out); err != nil {
 		return nil, err
 	}

@@ -38,6 +38,9 @@ type bencher struct {
 	next               int              // step number, for the paths
 	warnings           []string
 	noSettle           bool // the daemons stop after each step (versus)
+	// copies is how many times the copier sends each request (its
+	// --multiply; 0 means 1): the shadow catches up at that many.
+	copies int
 }
 
 func newBencher(st *stage, d *lab.Dialer, cfg *benchConfig, out io.Writer) *bencher {
@@ -206,7 +209,7 @@ func (b *bencher) waitLogs(ctx context.Context, r *stepResult, withCopier bool) 
 		}
 		r.prod, r.shadow = b.prodLog.counts[r.key], b.shadowLog.counts[r.key]
 		prodDone := r.prod >= r.load.ok
-		if prodDone && (!withCopier || r.shadow >= r.prod) {
+		if prodDone && (!withCopier || r.shadow >= r.prod*max(b.copies, 1)) {
 			r.caughtUp = true
 			return nil
 		}
