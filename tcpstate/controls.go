@@ -3,6 +3,7 @@ package tcpstate
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -191,3 +192,10 @@ func (sh *shared) liveOf(cfg *Config, workers int) *live {
 // liveState is the shared holder; an atomic pointer, read per admission
 // and per captured packet.
 type liveState = atomic.Pointer[live]
+
+// SampleRank is where the connection of client addr:port stands in
+// --sample's order, in [0, 1): a share above it copies the connection.
+// Tests and tools use it to tell which connections a share copies.
+func SampleRank(addr netip.Addr, port uint16, seed uint64) float64 {
+	return float64(sampleHash(addr.Unmap().As16(), port, seed)>>11) / (1 << 53)
+}

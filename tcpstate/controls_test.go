@@ -237,3 +237,16 @@ func TestControlsValidate(t *testing.T) {
 		t.Errorf("zero controls default to %+v (%v), want %+v", d, err, DefaultControls())
 	}
 }
+
+// TestSampleRankOrdersTheSample: a share copies exactly the connections
+// ranked below it.
+func TestSampleRankOrdersTheSample(t *testing.T) {
+	a := netip.MustParseAddr("198.18.0.2")
+	for port := uint16(1000); port < 3000; port++ {
+		r := SampleRank(a, port, 4)
+		h := sampleHash(a.As16(), port, 4)
+		if chosen(h, r+1e-9) != true || chosen(h, max(r-1e-9, 1e-12)) && r > 1e-6 {
+			t.Fatalf("port %d: rank %v disagrees with the sample", port, r)
+		}
+	}
+}

@@ -88,7 +88,6 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{cfg: cfg, log: log, start: time.Now()}
-	e.input = e.NewInput()
 	sh := &shared{log: log, hinted: make([]atomic.Bool, len(cfg.Maps))}
 	sh.live.Store(newLive(cfg.Controls, len(senders)))
 	e.sh = sh
@@ -103,6 +102,7 @@ func NewEngine(cfg Config, senders []Sender, reg Registrar, log *slog.Logger) (*
 		}
 		e.loops = append(e.loops, l)
 	}
+	e.input = e.NewInput()
 	return e, nil
 }
 
@@ -202,8 +202,8 @@ const ProdPrefix = 64
 // Input is one capture goroutine's way into the engine. It decodes each
 // packet once, tells a client's packet (to a map's local endpoint) from
 // prod's (from it), and queues a copy, with its Layout, to the worker
-// owning the flow. Queues never block: what does not fit is shed and
-// counted. Each Input has counters of its own, so several capture
+// owning the flow. Queues never block for long: a full one is waited on
+// for at most queueWait, then what does not fit is shed and counted. Each Input has counters of its own, so several capture
 // goroutines (one per direction, fanned-out rings) feed one engine without
 // sharing a cache line; an Input's methods must be called from one
 // goroutine.
@@ -341,20 +341,38 @@ func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, t
 	cp := capPkt{pb: pb, capAt: ts.UnixNano(), lay: p.Layout(), mapIdx: uint8(mapIdx), copyIdx: uint8(copyIdx), fromProd: fromProd}
 	select {
 	case l.pkts <- cp:
+		return
 	default:
-		// Full: most often because the capture has had the CPU for a
-		// whole ring's burst while the workers waited for it (one P).
-		// Yield once so they drain, then shed if still full: never block
-		// on a slow shadow.
+	}
+	// Full: the worker is behind, most often because the capture had the
+	// only P for a ring's burst (after the host stalled the daemon) or
+	// the other direction's capture took the room first. The kernel's
+	// ring holds far more than this queue, so yield to the worker a few
+	// times, for at most queueWait, before shedding: the worker never
+	// waits on the shadow, so the wait is short, and it never reaches
+	// prod.
+	deadline := e.now() + int64(queueWait)
+	for try := 0; try < queueTries; try++ {
 		runtime.Gosched()
 		select {
 		case l.pkts <- cp:
+			return
 		default:
-			pb.free()
-			c.inc(CtrShedQueue)
+		}
+		if try > 0 && e.now() > deadline {
+			break
 		}
 	}
+	pb.free()
+	c.inc(CtrShedQueue)
 }
+
+// queueWait and queueTries bound how long and how often the capture
+// yields to a worker whose queue is full before it sheds the packet.
+const (
+	queueWait  = 2 * time.Millisecond
+	queueTries = 64
+)
 
 func decodeCounter(err error) Counter {
 	switch {

@@ -162,7 +162,21 @@ func (d *Dialer) DialTCP(ctx context.Context, local netip.Addr, remote netip.Add
 	return c, nil
 }
 
+// DialTCPFrom is DialTCP from a chosen local port too (SO_REUSEADDR
+// set): a load generator reusing its ports, as clients behind a NAT do.
+func (d *Dialer) DialTCPFrom(ctx context.Context, local netip.AddrPort, remote netip.AddrPort) (net.Conn, error) {
+	c, err := d.dialPort(ctx, local.Addr(), local.Port(), remote)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s from %s in %s: %w", remote, local, d.ns.name, err)
+	}
+	return c, nil
+}
+
 func (d *Dialer) dial(ctx context.Context, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
+	return d.dialPort(ctx, local, 0, remote)
+}
+
+func (d *Dialer) dialPort(ctx context.Context, local netip.Addr, port uint16, remote netip.AddrPort) (net.Conn, error) {
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	if err := checkAddr(remote.String(), false); err != nil {
 		return nil, err
@@ -186,7 +200,15 @@ func (d *Dialer) dial(ctx context.Context, local netip.Addr, remote netip.AddrPo
 	}
 	f := os.NewFile(uintptr(fd), "tcp") // owns fd from here
 	defer f.Close()
-	if local.IsValid() {
+	switch {
+	case local.IsValid() && port != 0:
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return nil, os.NewSyscallError("setsockopt", err)
+		}
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(local, port))); err != nil {
+			return nil, os.NewSyscallError("bind", err)
+		}
+	case local.IsValid():
 		// Without it, bind picks a port unique to the local address alone;
 		// deferring the choice to connect lets ports repeat across
 		// destinations, as an unbound socket's do.

@@ -39,6 +39,8 @@ type benchOptions struct {
 	kaRates, connRates string
 	bulkRates, h2Rates string
 	compareRate        int
+	multiplyRate       int
+	multiplyOnly       bool
 	addrs              string
 	idleSessions       int
 	replayRate         int
@@ -55,6 +57,8 @@ type benchOptions struct {
 	vsConnRates        string
 	vsConnAddrs        int
 	vsRuns             int
+	plot               string
+	profileDir         string
 }
 
 // series is one traffic shape from one number of client addresses, over
@@ -90,6 +94,8 @@ type benchConfig struct {
 	h2Rates      []int     // requests/s of the HTTP/2 steps (0: max)
 	compareRate  int       // req/s of the steps with and without comparison; -1: none
 	compareRuns  int       // steps each, with and without
+	multiplyRate int       // req/s of the steps at --multiply 1 and 10; -1: none
+	multiplyOnly bool      // run only those
 	replayRate   int       // requests/s of the step the replays play
 	replaySpeeds []float64 // of the replays; none: no replay steps
 	copyArgs     []string  // extra copy flags, appended
@@ -106,6 +112,10 @@ type benchConfig struct {
 	ctool  *ctool
 	vs     []series
 	vsRuns int
+	plot   string // the SVG written beside out; "": none
+	// profileDir, when set, gets the copier's CPU profile of each of
+	// tcpshadow's steps (benchprofile.go).
+	profileDir string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -148,6 +158,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.bulkRates, "bulk-rates", "500M,1G,2G,max", "offered bit rates of the single-stream upload steps")
 	f.StringVar(&o.h2Rates, "h2-rates", "1000,4000,max", "offered request rates of the HTTP/2 steps")
 	f.IntVar(&o.compareRate, "compare-rate", 10000, "offered request rate of the keep-alive steps run with and without comparison (0: max, -1: skip them)")
+	f.IntVar(&o.multiplyRate, "multiply-rate", 1000, "offered request rate of the keep-alive steps run with the copier at --multiply 1 and 10 (0: max, -1: skip them)")
+	f.BoolVar(&o.multiplyOnly, "multiply-only", false, "run only the --multiply 1 and 10 steps (a quick measure of a copy's cost)")
 	f.StringVar(&o.addrs, "addrs", "1,32", fmt.Sprintf("numbers of client addresses to run each shape from (1 to %d)", maxClientAddrs))
 	f.BoolVar(&o.baseline, "baseline", true, "measure every step with prod alone first")
 	f.StringArrayVar(&o.copyFlags, "copy-flag", nil, "extra flag for tcpshadow copy, e.g. --copy-flag=--snaplen=2048 (repeatable)")
@@ -164,6 +176,8 @@ shadow are bounded too; everything is torn down on exit, Ctrl-C included.`,
 	f.StringVar(&o.vsConnRates, "vs-conn-rates", "1000,7000", "one-connection-per-request rates run by both tools, with --tcpcopy-dir")
 	f.IntVar(&o.vsConnAddrs, "vs-conn-addrs", maxClientAddrs, "client addresses of the one-connection-per-request steps run by both tools")
 	f.IntVar(&o.vsRuns, "vs-runs", 1, "runs of each step by each tool, alternated (1 to 5)")
+	f.StringVar(&o.profileDir, "profile-dir", "", "record the copier's CPU profile over each tcpshadow step into this directory (runs it with --debug-pprof)")
+	f.StringVar(&o.plot, "plot", "docs/bench-cpu.svg", "with --out, write the SVG plot of CPU a request and copy ratio against offered rate here (\"\": none)")
 	return cmd
 }
 
@@ -189,6 +203,18 @@ func (o *benchOptions) config() (*benchConfig, error) {
 	cfg := &benchConfig{bin: bin, nginx: ngx, out: o.out, step: o.step, baseline: o.baseline,
 		idleSessions: o.idleSessions, copyArgs: o.copyFlags, agentArgs: o.agentFlags, verbose: o.verbose,
 		modeRate: o.modeRate}
+	if o.multiplyOnly {
+		// The steps need the daemons up and nothing else.
+		cfg.multiplyOnly, cfg.baseline, cfg.idleSessions = true, false, 0
+	}
+	if o.out != "" {
+		cfg.plot = o.plot
+	}
+	if cfg.profileDir = o.profileDir; cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--profile-dir: %w", err)
+		}
+	}
 	if cfg.modes, err = parseModes(o.modes); err != nil {
 		return nil, fmt.Errorf("--modes: %w", err)
 	}
@@ -226,6 +252,7 @@ func (o *benchOptions) config() (*benchConfig, error) {
 		cfg.series = smokeSeries()
 		cfg.bulkRates, cfg.h2Rates = []int64{200e6}, []int{500}
 		cfg.compareRate, cfg.compareRuns = 1000, 1
+		cfg.multiplyRate = 500
 		cfg.replayRate, cfg.replaySpeeds = 500, []float64{1, 4}
 		cfg.modeRate, cfg.modeBulk = 500, []int64{200e6}
 	} else {
@@ -233,6 +260,10 @@ func (o *benchOptions) config() (*benchConfig, error) {
 			return nil, fmt.Errorf("--compare-rate %d: want a rate, 0 for max or -1", o.compareRate)
 		}
 		cfg.compareRate, cfg.compareRuns = o.compareRate, compareCostRuns
+		if o.multiplyRate < -1 || o.multiplyRate > maxPerSecond {
+			return nil, fmt.Errorf("--multiply-rate %d: want a rate up to %d, 0 for max or -1", o.multiplyRate, maxPerSecond)
+		}
+		cfg.multiplyRate = o.multiplyRate
 		if cfg.replaySpeeds, err = parseSpeeds(o.replaySpeeds); err != nil {
 			return nil, fmt.Errorf("--replay-speeds: %w", err)
 		}
@@ -369,6 +400,7 @@ type benchResult struct {
 	bulk     []*bulkResult
 	h2       []*h2Result
 	compare  *compareCost
+	multiply *multiplyCost
 	replay   []*replayResult
 	idle     *idleResult
 	idleCPU  idleCPU
@@ -377,6 +409,7 @@ type benchResult struct {
 	warnings []string
 	modes    []*modeResult
 	vs       []*vsStep
+	plotMD   string // the plot's section, once written
 }
 
 type seriesResult struct {
@@ -399,7 +432,7 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 		return runModesOnly(ctx, cfg, res, start, out, log)
 	}
 
-	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
+	st, err := upStage(ctx, stageConfig{bin: cfg.bin, nginx: cfg.nginx, noDaemons: cfg.baseline, pprof: cfg.profileDir != "", copyArgs: cfg.copyArgs, agentArgs: cfg.agentArgs, progress: out, log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)
@@ -461,6 +494,12 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 		fmt.Fprintf(out, "agent and copier up (%v)\n", time.Since(t0).Round(10*time.Millisecond))
 	}
 	b.daemonsUp()
+	if cfg.multiplyOnly {
+		if res.multiply, err = b.measureMultiplyCost(ctx, cfg.multiplyRate); err != nil {
+			return nil, err
+		}
+		return finishBench(res, cfg, b, start, out)
+	}
 	if res.idleCPU, err = b.measureIdleCPU(ctx); err != nil {
 		return nil, err
 	}
@@ -517,6 +556,11 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			return nil, err
 		}
 	}
+	if cfg.multiplyRate >= 0 {
+		if res.multiply, err = b.measureMultiplyCost(ctx, cfg.multiplyRate); err != nil {
+			return nil, err
+		}
+	}
 	if st.copier.Exited() || st.agent.Exited() {
 		return nil, fmt.Errorf("a daemon exited during the run:\n%s\n%s", tail(st.copier.Output(), 10), tail(st.agent.Output(), 10))
 	}
@@ -528,9 +572,18 @@ func runBench(ctx context.Context, cfg *benchConfig, out io.Writer) (_ *benchRes
 			return nil, err
 		}
 	}
+	return finishBench(res, cfg, b, start, out)
+}
+
+// finishBench renders the report to out and cfg.out.
+func finishBench(res *benchResult, cfg *benchConfig, b *bencher, start time.Time, out io.Writer) (*benchResult, error) {
 	res.machine.loadEnd = loadavg()
 	res.took = time.Since(start)
 	res.warnings = b.warnings
+	var err error
+	if res.plotMD, err = writePlot(res, cfg.plot, cfg.out); err != nil {
+		return nil, err
+	}
 	md := renderReport(res)
 	fmt.Fprintf(out, "\n%s\n", md)
 	if cfg.out != "" {

@@ -31,7 +31,7 @@ func TestBenchSmoke(t *testing.T) {
 	defer cancel()
 	cfg := &benchConfig{bin: bin, nginx: defaultNginx, step: 2 * time.Second, smoke: true,
 		series: smokeSeries(), out: filepath.Join(t.TempDir(), "BENCHMARKS.md"),
-		compareRate: 500, compareRuns: 1, replayRate: 500, replaySpeeds: []float64{1, 4}}
+		compareRate: 500, compareRuns: 1, replayRate: 500, replaySpeeds: []float64{1, 4}, multiplyRate: 500}
 	var out bytes.Buffer
 	res, err := runBench(ctx, cfg, &out)
 	t.Logf("bench output:\n%s", out.String())
@@ -70,6 +70,11 @@ func TestBenchSmoke(t *testing.T) {
 		if !strings.Contains(string(md), "## The cost of comparison") {
 			t.Error("report has no section on the cost of comparison")
 		}
+	}
+	if m := res.multiply; m == nil || m.one == nil || m.many == nil || !strings.Contains(string(md), "## The cost of a copy") {
+		t.Error("no --multiply steps, or no section on them")
+	} else if m.many.shadow < multiplyFactor*m.many.prod*99/100 {
+		t.Errorf("at --multiply %d the shadow served %d for prod's %d", multiplyFactor, m.many.shadow, m.many.prod)
 	}
 	if len(res.replay) != 2 || !strings.Contains(string(md), "## Replay") {
 		t.Fatalf("%d replays, want 2, and their table", len(res.replay))

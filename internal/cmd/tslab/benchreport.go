@@ -82,12 +82,17 @@ func renderReport(r *benchResult) string {
 `)
 	renderSummary(&b, r)
 	renderVersus(&b, r.cfg.ctool, r.vs, r.cfg.vsRuns)
+	b.WriteString(r.plotMD)
 	for i := range r.series {
+		if r.cfg.multiplyOnly {
+			break // not run
+		}
 		renderSeries(&b, &r.series[i], r.cfg.baseline)
 	}
 	renderBulk(&b, r.bulk)
 	renderH2(&b, r.h2)
 	renderCompareCost(&b, r.compare)
+	renderMultiplyCost(&b, r.multiply)
 	renderReplay(&b, r.replay, r.cfg.replayRate, r.cfg.step)
 	renderModes(&b, r.cfg, r.modes)
 	if r.idle != nil {

@@ -38,6 +38,9 @@ type bencher struct {
 	next               int              // step number, for the paths
 	warnings           []string
 	noSettle           bool // the daemons stop after each step (versus)
+	// copies is how many times the copier sends each request (its
+	// --multiply; 0 means 1): the shadow catches up at that many.
+	copies int
 }
 
 func newBencher(st *stage, d *lab.Dialer, cfg *benchConfig, out io.Writer) *bencher {
@@ -139,8 +142,13 @@ func (b *bencher) step(ctx context.Context, s series, rate int, withCopier bool)
 	if err != nil {
 		return nil, err
 	}
+	wait := func() {}
+	if withCopier && !b.st.ctool && b.cfg.profileDir != "" {
+		wait = b.startProfile(ctx, fmt.Sprintf("%s-%s-%daddr-%s", key, strings.ReplaceAll(shortShape(s.shape), "/", ""), s.addrs, rateStr(rate)), b.cfg.step)
+	}
 	t0 := time.Now()
 	load := runLoad(ctx, b.d, spec)
+	wait()
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 	}
@@ -201,7 +209,7 @@ func (b *bencher) waitLogs(ctx context.Context, r *stepResult, withCopier bool) 
 		}
 		r.prod, r.shadow = b.prodLog.counts[r.key], b.shadowLog.counts[r.key]
 		prodDone := r.prod >= r.load.ok
-		if prodDone && (!withCopier || r.shadow >= r.prod) {
+		if prodDone && (!withCopier || r.shadow >= r.prod*max(b.copies, 1)) {
 			r.caughtUp = true
 			return nil
 		}

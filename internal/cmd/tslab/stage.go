@@ -41,6 +41,7 @@ type stage struct {
 	secretDir            string         // holds the control channel's secret; removed by close
 	mode                 string         // a deployment mode's two-host stage (benchmodes.go); "": the assist's
 	ctool                bool           // copier and agent are the C tool's tcpcopy and intercept (benchctool.go)
+	pprof                bool           // the copier serves its profiler: its metrics on prod's loopback
 }
 
 type stageConfig struct {
@@ -53,7 +54,10 @@ type stageConfig struct {
 	noDaemons bool
 	// mode, when set, builds the two-host stage of a deployment mode
 	// (benchmodes.go) instead of the one with an assist host.
-	mode     string
+	mode string
+	// pprof runs the copier with --debug-pprof, its metrics address on
+	// prod's loopback (the profiler's condition).
+	pprof    bool
 	progress io.Writer
 	log      *slog.Logger // lab messages
 }
@@ -73,7 +77,7 @@ func upStage(ctx context.Context, cfg stageConfig) (_ *stage, err error) {
 		return nil, err
 	}
 	s := &stage{
-		lab: l, mode: cfg.mode,
+		lab: l, mode: cfg.mode, pprof: cfg.pprof,
 		prodV4: netip.AddrPortFrom(lab.ProdClientSideV4, httpPort),
 		prodV6: netip.AddrPortFrom(lab.ProdClientSideV6, httpPort),
 	}
@@ -142,7 +146,7 @@ func (s *stage) startDaemons(ctx context.Context, cfg stageConfig) error {
 
 // copierArgs are the copy daemon's flags, its agent at agent.
 func (s *stage) copierArgs(agent netip.Addr, secret string) []string {
-	return []string{"copy", "--iface", lab.ProdClientLink,
+	args := []string{"copy", "--iface", lab.ProdClientLink,
 		"--map", fmt.Sprintf("%s:80-%s:80", lab.ProdClientSideV4, lab.ShadowV4),
 		"--map", fmt.Sprintf("[%s]:80-[%s]:80", lab.ProdClientSideV6, lab.ShadowV6),
 		"--map", fmt.Sprintf("%s:%d-%s:%d", lab.ProdClientSideV4, h2Port, lab.ShadowV4, h2Port),
@@ -154,6 +158,10 @@ func (s *stage) copierArgs(agent netip.Addr, secret string) []string {
 		"--workers", "2", "--secret-file", secret,
 		"--divergence-log", filepath.Join(filepath.Dir(secret), "divergence.jsonl"),
 	}
+	if s.pprof {
+		args = append(args, "--debug-pprof")
+	}
+	return args
 }
 
 // startCopier starts the copy daemon with args and cfg's extra flags and
@@ -258,6 +266,9 @@ func (s *stage) nsNames() []string {
 }
 
 func (s *stage) copyMetricsAddr() string {
+	if s.pprof {
+		return net.JoinHostPort("127.0.0.1", metricsPort)
+	}
 	return net.JoinHostPort(lab.ProdClientSideV4.String(), metricsPort)
 }
 
