@@ -186,7 +186,7 @@ func (w *Worker) enqueue(s *session, pb *pktBuf, p *rewrite.Packet, o *rewrite.O
 	}
 	if hi.After(s.clientNxt) {
 		if w.rec != nil && lo.AfterEq(s.clientNxt) {
-			w.pairClient(s, lo, g.ack, p.Payload()[lo.Sub(g.seq):hi.Sub(g.seq)], capAt)
+			w.pairClient(s, lo, g.ack, p.Payload()[lo.Sub(g.seq):hi.Sub(g.seq)], capAt, now)
 		}
 		s.clientNxt = hi
 		s.prodWaitFrom = capAt // prod's next data answers this

@@ -26,12 +26,22 @@ import (
 // ResponseTimeout (timeout). A walk that loses sync on any side (a
 // segment missed by a capture) ends the connection's comparison: its
 // pending streams are dropped, counted (compare_h2_lost), rather than
-// paired wrong. Memory: a session's streams are allocated once (pooled),
-// at most maxH2Streams pending; past it the oldest goes as it stands.
+// paired wrong. Memory: a session's stream table is pooled, grown (by
+// doubling, kept in the pool) only while the shadow lags that many
+// streams behind prod, to maxH2Streams on a connection and
+// maxH2WorkerStreams on a worker; a stream past them is not compared,
+// counted (compare_overflow): evicting an older one would pair it wrong.
 
-// maxH2Streams bounds a connection's pending streams: well above the
-// concurrent streams clients open (h2load's -m, browsers' 100).
-const maxH2Streams = 64
+// Bounds of the pending streams: a connection's are those prod answered
+// and the shadow not yet (the copier holds their requests while the
+// pacing waits), so they follow the lag rather than the client's
+// concurrency; 256 of about 200 bytes each, and 64 Ki on a worker
+// (13 MiB).
+const (
+	maxH2Streams       = 256
+	maxH2WorkerStreams = 1 << 16
+	h2InitialStreams   = 16
+)
 
 // h2Events bounds the events one segment's walk reports: a super-packet
 // of 64 KiB holds that many HEADERS only if its answers are tiny. A walk
@@ -39,7 +49,9 @@ const maxH2Streams = 64
 // lost sync): a stream missing its answer would be paired wrong.
 const h2Events = 256
 
-// h2Side is one side's answer to a stream.
+// h2Side is one side's answer to a stream. Prod's times are capture
+// timestamps, the shadow's the worker's clock: only each side's
+// difference is used.
 type h2Side struct {
 	sent, at int64 // the request's time on this side; the answer's
 	status   uint16
@@ -52,6 +64,7 @@ func (d *h2Side) settled() bool { return d.outcome != compare.NoAnswer }
 type h2Stream struct {
 	id     uint32
 	born   uint32 // order of creation, for evicting the oldest
+	opened int64  // when, on the worker's clock
 	reqEnd Seq    // the client's stream past the request's segment: sent once the shadow has it
 	hasReq bool
 	reqLen uint8
@@ -68,10 +81,17 @@ type h2Conn struct {
 	shadowGone   bool // the shadow's connection ended: later records are another connection's
 	n            int
 	born         uint32
-	streams      [maxH2Streams]h2Stream
+	streams      []h2Stream // the first n pending; its length what is allocated
 }
 
-var h2Pool = sync.Pool{New: func() any { return new(h2Conn) }}
+var h2Pool = sync.Pool{New: func() any { return &h2Conn{streams: make([]h2Stream, h2InitialStreams)} }}
+
+// reset empties c for another connection, keeping its stream table.
+func (c *h2Conn) reset() {
+	st := c.streams
+	clear(st[:c.n])
+	*c = h2Conn{streams: st}
+}
 
 // h2Map reports whether map i is compared as HTTP/2.
 func (w *Worker) h2Map(i uint8) bool {
@@ -94,7 +114,8 @@ func (w *Worker) h2Comparing(s *session) bool {
 		return false
 	}
 	c := h2Pool.Get().(*h2Conn)
-	*c = h2Conn{client: compare.ClientH2Walker()}
+	c.reset()
+	c.client = compare.ClientH2Walker()
 	c.client.Start(uint32(s.isn + 1))
 	s.h2 = c
 	w.compared++
@@ -110,36 +131,34 @@ func (c *h2Conn) find(id uint32) *h2Stream {
 	return nil
 }
 
-// open returns a new stream id, evicting the oldest if every slot is
-// taken.
-func (w *Worker) h2Open(s *session, id uint32) *h2Stream {
+// h2Open returns a new stream id, or nil past the bounds (counted).
+func (w *Worker) h2Open(s *session, id uint32, now int64) *h2Stream {
 	c := s.h2
-	if c.n == maxH2Streams {
-		old := 0
-		for i := 1; i < c.n; i++ {
-			if int32(c.streams[i].born-c.streams[old].born) < 0 {
-				old = i
-			}
-		}
+	if c.n == maxH2Streams || w.h2Streams >= maxH2WorkerStreams {
 		w.ctr.inc(CtrCompareOverflow)
-		w.h2Put(s, &c.streams[old])
-		w.h2Remove(c, old)
+		return nil
 	}
+	if c.n == len(c.streams) {
+		c.streams = append(c.streams, make([]h2Stream, min(len(c.streams), maxH2Streams-len(c.streams)))...)
+	}
+	w.h2Streams++
 	st := &c.streams[c.n]
 	c.n++
 	c.born++
-	*st = h2Stream{id: id, born: c.born}
+	*st = h2Stream{id: id, born: c.born, opened: now}
 	return st
 }
 
 func (w *Worker) h2Remove(c *h2Conn, i int) {
+	w.h2Streams--
 	c.n--
 	c.streams[i] = c.streams[c.n]
 	c.streams[c.n] = h2Stream{}
 }
 
-// h2Request walks the client's new bytes at seq, captured at capAt.
-func (w *Worker) h2Request(s *session, seq Seq, payload []byte, capAt int64) {
+// h2Request walks the client's new bytes at seq, captured at capAt,
+// handled at now.
+func (w *Worker) h2Request(s *session, seq Seq, payload []byte, capAt, now int64) {
 	c := s.h2
 	ev := &w.h2ev
 	k := c.client.Walk(uint32(seq), payload, ev[:])
@@ -155,7 +174,9 @@ func (w *Worker) h2Request(s *session, seq Seq, payload []byte, capAt int64) {
 		st := c.find(e.Stream)
 		switch {
 		case st == nil:
-			st = w.h2Open(s, e.Stream)
+			if st = w.h2Open(s, e.Stream, now); st == nil {
+				continue
+			}
 		case st.hasReq:
 			continue // trailers
 		}
@@ -163,7 +184,7 @@ func (w *Worker) h2Request(s *session, seq Seq, payload []byte, capAt int64) {
 		st.reqLen = uint8(len(compare.AppendH2Request(st.req[:0], e)))
 		st.prod.sent = capAt
 	}
-	w.h2Flush(s, capAt)
+	w.h2Flush(s, now)
 }
 
 // h2Sent notes that the client's stream up to end went to the shadow at
@@ -201,7 +222,9 @@ func (w *Worker) h2Prod(s *session, seq Seq, payload []byte, capAt, now int64) {
 		if st == nil {
 			// Prod's answer came before its request: the two directions
 			// are captured apart.
-			st = w.h2Open(s, e.Stream)
+			if st = w.h2Open(s, e.Stream, now); st == nil {
+				continue
+			}
 		}
 		h2Answer(&st.prod, status, capAt)
 	}
@@ -288,6 +311,8 @@ func (w *Worker) h2Drop(s *session) {
 	}
 	c.lost = true
 	w.ctr.inc(CtrCompareH2Lost)
+	w.h2Streams -= c.n
+	clear(c.streams[:c.n])
 	c.n = 0
 }
 
@@ -298,7 +323,7 @@ func (w *Worker) h2Flush(s *session, now int64) {
 	for i := 0; i < c.n; {
 		st := &c.streams[i]
 		late := st.shadow.sent != 0 && now-st.shadow.sent > int64(w.cfg.ResponseTimeout)
-		orphan := !st.hasReq && now-st.prod.at > int64(w.cfg.ResponseTimeout)
+		orphan := !st.hasReq && now-st.opened > int64(w.cfg.ResponseTimeout)
 		switch {
 		case orphan:
 			// Prod answered a request the copier never saw (the
@@ -328,7 +353,8 @@ func (w *Worker) h2End(s *session) {
 			w.h2Put(s, st)
 		}
 	}
-	*c = h2Conn{}
+	w.h2Streams -= c.n
+	c.reset()
 	h2Pool.Put(c)
 	s.h2 = nil
 	w.compared--
@@ -359,11 +385,12 @@ func (w *Worker) h2Put(s *session, st *h2Stream) {
 }
 
 // pairClient takes the client's new bytes at seq (ACK ack), captured at
-// capAt: a map compared as HTTP/2 pairs them per stream, others by round.
-func (w *Worker) pairClient(s *session, seq, ack Seq, payload []byte, capAt int64) {
+// capAt, handled at now: a map compared as HTTP/2 pairs them per stream,
+// others by round.
+func (w *Worker) pairClient(s *session, seq, ack Seq, payload []byte, capAt, now int64) {
 	if w.h2Map(s.key.mapIdx) {
 		if len(payload) > 0 && w.h2Comparing(s) {
-			w.h2Request(s, seq, payload, capAt)
+			w.h2Request(s, seq, payload, capAt, now)
 		}
 		return
 	}

@@ -234,3 +234,29 @@ func TestScenario42HTTP2PrefixNotRecords(t *testing.T) {
 		t.Fatalf("%d pairs, compare_h2_bad %d", len(got), h.ctr.c[CtrCompareH2Bad].Load())
 	}
 }
+
+// TestScenario42HTTP2WaitsForTheShadow: a request sent to the shadow
+// waits for its answer while later requests come (the capture's clock
+// and the worker's are apart: neither makes it overdue).
+func TestScenario42HTTP2WaitsForTheShadow(t *testing.T) {
+	h := h2Harness(t)
+	h.handshake(nil, nil)
+	reqs := append(append([]byte(h2Preface), h2f(nil, 4, 0, 0, nil)...), h2Get(1, "/a")...)
+	h.request(tISN+1, 0, string(reqs))
+	ack := tISN + 1 + uint32(len(reqs))
+	h.prodData(tProdISN+1, ack, string(h2f(nil, 1, 4, 1, []byte{0x88})))
+	h.advance(time.Millisecond)
+	req2 := h2Get(3, "/b")
+	h.request(ack, 10, string(req2))
+	h.prodData(tProdISN+11, ack+uint32(len(req2)), string(h2f(nil, 1, 4, 3, []byte{0x88})))
+	if got := h.pairs(); len(got) != 0 {
+		t.Fatalf("%d pairs before the shadow answered: %v", len(got), byStream(t, got))
+	}
+	h.replyRecords(tShadowISN+1, ack, 30, recs(compare.H2Record{Stream: 1, Status: 200}))
+	h.advance(time.Millisecond) // the pacing releases the second request
+	h.replyRecords(tShadowISN+31, ack+uint32(len(req2)), 30, recs(compare.H2Record{Stream: 3, Status: 404}))
+	got := byStream(t, h.pairs())
+	if len(got) != 2 || got[1] != [3]string{"GET /a", "200", "200"} || got[3] != [3]string{"GET /b", "200", "404"} {
+		t.Fatalf("pairs %v", got)
+	}
+}

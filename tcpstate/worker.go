@@ -65,6 +65,7 @@ type Worker struct {
 	compared        int                       // sessions whose rounds are kept
 	h2pair          compare.Pair              // h2Put's: a Pair is built here, not on the stack
 	h2ev            [h2Events]compare.H2Event // a walk's events (h2pair.go)
+	h2Streams       int                       // HTTP/2 streams pending on this worker's sessions
 }
 
 func newWorker(cfg *Config, id, n int, out Sender, reg Registrar, ctr *counters, sh *shared) *Worker {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -64,22 +65,30 @@ func mismatches(mr compare.MapReport, prod, shadow string) uint64 {
 //   - PostgreSQL: a table missing on the shadow: 42P01 for those queries;
 //   - Redis (redis-server): SETNX renamed away on the shadow; a mix of
 //     commands from many connections: -ERR exactly for the SETNX prod
-//     served, every other command alike.
+//     served, every other command alike;
+//   - HTTP/2 cleartext (nginx, h2load multiplexing 10 streams on each of
+//     4 connections): the shadow answers 500 on /h2/fail/ and 404 on
+//     /h2/gone/; paired per stream, the report's 200→500 and 200→404
+//     counts equal prod's access log's, and every request is paired.
 func TestCompareThroughTheCopier(t *testing.T) {
-	const pgPort, redisPort = 5432, 6379
+	const pgPort, redisPort, h2Port = 5432, 6379, 8080
 	at := func(a netip.Addr, port int) netip.AddrPort { return netip.AddrPortFrom(a, uint16(port)) }
 	mapOf := func(port int) string {
 		return at(lab.ProdClientSideV4, port).String() + "-" + at(lab.ShadowV4, port).String()
 	}
-	maps := []string{mapOf(80), mapOf(pgPort), mapOf(redisPort)}
+	maps := []string{mapOf(80), mapOf(pgPort), mapOf(redisPort), mapOf(h2Port)}
 	e := newEnv(t, envOptions{
 		maps: maps,
 		// Responses are attributed to requests by where each begins (Redis,
 		// PostgreSQL and HTTP/1 answer in order): a prefix covering the
 		// longest reply (Redis's unknown-command error is 67 bytes) keeps
 		// every boundary in view when replies share a packet.
-		copyArgs:    []string{"--compare-prefix", "256"},
-		agentFilter: fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d)", pgPort, redisPort),
+		// HTTP/2 is paired per stream on the map named http2: the agent
+		// walks the shadow's whole replies (--snaplen), the copier
+		// prod's.
+		copyArgs:    []string{"--compare-prefix", "256", "--protocol", fmt.Sprintf("%d=http2", h2Port)},
+		agentArgs:   []string{"--snaplen", "262144"},
+		agentFilter: fmt.Sprintf("tcp and (src port 80 or src port %d or src port %d or src port %d)", pgPort, redisPort, h2Port),
 		wrap: func(side string, h http.Handler) http.Handler {
 			if side != "shadow" {
 				return h
@@ -247,6 +256,78 @@ func TestCompareThroughTheCopier(t *testing.T) {
 		}
 		t.Logf("Redis: %d requests, SETNX %d, mismatches %+v, resyncs %v", mr.Requests, served, mr.Mismatches,
 			m[`tcpshadow_copy_events_total{event="compare_resync"}`])
+	})
+
+	t.Run("HTTP2", func(t *testing.T) {
+		if _, err := exec.LookPath("h2load"); err != nil {
+			t.Skipf("h2load (nghttp2-client) not installed: %v", err)
+		}
+		prodNgx := startNginxWith(t, e.lab.Prod, at(lab.ProdClientSideV4, h2Port), nginxOptions{keepalive: time.Minute, http2: true})
+		startNginxWith(t, e.lab.Shadow, at(lab.ShadowV4, h2Port), nginxOptions{keepalive: time.Minute, http2: true,
+			locations: `location ~ ^/h2/[0-9]+/fail/ { return 500 "failed on the shadow\n"; }
+		location ~ ^/h2/[0-9]+/gone/ { return 404 "gone from the shadow\n"; }`})
+		const conns, streams, requests = 4, 10, 440
+		lostKey := `tcpshadow_copy_events_total{event="compare_h2_lost"}`
+		// A connection whose start the copier missed is not compared
+		// (compare_h2_lost): prod's first packets, captured apart from
+		// the client's, can reach the worker before the client's SYN,
+		// which keeps only the first of them. Such a run is told and
+		// made again; a run without is compared exactly.
+		for run := 0; ; run++ {
+			if run == 3 {
+				t.Fatalf("every run lost connections' starts (compare_h2_lost)")
+			}
+			before := mapReport(t, e.report(t), maps[3])
+			m0, _ := e.copyMetrics()
+			var uris []string
+			for i, p := range []string{"ok", "fail", "ok", "gone", "ok", "ok", "fail", "ok", "gone", "ok", "ok"} {
+				uris = append(uris, fmt.Sprintf("http://%s/h2/%d/%s/%d", at(lab.ProdClientSideV4, h2Port), run, p, i))
+			}
+			out, err := e.lab.Client.Run(ctx, "h2load", append([]string{"-c", fmt.Sprint(conns), "-m", fmt.Sprint(streams),
+				"-n", fmt.Sprint(requests)}, uris...)...)
+			if err != nil || !strings.Contains(string(out), "h2") || !strings.Contains(string(out), fmt.Sprintf("%d succeeded", requests)) {
+				t.Fatalf("h2load: %v\n%s", err, out)
+			}
+			e.drained(t, 30*time.Second)
+			pre := fmt.Sprintf("/h2/%d/", run)
+			fails, gone, all := len(prodNgx.accessed(t, pre+"fail/")), len(prodNgx.accessed(t, pre+"gone/")), len(prodNgx.accessed(t, pre))
+			mr := mapReport(t, e.report(t), maps[3])
+			m, _ := e.copyMetrics()
+			if lost := m[lostKey] - m0[lostKey]; lost > 0 {
+				t.Logf("run %d: %v connections not compared (compare_h2_lost): again", run, lost)
+				continue
+			}
+			got500 := mismatches(mr, "200", "500") - mismatches(before, "200", "500")
+			got404 := mismatches(mr, "200", "404") - mismatches(before, "200", "404")
+			paired, prod200 := mr.Requests-before.Requests, mr.Prod.Classes["200"]-before.Prod.Classes["200"]
+			if got500 != uint64(fails) || fails == 0 {
+				t.Errorf("200→500: %d in the report, prod served %sfail/ %d times", got500, pre, fails)
+			}
+			if got404 != uint64(gone) || gone == 0 {
+				t.Errorf("200→404: %d in the report, prod served %sgone/ %d times", got404, pre, gone)
+			}
+			if mr.Protocol != "http2" || paired != uint64(all) || all != requests || prod200 != uint64(all) || len(mr.Mismatches) != 2 {
+				t.Errorf("protocol %s, %d requests paired, prod served %d (200s %d), mismatches %+v; want http2, every request, only 200→500 and 200→404",
+					mr.Protocol, paired, all, prod200, mr.Mismatches)
+			}
+			if t.Failed() {
+				for k, v := range m {
+					if (strings.Contains(k, "events_total") || strings.Contains(k, "h2")) && v > 0 {
+						t.Logf("%s %v", k, v)
+					}
+				}
+				if am, err := e.agentMetrics(); err == nil {
+					for k, v := range am {
+						if strings.Contains(k, "h2") || strings.Contains(k, "dropped") {
+							t.Logf("agent %s %v", k, v)
+						}
+					}
+				}
+			}
+			t.Logf("HTTP/2 run %d: prod served %d requests, %d paired; 200→500 %d (prod %d), 200→404 %d (prod %d); p50 prod %.2f ms shadow %.2f ms",
+				run, all, paired, got500, fails, got404, gone, mr.Prod.LatencyMS.P50, mr.Shadow.LatencyMS.P50)
+			break
+		}
 	})
 }
 
