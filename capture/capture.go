@@ -18,6 +18,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcap"
 )
 
 // ErrTimeout is returned by Read when no packet arrived within the read
@@ -101,63 +104,82 @@ func (c *Config) setDefaults() {
 // OpenLive opens a live capture on cfg.Interface ("any" for all).
 func OpenLive(cfg Config) (Source, error) {
 	cfg.setDefaults()
-	if cfg.InboundOnly && cfg.OutboundOnly {
-		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
-	}
-	h, err := openLive(cfg)
+	inactive, err := pcap.NewInactiveHandle(cfg.Interface)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
+	}
+	defer inactive.CleanUp()
+	for _, set := range []struct {
+		what string
+		err  error
+	}{
+		{"snaplen", inactive.SetSnapLen(cfg.SnapLen)},
+		{"buffer size", inactive.SetBufferSize(cfg.BufferSize)},
+		{"immediate mode", inactive.SetImmediateMode(cfg.Immediate)},
+		{"timeout", inactive.SetTimeout(cfg.Timeout)},
+		{"promisc", inactive.SetPromisc(cfg.Promisc)},
+	} {
+		if set.err != nil {
+			return nil, fmt.Errorf("set %s on %s: %w", set.what, cfg.Interface, set.err)
+		}
+	}
+	h, err := inactive.Activate()
+	if err != nil {
+		return nil, fmt.Errorf("activate capture on %s: %w", cfg.Interface, err)
 	}
 	switch {
+	case cfg.InboundOnly && cfg.OutboundOnly:
+		h.Close()
+		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
 	case cfg.InboundOnly:
-		if err := h.setDirection(dirIn); err != nil {
-			h.close()
+		if err := h.SetDirection(pcap.DirectionIn); err != nil {
+			h.Close()
 			return nil, fmt.Errorf("capture inbound only on %s: %w", cfg.Interface, err)
 		}
 	case cfg.OutboundOnly:
-		if err := h.setDirection(dirOut); err != nil {
-			h.close()
+		if err := h.SetDirection(pcap.DirectionOut); err != nil {
+			h.Close()
 			return nil, fmt.Errorf("capture outbound only on %s: %w", cfg.Interface, err)
 		}
 	}
-	return newSource(h, cfg.Filter, true)
+	src, err := newSource(h, cfg.Filter, true)
+	if err != nil {
+		return nil, err
+	}
+	// Without the ring (a gopacket that changed shape), gopacket's read
+	// still works, at the cost ring's comment explains.
+	src.ring, _ = newRing(h, &src.mu, src.closed.Load)
+	return src, nil
 }
 
 // OpenFile opens a pcap or pcapng file, applying filter if not empty.
 func OpenFile(path, filter string) (Source, error) {
-	h, err := openOffline(path)
+	h, err := pcap.OpenOffline(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return newSource(h, filter, false)
 }
 
-func newSource(h *handle, filter string, live bool) (*pcapSource, error) {
+func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
 	if filter != "" {
-		if err := h.setFilter(filter); err != nil {
-			h.close()
+		if err := h.SetBPFFilter(filter); err != nil {
+			h.Close()
 			return nil, fmt.Errorf("set filter %q: %w", filter, err)
 		}
 	}
-	lt := h.linkType()
+	lt := h.LinkType()
 	if _, ok := linkHeaderLen(lt, nil); !ok {
-		h.close()
-		return nil, fmt.Errorf("unsupported link type %d", lt)
+		h.Close()
+		return nil, fmt.Errorf("unsupported link type %v", lt)
 	}
-	src := &pcapSource{h: h, link: lt, live: live}
-	r, err := newRing(h, &src.mu, src.closed.Load, live)
-	if err != nil {
-		h.close()
-		return nil, err
-	}
-	src.ring = r
-	return src, nil
+	return &pcapSource{h: h, link: lt, live: live}, nil
 }
 
 type pcapSource struct {
-	h      *handle
-	ring   *ring
-	link   linkType
+	h      *pcap.Handle
+	ring   *ring // nil: gopacket's read (files, or a handle ring cannot use)
+	link   layers.LinkType
 	live   bool
 	closed atomic.Bool
 	read   atomic.Uint64
@@ -224,7 +246,26 @@ func (s *pcapSource) failed(err error) error {
 }
 
 // readFrame returns the next link-layer frame.
-func (s *pcapSource) readFrame() ([]byte, time.Time, error) { return s.ring.read() }
+func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
+	if s.ring != nil {
+		return s.ring.read()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return nil, time.Time{}, errClosed
+	}
+	data, ci, err := s.h.ZeroCopyReadPacketData()
+	switch {
+	case err == nil:
+		return data, ci.Timestamp, nil
+	case errors.Is(err, pcap.NextErrorTimeoutExpired):
+		return nil, time.Time{}, ErrTimeout
+	case errors.Is(err, io.EOF):
+		return nil, time.Time{}, io.EOF
+	}
+	return nil, time.Time{}, fmt.Errorf("read packet: %w", err)
+}
 
 func (s *pcapSource) Stats() Stats {
 	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load(), OtherHost: s.other.Load()}
@@ -234,8 +275,10 @@ func (s *pcapSource) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.released {
-		if recv, drop, ifdrop, err := s.h.stats(); err == nil {
-			st.KernelRecv, st.KernelDropped, st.IfDropped = recv, drop, ifdrop
+		if ps, err := s.h.Stats(); err == nil {
+			st.KernelRecv = uint64(ps.PacketsReceived)
+			st.KernelDropped = uint64(ps.PacketsDropped)
+			st.IfDropped = uint64(ps.PacketsIfDropped)
 		}
 	}
 	return st
@@ -247,7 +290,9 @@ func (s *pcapSource) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	s.ring.wake()
+	if s.ring != nil {
+		s.ring.wake()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.busy {
@@ -261,9 +306,19 @@ func (s *pcapSource) releaseLocked() {
 		return
 	}
 	s.released = true
-	s.ring.close()
-	s.h.close()
+	if s.ring != nil {
+		s.ring.close()
+	}
+	s.h.Close()
 }
+
+// Link types libpcap reports that gopacket does not name. (gopacket's
+// LinkType is 8 bits wide, so SLL2, 276, cannot be told apart; libpcap only
+// uses it on request, and "any" defaults to SLL.)
+const (
+	linkTypeIPv6   layers.LinkType = 229
+	linkTypeRawAlt layers.LinkType = 12 // DLT_RAW: live raw-IP devices (101 is its file form)
+)
 
 const (
 	etherTypeIPv4 = 0x0800
@@ -275,9 +330,9 @@ const (
 // linkHeaderLen returns the offset of the IP header in frame for link type
 // lt, and whether the frame carries IPv4 or IPv6. With a nil frame it only
 // reports whether lt is supported.
-func linkHeaderLen(lt linkType, frame []byte) (int, bool) {
+func linkHeaderLen(lt layers.LinkType, frame []byte) (int, bool) {
 	switch lt {
-	case linkEthernet:
+	case layers.LinkTypeEthernet:
 		if frame == nil {
 			return 0, true
 		}
@@ -296,9 +351,9 @@ func linkHeaderLen(lt linkType, frame []byte) (int, bool) {
 			}
 		}
 		return 0, false
-	case linkLinuxSLL:
+	case layers.LinkTypeLinuxSLL:
 		return etherAt(frame, 14, 16)
-	case linkRaw, linkRawAlt, linkIPv4, linkIPv6:
+	case layers.LinkTypeRaw, linkTypeRawAlt, layers.LinkTypeIPv4, linkTypeIPv6:
 		if frame == nil {
 			return 0, true
 		}
@@ -306,7 +361,7 @@ func linkHeaderLen(lt linkType, frame []byte) (int, bool) {
 			return 0, true
 		}
 		return 0, false
-	case linkNull, linkLoop:
+	case layers.LinkTypeNull, layers.LinkTypeLoop:
 		// A 4-byte address family in host or network order; the IP
 		// version nibble is the reliable tell.
 		if frame == nil {
@@ -327,8 +382,8 @@ const sllPacketTypeOtherHost = 3
 // otherHost reports whether a frame was addressed to another host: on
 // "any" with a promiscuous interface, or a bridge port, traffic passing
 // by is captured too, and it is not prod's to copy.
-func otherHost(lt linkType, frame []byte) bool {
-	return lt == linkLinuxSLL && len(frame) >= 2 &&
+func otherHost(lt layers.LinkType, frame []byte) bool {
+	return lt == layers.LinkTypeLinuxSLL && len(frame) >= 2 &&
 		uint16(frame[0])<<8|uint16(frame[1]) == sllPacketTypeOtherHost
 }
 

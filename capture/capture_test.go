@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -35,31 +34,31 @@ func tcpPacket(t *testing.T, src, dst string, payload string) []byte {
 }
 
 // frame wraps an IP packet in a link header of type lt.
-func frame(lt linkType, ip []byte) []byte {
+func frame(lt layers.LinkType, ip []byte) []byte {
 	et := []byte{0x08, 0x00}
 	if ip[0]>>4 == 6 {
 		et = []byte{0x86, 0xdd}
 	}
 	switch lt {
-	case linkEthernet:
+	case layers.LinkTypeEthernet:
 		h := make([]byte, 12, 18)
 		h = append(h, 0x81, 0x00, 0, 5) // one VLAN tag
 		return append(append(h, et...), ip...)
-	case linkLinuxSLL:
+	case layers.LinkTypeLinuxSLL:
 		h := make([]byte, 14, 16)
 		return append(append(h, et...), ip...)
-	case linkNull:
+	case layers.LinkTypeNull:
 		return append([]byte{2, 0, 0, 0}, ip...)
 	}
 	return ip
 }
 
-func writePcap(t *testing.T, lt linkType, frames [][]byte) string {
+func writePcap(t *testing.T, lt layers.LinkType, frames [][]byte) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "in.pcap")
 	var buf bytes.Buffer
 	w := pcapgo.NewWriter(&buf)
-	if err := w.WriteFileHeader(65535, layers.LinkType(lt)); err != nil {
+	if err := w.WriteFileHeader(65535, lt); err != nil {
 		t.Fatal(err)
 	}
 	ts := time.Unix(1700000000, 0)
@@ -78,11 +77,11 @@ func writePcap(t *testing.T, lt linkType, frames [][]byte) string {
 func TestFileSourceStripsLinkHeaders(t *testing.T) {
 	v4 := tcpPacket(t, "198.18.0.2:40000", "198.18.0.1:80", "GET /")
 	v6 := tcpPacket(t, "[2001:2::2]:40000", "[2001:2::1]:80", "GET /6")
-	for _, lt := range []linkType{linkEthernet, linkLinuxSLL, linkRaw, linkNull} {
-		t.Run(strconv.Itoa(int(lt)), func(t *testing.T) {
+	for _, lt := range []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeRaw, layers.LinkTypeNull} {
+		t.Run(lt.String(), func(t *testing.T) {
 			arp := append(make([]byte, 12), 0x08, 0x06, 1, 2, 3)
 			frames := [][]byte{frame(lt, v4), frame(lt, v6)}
-			if lt == linkEthernet {
+			if lt == layers.LinkTypeEthernet {
 				frames = append(frames, arp)
 			}
 			src, err := OpenFile(writePcap(t, lt, frames), "")
@@ -113,7 +112,7 @@ func TestFileSourceStripsLinkHeaders(t *testing.T) {
 			if st.Read != 2 {
 				t.Fatalf("stats read = %d", st.Read)
 			}
-			if lt == linkEthernet && st.NonIP != 1 {
+			if lt == layers.LinkTypeEthernet && st.NonIP != 1 {
 				t.Fatalf("ARP frame not counted as non-IP: %+v", st)
 			}
 		})
@@ -126,11 +125,11 @@ func TestFileSourceStripsLinkHeaders(t *testing.T) {
 func TestOtherHostFramesSkipped(t *testing.T) {
 	v4 := tcpPacket(t, "198.18.0.2:40000", "198.18.0.1:80", "GET /")
 	typed := func(pktType byte) []byte {
-		f := frame(linkLinuxSLL, v4)
+		f := frame(layers.LinkTypeLinuxSLL, v4)
 		f[1] = pktType
 		return f
 	}
-	src, err := OpenFile(writePcap(t, linkLinuxSLL, [][]byte{typed(0), typed(3), typed(4), typed(3)}), "")
+	src, err := OpenFile(writePcap(t, layers.LinkTypeLinuxSLL, [][]byte{typed(0), typed(3), typed(4), typed(3)}), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +159,7 @@ func TestFilterForSelectsOnlyMappedTrafficAndNeverOwnOutput(t *testing.T) {
 		},
 		[]netip.AddrPort{netip.MustParseAddrPort("198.18.1.2:80")}, // the shadow, same port
 	)
-	bpf, err := pcap.NewBPF(layers.LinkType(linkRawAlt), 65535, filter) // DLT_RAW
+	bpf, err := pcap.NewBPF(linkTypeRawAlt, 65535, filter) // DLT_RAW
 	if err != nil {
 		t.Fatalf("filter %q does not compile: %v", filter, err)
 	}
@@ -191,7 +190,7 @@ func TestFilterFromSelectsOnlyProdsAnswers(t *testing.T) {
 		[]netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80"), netip.MustParseAddrPort("[2001:2::1]:8080")},
 		[]netip.AddrPort{netip.MustParseAddrPort("198.18.1.2:80")},
 	)
-	bpf, err := pcap.NewBPF(layers.LinkType(linkRawAlt), 65535, filter)
+	bpf, err := pcap.NewBPF(linkTypeRawAlt, 65535, filter)
 	if err != nil {
 		t.Fatalf("filter %q does not compile: %v", filter, err)
 	}
@@ -218,7 +217,7 @@ func TestOpenFileErrors(t *testing.T) {
 	if _, err := OpenFile(filepath.Join(t.TempDir(), "missing.pcap"), ""); err == nil {
 		t.Fatal("missing file opened")
 	}
-	path := writePcap(t, linkRaw, nil)
+	path := writePcap(t, layers.LinkTypeRaw, nil)
 	if _, err := OpenFile(path, "tcp and and"); err == nil {
 		t.Fatal("bad filter accepted")
 	}

@@ -2,6 +2,8 @@ package capture
 
 import (
 	"testing"
+
+	"github.com/google/gopacket/layers"
 )
 
 // FuzzLinkHeaderLen: for every link type, whatever the frame, the IP
@@ -13,8 +15,8 @@ func FuzzLinkHeaderLen(f *testing.F) {
 	qinq := []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x88, 0xa8, 0, 1, 0x81, 0x00, 0, 2, 0x81, 0x00, 0, 3, 0x08, 0x00}
 	sll := append(make([]byte, 14), 0x08, 0x00, 0x45)
 	for _, seed := range [][]byte{ether, vlan, qinq, sll, {0x45}, {2, 0, 0, 0, 0x45}, {0, 0, 0, 2, 0x60}, {}, {0x08}} {
-		for _, lt := range []linkType{linkEthernet, linkLinuxSLL, linkRaw,
-			linkRawAlt, linkIPv4, linkIPv6, linkNull, linkLoop, 0} {
+		for _, lt := range []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeRaw,
+			linkTypeRawAlt, layers.LinkTypeIPv4, linkTypeIPv6, layers.LinkTypeNull, layers.LinkTypeLoop, 0} {
 			f.Add(uint16(lt), seed)
 		}
 	}
@@ -22,14 +24,14 @@ func FuzzLinkHeaderLen(f *testing.F) {
 		if frame == nil {
 			frame = []byte{}
 		}
-		off, ok := linkHeaderLen(linkType(lt), frame)
+		off, ok := linkHeaderLen(layers.LinkType(lt), frame)
 		if !ok {
 			return
 		}
 		if off < 0 || off > len(frame) {
 			t.Fatalf("link type %d, %d-byte frame: IP header at %d", lt, len(frame), off)
 		}
-		if _, supported := linkHeaderLen(linkType(lt), nil); !supported {
+		if _, supported := linkHeaderLen(layers.LinkType(lt), nil); !supported {
 			t.Fatalf("link type %d parses a frame but is not supported", lt)
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
 
@@ -256,6 +257,9 @@ func (s *mirrorSource) handle(d []byte) ([]byte, bool) {
 	st.frames.Add(1)
 	return ip, true
 }
+
+// linkEthernet is the link type of every inner frame.
+const linkEthernet = layers.LinkTypeEthernet
 
 // decapsulate strips the outer tunnel of proto and, once, a VXLAN inside
 // it; ip is an IP packet when r is decapIP, an Ethernet frame when

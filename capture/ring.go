@@ -21,31 +21,35 @@ import "C"
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"reflect"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/google/gopacket/pcap"
 	"golang.org/x/sys/unix"
 )
 
 // ring reads a live, non-blocking pcap handle without ever blocking a
 // thread: pcap_next_ex returns at once, and when the ring is empty the
 // goroutine parks in Go's network poller on the capture socket until the
-// kernel hands over a block. A file handle is read with the same call,
-// never empty before its end.
+// kernel hands over a block.
 //
-// A read waiting in poll(2) inside a cgo call (gopacket's, once) looks
-// like work to the runtime, so it hands the reader's P to another thread
-// and back, over and over; in the lab at 10k copied requests a second,
-// reading this way took the copier from 39 to 25 µs of CPU a request, and
-// idle daemons from 3% of a core to none.
+// gopacket's own read waits in poll(2) inside a cgo call instead. The
+// runtime cannot tell that from work, so it hands the reader's P to
+// another thread and back, over and over; in the lab at 10k copied
+// requests a second, reading this way took the copier from 39 to 25 µs
+// of CPU a request, and idle daemons from 3% of a core to none. It needs
+// the handle's pcap_t, which gopacket keeps unexported; it is taken by
+// reflection and checked against the handle before use (newRing), so a
+// gopacket that changed shape falls back to gopacket's read, never to
+// a wrong pointer.
 type ring struct {
 	p     *C.pcap_t
 	slots *C.struct_ring_slots // C memory, freed by close
-	poll  *os.File             // a dup of the capture socket, registered with the poller; nil for a file
+	poll  *os.File             // a dup of the capture socket, registered with the poller
 	raw   syscall.RawConn
 	nanos int64 // timestamp unit in nanoseconds: 1000 for µs, 1 for ns
 
@@ -62,49 +66,68 @@ type ring struct {
 // so an idle source wakes its reader a few times a second at most.
 const ringWait = 250 * time.Millisecond
 
-// newRing sets up the read of h: for a live handle, through the poller.
-func newRing(h *handle, mu *sync.Mutex, closed func() bool, live bool) (*ring, error) {
-	p := h.p
-	r := &ring{p: p, nanos: 1000, mu: mu, closed: closed}
+// handlePtr returns h's pcap_t, or nil if it cannot be found.
+func handlePtr(h *pcap.Handle) *C.pcap_t {
+	f := reflect.ValueOf(h).Elem().FieldByName("cptr")
+	if !f.IsValid() || f.Kind() != reflect.Pointer {
+		return nil
+	}
+	return (*C.pcap_t)(f.UnsafePointer())
+}
+
+// newRing sets up the poller-based read for a live handle. It returns an
+// error when the handle cannot be read that way; the caller then keeps
+// gopacket's read.
+func newRing(h *pcap.Handle, mu *sync.Mutex, closed func() bool) (*ring, error) {
+	p := handlePtr(h)
+	if p == nil {
+		return nil, errors.New("no pcap_t in gopacket's handle")
+	}
+	// The pointer must be the handle's: same link type and snap length.
+	if int(C.pcap_datalink(p)) != int(h.LinkType()) || int(C.pcap_snapshot(p)) != h.SnapLen() {
+		return nil, errors.New("gopacket's handle does not hold its pcap_t where expected")
+	}
+	// gopacket made the handle non-blocking (it has a timeout); be sure.
+	var errbuf [C.PCAP_ERRBUF_SIZE]C.char
+	if C.pcap_getnonblock(p, &errbuf[0]) != 1 {
+		return nil, errors.New("handle is blocking")
+	}
+	fd := int(C.pcap_get_selectable_fd(p))
+	if fd < 0 {
+		return nil, errors.New("no selectable descriptor")
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup capture socket: %w", err)
+	}
+	// O_NONBLOCK belongs to the socket, shared with libpcap's descriptor:
+	// harmless, libpcap reads the ring, not the socket.
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, fmt.Errorf("capture socket non-blocking: %w", err)
+	}
+	f := os.NewFile(uintptr(dup), "pcap")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("capture socket: %w", err)
+	}
+	r := &ring{
+		p: p, poll: f, raw: raw, nanos: 1000, mu: mu, closed: closed,
+		slots: (*C.struct_ring_slots)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_ring_slots{})))),
+	}
 	if C.pcap_get_tstamp_precision(p) == C.PCAP_TSTAMP_PRECISION_NANO {
 		r.nanos = 1
 	}
-	if live {
-		var errbuf [C.PCAP_ERRBUF_SIZE]C.char
-		if C.pcap_getnonblock(p, &errbuf[0]) != 1 {
-			return nil, errors.New("capture handle is blocking")
-		}
-		fd := int(C.pcap_get_selectable_fd(p))
-		if fd < 0 {
-			return nil, errors.New("capture handle has no selectable descriptor")
-		}
-		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("dup capture socket: %w", err)
-		}
-		// O_NONBLOCK belongs to the socket, shared with libpcap's
-		// descriptor: harmless, libpcap reads the ring, not the socket.
-		if err := unix.SetNonblock(dup, true); err != nil {
-			unix.Close(dup)
-			return nil, fmt.Errorf("capture socket non-blocking: %w", err)
-		}
-		f := os.NewFile(uintptr(dup), "pcap")
-		raw, err := f.SyscallConn()
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("capture socket: %w", err)
-		}
-		// A pollable file: reads park in the poller, holding no thread.
-		if err := f.SetReadDeadline(time.Time{}); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("capture socket not pollable: %w", err)
-		}
-		r.poll, r.raw = f, raw
-	}
-	r.slots = (*C.struct_ring_slots)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_ring_slots{}))))
 	r.waitFn = func(uintptr) bool {
 		r.got, r.err = r.next()
 		return r.got != 0 || r.err != nil
+	}
+	// A pollable file: reads park in the poller. Otherwise this is no
+	// better than gopacket's read.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		r.close()
+		return nil, fmt.Errorf("capture socket not pollable: %w", err)
 	}
 	return r, nil
 }
@@ -121,8 +144,6 @@ func (r *ring) next() (int, error) {
 	switch n := C.ring_next(r.p, r.slots); n {
 	case 1, 0:
 		return int(n), nil
-	case C.PCAP_ERROR_BREAK: // the end of a file
-		return 0, io.EOF
 	default:
 		return 0, fmt.Errorf("read packet: %s", C.GoString(C.pcap_geterr(r.p)))
 	}
@@ -134,9 +155,6 @@ var errClosed = errors.New("capture closed")
 func (r *ring) read() ([]byte, time.Time, error) {
 	n, err := r.next()
 	if n == 0 && err == nil {
-		if r.poll == nil {
-			return nil, time.Time{}, ErrTimeout
-		}
 		if err := r.poll.SetReadDeadline(time.Now().Add(ringWait)); err != nil {
 			return nil, time.Time{}, errClosed
 		}
@@ -162,16 +180,10 @@ func (r *ring) read() ([]byte, time.Time, error) {
 }
 
 // wake makes a waiting read return at once.
-func (r *ring) wake() {
-	if r.poll != nil {
-		_ = r.poll.SetReadDeadline(time.Unix(1, 0))
-	}
-}
+func (r *ring) wake() { _ = r.poll.SetReadDeadline(time.Unix(1, 0)) }
 
 // close releases what newRing made; the pcap handle is the caller's.
 func (r *ring) close() {
-	if r.poll != nil {
-		r.poll.Close()
-	}
+	r.poll.Close()
 	C.free(unsafe.Pointer(r.slots))
 }

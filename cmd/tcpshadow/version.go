@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/google/gopacket/pcap"
 	"github.com/spf13/cobra"
 
-	"github.com/tcpshadow/tcpshadow/capture"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
 )
 
@@ -20,7 +20,7 @@ func newVersionCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := fmt.Fprintf(cmd.OutOrStdout(), "tcpshadow %s (control protocol v%d, %s, %s/%s)\n%s\n",
-				version, wire.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH, capture.LibVersion())
+				version, wire.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH, pcap.Version())
 			return err
 		},
 	}

@@ -25,8 +25,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+
 	"github.com/tcpshadow/tcpshadow/capture"
-	"github.com/tcpshadow/tcpshadow/internal/pcapfile"
 )
 
 // Config configures a Dump.
@@ -89,7 +92,7 @@ type Dump struct {
 	mu      sync.Mutex // guards the fields below
 	f       file       // nil while broken or closed
 	bw      *bufio.Writer
-	pw      *pcapfile.Writer
+	pw      *pcapgo.Writer
 	size    int64     // bytes in f, buffered ones included
 	broken  bool      // an error stopped the dump; logged once until it recovers
 	retryAt time.Time // when a broken Dump may open a fresh file
@@ -202,7 +205,8 @@ func (d *Dump) Write(ts time.Time, pkt []byte, origLen int) {
 		}
 		d.rotations.Add(1)
 	}
-	if err := d.pw.Write(ts.UnixNano(), pkt, origLen); err != nil {
+	ci := gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(pkt), Length: origLen}
+	if err := d.pw.WritePacket(ci, pkt); err != nil {
 		d.failLocked("write", err)
 		d.dropped.Add(1)
 		return
@@ -278,7 +282,8 @@ func (d *Dump) openLocked() error {
 	}
 	d.f = f
 	d.bw.Reset(f)
-	if d.pw, err = pcapfile.NewWriter(d.bw, pcapfile.LinkRaw); err != nil {
+	d.pw = pcapgo.NewWriter(d.bw)
+	if err := d.pw.WriteFileHeader(capture.MaxSnapLen, layers.LinkTypeRaw); err != nil {
 		_ = f.Close()
 		d.f = nil
 		return fmt.Errorf("dump %s: write header: %w", d.cfg.Path, err)
