@@ -41,7 +41,7 @@ test-unit: ## unit tests with the race detector, then the memory ones without it
 	$(GO) test -count=1 -run 'Alloc|Memory' $(UNIT)
 
 test-e2e: ## lab tests: sealed namespaces, real servers, the demo and a bench step (needs root)
-	$(GO) test -count=1 -timeout 30m $(LAB)
+	$(GO) test -p 1 -count=1 -timeout 30m $(LAB)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

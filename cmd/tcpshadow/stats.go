@@ -335,7 +335,9 @@ func copyStages(rows map[string]statRow) []stage {
 		"tcpshadow_agent_replies_total", "tcpshadow_agent_bad_frames_total"))
 	agent = append(agent, take(rows, prefixed(rows, "tcpshadow_agent_"))...)
 	cmp := take(rows, prefixed(rows, "tcpshadow_compare_"))
-	return []stage{{"capture", capture}, {"engine", eng}, {"sessions", sess}, {"agent link", agent}, {"comparison", cmp}}
+	controls := take(rows, prefixed(rows, "tcpshadow_copy_control"))
+	return []stage{{"controls", controls}, {"capture", capture}, {"engine", eng}, {"sessions", sess},
+		{"agent link", agent}, {"comparison", cmp}}
 }
 
 func interceptStages(rows map[string]statRow) []stage {

@@ -170,7 +170,8 @@ func checkStats(t *testing.T, e *env, copyM map[string]float64) {
 			"sessions_started " + strconv.FormatFloat(copyM[`tcpshadow_copy_events_total{event="sessions_started"}`], 'f', -1, 64),
 			"connected 1",
 			"packets " + strconv.FormatFloat(copyM["tcpshadow_dump_packets_total"], 'f', -1, 64),
-		}, []string{"capture", "engine", "sessions", "agent link", "comparison", "dump"}},
+			"multiply 1",
+		}, []string{"controls", "capture", "engine", "sessions", "agent link", "comparison", "dump"}},
 		{lab.AssistV4, []string{"peers 1"}, []string{"capture", "relay", "peers", "dump"}},
 	} {
 		from := net.JoinHostPort(tc.addr.String(), metricsPort)
