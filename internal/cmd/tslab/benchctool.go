@@ -16,7 +16,7 @@ import (
 )
 
 // The C tool's dimension: tcpcopy 1.x and its intercept, built from their
-// public source outside this repository (README, "Benchmark"; never
+// public source outside this repository (README, "Against the C tool"; never
 // vendored), run in the same lab as tcpshadow: its tcpcopy on prod
 // capturing with pcap and sending raw IP from the pool's first /24, its
 // intercept on the assist host capturing the shadow's replies. The same
@@ -257,7 +257,7 @@ func renderVersus(b *strings.Builder, c *ctool, vs []*vsStep, runs int) {
 		return
 	}
 	b.WriteString("## Against the C tool, measured\n\n")
-	fmt.Fprintf(b, "%s (built from its public source with `--pcap-capture`; README, \"Benchmark\"): its tcpcopy on prod (`-x 198.18.0.1:80-198.18.1.2:80 -c 198.19.0.x -i eth0`, raw IP send), its intercept on the assist host (`-i eth0 -F 'tcp and src port 80'`), in the same lab as tcpshadow (`copy --workers 2`, `intercept`), the same load. Runs alternated (tcpshadow, then tcpcopy, %d time(s) a step), each tool started fresh for its step, so its peak RSS is that step's; idle RSS is each tool's 1 s after it came up, before the step's load. CPU: copier + agent, utime + stime from the step's start until the shadow caught up, per copied request, summed over the runs. Ratio: tcpshadow ÷ tcpcopy (target ≤ 0.5).\n\n", c.version, runs)
+	fmt.Fprintf(b, "%s (built from its public source with `--pcap-capture`; README, \"Against the C tool\"): its tcpcopy on prod (`-x 198.18.0.1:80-198.18.1.2:80 -c 198.19.0.x -i eth0`, raw IP send), its intercept on the assist host (`-i eth0 -F 'tcp and src port 80'`), in the same lab as tcpshadow (`copy --workers 2`, `intercept`), the same load. Runs alternated (tcpshadow, then tcpcopy, %d time(s) a step), each tool started fresh for its step, so its peak RSS is that step's; idle RSS is each tool's 1 s after it came up, before the step's load. CPU: copier + agent, utime + stime from the step's start until the shadow caught up, per copied request, summed over the runs. Ratio: tcpshadow ÷ tcpcopy (target ≤ 0.5).\n\n", c.version, runs)
 	b.WriteString("| step | answered (tcpshadow / tcpcopy) | tcpshadow µs a copy (copier + agent) | tcpcopy µs a copy (copier + agent) | ratio | copied tcpshadow / tcpcopy | peak RSS copier tcpshadow / tcpcopy | peak RSS agent tcpshadow / intercept | idle RSS copier / agent, tcpshadow vs tcpcopy |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, v := range vs {
