@@ -14,7 +14,7 @@
 //     which decodes it once, matches it to a map and copies it, with its
 //     Layout, to the worker owning its flow; the control channel hands
 //     reply headers to Engine.HandleReply the same way. Queues never block
-//     the caller for long (a full one is waited on for at most 2 ms, while
+//     the caller for long (a full one is waited on for at most 25 ms, while
 //     the kernel's ring buffers): what does not fit is shed and counted.
 //  2. client.go: the worker finds the packet's session (admit.go starts one
 //     on a SYN, on data of an unknown flow, or reconnects after the shadow
