@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -184,4 +186,22 @@ func (b *tailBuffer) String() string {
 		return fmt.Sprintf("[%d bytes dropped]\n%s", dropped, s)
 	}
 	return string(s)
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawner starts every Process from one locked OS thread. The thread is
+// never unlocked, so it exits with the goroutine when Close closes l.spawn.
+// Children carry Pdeathsig (SIGKILL), which Linux ties to the thread that
+// forked them, not to the process: started from an arbitrary goroutine, a
+// child would be killed as soon as the runtime retired that thread (which it
+// does when a goroutine exits while locked to it).
+func (l *Lab) spawner() {
+	runtime.LockOSThread()
+	for req := range l.spawn {
+		req.done <- req.cmd.Start()
+	}
 }
