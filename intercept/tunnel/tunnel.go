@@ -1,13 +1,9 @@
 package tunnel
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"sync/atomic"
 
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
@@ -74,32 +70,16 @@ func Keys(secret []byte, transcript [32]byte, role wire.Role) (*Sealer, *Opener,
 	if role == wire.RoleAgent {
 		send, recv = recv, send
 	}
-	s, err := newAEAD(secret, transcript, send)
+	s, err := wire.NewAEAD(secret, transcript, send)
 	if err != nil {
 		return nil, nil, err
 	}
-	o, err := newAEAD(secret, transcript, recv)
+	o, err := wire.NewAEAD(secret, transcript, recv)
 	if err != nil {
 		return nil, nil, err
 	}
 	id := Session(transcript)
 	return &Sealer{id: id, aead: s}, &Opener{id: id, aead: o}, nil
-}
-
-func newAEAD(secret []byte, transcript [32]byte, info string) (cipher.AEAD, error) {
-	key, err := hkdf.Key(sha256.New, secret, transcript[:], info, 32)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel key: %w", err)
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel key: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel key: %w", err)
-	}
-	return aead, nil
 }
 
 // Sealer seals the datagrams one side sends under one session. It is

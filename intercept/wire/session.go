@@ -32,18 +32,21 @@ func SessionKeys(secret []byte, transcript [32]byte, role Role) (*Sealer, *Opene
 	if role == RoleAgent {
 		send, recv = recv, send
 	}
-	s, err := newAEAD(secret, transcript, send)
+	s, err := NewAEAD(secret, transcript, send)
 	if err != nil {
 		return nil, nil, err
 	}
-	o, err := newAEAD(secret, transcript, recv)
+	o, err := NewAEAD(secret, transcript, recv)
 	if err != nil {
 		return nil, nil, err
 	}
 	return &Sealer{aead: s}, &Opener{aead: o}, nil
 }
 
-func newAEAD(secret []byte, transcript [32]byte, info string) (cipher.AEAD, error) {
+// NewAEAD derives an AES-256-GCM key from secret, the handshake's
+// transcript and info (one label per direction and use), so that the
+// control channel and the tunnel never share a key.
+func NewAEAD(secret []byte, transcript [32]byte, info string) (cipher.AEAD, error) {
 	key, err := hkdf.Key(sha256.New, secret, transcript[:], info, 32)
 	if err != nil {
 		return nil, fmt.Errorf("session key: %w", err)
