@@ -210,6 +210,29 @@ func urls(host, prefix string, n int) []string {
 	return out
 }
 
+// copyEveryShape sends ka keep-alive requests on one connection and once
+// requests on a connection each, over IPv4 and then IPv6, and checks that
+// the shadow served every one prod served.
+func (e *localEnv) copyEveryShape(ka, once int) {
+	e.t.Helper()
+	for _, fam := range []struct {
+		name, host   string
+		prod, shadow *nginx
+	}{
+		{"4", lab.ProdClientSideV4.String(), e.prod4, e.shadow4},
+		{"6", "[" + lab.ProdClientSideV6.String() + "]", e.prod6, e.shadow6},
+	} {
+		if n := e.curl(true, urls(fam.host, "/ka"+fam.name, ka)...); n != 1 {
+			e.t.Fatalf("IPv%s keep-alive curl opened %d connections, want 1", fam.name, n)
+		}
+		e.checkCopied(fam.prod, fam.shadow, "/ka"+fam.name+"/", ka)
+		if n := e.curl(false, urls(fam.host, "/once"+fam.name, once)...); n != once {
+			e.t.Fatalf("IPv%s Connection: close curl opened %d connections, want %d", fam.name, n, once)
+		}
+		e.checkCopied(fam.prod, fam.shadow, "/once"+fam.name+"/", once)
+	}
+}
+
 // checkCopied waits until the shadow's nginx has logged as many requests
 // under prefix as prod's, and checks each came from the pool.
 func (e *localEnv) checkCopied(prod, shadow *nginx, prefix string, want int) {
@@ -305,26 +328,7 @@ func (e *localEnv) rules() (string, bool) {
 // and no packet from the shadow to a pool crosses the segment.
 func TestLocalCopy(t *testing.T) {
 	e := newLocalEnv(t)
-	host4, host6 := lab.ProdClientSideV4.String(), "["+lab.ProdClientSideV6.String()+"]"
-
-	if n := e.curl(true, urls(host4, "/ka4", 300)...); n != 1 {
-		t.Fatalf("keep-alive curl opened %d connections, want 1", n)
-	}
-	e.checkCopied(e.prod4, e.shadow4, "/ka4/", 300)
-
-	if n := e.curl(false, urls(host4, "/once4", 100)...); n != 100 {
-		t.Fatalf("Connection: close curl opened %d connections, want 100", n)
-	}
-	e.checkCopied(e.prod4, e.shadow4, "/once4/", 100)
-
-	if n := e.curl(true, urls(host6, "/ka6", 300)...); n != 1 {
-		t.Fatalf("IPv6 keep-alive curl opened %d connections, want 1", n)
-	}
-	e.checkCopied(e.prod6, e.shadow6, "/ka6/", 300)
-	if n := e.curl(false, urls(host6, "/once6", 100)...); n != 100 {
-		t.Fatalf("IPv6 Connection: close curl opened %d connections, want 100", n)
-	}
-	e.checkCopied(e.prod6, e.shadow6, "/once6/", 100)
+	e.copyEveryShape(300, 100)
 
 	m := e.agentMetrics()
 	if m["tcpshadow_intercept_queue_read_total"] == 0 || m["tcpshadow_intercept_relayed_total"] == 0 {

@@ -69,23 +69,7 @@ func TestTunnelDoctorNamesAntiSpoofing(t *testing.T) {
 // it.
 func TestTunnelCopy(t *testing.T) {
 	e := newLocalEnvWith(t, localEnvOptions{antiSpoofing: true, tunnel: true})
-	host4, host6 := lab.ProdClientSideV4.String(), "["+lab.ProdClientSideV6.String()+"]"
-	if n := e.curl(true, urls(host4, "/ka4", 300)...); n != 1 {
-		t.Fatalf("keep-alive curl opened %d connections, want 1", n)
-	}
-	e.checkCopied(e.prod4, e.shadow4, "/ka4/", 300)
-	if n := e.curl(true, urls(host6, "/ka6", 300)...); n != 1 {
-		t.Fatalf("IPv6 keep-alive curl opened %d connections, want 1", n)
-	}
-	e.checkCopied(e.prod6, e.shadow6, "/ka6/", 300)
-	if n := e.curl(false, urls(host4, "/once4", 50)...); n != 50 {
-		t.Fatalf("Connection: close curl opened %d connections, want 50", n)
-	}
-	e.checkCopied(e.prod4, e.shadow4, "/once4/", 50)
-	if n := e.curl(false, urls(host6, "/once6", 50)...); n != 50 {
-		t.Fatalf("IPv6 Connection: close curl opened %d connections, want 50", n)
-	}
-	e.checkCopied(e.prod6, e.shadow6, "/once6/", 50)
+	e.copyEveryShape(300, 50)
 
 	if v4, v6, err := e.lab.SpoofDrops(context.Background()); err != nil || v4 != 0 || v6 != 0 {
 		t.Fatalf("the switch dropped %d IPv4 and %d IPv6 frames from forged sources (%v): a forged packet left prod", v4, v6, err)
