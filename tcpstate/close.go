@@ -142,11 +142,9 @@ func (w *Worker) dropUnvouched(s *session) {
 // shadow rejections, only after a backoff, and not for ever (32).
 func (w *Worker) shadowEnded(s *session, reason EndReason, now int64) {
 	if reason == EndShadowReset {
-		w.pairShadowEnded(s, compare.Reset, now)
-		w.h2Ended(s, true, compare.Reset, now)
+		w.pairShadowOutcome(s, compare.Reset, now)
 	} else {
-		w.pairShadowEnded(s, compare.Closed, now)
-		w.h2Ended(s, true, compare.Closed, now)
+		w.pairShadowOutcome(s, compare.Closed, now)
 	}
 	pending := s.sndUna != s.clientNxt && len(s.q()) > 0
 	w.end(s, reason, now)

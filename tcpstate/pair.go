@@ -517,6 +517,13 @@ func (w *Worker) pairShadowNewest(rs *rounds, payload []byte, now int64) {
 	}
 }
 
+// pairShadowOutcome records how the shadow ended the connection, for
+// the rounds and the HTTP/2 streams it had not answered.
+func (w *Worker) pairShadowOutcome(s *session, o compare.Outcome, now int64) {
+	w.pairShadowEnded(s, o, now)
+	w.h2Ended(s, true, o, now)
+}
+
 // pairShadowEnded marks how the shadow ended the connection, for the
 // rounds it had not answered: those before are over on its side.
 func (w *Worker) pairShadowEnded(s *session, o compare.Outcome, now int64) {

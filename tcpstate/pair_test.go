@@ -341,3 +341,41 @@ func TestScenario42OrderedAnswersAfterCredit(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestScenario42OrdinaryCloseIsClosedOnBothSides: the client's last round
+// (a goodbye such as PostgreSQL's Terminate) gets no answer but a close,
+// from prod and from the shadow alike, in either order of the FINs: both
+// sides' outcome is closed, not a shadow timeout.
+func TestScenario42OrdinaryCloseIsClosedOnBothSides(t *testing.T) {
+	for _, shadowFirst := range []bool{false, true} {
+		h := comparingHarness(t)
+		h.handshake(nil, nil)
+		const bye = "X\x00\x00\x00\x04"
+		if shadowFirst {
+			h.clientSeg(fACK|fPSH, tISN+1, tProdISN+1, bye, nil)
+			h.prodSeg(fACK|fFIN, tProdISN+1, tISN+6, 0)
+			expectOne(t, h.sent(), "the goodbye")
+			h.reply(fACK|fFIN, tShadowISN+1, tISN+6, 65535, 0, nil) // the shadow closes first
+			h.clientSeg(fACK|fFIN, tISN+6, tProdISN+2, "", nil)
+			h.sent()
+			h.reply(fACK, tShadowISN+2, tISN+7, 65535, 0, nil)
+		} else {
+			h.clientSeg(fACK|fPSH|fFIN, tISN+1, tProdISN+1, bye, nil)
+			h.prodSeg(fACK|fFIN, tProdISN+1, tISN+7, 0)
+			expectOne(t, h.sent(), "the goodbye")
+			h.reply(fACK, tShadowISN+1, tISN+6, 65535, 0, nil)
+			expectOne(t, h.sent(), "FIN")
+			h.reply(fACK|fFIN, tShadowISN+1, tISN+7, 65535, 0, nil)
+		}
+		if h.ended(EndClosed)+h.ended(EndShadowClosed) != 1 {
+			t.Fatalf("shadow first %v: not ended by the FINs", shadowFirst)
+		}
+		got := h.pairs()
+		if len(got) != 1 || got[0].Prod.Outcome != compare.Closed || got[0].Shadow.Outcome != compare.Closed {
+			t.Errorf("shadow first %v: %d pairs, want one closed on both sides", shadowFirst, len(got))
+			for _, p := range got {
+				t.Errorf("prod %v, shadow %v", p.Prod.Outcome, p.Shadow.Outcome)
+			}
+		}
+	}
+}

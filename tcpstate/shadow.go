@@ -3,6 +3,7 @@ package tcpstate
 import (
 	"time"
 
+	"github.com/tcpshadow/tcpshadow/internal/compare"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -324,6 +325,7 @@ func (w *Worker) shadowFin(s *session, now int64) bool {
 		if s.clientFin && s.sndUna == s.finSeq && s.sndNxt == s.finSeq {
 			// The client finished too and the shadow has all its data:
 			// an ordinary close, the shadow's FIN first.
+			w.pairShadowOutcome(s, compare.Closed, now)
 			w.sendFin(s, now)
 			w.setState(s, stateLastAck)
 			return true
@@ -337,6 +339,9 @@ func (w *Worker) shadowFin(s *session, now int64) bool {
 		w.shadowEnded(s, EndShadowClosed, now)
 		return false
 	case stateFinWait:
+		// The client's last round is answered with a close, as prod's
+		// FIN answers it on prod's side (a goodbye such as Terminate).
+		w.pairShadowOutcome(s, compare.Closed, now)
 		w.sendCtl(s, rewrite.FlagACK, s.sndNxt, s.rcvNxt)
 		if s.sndUna == s.ourFin+1 {
 			w.closeSession(s, EndClosed, now) // both FINs acknowledged

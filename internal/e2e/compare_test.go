@@ -166,6 +166,11 @@ func TestCompareThroughTheCopier(t *testing.T) {
 		if got := mismatches(mr, "ok", "42P01"); got != missing || mr.Protocol != "postgres" {
 			t.Errorf("%s: ok→42P01 %d, want %d; mismatches %+v", mr.Protocol, got, missing, mr.Mismatches)
 		}
+		// The other queries, and each connection's Terminate (closed on
+		// both sides), match.
+		if len(mr.Mismatches) != 1 {
+			t.Errorf("mismatches %+v, want only ok→42P01", mr.Mismatches)
+		}
 		t.Logf("PostgreSQL: %d requests, mismatches %+v", mr.Requests, mr.Mismatches)
 	})
 
