@@ -75,6 +75,9 @@ var fuzzClients = []netip.AddrPort{
 // decodes and goes from the pool to the target, buffered bytes are
 // accounted exactly and within budget, sessions within their limit,
 // registrations equal the registered sessions; after shutdown, nothing.
+// fuzzCopies is FuzzWorker's Controls.Multiply.
+const fuzzCopies = 3
+
 func FuzzWorker(f *testing.F) {
 	f.Add([]byte{0, 0, 0x02, 0, 0, 0, 1, 0, 0x12, 0, 0, 0, 0, 0, 0x10, 1, 1, 0, 2, 0, 0x12, 0, 0, 0, 0, 0, 0x18, 1, 1, 40, 3, 10})
 	f.Add([]byte{0, 1, 0x02, 0, 0, 200, 3, 255, 0, 2, 0x11, 0, 5, 0, 0, 4, 0x04, 0, 0, 0})
@@ -95,6 +98,7 @@ func FuzzWorker(f *testing.F) {
 			MaxSessions: 4, MaxBufferBytes: 32 << 10, MaxSessionBytes: 8 << 10, MSS: 600,
 			ComparePrefix: 64,
 		}
+		cfg.Controls.Multiply = fuzzCopies // copies of one connection share the worker's budgets
 		cfg.Defaults()
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
@@ -157,16 +161,17 @@ func FuzzWorker(f *testing.F) {
 					pb.free()
 					continue
 				}
+				r := routeOf(0, h[4]%fuzzCopies) // which copy of the connection the packet is queued for
 				if op == 1 {
 					binary.BigEndian.PutUint16(pb.b[rewrite.IPv4TotalLenOffset:], uint16(len(b)+plen-len(seg.Payload)))
 					_ = pk.DecodeHeader(pb.b)
-					w.handleProd(pb, pk.Layout(), wall, 0, now)
+					w.handleProd(pb, pk.Layout(), wall, r, now)
 				} else {
-					w.handleCaptured(pb, pk.Layout(), wall, 0, now)
+					w.handleCaptured(pb, pk.Layout(), wall, r, now)
 				}
 			case 2: // a reply from the shadow to one of the forged flows
 				h := take(8)
-				forged := netip.AddrPortFrom(p.Map(client.Addr()), client.Port()+uint16(h[7]%2))
+				forged := netip.AddrPortFrom(p.MapCopy(client.Addr(), int(h[7]>>1)%fuzzCopies), client.Port()+uint16(h[7]%2))
 				seg := rewrite.Segment{Src: tShadow, Dst: forged, Flags: h[0],
 					Seq: tShadowISN + uint32(h[1])*101, Ack: tISN + uint32(h[2])*97,
 					Window: binary.BigEndian.Uint16(h[3:])}
