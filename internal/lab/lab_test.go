@@ -693,9 +693,10 @@ func TestLabCloseTearsDown(t *testing.T) {
 		if !waitFor(5*time.Second, func() bool { return comm(stubborn.PID()) == "sleep" }) {
 			t.Fatalf("stubborn process never exec'd sleep (comm %q)", comm(stubborn.PID()))
 		}
-		// ip netns exec execs: the PID is the program's, in the namespace.
-		if c := comm(polite.PID()); c != "sleep" {
-			t.Errorf("pid %d is %q, want sleep", polite.PID(), c)
+		// ip netns exec execs: the PID is the program's, in the namespace
+		// (once ip has exec'd it: until then comm is "ip").
+		if !waitFor(5*time.Second, func() bool { return comm(polite.PID()) == "sleep" }) {
+			t.Errorf("pid %d is %q, want sleep", polite.PID(), comm(polite.PID()))
 		}
 		if got, want := nsInode(t, fmt.Sprintf("/proc/%d/ns/net", polite.PID())),
 			nsInode(t, filepath.Join(netnsDir, l.Prod.Name())); got != want {
