@@ -389,8 +389,11 @@ func TestRampRisesBucketByBucket(t *testing.T) {
 }
 
 // TestSIGHUPChangesTheSample: a copier whose --config says sample 10%
-// copies about a tenth of 1000 connections; after the file says 90% and
-// SIGHUP, about nine tenths of 1000 more, and the metric says 0.9.
+// copies, of 1000 connections, exactly those whose place in the sample's
+// order (tcpstate.SampleRank of their client port, chosen by the test) is
+// below 0.1; after the file says 90% and SIGHUP, of 1000 more, exactly
+// those below 0.9, and the metric says 0.9. Choosing the ports makes the
+// expected set exact rather than a share within sampling noise.
 func TestSIGHUPChangesTheSample(t *testing.T) {
 	const n = 1000
 	conf := filepath.Join(t.TempDir(), "copy.toml")
@@ -402,18 +405,31 @@ func TestSIGHUPChangesTheSample(t *testing.T) {
 	write("10%")
 	e := newEnv(t, envOptions{copyArgs: []string{"--config", conf}})
 	e.explainFailures(t)
-	phase := func(name string, p float64) {
+	phase := func(name string, firstPort uint16, p float64) {
 		connsTo(t, e, n, 16, func(i int) (netip.AddrPort, []string) {
-			return netip.AddrPort{}, []string{fmt.Sprintf("/hup%s/%d", name, i)}
+			return netip.AddrPortFrom(lab.ClientV4, firstPort+uint16(i)), []string{fmt.Sprintf("/hup%s/%d", name, i)}
 		})
 		e.drained(t, 60*time.Second)
-		copied := len(perConnection(e.shadow, "/hup"+name+"/"))
-		if !within3σ(copied, n, p) {
-			t.Errorf("phase %s: %d of %d copied, want %v within 3σ", name, copied, n, p)
+		per := perConnection(e.shadow, "/hup"+name+"/")
+		want, wrong, lost := 0, 0, 0
+		for i := 0; i < n; i++ {
+			chosen := tcpstate.SampleRank(lab.ClientV4, firstPort+uint16(i), 0) < p
+			if chosen {
+				want++
+			}
+			switch {
+			case chosen && per[i] == 0:
+				lost++
+			case !chosen && per[i] > 0:
+				wrong++
+			}
 		}
-		t.Logf("phase %s: %d of %d copied at %v", name, copied, n, p)
+		if wrong > 0 || lost > 0 {
+			t.Errorf("phase %s at %v: %d of %d copied, %d chosen; %d copied not chosen, %d chosen not copied", name, p, len(per), n, want, wrong, lost)
+		}
+		t.Logf("phase %s: %d of %d copied at %v (%d chosen)", name, len(per), n, p, want)
 	}
-	phase("1", 0.1)
+	phase("1", 21000, 0.1)
 	write("90%")
 	if err := e.copier.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -422,7 +438,7 @@ func TestSIGHUPChangesTheSample(t *testing.T) {
 		m, err := e.copyMetrics()
 		return err == nil && m[`tcpshadow_copy_control{control="sample"}`] == 0.9
 	})
-	phase("2", 0.9)
+	phase("2", 22000, 0.9)
 }
 
 // TestTwoTargetsSplitByHash: a map with two targets (ports 80 and 8080
