@@ -87,6 +87,12 @@ type Config struct {
 	MaxBufferBytes  int64
 	MaxSessions     int // across all workers
 	QueueLen        int // per-worker queue of captured packets and replies
+	// QueueWait bounds how long the capture waits on a worker whose
+	// queue is full before it sheds the packet: longer than a scheduler
+	// time slice or two, shorter than the kernel's ring takes to fill
+	// (the daemon derives it from the ring's size), since the ring holds
+	// what arrives meanwhile and one shed segment cuts a bulk stream.
+	QueueWait time.Duration
 
 	// Controls are the load-test controls at the start; SetControls
 	// changes them while the engine runs.
@@ -117,6 +123,10 @@ const (
 	MaxMSS = rewrite.MaxMSS
 )
 
+// MaxQueueWait bounds Config.QueueWait: a capture that waits longer on
+// one worker starves the others.
+const MaxQueueWait = time.Second
+
 // DefaultConfig returns the defaults, the only place they are written:
 // Defaults takes zero fields from it and callers (the CLI's flags) read
 // theirs here. It has no maps.
@@ -141,6 +151,7 @@ func DefaultConfig() Config {
 		MaxBufferBytes:   512 << 20,
 		MaxSessions:      1 << 20,
 		QueueLen:         8192,
+		QueueWait:        25 * time.Millisecond,
 		ComparePrefix:    compare.DefaultPrefix,
 		Controls:         DefaultControls(),
 	}
@@ -168,6 +179,7 @@ func (c *Config) Defaults() {
 	orDefault(&c.MaxBufferBytes, d.MaxBufferBytes)
 	orDefault(&c.MaxSessions, d.MaxSessions)
 	orDefault(&c.QueueLen, d.QueueLen)
+	orDefault(&c.QueueWait, d.QueueWait)
 	c.Controls.defaults()
 }
 
@@ -277,6 +289,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueLen < 1 {
 		return fieldErr("QueueLen", c.QueueLen, "want at least 1")
+	}
+	if c.QueueWait < 0 || c.QueueWait > MaxQueueWait {
+		return fieldErr("QueueWait", c.QueueWait, "want 0 to "+MaxQueueWait.String())
 	}
 	return c.Controls.Validate()
 }

@@ -70,6 +70,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"MaxSessionBytes", func(c *Config) { c.MaxSessionBytes = 4095 }},
 		{"MaxSessions", func(c *Config) { c.MaxSessions = 0 }},
 		{"QueueLen", func(c *Config) { c.QueueLen = 0 }},
+		{"QueueWait", func(c *Config) { c.QueueWait = 2 * MaxQueueWait }},
 	}
 	for _, tt := range tests {
 		c := valid()

@@ -203,7 +203,7 @@ const ProdPrefix = 64
 // packet once, tells a client's packet (to a map's local endpoint) from
 // prod's (from it), and queues a copy, with its Layout, to the worker
 // owning the flow. Queues never block for long: a full one is waited on
-// for at most queueWait, then what does not fit is shed and counted.
+// for at most Config.QueueWait, then what does not fit is shed and counted.
 // Each Input has counters of its own, so several capture
 // goroutines (one per direction, fanned-out rings) feed one engine without
 // sharing a cache line; an Input's methods must be called from one
@@ -350,13 +350,14 @@ func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, t
 	// room first, or the host descheduled the worker's thread for a time
 	// slice or two (a busy 2-core host: 2 ms was too short, and one shed
 	// segment cuts a bulk stream). The kernel's ring holds far more than
-	// this queue, so yield to the worker, then nap, for at most queueWait
-	// before shedding: the worker never waits on the shadow, so a slot
-	// frees within microseconds unless its thread is off the CPU, and the
-	// wait never reaches prod.
-	deadline := e.now() + int64(queueWait)
+	// this queue, so yield to the worker, then nap, for at most
+	// Config.QueueWait before shedding: the worker never waits on the
+	// shadow, so a slot frees within microseconds unless its thread is off
+	// the CPU, and the wait never reaches prod.
+	wait := e.cfg.QueueWait
+	deadline := e.now() + int64(wait)
 	// The count bounds the loop too, for a clock that does not move (tests).
-	for try := 0; try < queueTries+int(queueWait/queueNap); try++ {
+	for try := 0; try < queueTries+int(wait/queueNap); try++ {
 		if try < queueTries {
 			runtime.Gosched()
 		} else {
@@ -375,13 +376,9 @@ func (in *Input) queue(p *rewrite.Packet, n int, forged [16]byte, port uint16, t
 	c.inc(CtrShedQueue)
 }
 
-// queueWait bounds how long the capture waits on a worker whose queue is
-// full before it sheds the packet: longer than a scheduler time slice or
-// two, far shorter than the ring's 32 MiB takes to fill at 1 Gbit/s
-// (~250 ms). It yields queueTries times first, then naps queueNap at a
-// time.
+// A capture waiting on a full worker queue yields queueTries times
+// first, then naps queueNap at a time, until Config.QueueWait.
 const (
-	queueWait  = 25 * time.Millisecond
 	queueTries = 64
 	queueNap   = 50 * time.Microsecond
 )

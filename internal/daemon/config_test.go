@@ -79,6 +79,31 @@ func TestEngineBudgets(t *testing.T) {
 	}
 }
 
+// TestQueueWaitFollowsTheRing: the capture waits on a full worker queue
+// for half the time its ring takes to fill at 1 Gbit/s, within the
+// engine's default and tcpstate.MaxQueueWait.
+func TestQueueWaitFollowsTheRing(t *testing.T) {
+	floor := tcpstate.DefaultConfig().QueueWait
+	for _, tc := range []struct {
+		ring int
+		want time.Duration
+	}{
+		{1 << 20, floor},
+		{32 << 20, 134 * time.Millisecond}, // 33,554,432 bytes at 125 MB/s, halved
+		{256 << 20, tcpstate.MaxQueueWait},
+	} {
+		c := validCopy()
+		c.Capture.BufferSize = tc.ring
+		got := c.EngineConfig().QueueWait
+		if d := got - tc.want; d < -time.Millisecond || d > time.Millisecond {
+			t.Errorf("%d MiB ring: queue wait %v, want %v", tc.ring>>20, got, tc.want)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%d MiB ring: %v", tc.ring>>20, err)
+		}
+	}
+}
+
 // TestValidateNamesTheField checks every refusal names the field, from
 // the config's root, so that the CLI can name the flag or key.
 func TestValidateNamesTheField(t *testing.T) {

@@ -107,7 +107,18 @@ func (c *CopyConfig) EngineConfig() tcpstate.Config {
 	if c.Transport == TransportUDP {
 		e.MSS = min(e.MSS, TunnelMSS)
 	}
+	e.QueueWait = queueWaitFor(c.Capture.BufferSize, e.QueueWait)
 	return e
+}
+
+// queueWaitFor is how long the capture waits on a full worker queue
+// with a kernel ring of ringBytes: half the time the ring takes to fill
+// at 1 Gbit/s (134 ms for the default 32 MiB), so the ring holds what
+// arrives meanwhile; never below floor nor above tcpstate.MaxQueueWait.
+func queueWaitFor(ringBytes int, floor time.Duration) time.Duration {
+	const lineRate = 125e6 // bytes a second: 1 Gbit/s
+	d := time.Duration(float64(ringBytes) / lineRate / 2 * float64(time.Second))
+	return min(max(d, floor), tcpstate.MaxQueueWait)
 }
 
 // CaptureConfig returns the capture's configuration: Capture, with a
