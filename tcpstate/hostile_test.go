@@ -402,3 +402,27 @@ func TestRepliesCannotStarveCapturedPackets(t *testing.T) {
 	}
 	l.w.Shutdown(e.now())
 }
+
+// TestFullQueueShedsAfterQueueWait: a capture finding its worker's queue
+// full waits Config.QueueWait for a slot, then sheds the packet, counted,
+// and leaves the queue as it was.
+func TestFullQueueShedsAfterQueueWait(t *testing.T) {
+	const wait = 3 * time.Millisecond
+	e := engineFor(t, Config{Maps: []Map{{Local: tProd, Target: tShadow}}, Workers: 1, QueueLen: 1, QueueWait: wait})
+	ts := time.Unix(1700000000, 0)
+	var took time.Duration
+	for i := 0; i < 2; i++ {
+		seg := rewrite.Segment{Src: netip.AddrPortFrom(tClient.Addr(), uint16(30000+i)), Dst: tProd, Seq: tISN, Flags: rewrite.FlagSYN, Window: 502}
+		b := make([]byte, seg.Len())
+		seg.Put(b)
+		start := time.Now()
+		e.HandleCaptured(b, ts)
+		took = time.Since(start)
+	}
+	if s := e.Stats(); s.Get(CtrShedQueue) != 1 || len(e.loops[0].pkts) != 1 {
+		t.Fatalf("shed_queue_full %d, queued %d: want the second packet shed, the first queued", s.Get(CtrShedQueue), len(e.loops[0].pkts))
+	}
+	if took < wait {
+		t.Errorf("the second packet was shed after %v, before the %v wait", took, wait)
+	}
+}
