@@ -1,14 +1,15 @@
-// Package capture reads packets with libpcap, from a live interface or a
-// pcap file, or from a traffic-mirroring session (VXLAN or GENEVE over
+// Package capture reads packets from a live interface (its own
+// TPACKET_V3 ring, tpacket.go, with filters compiled by libpcap), a pcap
+// file (libpcap), or a traffic-mirroring session (VXLAN or GENEVE over
 // UDP, mirror.go), and hands out their IP bytes without allocating.
 //
-// It owns the pcap handle, its settings (snap length, kernel buffer,
-// immediate mode, direction, BPF filter), the mirror session's socket and
-// tunnel headers, and the link-layer framing. It does not interpret TCP
-// beyond counting a mirror's out-of-order segments: callers decode the IP
-// packets they get (package rewrite) and must copy them before the next
-// Read, because reads are zero-copy views into libpcap's ring or the
-// mirror's buffer.
+// It owns the packet socket and its ring, its settings (snap length, ring
+// size, block timeout, direction, BPF filter), the pcap file handle, the
+// mirror session's socket and tunnel headers, and the link-layer framing.
+// It does not interpret TCP beyond counting a mirror's out-of-order
+// segments: callers decode the IP packets they get (package rewrite) and
+// must copy them before the next Read, because reads are zero-copy views
+// into the ring, libpcap's buffer or the mirror's buffer.
 package capture
 
 import (
@@ -57,20 +58,13 @@ type Config struct {
 	SnapLen    int // default MaxSnapLen: GRO can merge up to 64 KiB
 	BufferSize int // kernel ring size in bytes, default 32 MiB
 	// Timeout bounds how long a packet may wait in the kernel's ring
-	// before a read returns it (the kernel hands over a block when it is
-	// full or this old). Default 1ms. An idle Read waits in Go's poller,
+	// before a read returns it: the kernel packs packets into blocks
+	// (TPACKET_V3) and hands one over when it is full or this old, whole
+	// ms, default 1ms. An idle Read waits in Go's poller,
 	// holding no thread, and returns ErrTimeout after a quarter second.
 	Timeout time.Duration
 	Filter  string // BPF expression; empty captures everything
 	Promisc bool
-	// Immediate delivers each packet at once (libpcap's immediate mode).
-	// libpcap then falls back to TPACKET_V2, whose ring has one fixed slot
-	// per packet sized for the largest (64 KiB with offloads on): a 32 MiB
-	// ring holds only about 500 packets and drops bursts. The default,
-	// TPACKET_V3, packs packets into blocks the kernel hands over when
-	// full or after Timeout: thousands of packets per ring, read in
-	// batches.
-	Immediate bool
 	// InboundOnly asks the kernel for received packets only, so the
 	// copier never sees what it sends itself, whatever the filter.
 	InboundOnly bool
@@ -101,55 +95,11 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// OpenLive opens a live capture on cfg.Interface ("any" for all).
+// OpenLive opens a live capture on cfg.Interface ("any" for all), read
+// from a TPACKET_V3 ring in Go (tpacket.go).
 func OpenLive(cfg Config) (Source, error) {
 	cfg.setDefaults()
-	inactive, err := pcap.NewInactiveHandle(cfg.Interface)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
-	}
-	defer inactive.CleanUp()
-	for _, set := range []struct {
-		what string
-		err  error
-	}{
-		{"snaplen", inactive.SetSnapLen(cfg.SnapLen)},
-		{"buffer size", inactive.SetBufferSize(cfg.BufferSize)},
-		{"immediate mode", inactive.SetImmediateMode(cfg.Immediate)},
-		{"timeout", inactive.SetTimeout(cfg.Timeout)},
-		{"promisc", inactive.SetPromisc(cfg.Promisc)},
-	} {
-		if set.err != nil {
-			return nil, fmt.Errorf("set %s on %s: %w", set.what, cfg.Interface, set.err)
-		}
-	}
-	h, err := inactive.Activate()
-	if err != nil {
-		return nil, fmt.Errorf("activate capture on %s: %w", cfg.Interface, err)
-	}
-	switch {
-	case cfg.InboundOnly && cfg.OutboundOnly:
-		h.Close()
-		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
-	case cfg.InboundOnly:
-		if err := h.SetDirection(pcap.DirectionIn); err != nil {
-			h.Close()
-			return nil, fmt.Errorf("capture inbound only on %s: %w", cfg.Interface, err)
-		}
-	case cfg.OutboundOnly:
-		if err := h.SetDirection(pcap.DirectionOut); err != nil {
-			h.Close()
-			return nil, fmt.Errorf("capture outbound only on %s: %w", cfg.Interface, err)
-		}
-	}
-	src, err := newSource(h, cfg.Filter, true)
-	if err != nil {
-		return nil, err
-	}
-	// Without the ring (a gopacket that changed shape), gopacket's read
-	// still works, at the cost ring's comment explains.
-	src.ring, _ = newRing(h, &src.mu, src.closed.Load)
-	return src, nil
+	return openTPacket(cfg)
 }
 
 // OpenFile opens a pcap or pcapng file, applying filter if not empty.
@@ -158,10 +108,6 @@ func OpenFile(path, filter string) (Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return newSource(h, filter, false)
-}
-
-func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
 	if filter != "" {
 		if err := h.SetBPFFilter(filter); err != nil {
 			h.Close()
@@ -173,14 +119,13 @@ func newSource(h *pcap.Handle, filter string, live bool) (*pcapSource, error) {
 		h.Close()
 		return nil, fmt.Errorf("unsupported link type %v", lt)
 	}
-	return &pcapSource{h: h, link: lt, live: live}, nil
+	return &pcapSource{h: h, link: lt}, nil
 }
 
+// pcapSource reads a capture file through libpcap.
 type pcapSource struct {
 	h      *pcap.Handle
-	ring   *ring // nil: gopacket's read (files, or a handle ring cannot use)
 	link   layers.LinkType
-	live   bool
 	closed atomic.Bool
 	read   atomic.Uint64
 	nonIP  atomic.Uint64
@@ -189,9 +134,8 @@ type pcapSource struct {
 	// mu orders the handle's release after the reader is done with it.
 	// The reader is busy from the start of Read until Read fails, or, on
 	// success, until the next Read: the packet returned points into
-	// libpcap's ring. Close releases the handle only if the reader is not
-	// busy, and otherwise leaves that to the reader, so it never frees
-	// (or closes the poller's descriptor) under a waiting Read.
+	// libpcap's buffer. Close releases the handle only if the reader is
+	// not busy, and otherwise leaves that to the reader.
 	mu       sync.Mutex
 	busy     bool
 	released bool
@@ -247,9 +191,6 @@ func (s *pcapSource) failed(err error) error {
 
 // readFrame returns the next link-layer frame.
 func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
-	if s.ring != nil {
-		return s.ring.read()
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
@@ -268,20 +209,7 @@ func (s *pcapSource) readFrame() ([]byte, time.Time, error) {
 }
 
 func (s *pcapSource) Stats() Stats {
-	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load(), OtherHost: s.other.Load()}
-	if !s.live {
-		return st
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.released {
-		if ps, err := s.h.Stats(); err == nil {
-			st.KernelRecv = uint64(ps.PacketsReceived)
-			st.KernelDropped = uint64(ps.PacketsDropped)
-			st.IfDropped = uint64(ps.PacketsIfDropped)
-		}
-	}
-	return st
+	return Stats{Read: s.read.Load(), NonIP: s.nonIP.Load(), OtherHost: s.other.Load()}
 }
 
 // Close stops the source: a waiting Read returns io.EOF at once. The
@@ -289,9 +217,6 @@ func (s *pcapSource) Stats() Stats {
 func (s *pcapSource) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
-	}
-	if s.ring != nil {
-		s.ring.wake()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -306,9 +231,6 @@ func (s *pcapSource) releaseLocked() {
 		return
 	}
 	s.released = true
-	if s.ring != nil {
-		s.ring.close()
-	}
 	s.h.Close()
 }
 

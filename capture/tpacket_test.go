@@ -1,0 +1,182 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcpshadow/tcpshadow/internal/lab"
+	"golang.org/x/sys/unix"
+)
+
+// openIn opens a live capture inside ns, closed when the test ends.
+func openIn(t *testing.T, ns *lab.NS, cfg Config) *tpacketSource {
+	t.Helper()
+	var src Source
+	if err := ns.Do(func() error {
+		var err error
+		src, err = OpenLive(cfg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src.(*tpacketSource)
+}
+
+// sendUDP sends n datagrams from ns to dst, where a socket in to takes
+// them (so no ICMP error fails a write), bounded by a deadline.
+func sendUDP(t *testing.T, ns, to *lab.NS, dst string, n int) {
+	t.Helper()
+	var sink net.PacketConn
+	if err := to.Do(func() error {
+		var err error
+		sink, err = net.ListenPacket("udp", dst)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := ns.DialContext(ctx, "udp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i := range n {
+		if _, err := fmt.Fprintf(conn, "datagram %06d", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// drain reads until the source has been idle for a read timeout, and
+// returns the packets' payloads after their IP and UDP headers.
+func drain(t *testing.T, src Source) []string {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		pkt, _, err := src.Read()
+		if errors.Is(err, ErrTimeout) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		hdr := 20
+		if pkt[0]>>4 == 6 {
+			hdr = 40
+		}
+		got = append(got, string(pkt[hdr+8:]))
+	}
+	t.Fatal("capture never idled")
+	return nil
+}
+
+// TestLiveDirection checks that InboundOnly and OutboundOnly each get
+// their direction of a link's traffic, and no more: prod's datagrams to
+// the shadow leave by prod's segment link, the shadow's to prod arrive
+// on it.
+func TestLiveDirection(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	const filter = "udp and port 4999"
+	out := openIn(t, l.Prod, Config{Interface: lab.ProdSegmentLink, Filter: filter, OutboundOnly: true})
+	in := openIn(t, l.Prod, Config{Interface: lab.ProdSegmentLink, Filter: filter, InboundOnly: true})
+	both := openIn(t, l.Prod, Config{Interface: lab.ProdSegmentLink, Filter: filter})
+	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV4.String(), "4999"), 30)
+	sendUDP(t, l.Shadow, l.Prod, net.JoinHostPort(lab.ProdV4.String(), "4999"), 20)
+	if got := len(drain(t, out)); got != 30 {
+		t.Errorf("outbound only: %d packets, want prod's 30", got)
+	}
+	if got := len(drain(t, in)); got != 20 {
+		t.Errorf("inbound only: %d packets, want the shadow's 20", got)
+	}
+	if got := len(drain(t, both)); got != 50 {
+		t.Errorf("both ways: %d packets, want 50", got)
+	}
+}
+
+// TestLiveIPv6AndAny checks that IPv6 packets come whole, and that
+// interface "any" captures every link.
+func TestLiveIPv6AndAny(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	src := openIn(t, l.Shadow, Config{Interface: "any", Filter: "udp and dst port 4999", InboundOnly: true})
+	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV6.String(), "4999"), 10)
+	got := drain(t, src)
+	if len(got) != 10 {
+		t.Fatalf("%d packets on any, want 10", len(got))
+	}
+	for i, p := range got {
+		if want := fmt.Sprintf("datagram %06d", i); p != want {
+			t.Fatalf("packet %d carries %q, want %q", i, p, want)
+		}
+	}
+}
+
+// TestLiveCountsKernelDrops fills a two-block ring without reading it:
+// the kernel drops what does not fit and Stats counts it, so that what
+// was read and what was dropped add up to what the kernel received.
+func TestLiveCountsKernelDrops(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	src := openIn(t, l.Shadow, Config{Interface: lab.HostLink, Filter: "udp and dst port 4999", InboundOnly: true,
+		SnapLen: 1024, BufferSize: 1, Timeout: time.Second})
+	if src.blocks != 2 {
+		t.Fatalf("ring of %d blocks, want the minimum 2", src.blocks)
+	}
+	const n = 20000 // far more than two 64 KiB blocks hold
+	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV4.String(), "4999"), n)
+	read := len(drain(t, src))
+	st := src.Stats()
+	if st.KernelDropped == 0 {
+		t.Fatalf("stats %+v after %d sent to a two-block ring: no drop counted", st, n)
+	}
+	if uint64(read) != st.Read || st.Read+st.KernelDropped != st.KernelRecv {
+		t.Errorf("read %d, stats %+v: read and dropped do not add up to received", read, st)
+	}
+	if again := src.Stats(); again.KernelRecv != st.KernelRecv || again.KernelDropped != st.KernelDropped {
+		t.Errorf("stats changed with no traffic: %+v then %+v (the kernel's reset counters must be summed)", st, again)
+	}
+}
+
+func TestRingFilter(t *testing.T) {
+	for _, tc := range []struct {
+		cfg    Config
+		jt, jf uint8
+	}{
+		{Config{SnapLen: 256, InboundOnly: true}, 0, 1},
+		{Config{SnapLen: 256, OutboundOnly: true}, 1, 0},
+	} {
+		prog, err := ringFilter(tc.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prog[0].K != skfAdPktType || prog[1].K != packetOutgoing || prog[1].Jt != tc.jt || prog[1].Jf != tc.jf ||
+			prog[2].Code != unix.BPF_RET|unix.BPF_K || prog[2].K != 0 {
+			t.Errorf("%+v: direction test %+v", tc.cfg, prog[:3])
+		}
+		if last := prog[len(prog)-1]; last.K != 256 {
+			t.Errorf("%+v: program ends %+v, want a return of the snap length", tc.cfg, last)
+		}
+	}
+	if prog, err := ringFilter(Config{SnapLen: 256}); err != nil || len(prog) != 1 {
+		t.Errorf("no filter, both ways: %+v, %v; want one return", prog, err)
+	}
+	if _, err := ringFilter(Config{SnapLen: 256, Filter: "tcp and prt 80"}); err == nil || !strings.Contains(err.Error(), "tcp and prt 80") {
+		t.Errorf("bad filter: %v, want an error naming it", err)
+	}
+}
+
+func TestOpenLiveErrors(t *testing.T) {
+	if _, err := OpenLive(Config{Interface: "no-such-if0"}); err == nil || !strings.Contains(err.Error(), "no-such-if0") {
+		t.Errorf("missing interface: %v, want an error naming it", err)
+	}
+	if _, err := OpenLive(Config{Interface: "lo", InboundOnly: true, OutboundOnly: true}); err == nil {
+		t.Error("inbound and outbound only at once: no error")
+	}
+}
