@@ -14,6 +14,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/internal/rawconn"
 )
 
 // clientConn is one connection to the agent.
@@ -107,6 +108,7 @@ func (c *Client) dial(ctx context.Context) (*clientConn, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	conn = rawconn.Wrap(conn) // replies read wake no sysmon (package rawconn)
 	deadline := time.Now().Add(handshakeTimeout)
 	if conn, err = tlsClient(ctx, conn, c.cfg.TLS, deadline); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.cfg.Addr, err)

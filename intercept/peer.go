@@ -14,6 +14,7 @@ import (
 
 	"github.com/tcpshadow/tcpshadow/intercept/tunnel"
 	"github.com/tcpshadow/tcpshadow/intercept/wire"
+	"github.com/tcpshadow/tcpshadow/internal/rawconn"
 	"github.com/tcpshadow/tcpshadow/rewrite"
 )
 
@@ -254,7 +255,9 @@ func (a *Agent) admit(ctx context.Context, conn net.Conn, remote netip.Addr) (*a
 		conn.Close()
 		return nil, nil
 	}
-	conn, err := tlsServer(ctx, conn, a.cfg.TLS, deadline)
+	// Raw reads and writes: a relayed reply then wakes no sysmon (package
+	// rawconn). Under TLS too, which reads and writes through conn.
+	conn, err := tlsServer(ctx, rawconn.Wrap(conn), a.cfg.TLS, deadline)
 	if err != nil {
 		if !hungUp(err) {
 			a.logRefusal(remote, "copy daemon refused", err)
