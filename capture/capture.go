@@ -71,6 +71,17 @@ type Config struct {
 	// OutboundOnly asks for the packets the host sends only: the copier
 	// reads prod's side of each conversation so.
 	OutboundOnly bool
+	// Outbound, with InboundOnly and a Filter of its own, adds what the
+	// host sends that matches it, cut at its SnapLen, to the same ring:
+	// both sides of a conversation then come in the order the kernel saw
+	// them, and one wake-up of the reader serves both.
+	Outbound Outbound
+}
+
+// Outbound selects the packets the host sends that a capture also takes.
+type Outbound struct {
+	Filter  string // BPF expression; empty: none
+	SnapLen int    // at most Config.SnapLen
 }
 
 // MaxSnapLen is the largest snap length libpcap takes.

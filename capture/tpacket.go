@@ -119,6 +119,9 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 	if cfg.InboundOnly && cfg.OutboundOnly {
 		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
 	}
+	if cfg.Outbound.Filter != "" && (!cfg.InboundOnly || cfg.Outbound.SnapLen <= 0 || cfg.Outbound.SnapLen > cfg.SnapLen) {
+		return nil, fmt.Errorf("capture on %s: outbound packets are added to an inbound-only capture, cut at 1..%d bytes", cfg.Interface, cfg.SnapLen)
+	}
 	ifindex := 0 // "any"
 	if cfg.Interface != "any" {
 		ifi, err := net.InterfaceByName(cfg.Interface)
@@ -139,6 +142,8 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 	}
 	s := &tpacketSource{fd: fd, blockSize: ringBlockSize(cfg.SnapLen), dir: bothWays}
 	switch {
+	case cfg.Outbound.Filter != "":
+		// The filter takes each direction's packets (ringFilter).
 	case cfg.InboundOnly:
 		s.dir = inboundOnly
 	case cfg.OutboundOnly:
@@ -161,7 +166,7 @@ func (s *tpacketSource) setup(cfg Config, ifindex int, prog []unix.SockFilter) e
 	if err := unix.SetsockoptSockFprog(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
 		return fmt.Errorf("attach filter: %w", err)
 	}
-	if s.dir == inboundOnly {
+	if s.dir == inboundOnly && cfg.Outbound.Filter == "" {
 		// The kernel then skips the copy of what the host sends; the
 		// filter drops it too on kernels without the option.
 		_ = unix.SetsockoptInt(s.fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
@@ -205,16 +210,31 @@ func (s *tpacketSource) setup(cfg Config, ifindex int, prog []unix.SockFilter) e
 }
 
 // ringFilter compiles cfg.Filter for raw IP, cut at cfg.SnapLen, behind a
-// test of the packet's direction when only one is wanted.
+// test of the packet's direction when only one is wanted; with
+// cfg.Outbound, outgoing packets run its filter instead.
 func ringFilter(cfg Config) ([]unix.SockFilter, error) {
-	insns, err := pcap.CompileBPFFilter(linkTypeRawAlt, cfg.SnapLen, cfg.Filter)
+	in, err := compileFilter(cfg.Filter, cfg.SnapLen)
 	if err != nil {
-		return nil, fmt.Errorf("set filter %q: %w", cfg.Filter, err)
+		return nil, err
 	}
 	var prog []unix.SockFilter
-	if cfg.InboundOnly || cfg.OutboundOnly {
-		// A outgoing packet skips the drop (jt 1) when outbound is wanted,
-		// lands on it (jt 0) when inbound is.
+	switch {
+	case cfg.Outbound.Filter != "":
+		out, err := compileFilter(cfg.Outbound.Filter, cfg.Outbound.SnapLen)
+		if err != nil {
+			return nil, err
+		}
+		// An outgoing packet skips the jump (jt 1) into out's program;
+		// the others jump over it to in's. Both end in returns.
+		prog = append(prog,
+			unix.SockFilter{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: skfAdPktType},
+			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, Jf: 0, K: packetOutgoing},
+			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JA, K: uint32(len(out))},
+		)
+		prog = append(prog, out...)
+	case cfg.InboundOnly || cfg.OutboundOnly:
+		// An outgoing packet skips the drop (jt 1) when outbound is
+		// wanted, lands on it (jt 0) when inbound is.
 		jt, jf := uint8(0), uint8(1)
 		if cfg.OutboundOnly {
 			jt, jf = 1, 0
@@ -225,11 +245,22 @@ func ringFilter(cfg Config) ([]unix.SockFilter, error) {
 			unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},
 		)
 	}
-	for _, in := range insns {
-		prog = append(prog, unix.SockFilter{Code: in.Code, Jt: in.Jt, Jf: in.Jf, K: in.K})
-	}
+	prog = append(prog, in...)
 	if len(prog) > maxFilterLen {
 		return nil, fmt.Errorf("set filter %q: %d instructions, the kernel takes %d", cfg.Filter, len(prog), maxFilterLen)
+	}
+	return prog, nil
+}
+
+// compileFilter compiles expr for packets that start at their IP header.
+func compileFilter(expr string, snapLen int) ([]unix.SockFilter, error) {
+	insns, err := pcap.CompileBPFFilter(linkTypeRawAlt, snapLen, expr)
+	if err != nil {
+		return nil, fmt.Errorf("set filter %q: %w", expr, err)
+	}
+	prog := make([]unix.SockFilter, len(insns))
+	for i, in := range insns {
+		prog[i] = unix.SockFilter{Code: in.Code, Jt: in.Jt, Jf: in.Jf, K: in.K}
 	}
 	return prog, nil
 }

@@ -102,6 +102,50 @@ func TestLiveDirection(t *testing.T) {
 	}
 }
 
+// TestLiveOutboundInSameRing checks Config.Outbound: one ring takes the
+// inbound packets its filter selects, whole, and the outbound ones the
+// outbound filter selects, cut at the outbound snap length, and nothing
+// else of either direction.
+func TestLiveOutboundInSameRing(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	src := openIn(t, l.Prod, Config{Interface: lab.ProdSegmentLink, Filter: "udp and dst port 4999", InboundOnly: true, SnapLen: 1024,
+		Outbound: Outbound{Filter: "udp and dst port 4998", SnapLen: 32}})
+	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV4.String(), "4998"), 30) // out, taken: cut
+	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV4.String(), "4999"), 10) // out, not the outbound filter's
+	sendUDP(t, l.Shadow, l.Prod, net.JoinHostPort(lab.ProdV4.String(), "4999"), 20)   // in, taken: whole
+	sendUDP(t, l.Shadow, l.Prod, net.JoinHostPort(lab.ProdV4.String(), "4998"), 5)    // in, not the inbound filter's
+	var cut, whole int
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		pkt, _, err := src.Read()
+		if errors.Is(err, ErrTimeout) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch dst := int(pkt[22])<<8 | int(pkt[23]); {
+		case dst == 4998 && len(pkt) == 32:
+			cut++
+		case dst == 4999 && len(pkt) == 28+len("datagram 000000") && string(pkt[28:]) == fmt.Sprintf("datagram %06d", whole):
+			whole++
+		default:
+			t.Fatalf("unexpected packet to port %d, %d bytes: % x", dst, len(pkt), pkt)
+		}
+	}
+	if cut != 30 || whole != 20 {
+		t.Errorf("%d outbound packets cut and %d inbound whole, want 30 and 20", cut, whole)
+	}
+	for _, bad := range []Outbound{{Filter: "udp", SnapLen: 0}, {Filter: "udp", SnapLen: 2048}} {
+		if _, err := OpenLive(Config{Interface: "lo", InboundOnly: true, SnapLen: 1024, Outbound: bad}); err == nil {
+			t.Errorf("outbound %+v: no error", bad)
+		}
+	}
+	if _, err := OpenLive(Config{Interface: "lo", Outbound: Outbound{Filter: "udp", SnapLen: 100}}); err == nil {
+		t.Error("outbound on a capture of both directions: no error")
+	}
+}
+
 // TestLiveIPv6AndAny checks that IPv6 packets come whole, and that
 // interface "any" captures every link.
 func TestLiveIPv6AndAny(t *testing.T) {

@@ -140,9 +140,10 @@ const prodSnapLen = 256
 // ProdCaptureConfig returns the capture of prod's side of the copied
 // conversations (scenario 33): the packets prod sends from the maps'
 // local endpoints, on Capture's interface, cut after their headers and a
-// short prefix, in a ring a quarter of Capture's (at least 1 MiB). ok is
-// false with Engine.TrustInbound, when nothing of prod's is read, and
-// with a Mirror, whose session carries prod's side.
+// short prefix, in a ring a quarter of Capture's (at least 1 MiB) when
+// it has one of its own (on a live host they share the client capture's,
+// capture.Outbound). ok is false with Engine.TrustInbound, when nothing of
+// prod's is read, and with a Mirror, whose session carries prod's side.
 func (c *CopyConfig) ProdCaptureConfig() (cc capture.Config, ok bool) {
 	if c.Engine.TrustInbound || c.mirrored() {
 		return capture.Config{}, false
@@ -297,13 +298,18 @@ func runCopy(ctx context.Context, cfg CopyConfig, log *slog.Logger, logFile *log
 	if rec != nil {
 		defer rec.Close() // after the captures close: what they read is written
 	}
+	pcfg, prodSide := cfg.ProdCaptureConfig()
+	if prodSide && h.oneRing {
+		// Prod's side in the same ring: in the order the kernel saw
+		// both sides, one wake-up for both.
+		ccfg.Outbound = capture.Outbound{Filter: pcfg.Filter, SnapLen: min(pcfg.SnapLen, ccfg.SnapLen)}
+	}
 	src, err := cfg.openSource(h, ccfg)
 	if err != nil {
 		return err
 	}
-	var prodSrc capture.Source // nil with TrustInbound
-	pcfg, prodSide := cfg.ProdCaptureConfig()
-	if prodSide {
+	var prodSrc capture.Source // nil with TrustInbound, or in src's ring
+	if prodSide && !h.oneRing {
 		if prodSrc, err = h.openCapture(pcfg); err != nil {
 			src.Close()
 			return fmt.Errorf("capture prod's side: %w", err)

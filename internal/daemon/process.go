@@ -38,6 +38,9 @@ func DefaultMaxCPU() int { return max(1, runtime.NumCPU()/2) }
 type host struct {
 	openCapture func(capture.Config) (capture.Source, error)
 	openMirror  func(capture.MirrorConfig) (capture.Source, error)
+	// oneRing captures prod's side in the client capture's ring
+	// (capture.Outbound) rather than with a capture of its own.
+	oneRing bool
 	// openSender opens one worker's way to the shadow and what closes it.
 	openSender func() (tcpstate.Sender, io.Closer, error)
 	listen     func(addr string) (net.Listener, error)
@@ -52,6 +55,7 @@ func liveHost() host {
 	return host{
 		openCapture: capture.OpenLive,
 		openMirror:  capture.OpenMirror,
+		oneRing:     true,
 		openSender: func() (tcpstate.Sender, io.Closer, error) {
 			s, err := rawsock.Open()
 			if err != nil {
