@@ -50,13 +50,29 @@ type Stats struct {
 	KernelRecv    uint64 // from pcap_stats: packets that passed the filter
 	KernelDropped uint64 // dropped for lack of buffer space
 	IfDropped     uint64 // dropped by the interface or driver
+	// A live capture's ring (tpacketgrow.go): its size now, the times it
+	// grew or could not, the packets the kernel cut to fit a small ring's
+	// blocks, and those read twice across a switch and skipped.
+	RingBytes      uint64
+	RingGrown      uint64
+	RingGrowFailed uint64
+	RingCut        uint64
+	RingDuplicates uint64
 }
 
 // Config configures a live capture.
 type Config struct {
-	Interface  string
-	SnapLen    int // default MaxSnapLen: GRO can merge up to 64 KiB
-	BufferSize int // kernel ring size in bytes, default 32 MiB
+	Interface string
+	SnapLen   int // default MaxSnapLen: GRO can merge up to 64 KiB
+	// BufferSize is the most the kernel ring grows to, in bytes; default
+	// 32 MiB. It starts at InitialBufferSize (default 32 MiB; BufferSize
+	// or more makes it fixed) and grows to hold Hold (default 250 ms) of
+	// the rate it is read at, or when the kernel dropped or cut packets.
+	// A small start saves memory on an idle host, but a burst at line rate
+	// (a 20 MiB upload over a veth) overflows it before it can grow.
+	BufferSize        int
+	InitialBufferSize int
+	Hold              time.Duration
 	// Timeout bounds how long a packet may wait in the kernel's ring
 	// before a read returns it: the kernel packs packets into blocks
 	// (TPACKET_V3) and hands one over when it is full or this old, whole
@@ -90,7 +106,7 @@ const MaxSnapLen = 262144
 // DefaultConfig returns the defaults, the only place they are written:
 // OpenLive takes zero fields from it. It names no interface.
 func DefaultConfig() Config {
-	return Config{SnapLen: MaxSnapLen, BufferSize: 32 << 20, Timeout: time.Millisecond}
+	return Config{SnapLen: MaxSnapLen, BufferSize: 32 << 20, InitialBufferSize: 32 << 20, Hold: 250 * time.Millisecond, Timeout: time.Millisecond}
 }
 
 func (c *Config) setDefaults() {
@@ -100,6 +116,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.BufferSize == 0 {
 		c.BufferSize = d.BufferSize
+	}
+	if c.InitialBufferSize == 0 {
+		c.InitialBufferSize = d.InitialBufferSize
+	}
+	if c.Hold == 0 {
+		c.Hold = d.Hold
 	}
 	if c.Timeout == 0 {
 		c.Timeout = d.Timeout

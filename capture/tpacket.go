@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -9,17 +8,14 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
-	"github.com/google/gopacket/pcap"
 	"golang.org/x/sys/unix"
 )
 
-// tpacketSource reads a TPACKET_V3 ring of its own AF_PACKET socket in
-// Go: a packet costs no cgo call and no system call, and an empty ring
-// parks the reader in Go's network poller, holding no thread.
+// tpacketSource reads TPACKET_V3 rings of its own AF_PACKET sockets in Go
+// (tpacketring.go): a packet costs no cgo call and no system call, and an
+// empty ring parks the reader in Go's network poller, holding no thread.
 //
 // That matters at low rates: every cgo or system call after an idle gap
 // wakes the runtime's sysmon thread, which then polls at 20 µs until the
@@ -27,23 +23,24 @@ import (
 // the copier's CPU at 1k requests a second (docs/scaling.md). libpcap
 // still compiles the filter; the kernel runs it.
 //
-// The socket is SOCK_DGRAM: every frame starts at its network header
-// whatever the link, so the filter is compiled for raw IP and the
-// direction is read from the packet type the kernel records.
+// The ring starts small and grows with the observed rate
+// (tpacketgrow.go); only the reader swaps rings.
 type tpacketSource struct {
-	fd        int
-	ring      []byte // the mmap'd blocks
-	blockSize int
-	blocks    int
-	poll      *os.File // a dup of fd, registered with the poller
-	raw       syscall.RawConn
-	dir       direction
+	cfg     Config
+	ifindex int
+	prog    []unix.SockFilter
+	dir     direction
+	netnsFD int       // the namespace opened in, for the rings it grows into
+	netns   uint64    // its inode
+	r       *ringSock // the ring read; the reader changes it, under mu
 
-	// Reader state: the block it holds (cur, while held), and within it
-	// the packets left and the next one's offset.
+	// Reader state: the block of r it holds (cur, while held), and within
+	// it the packets left and the next one's offset.
 	cur, left, next int
 	held            bool
 	readyFn         func(uintptr) bool // built once: waiting must not allocate
+
+	grow grower // the reader's, but for what grower says
 
 	closed atomic.Bool
 	read   atomic.Uint64
@@ -51,7 +48,7 @@ type tpacketSource struct {
 	other  atomic.Uint64
 	bad    atomic.Uint64 // frames whose ring header is out of bounds: a kernel we misread
 
-	// mu orders the ring's release after the reader is done with it, as
+	// mu orders the rings' release after the reader is done with them, as
 	// in pcapSource; and it serialises Stats, whose kernel counters reset
 	// on each read and are summed here.
 	mu                sync.Mutex
@@ -73,48 +70,7 @@ const (
 	outboundOnly
 )
 
-// Offsets in the ring, from linux/if_packet.h. A block starts with
-// struct tpacket_block_desc; each packet with struct tpacket3_hdr,
-// followed (at tpacket3HdrLen) by a struct sockaddr_ll.
-const (
-	blkStatus      = 8  // hdr.bh1.block_status
-	blkNumPkts     = 12 // hdr.bh1.num_pkts
-	blkFirstPkt    = 16 // hdr.bh1.offset_to_first_pkt
-	pktNextOffset  = 0  // tp_next_offset
-	pktSec         = 4  // tp_sec
-	pktNsec        = 8  // tp_nsec
-	pktSnapLen     = 12 // tp_snaplen
-	pktNet         = 26 // tp_net
-	tpacket3HdrLen = 48 // TPACKET_ALIGN(sizeof(struct tpacket3_hdr))
-	sllProtocol    = tpacket3HdrLen + 2
-	sllPktType     = tpacket3HdrLen + 10
-	pktMinLen      = sllPktType + 1
-)
-
-// Packet types of struct sockaddr_ll (linux/if_packet.h).
-const (
-	packetOtherHost = 3
-	packetOutgoing  = 4
-)
-
-// maxFilterLen is the kernel's bound on a classic BPF program (BPF_MAXINSNS).
-const maxFilterLen = 4096
-
-// Ancillary load of the packet type in classic BPF (linux/filter.h).
-const skfAdPktType = 0xfffff000 + 4 // SKF_AD_OFF + SKF_AD_PKTTYPE
-
-// ringBlockSize returns the block size for snapLen: a power of two of
-// pages that holds the largest packet with its headers.
-func ringBlockSize(snapLen int) int {
-	need := snapLen + 256 // block descriptor, tpacket3_hdr, sockaddr_ll, alignment
-	b := os.Getpagesize()
-	for b < need || b < 64<<10 {
-		b <<= 1
-	}
-	return b
-}
-
-// openTPacket opens cfg's capture on its own TPACKET_V3 ring.
+// openTPacket opens cfg's capture on a ring of cfg.InitialBufferSize.
 func openTPacket(cfg Config) (*tpacketSource, error) {
 	if cfg.InboundOnly && cfg.OutboundOnly {
 		return nil, fmt.Errorf("capture on %s: inbound only or outbound only, not both", cfg.Interface)
@@ -122,25 +78,21 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 	if cfg.Outbound.Filter != "" && (!cfg.InboundOnly || cfg.Outbound.SnapLen <= 0 || cfg.Outbound.SnapLen > cfg.SnapLen) {
 		return nil, fmt.Errorf("capture on %s: outbound packets are added to an inbound-only capture, cut at 1..%d bytes", cfg.Interface, cfg.SnapLen)
 	}
-	ifindex := 0 // "any"
+	s := &tpacketSource{cfg: cfg}
 	if cfg.Interface != "any" {
 		ifi, err := net.InterfaceByName(cfg.Interface)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
 		}
-		ifindex = ifi.Index
+		s.ifindex = ifi.Index
 	}
-	prog, err := ringFilter(cfg)
-	if err != nil {
+	var err error
+	if s.prog, err = ringFilter(cfg); err != nil {
 		return nil, err
 	}
-	// Protocol 0: the socket takes no packet until bind, after its filter
-	// and ring are in place.
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: packet socket: %w", cfg.Interface, err)
+	if s.netnsFD, s.netns, err = openNetns(); err != nil {
+		return nil, fmt.Errorf("capture on %s: %w", cfg.Interface, err)
 	}
-	s := &tpacketSource{fd: fd, blockSize: ringBlockSize(cfg.SnapLen), dir: bothWays}
 	switch {
 	case cfg.Outbound.Filter != "":
 		// The filter takes each direction's packets (ringFilter).
@@ -149,135 +101,19 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 	case cfg.OutboundOnly:
 		s.dir = outboundOnly
 	}
-	s.blocks = max(cfg.BufferSize/s.blockSize, 2)
-	if err := s.setup(cfg, ifindex, prog); err != nil {
-		s.release()
+	if s.r, err = openRing(cfg, s.ifindex, s.prog, min(cfg.InitialBufferSize, cfg.BufferSize)); err == nil {
+		if err = s.r.bind(s.ifindex); err != nil {
+			s.r.release()
+		}
+	}
+	if err != nil {
+		unix.Close(s.netnsFD)
 		return nil, fmt.Errorf("capture on %s: %w", cfg.Interface, err)
 	}
-	s.readyFn = func(uintptr) bool { return s.closed.Load() || s.ready() }
+	s.grow.init(cfg)
+	s.grow.size.Store(int64(s.r.size()))
+	s.readyFn = func(uintptr) bool { return s.closed.Load() || s.grow.pending.Load() != nil || s.r.ready(s.cur) }
 	return s, nil
-}
-
-func (s *tpacketSource) setup(cfg Config, ifindex int, prog []unix.SockFilter) error {
-	if err := unix.SetsockoptInt(s.fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
-		return fmt.Errorf("TPACKET_V3: %w", err)
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if err := unix.SetsockoptSockFprog(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
-		return fmt.Errorf("attach filter: %w", err)
-	}
-	if s.dir == inboundOnly && cfg.Outbound.Filter == "" {
-		// The kernel then skips the copy of what the host sends; the
-		// filter drops it too on kernels without the option.
-		_ = unix.SetsockoptInt(s.fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
-	}
-	req := unix.TpacketReq3{
-		Block_size:     uint32(s.blockSize),
-		Block_nr:       uint32(s.blocks),
-		Frame_size:     uint32(s.blockSize),
-		Frame_nr:       uint32(s.blocks),
-		Retire_blk_tov: uint32(max(cfg.Timeout/time.Millisecond, 1)),
-	}
-	if err := unix.SetsockoptTpacketReq3(s.fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-		return fmt.Errorf("ring of %d×%d bytes: %w", s.blocks, s.blockSize, err)
-	}
-	ring, err := unix.Mmap(s.fd, 0, s.blocks*s.blockSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("map ring: %w", err)
-	}
-	s.ring = ring
-	if cfg.Promisc && ifindex != 0 {
-		mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
-		if err := unix.SetsockoptPacketMreq(s.fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
-			return fmt.Errorf("promiscuous mode: %w", err)
-		}
-	}
-	if err := unix.Bind(s.fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}); err != nil {
-		return fmt.Errorf("bind: %w", err)
-	}
-	dup, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("dup capture socket: %w", err)
-	}
-	s.poll = os.NewFile(uintptr(dup), "tpacket")
-	if s.raw, err = s.poll.SyscallConn(); err != nil {
-		return fmt.Errorf("capture socket: %w", err)
-	}
-	if err := s.poll.SetReadDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("capture socket not pollable: %w", err)
-	}
-	return nil
-}
-
-// ringFilter compiles cfg.Filter for raw IP, cut at cfg.SnapLen, behind a
-// test of the packet's direction when only one is wanted; with
-// cfg.Outbound, outgoing packets run its filter instead.
-func ringFilter(cfg Config) ([]unix.SockFilter, error) {
-	in, err := compileFilter(cfg.Filter, cfg.SnapLen)
-	if err != nil {
-		return nil, err
-	}
-	var prog []unix.SockFilter
-	switch {
-	case cfg.Outbound.Filter != "":
-		out, err := compileFilter(cfg.Outbound.Filter, cfg.Outbound.SnapLen)
-		if err != nil {
-			return nil, err
-		}
-		// An outgoing packet skips the jump (jt 1) into out's program;
-		// the others jump over it to in's. Both end in returns.
-		prog = append(prog,
-			unix.SockFilter{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: skfAdPktType},
-			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, Jf: 0, K: packetOutgoing},
-			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JA, K: uint32(len(out))},
-		)
-		prog = append(prog, out...)
-	case cfg.InboundOnly || cfg.OutboundOnly:
-		// An outgoing packet skips the drop (jt 1) when outbound is
-		// wanted, lands on it (jt 0) when inbound is.
-		jt, jf := uint8(0), uint8(1)
-		if cfg.OutboundOnly {
-			jt, jf = 1, 0
-		}
-		prog = append(prog,
-			unix.SockFilter{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: skfAdPktType},
-			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: jt, Jf: jf, K: packetOutgoing},
-			unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},
-		)
-	}
-	prog = append(prog, in...)
-	if len(prog) > maxFilterLen {
-		return nil, fmt.Errorf("set filter %q: %d instructions, the kernel takes %d", cfg.Filter, len(prog), maxFilterLen)
-	}
-	return prog, nil
-}
-
-// compileFilter compiles expr for packets that start at their IP header.
-func compileFilter(expr string, snapLen int) ([]unix.SockFilter, error) {
-	insns, err := pcap.CompileBPFFilter(linkTypeRawAlt, snapLen, expr)
-	if err != nil {
-		return nil, fmt.Errorf("set filter %q: %w", expr, err)
-	}
-	prog := make([]unix.SockFilter, len(insns))
-	for i, in := range insns {
-		prog[i] = unix.SockFilter{Code: in.Code, Jt: in.Jt, Jf: in.Jf, K: in.K}
-	}
-	return prog, nil
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-// block returns block i of the ring.
-func (s *tpacketSource) block(i int) []byte { return s.ring[i*s.blockSize : (i+1)*s.blockSize] }
-
-// status is block i's status word, shared with the kernel.
-func (s *tpacketSource) status(i int) *uint32 {
-	return (*uint32)(unsafe.Pointer(&s.ring[i*s.blockSize+blkStatus]))
-}
-
-// ready reports whether the current block is the reader's.
-func (s *tpacketSource) ready() bool {
-	return atomic.LoadUint32(s.status(s.cur))&unix.TP_STATUS_USER != 0
 }
 
 func (s *tpacketSource) Read() ([]byte, time.Time, error) {
@@ -297,7 +133,7 @@ func (s *tpacketSource) Read() ([]byte, time.Time, error) {
 			}
 			continue
 		}
-		b := s.block(s.cur)
+		b := s.r.block(s.cur)
 		off := s.next
 		if off < 0 || off+pktMinLen > len(b) {
 			s.bad.Add(1)
@@ -312,7 +148,8 @@ func (s *tpacketSource) Read() ([]byte, time.Time, error) {
 			s.left = 0
 			continue
 		}
-		switch pt := b[off+sllPktType]; {
+		pt := b[off+sllPktType]
+		switch {
 		case pt == packetOtherHost:
 			s.other.Add(1)
 			continue
@@ -325,39 +162,62 @@ func (s *tpacketSource) Read() ([]byte, time.Time, error) {
 			s.nonIP.Add(1)
 			continue
 		}
-		s.read.Add(1)
 		ts := time.Unix(int64(host32(b[off+pktSec:])), int64(host32(b[off+pktNsec:])))
+		if s.grow.switching() && s.grow.duplicate(data, ts) {
+			continue // read from the ring before, during the switch
+		}
+		s.checkCut(snap, int(host32(b[off+pktLen:])), pt)
+		s.read.Add(1)
 		return data, ts, nil
 	}
 }
 
 // nextBlock hands the block read back to the kernel and waits, up to
-// ringWait, for the next one.
+// ringWait, for the next one; a grown ring is switched to on the way.
 func (s *tpacketSource) nextBlock() error {
 	if s.held {
-		atomic.StoreUint32(s.status(s.cur), unix.TP_STATUS_KERNEL)
+		atomic.StoreUint32(s.r.status(s.cur), unix.TP_STATUS_KERNEL)
 		s.held = false
-		s.cur = (s.cur + 1) % s.blocks
+		s.cur = (s.cur + 1) % s.r.blocks
 	}
-	if !s.ready() {
-		if err := s.poll.SetReadDeadline(time.Now().Add(ringWait)); err != nil {
+	for !s.r.ready(s.cur) {
+		if s.closed.Load() {
+			return errClosed
+		}
+		if next := s.grow.pending.Swap(nil); next != nil {
+			s.beginSwitch(next)
+			continue
+		}
+		deadline := time.Now().Add(ringWait)
+		if s.grow.draining() {
+			if !time.Now().Before(s.grow.drained) {
+				s.finishSwitch()
+				continue
+			}
+			deadline = s.grow.drained
+		}
+		if err := s.r.poll.SetReadDeadline(deadline); err != nil {
 			return errClosed
 		}
 		if s.closed.Load() { // Close's wake may have come before that deadline
 			return errClosed
 		}
-		if err := s.raw.Read(s.readyFn); err != nil {
+		if err := s.r.raw.Read(s.readyFn); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !s.closed.Load() {
+				if s.grow.draining() || s.grow.pending.Load() != nil {
+					continue
+				}
 				return ErrTimeout
 			}
 			return errClosed
 		}
-		if s.closed.Load() {
-			return errClosed
-		}
 	}
-	b := s.block(s.cur)
+	if next := s.grow.pending.Swap(nil); next != nil {
+		s.beginSwitch(next) // the ring being read keeps being read until empty
+	}
+	b := s.r.block(s.cur)
 	s.held, s.left, s.next = true, int(host32(b[blkNumPkts:])), int(host32(b[blkFirstPkt:]))
+	s.account(int(host32(b[blkLen:])))
 	return nil
 }
 
@@ -380,26 +240,40 @@ func (s *tpacketSource) Stats() Stats {
 	st := Stats{Read: s.read.Load(), NonIP: s.nonIP.Load() + s.bad.Load(), OtherHost: s.other.Load()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.released {
-		// The kernel's counters reset on each read: summed here.
-		if ks, err := unix.GetsockoptTpacketStatsV3(s.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
-			s.kernRecv += uint64(ks.Packets)
-			s.kernDrp += uint64(ks.Drops)
-		}
-	}
+	s.sumKernelLocked()
 	st.KernelRecv, st.KernelDropped = s.kernRecv, s.kernDrp
+	g := &s.grow
+	st.RingBytes, st.RingGrown, st.RingGrowFailed = uint64(g.size.Load()), g.grown.Load(), g.failed.Load()
+	st.RingCut, st.RingDuplicates = g.cut.Load(), g.dups.Load()
 	return st
 }
 
+// sumKernelLocked adds what the kernel counted since the last read to
+// the totals: the rings' counters reset on each read.
+func (s *tpacketSource) sumKernelLocked() {
+	if s.released {
+		return
+	}
+	for _, r := range [...]*ringSock{s.r, s.grow.next} {
+		if r != nil {
+			recv, drops := r.kernelStats()
+			s.kernRecv += recv
+			s.kernDrp += drops
+		}
+	}
+}
+
 // Close stops the source: a waiting Read returns io.EOF at once. The
-// ring is released now, or by the reader once it is no longer busy.
+// rings are released now, or by the reader once it is no longer busy.
 func (s *tpacketSource) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	_ = s.poll.SetReadDeadline(time.Unix(1, 0))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.released {
+		_ = s.r.poll.SetReadDeadline(time.Unix(1, 0))
+	}
 	if !s.busy {
 		s.releaseLocked()
 	}
@@ -411,24 +285,12 @@ func (s *tpacketSource) releaseLocked() {
 		return
 	}
 	s.released = true
-	s.release()
-}
-
-// release unmaps the ring and closes the sockets; also what a failed
-// open undoes.
-func (s *tpacketSource) release() {
-	if s.ring != nil {
-		_ = unix.Munmap(s.ring)
-		s.ring = nil
+	s.r.release()
+	unix.Close(s.netnsFD)
+	if s.grow.next != nil {
+		s.grow.next.release()
 	}
-	if s.poll != nil {
-		s.poll.Close()
+	if p := s.grow.pending.Swap(nil); p != nil {
+		p.release()
 	}
-	unix.Close(s.fd)
 }
-
-// The ring's headers are in the host's byte order; sockaddr_ll's protocol
-// in the network's.
-func host16(b []byte) uint16 { return binary.NativeEndian.Uint16(b) }
-func host32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
-func be16(b []byte) uint16   { return binary.BigEndian.Uint16(b) }

@@ -170,8 +170,8 @@ func TestLiveCountsKernelDrops(t *testing.T) {
 	l := lab.NewT(t, lab.Config{})
 	src := openIn(t, l.Shadow, Config{Interface: lab.HostLink, Filter: "udp and dst port 4999", InboundOnly: true,
 		SnapLen: 1024, BufferSize: 1, Timeout: time.Second})
-	if src.blocks != 2 {
-		t.Fatalf("ring of %d blocks, want the minimum 2", src.blocks)
+	if src.r.blocks != 2 {
+		t.Fatalf("ring of %d blocks, want the minimum 2", src.r.blocks)
 	}
 	const n = 20000 // far more than two 64 KiB blocks hold
 	sendUDP(t, l.Prod, l.Shadow, net.JoinHostPort(lab.ShadowV4.String(), "4999"), n)
@@ -222,5 +222,123 @@ func TestOpenLiveErrors(t *testing.T) {
 	}
 	if _, err := OpenLive(Config{Interface: "lo", InboundOnly: true, OutboundOnly: true}); err == nil {
 		t.Error("inbound and outbound only at once: no error")
+	}
+}
+
+// TestLiveRingGrows reads a stream of numbered datagrams into a ring that
+// starts at four blocks and is asked to hold two seconds of the rate: it
+// must grow while packets arrive, and the reader must get
+// every datagram the kernel did not drop exactly once and in order, none
+// twice across the switches.
+func TestLiveRingGrows(t *testing.T) {
+	l := lab.NewT(t, lab.Config{})
+	src := openIn(t, l.Shadow, Config{Interface: lab.HostLink, Filter: "udp and dst port 4999", InboundOnly: true,
+		SnapLen: 1024, InitialBufferSize: 256 << 10, BufferSize: 16 << 20, Hold: 2 * time.Second})
+	if st := src.Stats(); st.RingBytes != 256<<10 {
+		t.Fatalf("ring of %d bytes at open, want 256 KiB", st.RingBytes)
+	}
+	var sink net.PacketConn
+	if err := l.Shadow.Do(func() error {
+		var err error
+		sink, err = net.ListenPacket("udp", net.JoinHostPort(lab.ShadowV4.String(), "4999"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	const n = 40000
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		conn, err := l.Prod.DialContext(ctx, "udp", net.JoinHostPort(lab.ShadowV4.String(), "4999"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		for i := range n {
+			if _, err := fmt.Fprintf(conn, "datagram %06d", i); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%200 == 199 {
+				time.Sleep(time.Millisecond) // a steady stream, not one burst
+			}
+		}
+	}()
+	last, read := -1, 0
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		pkt, _, err := src.Read()
+		if errors.Is(err, ErrTimeout) {
+			select {
+			case <-sent:
+				goto done
+			default:
+				continue
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var i int
+		if _, err := fmt.Sscanf(string(pkt[28:]), "datagram %d", &i); err != nil {
+			t.Fatalf("packet % x: %v", pkt, err)
+		}
+		if i <= last {
+			t.Fatalf("datagram %d after %d: read twice or out of order", i, last)
+		}
+		last = i
+		read++
+	}
+	t.Fatal("the stream did not end")
+done:
+	st := src.Stats()
+	t.Logf("read %d of %d; stats %+v", read, n, st)
+	if st.RingGrown == 0 || st.RingBytes <= 1<<20 {
+		t.Errorf("ring grew %d times to %d bytes, want past 1 MiB", st.RingGrown, st.RingBytes)
+	}
+	if st.RingBytes > 16<<20 {
+		t.Errorf("ring of %d bytes, past BufferSize", st.RingBytes)
+	}
+	if uint64(read)+st.KernelDropped < n || uint64(read) > n {
+		t.Errorf("read %d and the kernel dropped %d of %d sent", read, st.KernelDropped, n)
+	}
+}
+
+func TestCheckCut(t *testing.T) {
+	s := &tpacketSource{cfg: Config{SnapLen: 4096, Outbound: Outbound{Filter: "tcp", SnapLen: 256}}}
+	for _, tc := range []struct {
+		snap, wire int
+		pt         byte
+		cut        bool
+	}{
+		{1500, 1500, 0, false}, // whole
+		{4096, 9000, 0, false}, // cut by the filter's snap length
+		{3000, 9000, 0, true},  // cut shorter: by the ring's block
+		{256, 1500, packetOutgoing, false},
+		{200, 1500, packetOutgoing, true},
+	} {
+		s.grow.cutSeen = false
+		s.checkCut(tc.snap, tc.wire, tc.pt)
+		if s.grow.cutSeen != tc.cut {
+			t.Errorf("%+v: cut %v", tc, s.grow.cutSeen)
+		}
+	}
+}
+
+func TestRingBlockSize(t *testing.T) {
+	for _, tc := range []struct{ size, snap, want int }{
+		{64 << 20, MaxSnapLen, 512 << 10}, // 128 blocks
+		{32 << 20, MaxSnapLen, 512 << 10}, // 64 blocks
+		{8 << 20, MaxSnapLen, 128 << 10},  // 64 small blocks
+		{256 << 10, MaxSnapLen, 128 << 10},
+		{8 << 20, 512, 64 << 10},
+	} {
+		if got := ringBlockSize(tc.size, tc.snap); got != tc.want {
+			t.Errorf("ringBlockSize(%d, %d) = %d, want %d", tc.size, tc.snap, got, tc.want)
+		}
 	}
 }

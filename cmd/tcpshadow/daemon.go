@@ -33,6 +33,7 @@ type daemonOptions struct {
 	pprof         bool
 	statsInterval time.Duration
 	bufferMB      int
+	bufferStartMB int
 	capTimeout    time.Duration
 }
 
@@ -60,13 +61,15 @@ func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp, def daemonDefau
 	f.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
 	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address, which must then be loopback")
 	f.DurationVar(&d.statsInterval, "stats-interval", def.statsInterval, "log a one-line summary this often (0: never)")
-	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "kernel capture buffer in MiB")
+	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "largest kernel capture ring in MiB; it grows to this with the rate it is read at")
+	f.IntVar(&d.bufferStartMB, "capture-buffer-start-mb", def.capture.InitialBufferSize>>20, "kernel capture ring at start in MiB (--capture-buffer-mb or more: a fixed ring)")
 	f.DurationVar(&d.capTimeout, "capture-timeout", def.capture.Timeout, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 }
 
 // addFieldFlags adds the shared flags to a daemon's field → flag table.
 func (d *daemonOptions) addFieldFlags(m map[string]fieldFlag) {
 	m["Capture.BufferSize"] = fieldFlag{flag: "capture-buffer-mb", given: d.bufferMB}
+	m["Capture.InitialBufferSize"] = fieldFlag{flag: "capture-buffer-start-mb", given: d.bufferStartMB}
 	m["Capture.Timeout"] = fieldFlag{flag: "capture-timeout"}
 	m["MetricsAddr"] = fieldFlag{flag: "metrics"}
 	m["Pprof"] = fieldFlag{flag: "debug-pprof"}
@@ -78,7 +81,7 @@ func (d *daemonOptions) addFieldFlags(m map[string]fieldFlag) {
 
 // setCapture sets the capture settings the shared flags hold.
 func (d *daemonOptions) setCapture(c *capture.Config) {
-	c.BufferSize, c.Timeout = mebibytes(d.bufferMB), d.capTimeout
+	c.BufferSize, c.InitialBufferSize, c.Timeout = mebibytes(d.bufferMB), mebibytes(d.bufferStartMB), d.capTimeout
 }
 
 // sharedFiles is what the shared options name on disk.

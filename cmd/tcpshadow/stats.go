@@ -349,7 +349,8 @@ func interceptStages(rows map[string]statRow) []stage {
 	}
 	return []stage{
 		{"capture", take(rows, i("kernel_received_total", "captured_total", "bad_total", "kernel_dropped_total",
-			"interface_dropped_total", "non_ip_total"))},
+			"interface_dropped_total", "non_ip_total", "ring_bytes", "ring_grown_total", "ring_grow_failed_total",
+			"ring_cut_total", "ring_duplicates_total"))},
 		{"relay", take(rows, i("relayed_total", "outside_pools_total", "no_owner_total", "parked_total", "parked_delivered_total",
 			"parked_expired_total", "dropped_queue_total", "dropped_peer_total", "flows", "flows_rejected_total",
 			"flows_conflict_total", "flows_outside_pool_total", "flows_local_total", "flows_expired_total", "batches_total",

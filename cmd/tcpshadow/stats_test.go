@@ -78,7 +78,8 @@ func stageOf(role string, s metrics.Sample) string {
 		return "dump"
 	case role == "intercept":
 		switch strings.TrimSuffix(strings.TrimPrefix(n, "tcpshadow_intercept_"), "_total") {
-		case "kernel_received", "captured", "bad", "kernel_dropped", "interface_dropped", "non_ip":
+		case "kernel_received", "captured", "bad", "kernel_dropped", "interface_dropped", "non_ip",
+			"ring_bytes", "ring_grown", "ring_grow_failed", "ring_cut", "ring_duplicates":
 			return "capture"
 		case "peers", "peers_refused", "peer_errors", "conns_shed", "accept_errors", "bad_frames", "peer_throttled":
 			return "peers"

@@ -85,18 +85,26 @@ func TestEngineBudgets(t *testing.T) {
 func TestQueueWaitFollowsTheRing(t *testing.T) {
 	floor := tcpstate.DefaultConfig().QueueWait
 	for _, tc := range []struct {
-		ring int
-		want time.Duration
+		ring      int
+		maxMemory int64
+		want      time.Duration
+		wantRing  int
 	}{
-		{1 << 20, floor},
-		{32 << 20, 134 * time.Millisecond}, // 33,554,432 bytes at 125 MB/s, halved
-		{256 << 20, tcpstate.MaxQueueWait},
+		{1 << 20, 1 << 30, floor, 1 << 20},
+		{32 << 20, 1 << 30, 134 * time.Millisecond, 32 << 20}, // 33,554,432 bytes at 125 MB/s, halved
+		{256 << 20, 2 << 30, tcpstate.MaxQueueWait, 256 << 20},
+		{256 << 20, 1 << 30, 537 * time.Millisecond, 128 << 20}, // an eighth of the memory budget
 	} {
 		c := validCopy()
-		c.Capture.BufferSize = tc.ring
+		c.Capture.BufferSize, c.MaxMemory = tc.ring, tc.maxMemory
 		got := c.EngineConfig().QueueWait
 		if d := got - tc.want; d < -time.Millisecond || d > time.Millisecond {
 			t.Errorf("%d MiB ring: queue wait %v, want %v", tc.ring>>20, got, tc.want)
+		}
+		// The ring holds, at the rate it is read at, twice the wait.
+		if cc := c.CaptureConfig(); cc.BufferSize != tc.wantRing || cc.Hold != 2*got {
+			t.Errorf("%d MiB ring with %d MiB of memory: capture ring up to %d, hold %v; want up to %d, holding twice %v",
+				tc.ring>>20, tc.maxMemory>>20, cc.BufferSize, cc.Hold, tc.wantRing, got)
 		}
 		if err := c.Validate(); err != nil {
 			t.Errorf("%d MiB ring: %v", tc.ring>>20, err)

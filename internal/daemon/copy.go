@@ -107,8 +107,17 @@ func (c *CopyConfig) EngineConfig() tcpstate.Config {
 	if c.Transport == TransportUDP {
 		e.MSS = min(e.MSS, TunnelMSS)
 	}
-	e.QueueWait = queueWaitFor(c.Capture.BufferSize, e.QueueWait)
+	e.QueueWait = queueWaitFor(c.ringMax(), e.QueueWait)
 	return e
+}
+
+// lineRate is the rate the copier's capture is sized for: 1 Gbit/s, in
+// bytes a second.
+const lineRate = 125e6
+
+// ringFill is how long a ring of ringBytes takes to fill at lineRate.
+func ringFill(ringBytes int) time.Duration {
+	return time.Duration(float64(ringBytes) / lineRate * float64(time.Second))
 }
 
 // queueWaitFor is how long the capture waits on a full worker queue
@@ -116,19 +125,30 @@ func (c *CopyConfig) EngineConfig() tcpstate.Config {
 // at 1 Gbit/s (134 ms for the default 32 MiB), so the ring holds what
 // arrives meanwhile; never below floor nor above tcpstate.MaxQueueWait.
 func queueWaitFor(ringBytes int, floor time.Duration) time.Duration {
-	const lineRate = 125e6 // bytes a second: 1 Gbit/s
-	d := time.Duration(float64(ringBytes) / lineRate / 2 * float64(time.Second))
-	return min(max(d, floor), tcpstate.MaxQueueWait)
+	return min(max(ringFill(ringBytes)/2, floor), tcpstate.MaxQueueWait)
+}
+
+// ringMax is the most the capture ring grows to: Capture.BufferSize, and
+// no more than an eighth of MaxMemory.
+func (c *CopyConfig) ringMax() int {
+	if c.MaxMemory <= 0 {
+		return c.Capture.BufferSize
+	}
+	return int(min(int64(c.Capture.BufferSize), max(c.MaxMemory/8, 1<<20)))
 }
 
 // CaptureConfig returns the capture's configuration: Capture, with a
-// filter built from the maps unless Capture.Filter is set.
+// filter built from the maps unless Capture.Filter is set, and a ring of
+// at most ringMax that grows to hold, at the rate it is read at, twice
+// the capture's longest wait on a full worker queue (at 1 Gbit/s, the
+// whole ring).
 func (c *CopyConfig) CaptureConfig() capture.Config {
 	cc := c.Capture
-	if cc.Filter != "" {
-		return cc
+	cc.BufferSize = c.ringMax()
+	cc.Hold = 2 * queueWaitFor(cc.BufferSize, c.Engine.QueueWait)
+	if cc.Filter == "" {
+		cc.Filter = capture.FilterFor(c.endpoints())
 	}
-	cc.Filter = capture.FilterFor(c.endpoints())
 	return cc
 }
 

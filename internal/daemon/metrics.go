@@ -57,7 +57,7 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 	out = append(out,
 		metrics.Sample{Name: "tcpshadow_copy_sessions_active", Help: "Sessions held, lingering ones included.", Kind: metrics.Gauge, Value: float64(st.Active)},
 		metrics.Sample{Name: "tcpshadow_copy_buffered_bytes", Help: "Client data buffered for the shadow.", Kind: metrics.Gauge, Value: float64(st.Buffered)},
-		metrics.Sample{Name: "tcpshadow_capture_kernel_received_total", Help: "Packets the kernel passed the filter (pcap_stats).", Value: float64(capst.KernelRecv)},
+		metrics.Sample{Name: "tcpshadow_capture_kernel_received_total", Help: "Packets the kernel passed the filter.", Value: float64(capst.KernelRecv)},
 		metrics.Sample{Name: "tcpshadow_capture_kernel_dropped_total", Help: "Packets dropped by the kernel for lack of buffer.", Value: float64(capst.KernelDropped)},
 		metrics.Sample{Name: "tcpshadow_capture_interface_dropped_total", Help: "Packets dropped by the interface.", Value: float64(capst.IfDropped)},
 		metrics.Sample{Name: "tcpshadow_capture_non_ip_total", Help: "Captured frames that were not IP.", Value: float64(capst.NonIP)},
@@ -74,7 +74,21 @@ func CopySamples(eng *tcpstate.Engine, client *intercept.Client, src, prodSrc ca
 		metrics.Sample{Name: "tcpshadow_agent_reply_frames_total", Help: "Reply frames received from the agent.", Value: float64(cs.ReplyFrames)},
 		metrics.Sample{Name: "tcpshadow_agent_replies_total", Help: "Reply headers received from the agent.", Value: float64(cs.Replies)},
 	)
-	return out
+	return append(out, ringSamples("tcpshadow_capture_", capst)...)
+}
+
+// ringSamples renders a live capture ring's size and growth.
+func ringSamples(prefix string, cs capture.Stats) []metrics.Sample {
+	c := func(name, help string, v uint64) metrics.Sample {
+		return metrics.Sample{Name: prefix + name, Help: help, Value: float64(v)}
+	}
+	return []metrics.Sample{
+		{Name: prefix + "ring_bytes", Help: "Size of the capture ring now; it grows with the rate up to the capture buffer's.", Kind: metrics.Gauge, Value: float64(cs.RingBytes)},
+		c("ring_grown_total", "Times the capture ring was replaced by a bigger one.", cs.RingGrown),
+		c("ring_grow_failed_total", "Times a bigger capture ring could not be had (memory); retried 10s later.", cs.RingGrowFailed),
+		c("ring_cut_total", "Packets cut to fit a small ring's blocks (the ring then grows).", cs.RingCut),
+		c("ring_duplicates_total", "Packets read from both rings during a switch, skipped the second time.", cs.RingDuplicates),
+	}
 }
 
 // ControlSamples renders the load-test controls in effect (they change
@@ -100,7 +114,7 @@ func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 	g := func(name, help string, v int64) metrics.Sample {
 		return metrics.Sample{Name: "tcpshadow_intercept_" + name, Help: help, Kind: metrics.Gauge, Value: float64(v)}
 	}
-	return []metrics.Sample{
+	return append([]metrics.Sample{
 		c("captured", "Reply packets captured.", st.Captured),
 		c("bad", "Captured packets not decodable as TCP.", st.Bad),
 		c("relayed", "Reply headers queued to a copy daemon.", st.Relayed),
@@ -130,11 +144,11 @@ func AgentSamples(a *intercept.Agent, src capture.Source) []metrics.Sample {
 		c("h2_not_h2", "Flows on an HTTP/2 port whose reply did not begin like HTTP/2: relayed as any.", st.H2NotH2),
 		g("flows", "Registered flows.", st.Flows),
 		g("peers", "Connected copy daemons.", st.Peers),
-		c("kernel_received", "Packets the kernel passed the filter (pcap_stats).", cs.KernelRecv),
+		c("kernel_received", "Packets the kernel passed the filter.", cs.KernelRecv),
 		c("kernel_dropped", "Packets the kernel dropped for lack of capture buffer.", cs.KernelDropped),
 		c("interface_dropped", "Packets dropped by the interface.", cs.IfDropped),
 		c("non_ip", "Captured frames that were not IP.", cs.NonIP),
-	}
+	}, ringSamples("tcpshadow_intercept_", cs)...)
 }
 
 // DumpSamples renders a dump's counters; none without a dump.

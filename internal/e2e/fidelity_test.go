@@ -773,8 +773,10 @@ func (e *env) explainFailures(t *testing.T) {
 		}
 		if n := m["tcpshadow_capture_kernel_dropped_total"]; n > 0 {
 			t.Logf("NOTE: the copy daemon's capture dropped %v of %v packets (tcpshadow_capture_kernel_dropped_total); "+
-				"%v sessions ended with capture_gap", n, m["tcpshadow_capture_kernel_received_total"],
-				m[`tcpshadow_copy_sessions_ended_total{reason="capture_gap"}`])
+				"%v sessions ended with capture_gap; its ring is %v bytes, grown %v times (%v failed), %v packets cut to fit it",
+				n, m["tcpshadow_capture_kernel_received_total"], m[`tcpshadow_copy_sessions_ended_total{reason="capture_gap"}`],
+				m["tcpshadow_capture_ring_bytes"], m["tcpshadow_capture_ring_grown_total"], m["tcpshadow_capture_ring_grow_failed_total"],
+				m["tcpshadow_capture_ring_cut_total"])
 		}
 	})
 }
