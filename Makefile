@@ -69,7 +69,7 @@ bench-go-smoke: ## every microbenchmark once (so that CI runs them; its lab step
 # package:FuzzTarget, each run for FUZZTIME by `make fuzz`; their seed
 # corpora run as plain tests in test-unit.
 FUZZ     := ./intercept:FuzzHandshake ./intercept:FuzzAgentPeer ./intercept:FuzzClientStream \
-            ./intercept:FuzzRelayHeader ./intercept:FuzzH2Relay ./capture:FuzzLinkHeaderLen ./capture:FuzzMirrorHandle ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
+            ./intercept:FuzzRelayHeader ./intercept:FuzzH2Relay ./capture:FuzzLinkHeaderLen ./capture:FuzzMirrorHandle ./capture:FuzzParseFrame ./intercept/wire:FuzzReader ./intercept/wire:FuzzParse \
             ./rewrite:FuzzDecode ./rewrite:FuzzParseOptions ./tcpstate:FuzzWorker \
             ./internal/compare:FuzzClassify ./internal/compare:FuzzClassifyPair ./internal/compare:FuzzDetect \
             ./internal/compare:FuzzSummarize ./internal/compare:FuzzReportJSON ./internal/compare:FuzzH2Walk ./internal/compare:FuzzH2Record \

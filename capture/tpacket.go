@@ -133,43 +133,68 @@ func (s *tpacketSource) Read() ([]byte, time.Time, error) {
 			}
 			continue
 		}
-		b := s.r.block(s.cur)
-		off := s.next
-		if off < 0 || off+pktMinLen > len(b) {
+		f, ok := parseFrame(s.r.block(s.cur), s.next)
+		if !ok {
 			s.bad.Add(1)
 			s.left = 0
 			continue
 		}
 		s.left--
-		s.next = off + int(host32(b[off+pktNextOffset:]))
-		net, snap := int(host16(b[off+pktNet:])), int(host32(b[off+pktSnapLen:]))
-		if off+net+snap > len(b) {
-			s.bad.Add(1)
-			s.left = 0
-			continue
-		}
-		pt := b[off+sllPktType]
+		s.next = f.next
 		switch {
-		case pt == packetOtherHost:
+		case f.pktType == packetOtherHost:
 			s.other.Add(1)
 			continue
-		case s.dir == inboundOnly && pt == packetOutgoing, s.dir == outboundOnly && pt != packetOutgoing:
+		case s.dir == inboundOnly && f.pktType == packetOutgoing, s.dir == outboundOnly && f.pktType != packetOutgoing:
 			continue // the filter's test dropped these already
 		}
-		data := b[off+net : off+net+snap : off+net+snap]
-		proto := be16(b[off+sllProtocol:])
-		if snap == 0 || !(proto == etherTypeIPv4 && data[0]>>4 == 4 || proto == etherTypeIPv6 && data[0]>>4 == 6) {
+		data := f.data
+		if len(data) == 0 || !(f.proto == etherTypeIPv4 && data[0]>>4 == 4 || f.proto == etherTypeIPv6 && data[0]>>4 == 6) {
 			s.nonIP.Add(1)
 			continue
 		}
-		ts := time.Unix(int64(host32(b[off+pktSec:])), int64(host32(b[off+pktNsec:])))
+		ts := time.Unix(int64(f.sec), int64(f.nsec))
 		if s.grow.switching() && s.grow.duplicate(data, ts) {
 			continue // read from the ring before, during the switch
 		}
-		s.checkCut(snap, int(host32(b[off+pktLen:])), pt)
+		s.checkCut(len(data), f.wireLen, f.pktType)
 		s.read.Add(1)
 		return data, ts, nil
 	}
+}
+
+// ringFrame is one packet's place in a block of the ring.
+type ringFrame struct {
+	data      []byte // from the network header, as long as the kernel kept
+	next      int    // the next packet's offset in the block
+	wireLen   int    // the packet's length before any cut
+	pktType   byte   // sockaddr_ll's packet type: the direction
+	proto     uint16 // sockaddr_ll's protocol: the EtherType
+	sec, nsec uint32
+}
+
+// parseFrame reads the packet header at off in block b. It reports false
+// when the header or the data it points at would lie outside b: the
+// ring's memory is the kernel's, but a misread layout must not become an
+// out-of-bounds read.
+func parseFrame(b []byte, off int) (ringFrame, bool) {
+	if off < 0 || off+pktMinLen > len(b) {
+		return ringFrame{}, false
+	}
+	net, snap := int(host16(b[off+pktNet:])), int(host32(b[off+pktSnapLen:]))
+	start := off + net
+	if start+snap > len(b) {
+		return ringFrame{}, false
+	}
+	return ringFrame{
+		data:    b[start : start+snap : start+snap],
+		next:    off + int(host32(b[off+pktNextOffset:])),
+		wireLen: int(host32(b[off+pktLen:])),
+		pktType: b[off+sllPktType],
+		proto:   be16(b[off+sllProtocol:]),
+		sec:     host32(b[off+pktSec:]),
+		nsec:    host32(b[off+pktNsec:]),
+	}, true
 }
 
 // nextBlock hands the block read back to the kernel and waits, up to
