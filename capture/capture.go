@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,11 +66,13 @@ type Config struct {
 	Interface string
 	SnapLen   int // default MaxSnapLen: GRO can merge up to 64 KiB
 	// BufferSize is the most the kernel ring grows to, in bytes; default
-	// 32 MiB. It starts at InitialBufferSize (default 32 MiB; BufferSize
-	// or more makes it fixed) and grows to hold Hold (default 250 ms) of
-	// the rate it is read at, or when the kernel dropped or cut packets.
-	// A small start saves memory on an idle host, but a burst at line rate
-	// (a 20 MiB upload over a veth) overflows it before it can grow.
+	// 32 MiB. It starts at InitialBufferSize and grows to hold Hold
+	// (default 250 ms) of the rate it is read at, or when the kernel
+	// dropped or cut packets; BufferSize or more makes it fixed. The
+	// default start, StartFor(SnapLen), holds a burst of the largest
+	// packets; a smaller start saves memory on an idle host, but a burst
+	// at line rate (a 20 MiB upload over a veth) overflows it before it
+	// can grow.
 	BufferSize        int
 	InitialBufferSize int
 	Hold              time.Duration
@@ -106,7 +109,7 @@ const MaxSnapLen = 262144
 // DefaultConfig returns the defaults, the only place they are written:
 // OpenLive takes zero fields from it. It names no interface.
 func DefaultConfig() Config {
-	return Config{SnapLen: MaxSnapLen, BufferSize: 32 << 20, InitialBufferSize: 32 << 20, Hold: 250 * time.Millisecond, Timeout: time.Millisecond}
+	return Config{SnapLen: MaxSnapLen, BufferSize: 32 << 20, Hold: 250 * time.Millisecond, Timeout: time.Millisecond}
 }
 
 func (c *Config) setDefaults() {
@@ -118,7 +121,7 @@ func (c *Config) setDefaults() {
 		c.BufferSize = d.BufferSize
 	}
 	if c.InitialBufferSize == 0 {
-		c.InitialBufferSize = d.InitialBufferSize
+		c.InitialBufferSize = StartFor(c.SnapLen)
 	}
 	if c.Hold == 0 {
 		c.Hold = d.Hold
@@ -127,6 +130,10 @@ func (c *Config) setDefaults() {
 		c.Timeout = d.Timeout
 	}
 }
+
+// StartFor is a ring's default start for snapLen: minBlocks blocks, each
+// holding the largest packet (32 MiB at MaxSnapLen, 4 MiB at 512 bytes).
+func StartFor(snapLen int) int { return minBlocks * ringBlockSize(math.MaxInt, snapLen) }
 
 // OpenLive opens a live capture on cfg.Interface ("any" for all), read
 // from a TPACKET_V3 ring in Go (tpacket.go).

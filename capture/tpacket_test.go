@@ -341,4 +341,11 @@ func TestRingBlockSize(t *testing.T) {
 			t.Errorf("ringBlockSize(%d, %d) = %d, want %d", tc.size, tc.snap, got, tc.want)
 		}
 	}
+	// The default start holds 64 of the largest packets, in full blocks.
+	if got := StartFor(MaxSnapLen); got != 32<<20 || ringBlockSize(got, MaxSnapLen) != 512<<10 {
+		t.Errorf("StartFor(%d) = %d, want 32 MiB of 512 KiB blocks", MaxSnapLen, got)
+	}
+	if got := StartFor(512); got != 4<<20 {
+		t.Errorf("StartFor(512) = %d, want 4 MiB", got)
+	}
 }

@@ -88,8 +88,8 @@ func validateCapture(c *capture.Config) error {
 	if c.BufferSize < 1<<20 || c.BufferSize > 4096<<20 {
 		return fieldErr("Capture.BufferSize", c.BufferSize, "want 1..4096 MiB")
 	}
-	if c.InitialBufferSize < 1<<20 || c.InitialBufferSize > 4096<<20 {
-		return fieldErr("Capture.InitialBufferSize", c.InitialBufferSize, "want 1..4096 MiB")
+	if c.InitialBufferSize != 0 && (c.InitialBufferSize < 1<<20 || c.InitialBufferSize > 4096<<20) {
+		return fieldErr("Capture.InitialBufferSize", c.InitialBufferSize, "want 1..4096 MiB, or 0 for the snap length's default")
 	}
 	if c.Timeout < time.Millisecond || c.Timeout > time.Second {
 		return fieldErr("Capture.Timeout", c.Timeout, "want 1ms..1s")
