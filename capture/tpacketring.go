@@ -187,10 +187,15 @@ func (r *ringSock) ready(i int) bool {
 	return atomic.LoadUint32(r.status(i))&unix.TP_STATUS_USER != 0
 }
 
-// kernelStats reads the kernel's counters, which reset on each read.
+// kernelStats reads the kernel's counters, which reset on each read. The
+// call is raw (it never sleeps): announced to the scheduler, the reader's
+// look at them every sizing window would wake sysmon (tpacket.go).
 func (r *ringSock) kernelStats() (recv, dropped uint64) {
-	ks, err := unix.GetsockoptTpacketStatsV3(r.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
-	if err != nil {
+	var ks unix.TpacketStatsV3
+	n := uint32(unsafe.Sizeof(ks))
+	_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(r.fd), unix.SOL_PACKET, unix.PACKET_STATISTICS,
+		uintptr(unsafe.Pointer(&ks)), uintptr(unsafe.Pointer(&n)), 0)
+	if errno != 0 {
 		return 0, 0
 	}
 	return uint64(ks.Packets), uint64(ks.Drops)
