@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -159,38 +158,25 @@ func OpenFile(path, filter string) (Source, error) {
 		h.Close()
 		return nil, fmt.Errorf("unsupported link type %v", lt)
 	}
-	return &pcapSource{h: h, link: lt}, nil
+	s := &pcapSource{h: h, link: lt}
+	s.free = h.Close
+	return s, nil
 }
 
 // pcapSource reads a capture file through libpcap.
 type pcapSource struct {
-	h      *pcap.Handle
-	link   layers.LinkType
-	closed atomic.Bool
-	read   atomic.Uint64
-	nonIP  atomic.Uint64
-	other  atomic.Uint64
-
-	// mu orders the handle's release after the reader is done with it.
-	// The reader is busy from the start of Read until Read fails, or, on
-	// success, until the next Read: the packet returned points into
-	// libpcap's buffer. Close releases the handle only if the reader is
-	// not busy, and otherwise leaves that to the reader.
-	mu       sync.Mutex
-	busy     bool
-	released bool
+	holder
+	h     *pcap.Handle
+	link  layers.LinkType
+	read  atomic.Uint64
+	nonIP atomic.Uint64
+	other atomic.Uint64
 }
 
 func (s *pcapSource) Read() ([]byte, time.Time, error) {
-	s.mu.Lock()
-	if s.closed.Load() {
-		s.busy = false
-		s.releaseLocked()
-		s.mu.Unlock()
+	if !s.begin() {
 		return nil, time.Time{}, io.EOF
 	}
-	s.busy = true
-	s.mu.Unlock()
 	for {
 		data, ts, err := s.readFrame()
 		if err != nil {
@@ -210,18 +196,10 @@ func (s *pcapSource) Read() ([]byte, time.Time, error) {
 	}
 }
 
-// failed ends a Read that got err: the reader is no longer busy, and
-// releases the handle itself if Close came meanwhile.
+// failed ends a Read that got err.
 func (s *pcapSource) failed(err error) error {
-	s.mu.Lock()
-	s.busy = false
-	closed := s.closed.Load()
-	if closed {
-		s.releaseLocked()
-	}
-	s.mu.Unlock()
 	switch {
-	case closed, errors.Is(err, io.EOF), errors.Is(err, errClosed):
+	case s.fail(), errors.Is(err, io.EOF), errors.Is(err, errClosed):
 		return io.EOF
 	case errors.Is(err, ErrTimeout):
 		return ErrTimeout
@@ -255,23 +233,8 @@ func (s *pcapSource) Stats() Stats {
 // Close stops the source: a waiting Read returns io.EOF at once. The
 // handle is released now, or by the reader once it is no longer busy.
 func (s *pcapSource) Close() error {
-	if !s.closed.CompareAndSwap(false, true) {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.busy {
-		s.releaseLocked()
-	}
+	s.close(nil)
 	return nil
-}
-
-func (s *pcapSource) releaseLocked() {
-	if s.released {
-		return
-	}
-	s.released = true
-	s.h.Close()
 }
 
 // Link types libpcap reports that gopacket does not name. (gopacket's

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,17 +41,14 @@ type tpacketSource struct {
 
 	grow grower // the reader's, but for what grower says
 
-	closed atomic.Bool
-	read   atomic.Uint64
-	nonIP  atomic.Uint64
-	other  atomic.Uint64
-	bad    atomic.Uint64 // frames whose ring header is out of bounds: a kernel we misread
+	read  atomic.Uint64
+	nonIP atomic.Uint64
+	other atomic.Uint64
+	bad   atomic.Uint64 // frames whose ring header is out of bounds: a kernel we misread
 
-	// mu orders the rings' release after the reader is done with them, as
-	// in pcapSource; and it serialises Stats, whose kernel counters reset
-	// on each read and are summed here.
-	mu                sync.Mutex
-	busy, released    bool
+	// holder's mu also serialises Stats, whose kernel counters reset on
+	// each read and are summed here (under mu), and guards r's changes.
+	holder
 	kernRecv, kernDrp uint64
 }
 
@@ -79,6 +75,7 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 		return nil, fmt.Errorf("capture on %s: outbound packets are added to an inbound-only capture, cut at 1..%d bytes", cfg.Interface, cfg.SnapLen)
 	}
 	s := &tpacketSource{cfg: cfg}
+	s.free = s.freeRings
 	if cfg.Interface != "any" {
 		ifi, err := net.InterfaceByName(cfg.Interface)
 		if err != nil {
@@ -117,15 +114,9 @@ func openTPacket(cfg Config) (*tpacketSource, error) {
 }
 
 func (s *tpacketSource) Read() ([]byte, time.Time, error) {
-	s.mu.Lock()
-	if s.closed.Load() {
-		s.busy = false
-		s.releaseLocked()
-		s.mu.Unlock()
+	if !s.begin() {
 		return nil, time.Time{}, io.EOF
 	}
-	s.busy = true
-	s.mu.Unlock()
 	for {
 		if s.left == 0 {
 			if err := s.nextBlock(); err != nil {
@@ -246,16 +237,9 @@ func (s *tpacketSource) nextBlock() error {
 	return nil
 }
 
-// failed ends a Read that got err, as pcapSource.failed does.
+// failed ends a Read that got err.
 func (s *tpacketSource) failed(err error) error {
-	s.mu.Lock()
-	s.busy = false
-	closed := s.closed.Load()
-	if closed {
-		s.releaseLocked()
-	}
-	s.mu.Unlock()
-	if closed || errors.Is(err, errClosed) {
+	if s.fail() || errors.Is(err, errClosed) {
 		return io.EOF
 	}
 	return err
@@ -291,25 +275,13 @@ func (s *tpacketSource) sumKernelLocked() {
 // Close stops the source: a waiting Read returns io.EOF at once. The
 // rings are released now, or by the reader once it is no longer busy.
 func (s *tpacketSource) Close() error {
-	if !s.closed.CompareAndSwap(false, true) {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.released {
-		_ = s.r.poll.SetReadDeadline(time.Unix(1, 0))
-	}
-	if !s.busy {
-		s.releaseLocked()
-	}
+	s.close(func() { _ = s.r.poll.SetReadDeadline(time.Unix(1, 0)) })
 	return nil
 }
 
-func (s *tpacketSource) releaseLocked() {
-	if s.released {
-		return
-	}
-	s.released = true
+// freeRings releases the rings, the one read, the one switched to and
+// the one prepared, and the namespace (holder.free).
+func (s *tpacketSource) freeRings() {
 	s.r.release()
 	unix.Close(s.netnsFD)
 	if s.grow.next != nil {
