@@ -121,9 +121,13 @@ func (s *tpacketSource) checkCut(snap, wireLen int, pt byte) {
 
 // account adds a block of n bytes to the rate window and, at the end of
 // a window, starts a bigger ring if this one holds less than Hold of the
-// rate, or lost or cut packets.
+// rate, or lost or cut packets. A ring at its largest (a fixed one, the
+// default) costs nothing here: no clock, no look at the kernel's counters.
 func (s *tpacketSource) account(n int) {
 	g := &s.grow
+	if s.r.size() >= g.max {
+		return
+	}
 	g.bytes += n
 	now := time.Now()
 	elapsed := now.Sub(g.since)
@@ -142,7 +146,7 @@ func (s *tpacketSource) account(n int) {
 		want = max(want, 4*size)
 	}
 	g.cutSeen = false
-	if want <= size || size >= g.max || g.growing.Load() || now.UnixNano() < g.retryAt.Load() {
+	if want <= size || g.growing.Load() || now.UnixNano() < g.retryAt.Load() {
 		return
 	}
 	g.growing.Store(true)

@@ -61,7 +61,7 @@ func (d *daemonOptions) addFlags(f *pflag.FlagSet, h daemonHelp, def daemonDefau
 	f.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this address (off if empty)")
 	f.BoolVar(&d.pprof, "debug-pprof", false, "also serve Go's profiler under /debug/pprof/ on the --metrics address, which must then be loopback")
 	f.DurationVar(&d.statsInterval, "stats-interval", def.statsInterval, "log a one-line summary this often (0: never)")
-	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "largest kernel capture ring in MiB; it grows to this with the rate it is read at")
+	f.IntVar(&d.bufferMB, "capture-buffer-mb", def.capture.BufferSize>>20, "largest kernel capture ring in MiB (the copier's at most an eighth of --max-memory); it grows to this with the rate it is read at")
 	f.IntVar(&d.bufferStartMB, "capture-buffer-start-mb", def.capture.InitialBufferSize>>20, "kernel capture ring at start in MiB; 0: 64 of the largest packets (32 at the copier's snap length, 4 at the agent's); --capture-buffer-mb or more: a fixed ring")
 	f.DurationVar(&d.capTimeout, "capture-timeout", def.capture.Timeout, "longest a captured packet waits in the kernel's ring before it is read (latency against wake-ups)")
 }

@@ -98,7 +98,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	c.rbuf = nil
 	switch {
 	case err != nil:
-		return 0, c.opErr("read", err)
+		return 0, err // the poller's, already a *net.OpError naming the connection
 	case c.rerr != 0:
 		return 0, c.opErr("read", os.NewSyscallError("read", c.rerr))
 	case c.rn == 0:
@@ -117,7 +117,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	c.wbuf = nil
 	switch {
 	case err != nil:
-		return n, c.opErr("write", err)
+		return n, err
 	case c.werr != 0:
 		return n, c.opErr("write", os.NewSyscallError("write", c.werr))
 	}
